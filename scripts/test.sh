@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command of the README and of CI: install with the dev tools, lint, run the tests.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -m slow`).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh dev || exit 1
+.venv/bin/ruff check src tests benchmarks || exit 1
+.venv/bin/python -m pytest -q "$@"
+rc=$?
+# pytest exits 5 when it collected no tests: that is not a failure of the code under test.
+if [ $rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi
+exit $rc

@@ -1,0 +1,3 @@
+from glasslm.cli import main
+
+raise SystemExit(main())

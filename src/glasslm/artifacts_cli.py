@@ -1,0 +1,85 @@
+"""``glasslm manifest show|verify``: read and check artifact manifests."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from glasslm import artifacts
+from glasslm.clitools import add_json_flag, add_verb, emit, stage_verbs
+
+
+def register(sub: Any) -> None:
+    verbs = stage_verbs(sub, "manifest", "inspect and verify artifact manifests")
+    p = add_verb(verbs, "verify", _verify, "re-hash an artifact's files; exit 1 if anything changed")
+    p.add_argument("path", type=Path, help="artifact directory")
+    p.add_argument("--recursive", action="store_true", help="also verify every input artifact, back to the raw data")
+    add_json_flag(p)
+    p = add_verb(verbs, "show", _show, "print an artifact's manifest and its lineage")
+    p.add_argument("path", type=Path, help="artifact directory")
+    add_json_flag(p)
+
+
+def _walk(path: Path, seen: set[str]) -> list[Path]:
+    key = str(path.resolve())
+    if key in seen:
+        return []
+    seen.add(key)
+    out = [path]
+    for ref in artifacts.read_manifest(path).get("inputs", []):
+        parent = Path(ref.get("path", ""))
+        if (parent / artifacts.MANIFEST).is_file():
+            out += _walk(parent, seen)
+    return out
+
+
+def _verify(args: argparse.Namespace) -> int:
+    paths = _walk(args.path, set()) if args.recursive else [args.path]
+    reports = [artifacts.verify(p) for p in paths]
+    data = {"ok": all(r.ok for r in reports), "artifacts": [r.to_json() for r in reports]}
+
+    def render(d: dict[str, Any]) -> str:
+        lines = []
+        for r in d["artifacts"]:
+            lines.append(f"{'OK     ' if r['ok'] else 'CHANGED'} {r['path']}")
+            for what in ("changed", "missing", "added", "inputs_changed"):
+                lines += [f"    {what}: {name}" for name in r[what]]
+        return "\n".join(lines)
+
+    emit(args, data, render)
+    return 0 if data["ok"] else 1
+
+
+def _show(args: argparse.Namespace) -> int:
+    manifest = artifacts.read_manifest(args.path)
+    tree = artifacts.lineage(args.path)
+    data = {"manifest": manifest, "lineage": tree}
+
+    def render(d: dict[str, Any]) -> str:
+        m = d["manifest"]
+        lines = [
+            f"kind:    {m.get('kind')}",
+            f"created: {m.get('created')}",
+            f"command: {' '.join(m.get('command') or [])}",
+            f"code:    {m.get('code')}",
+            f"files:   {len(m.get('files', {}))} ({sum(f['bytes'] for f in m.get('files', {}).values()):,} bytes)",
+        ]
+        if m.get("metrics"):
+            lines.append(f"metrics: {m['metrics']}")
+        lines.append("lineage:")
+
+        def walk(node: dict[str, Any], depth: int) -> None:
+            mark = " (MISSING)" if node.get("missing") else ("" if node.get("matches", True) else " (CHANGED since use)")
+            lines.append(
+                f"{'  ' * depth}- {node.get('kind')}  {node.get('path')}  "
+                f"{(node.get('manifest_sha256') or '')[:12]}  {node.get('created') or ''}{mark}"
+            )
+            for child in node.get("inputs", []):
+                walk(child, depth + 1)
+
+        walk(d["lineage"], 1)
+        return "\n".join(lines)
+
+    emit(args, data, render)
+    return 0

@@ -1,0 +1,77 @@
+"""The one entry point: ``glasslm <stage> <verb> INPUT… --out DIR [--config FILE] [--key=value …]``.
+
+Each stage module registers its own verbs; this file only assembles them and turns known errors
+into one clear line and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+from glasslm import __version__
+from glasslm.artifacts import ArtifactError
+from glasslm.clitools import split_overrides
+from glasslm.config import ConfigError
+
+# Stage modules, in pipeline order, each with ``register(subparsers)``.
+STAGES = [
+    "glasslm.data.cli_curate",  # data corpus, data tag
+    "glasslm.data.cli_mix",  # data dedupe, data decon, data mix, data why, data stats
+    "glasslm.data.cli_tokens",  # tokenizer train|encode, data tokenize, trace batch|doc
+    "glasslm.model.cli",  # model init|info, convert to-hf|from-hf
+    "glasslm.train.cli",  # train
+    "glasslm.eval.cli",  # eval
+    "glasslm.serve.cli",  # generate, chat, serve
+    "glasslm.adapt.cli",  # adapt sft|dpo|rl
+    "glasslm.trace.cli",  # trace index|count|span
+    "glasslm.report.cli",  # report
+    "glasslm.pipeline",  # pipeline
+    "glasslm.artifacts_cli",  # manifest show|verify
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glasslm",
+        description="Build language models in the open: data, tokenizer, pretraining, evaluation, "
+        "adaptation, serving, and a manifest for every artifact.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"glasslm {__version__}")
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>")
+    for name in STAGES:
+        # A stage that is not built yet is simply not listed (only verbs that work appear);
+        # an import error inside an existing stage module still fails loudly.
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if not hasattr(args, "func"):
+        # A stage without a verb: show that stage's help (or the top-level help).
+        target = getattr(args, "stage_parser", parser)
+        target.print_help()
+        return 0 if args.stage is None and not unknown else 2
+    overrides, bad = split_overrides(unknown)
+    if bad or (overrides and not getattr(args, "accepts_overrides", False)):
+        parser.error(f"unrecognized arguments: {' '.join(bad or overrides)}")
+    args.overrides = overrides
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ArtifactError) as e:
+        print(f"glasslm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("glasslm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Shared pieces of the command line: config options, JSON-or-table output, friendly errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from glasslm import config as cfg
+
+T = TypeVar("T")
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` plus free dotted overrides (``--model.n_layers=4``) for this verb."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML config file")
+    parser.set_defaults(accepts_overrides=True)
+    parser.epilog = ((parser.epilog or "") + "\nAny config key can be overridden: --section.key=value").strip()
+
+
+def resolve_config(
+    cls: type[T], args: argparse.Namespace, base: T | None = None, section: str | None = None
+) -> T:
+    return cfg.load(cls, getattr(args, "config", None), getattr(args, "overrides", []), base=base, section=section)
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+
+
+def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> None:
+    """Print ``data`` as JSON when ``--json`` was given, else as the human rendering."""
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render(data).rstrip("\n") + "\n")
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A plain aligned text table; numbers right-aligned."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.3e}"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
+        return "" if v is None else str(v)
+
+    body = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r.get(c), int | float) for r in rows if r.get(c) is not None) for c in columns]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True))
+
+    out = [line(columns), "  ".join("-" * w for w in widths)]
+    out += [line(b) for b in body]
+    return "\n".join(s.rstrip() for s in out)
+
+
+def split_overrides(unknown: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Sort leftover arguments into ``key=value`` overrides and arguments nobody understood."""
+    overrides, bad = [], []
+    i = 0
+    while i < len(unknown):
+        tok = unknown[i]
+        if tok.startswith("--") and "=" in tok:
+            overrides.append(tok)
+        elif tok.startswith("--") and i + 1 < len(unknown) and not unknown[i + 1].startswith("--"):
+            overrides.append(f"{tok}={unknown[i + 1]}")
+            i += 1
+        else:
+            bad.append(tok)
+        i += 1
+    return overrides, bad
+
+
+def stage_verbs(sub: Any, name: str, help: str) -> Any:
+    """The verb sub-parsers of stage ``name``, created on first use so several modules can add verbs."""
+    groups: dict[str, Any] = sub.__dict__.setdefault("_glasslm_stages", {})
+    if name not in groups:
+        stage_parser = sub.add_parser(name, help=help, description=help)
+        stage_parser.set_defaults(stage_parser=stage_parser)
+        groups[name] = stage_parser.add_subparsers(dest="verb", metavar="<verb>")
+    return groups[name]
+
+
+def add_verb(verbs: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    parser = verbs.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=handler)
+    return parser
+
+
+def add_out(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--out", type=Path, required=required, help="artifact directory to write")

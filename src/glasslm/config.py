@@ -1,0 +1,296 @@
+"""Typed configuration: dataclasses, YAML files, dotted command-line overrides.
+
+Every component has a dataclass config. A config is resolved in three layers, later winning:
+the dataclass defaults, a YAML file (``--config FILE``), and dotted overrides from the command
+line (``--model.n_layers=4``). Unknown keys are errors that name the key and suggest the closest
+valid one, and values are checked against the field's type, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the config."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for name, tp in _field_types(cls).items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        inner = _dataclass_of(tp)
+        if inner is not None:
+            keys.extend(_all_keys(inner, key + "."))
+    return keys
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass a field holds (also through ``X | None``), else None."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return tp
+    if _is_union(tp):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _dataclass_of(args[0])
+    return None
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _suggest(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if not close:  # a misspelt last component is the usual case: compare those alone too
+        last = {k.rsplit(".", 1)[-1]: k for k in valid}
+        hits = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(last), n=1, cutoff=0.6)
+        close = [last[h] for h in hits]
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, from_string: bool) -> Any:
+    """Check (and, for command-line strings, convert) ``value`` against the annotation ``tp``."""
+    fail = ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return yaml.safe_load(value) if from_string else value
+    if _is_union(tp):
+        args = typing.get_args(tp)
+        if type(None) in args and (value is None or (from_string and value.lower() in ("none", "null", "~"))):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, from_string)
+            except ConfigError:
+                continue
+        raise fail
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if from_string:
+            for c in choices:
+                if str(c) == value:
+                    return c
+        if value in choices:
+            return value
+        raise ConfigError(f"config key '{key}': expected one of {list(choices)}, got {value!r}")
+    inner = _dataclass_of(tp)
+    if inner is not None:
+        if from_string:
+            value = yaml.safe_load(value)
+        if isinstance(value, inner):
+            return value
+        if not isinstance(value, Mapping):
+            raise fail
+        return from_dict(inner, value, prefix=key + ".")
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        if from_string:
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise fail
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]", from_string and isinstance(v, str)) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple or tp is tuple else items
+    if origin in (dict, Mapping) or tp is dict:
+        if from_string:
+            value = yaml.safe_load(value)
+        if not isinstance(value, Mapping):
+            raise fail
+        args = typing.get_args(tp)
+        val_tp = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, val_tp, f"{key}.{k}", False) for k, v in value.items()}
+    if tp is bool:
+        if from_string:
+            low = value.lower()
+            if low in ("true", "yes", "1", "on"):
+                return True
+            if low in ("false", "no", "0", "off"):
+                return False
+            raise fail
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if tp is int:
+        if isinstance(value, bool):
+            raise fail
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:  # "1_000", "2e6" and "1000" all mean a whole number here
+                number = float(value.replace("_", ""))
+            except ValueError:
+                raise fail from None
+            if number.is_integer():
+                return int(number)
+        raise fail
+    if tp is float:
+        if isinstance(value, bool):
+            raise fail
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise fail from None
+        raise fail
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise fail
+    if tp is Path:
+        if isinstance(value, str | Path):
+            return Path(value)
+        raise fail
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise fail
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build ``cls`` from a mapping, rejecting unknown keys and values of the wrong type."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in types_:
+            valid = [f"{prefix}{k}" for k in _all_keys(cls)]
+            raise ConfigError(f"unknown config key '{prefix}{key}'{_suggest(f'{prefix}{key}', valid)}")
+        kwargs[key] = _coerce(value, types_[key], f"{prefix}{key}", from_string=False)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:  # a required field was not given
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': {e}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain, YAML/JSON-serialisable view of a config (paths become strings)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def parse_override(arg: str) -> tuple[str, str]:
+    """``--model.n_layers=4`` (or ``model.n_layers=4``) -> ("model.n_layers", "4")."""
+    body = arg[2:] if arg.startswith("--") else arg
+    if "=" not in body:
+        raise ConfigError(f"override '{arg}' must look like --section.key=value")
+    key, value = body.split("=", 1)
+    return key.replace("-", "_"), value
+
+
+def apply_overrides(cls: type[T], base: T, overrides: Sequence[str]) -> T:
+    """Return a copy of ``base`` with dotted ``key=value`` overrides applied and type-checked."""
+    data = to_dict(base)
+    valid = _all_keys(cls)
+    for arg in overrides:
+        key, raw = parse_override(arg)
+        parts = key.split(".")
+        owner: type = cls
+        node = data
+        for depth, part in enumerate(parts):
+            types_ = _field_types(owner)
+            if part not in types_:
+                raise ConfigError(f"unknown config key '{key}'{_suggest(key, valid)}")
+            tp = types_[part]
+            if depth == len(parts) - 1:
+                node[part] = to_dict(_coerce(raw, tp, key, from_string=True))
+            else:
+                inner = _dataclass_of(tp)
+                if inner is None:
+                    raise ConfigError(f"config key '{'.'.join(parts[: depth + 1])}' has no sub-keys")
+                if node.get(part) is None:
+                    node[part] = to_dict(inner())
+                owner, node = inner, node[part]
+    return from_dict(cls, data)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    return data
+
+
+def load(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: T | None = None,
+    section: str | None = None,
+) -> T:
+    """Resolve a config: defaults (or ``base``) < YAML file < dotted overrides.
+
+    ``section`` reads one top-level section of a larger YAML file (e.g. ``model`` of a run config).
+    """
+    config = base if base is not None else cls()
+    if path is not None:
+        data = read_yaml(path)
+        if section is not None:
+            data = data.get(section, {})
+        merged = _deep_merge(to_dict(config), data)
+        try:
+            config = from_dict(cls, merged)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    return apply_overrides(cls, config, overrides) if overrides else config
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,1 @@
+"""The OLMo-2 model, its presets, checkpoints and Hugging Face conversion."""

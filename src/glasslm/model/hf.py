@@ -1,0 +1,213 @@
+"""Conversion between glasslm checkpoints and Hugging Face ``Olmo2ForCausalLM`` folders.
+
+Only names change: tensors are copied bit for bit, so a round trip is exact. The folder we write needs
+no glasslm to load: ``transformers.AutoModelForCausalLM.from_pretrained(folder)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from glasslm import artifacts
+from glasslm.config import ConfigError
+from glasslm.model import checkpoint as ckpt
+from glasslm.model.olmo2 import ModelConfig
+
+# (our name, Hugging Face name), with {i} for the layer index.
+_NAMES = [
+    ("embed.weight", "model.embed_tokens.weight"),
+    ("norm.weight", "model.norm.weight"),
+    ("lm_head.weight", "lm_head.weight"),
+    ("blocks.{i}.attn.q_proj.weight", "model.layers.{i}.self_attn.q_proj.weight"),
+    ("blocks.{i}.attn.k_proj.weight", "model.layers.{i}.self_attn.k_proj.weight"),
+    ("blocks.{i}.attn.v_proj.weight", "model.layers.{i}.self_attn.v_proj.weight"),
+    ("blocks.{i}.attn.o_proj.weight", "model.layers.{i}.self_attn.o_proj.weight"),
+    ("blocks.{i}.attn.q_norm.weight", "model.layers.{i}.self_attn.q_norm.weight"),
+    ("blocks.{i}.attn.k_norm.weight", "model.layers.{i}.self_attn.k_norm.weight"),
+    ("blocks.{i}.attn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+    ("blocks.{i}.mlp.gate_proj.weight", "model.layers.{i}.mlp.gate_proj.weight"),
+    ("blocks.{i}.mlp.up_proj.weight", "model.layers.{i}.mlp.up_proj.weight"),
+    ("blocks.{i}.mlp.down_proj.weight", "model.layers.{i}.mlp.down_proj.weight"),
+    ("blocks.{i}.mlp_norm.weight", "model.layers.{i}.post_feedforward_layernorm.weight"),
+]
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
+
+
+_TO_HF = [(_pattern(ours), theirs) for ours, theirs in _NAMES]
+_FROM_HF = [(_pattern(theirs), ours) for ours, theirs in _NAMES]
+
+
+def _rename(name: str, table: list[tuple[re.Pattern[str], str]]) -> str:
+    for pattern, target in table:
+        m = pattern.match(name)
+        if m:
+            return target.replace("{i}", m.group(1)) if m.groups() else target
+    raise ConfigError(f"tensor '{name}' has no counterpart in the other format")
+
+
+def to_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {_rename(k, _TO_HF): v for k, v in state.items()}
+
+
+def from_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # transformers never stores rotary tables, but older exports may carry inv_freq buffers.
+    return {_rename(k, _FROM_HF): v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+
+
+def hf_config(config: ModelConfig, dtype: torch.dtype, special: dict[str, int | None]) -> dict[str, Any]:
+    """An Olmo2Config as config.json; both the 4.x (rope_theta) and 5.x (rope_parameters) spellings."""
+    return {
+        "architectures": ["Olmo2ForCausalLM"],
+        "model_type": "olmo2",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.mlp_hidden,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.max_seq_len,
+        "initializer_range": config.init_std,
+        "rms_norm_eps": config.norm_eps,
+        "use_cache": True,
+        "pad_token_id": special.get("pad"),
+        "bos_token_id": special.get("bos"),
+        "eos_token_id": special.get("eos"),
+        "tie_word_embeddings": config.tie_embeddings,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": None,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def model_config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+    if cfg.get("model_type") != "olmo2":
+        raise ConfigError(f"expected a Hugging Face config with model_type 'olmo2', got {cfg.get('model_type')!r}")
+    if cfg.get("attention_bias"):
+        raise ConfigError("Olmo2 configs with attention_bias=true are not supported (OLMo-2 has no biases)")
+    rope = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if rope_type != "default":
+        raise ConfigError(f"RoPE scaling '{rope_type}' is not supported")
+    head_dim = cfg.get("head_dim")
+    if head_dim is not None and head_dim != cfg["hidden_size"] // cfg["num_attention_heads"]:
+        raise ConfigError("Olmo2 configs with a head_dim other than hidden_size/num_attention_heads are not supported")
+    return ModelConfig(
+        vocab_size=cfg["vocab_size"],
+        d_model=cfg["hidden_size"],
+        n_layers=cfg["num_hidden_layers"],
+        n_heads=cfg["num_attention_heads"],
+        n_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+        mlp_hidden=cfg["intermediate_size"],
+        max_seq_len=cfg.get("max_position_embeddings", 4096),
+        rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 500_000.0))),
+        norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        init_std=cfg.get("initializer_range", 0.02),
+    )
+
+
+def read_hf_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    cfg = json.loads((folder / "config.json").read_text())
+    config = model_config_from_hf(cfg)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise artifacts.ArtifactError(f"{folder}: no *.safetensors weights (PyTorch .bin files are not read)")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    state = from_hf_state(state)
+    if config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return config, state
+
+
+def _special_ids(tokenizer_json: Path | None) -> dict[str, int | None]:
+    ids: dict[str, int | None] = {"eos": None, "pad": None, "bos": None}
+    if tokenizer_json is None:
+        return ids
+    added = {t["content"]: t["id"] for t in json.loads(tokenizer_json.read_text()).get("added_tokens", [])}
+    ids["eos"] = added.get("<|endoftext|>")
+    ids["pad"] = added.get("<|pad|>", ids["eos"])
+    return ids
+
+
+def _write_tokenizer_files(out: Path, tokenizer_json: Path, config: ModelConfig) -> None:
+    (out / "tokenizer.json").write_bytes(tokenizer_json.read_bytes())
+    ids = _special_ids(tokenizer_json)
+    added = {t["id"]: t["content"] for t in json.loads(tokenizer_json.read_text()).get("added_tokens", [])}
+    eos = added.get(ids["eos"]) if ids["eos"] is not None else None
+    pad = added.get(ids["pad"]) if ids["pad"] is not None else None
+    tok_cfg: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": config.max_seq_len,
+        "eos_token": eos,
+        "pad_token": pad,
+        "bos_token": None,
+        "unk_token": None,
+        "clean_up_tokenization_spaces": False,
+    }
+    chat = tokenizer_json.parent / "chat_template.jinja"
+    if chat.is_file():
+        tok_cfg["chat_template"] = chat.read_text()
+        (out / "chat_template.jinja").write_text(chat.read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(
+        json.dumps({k: v for k, v in {"eos_token": eos, "pad_token": pad}.items() if v}, indent=2) + "\n"
+    )
+
+
+def export_hf(model_path: str | Path, out: str | Path) -> Path:
+    """Write a Hugging Face folder (an artifact too: it carries a manifest naming its source)."""
+    source = ckpt.resolve_model_dir(model_path)
+    if ckpt.is_hf_folder(source) and not (source / ckpt.CONFIG).is_file():
+        raise ConfigError(f"{source} is already a Hugging Face folder")
+    config = ckpt.read_model_config(source)
+    state = load_file(str(source / ckpt.WEIGHTS))
+    tokenizer = source / ckpt.TOKENIZER
+    tokenizer_json = tokenizer if tokenizer.is_file() else None
+    dtype = next(iter(state.values())).dtype
+    with artifacts.create_artifact(out, "hf_model", config={"model": config}, inputs=[source]) as art:
+        save_file(to_hf_state(state), str(art.path / "model.safetensors"), metadata={"format": "pt"})
+        cfg = hf_config(config, dtype, _special_ids(tokenizer_json))
+        (art.path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if cfg[k] is not None}
+        (art.path / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        if tokenizer_json is not None:
+            _write_tokenizer_files(art.path, tokenizer_json, config)
+    return Path(out)
+
+
+def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
+    """Make a glasslm checkpoint from a Hugging Face Olmo2 folder (weights copied bit for bit)."""
+    hf_dir = Path(hf_dir)
+    if not ckpt.is_hf_folder(hf_dir):
+        raise artifacts.ArtifactError(f"{hf_dir}: not a Hugging Face Olmo2 folder (config.json with model_type 'olmo2')")
+    config, state = read_hf_folder(hf_dir)
+    tokenizer = hf_dir / "tokenizer.json"
+    source_ref = (
+        artifacts.input_ref(hf_dir)
+        if (hf_dir / artifacts.MANIFEST).is_file()
+        else {"path": str(hf_dir.resolve()), "kind": "hf_model", "sha256": artifacts.sha256_file(hf_dir / "config.json")}
+    )
+    with artifacts.create_artifact(out, ckpt.CHECKPOINT, config={"model": config}, inputs=[source_ref]) as art:
+        ckpt.write_checkpoint_files(art.path, state, config, tokenizer if tokenizer.is_file() else None)
+        chat = hf_dir / "chat_template.jinja"
+        if chat.is_file():
+            (art.path / "chat_template.jinja").write_text(chat.read_text())
+        art.extra["stage"] = "imported"
+    return Path(out)
