@@ -158,19 +158,17 @@ def write_jsonl(path: str | Path, records: Iterable[Any], compress: bool | None 
     compress = path.name.endswith(".gz") if compress is None else compress
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n = 0
-    raw = open(tmp, "wb")
     try:
-        # mtime=0: identical content gives identical bytes, so artifact hashes are reproducible.
-        stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) if compress else raw
-        with io.TextIOWrapper(stream, encoding="utf-8", newline="\n") as f:
-            for record in records:
-                f.write(dumps(record))
-                f.write("\n")
-                n += 1
-        raw.close()
+        with open(tmp, "wb") as raw:
+            # mtime=0: identical content gives identical bytes, so artifact hashes are reproducible.
+            stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) if compress else raw
+            with io.TextIOWrapper(stream, encoding="utf-8", newline="\n") as f:
+                for record in records:
+                    f.write(dumps(record))
+                    f.write("\n")
+                    n += 1
         os.replace(tmp, path)
     except BaseException:
-        raw.close()
         tmp.unlink(missing_ok=True)
         raise
     return n
