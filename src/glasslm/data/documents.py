@@ -38,7 +38,7 @@ def list_shards(directory: str | Path) -> list[Path]:
 
 def open_binary(path: Path) -> IO[bytes]:
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     if path.name.endswith(".zst"):
         import zstandard  # optional: only needed for .zst shards
 
@@ -161,7 +161,9 @@ def write_jsonl(path: str | Path, records: Iterable[Any], compress: bool | None 
     try:
         with open(tmp, "wb") as raw:
             # mtime=0: identical content gives identical bytes, so artifact hashes are reproducible.
-            stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) if compress else raw
+            stream: IO[bytes] = (
+                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) if compress else raw  # type: ignore[assignment]
+            )
             with io.TextIOWrapper(stream, encoding="utf-8", newline="\n") as f:
                 for record in records:
                     f.write(dumps(record))

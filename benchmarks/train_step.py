@@ -1,0 +1,138 @@
+"""One full training step (forward, backward, grad clipping, fused AdamW) on random tokens.
+
+Prints tokens/s, TFLOP/s, MFU and peak memory for glasslm's OLMo-2, and, with ``--peer hf``
+(the default), the same step for Hugging Face transformers' Olmo2ForCausalLM built from the same
+config in the same process, with the ratio between them.
+
+    python benchmarks/train_step.py                       # olmo2-1b, seq 4096, micro-batch 4, bf16 (GPU)
+    python benchmarks/train_step.py --compile
+    python benchmarks/train_step.py --preset tiny --seq-len 256 --batch 4   # runs on a CPU
+
+Figures to beat on one H100 (issue #3): OLMo-core 3.0 56,686 tokens/s (48.6% MFU); transformers'
+Olmo2 with torch.compile 46,417 tokens/s. MFU uses glasslm's one formula (model/olmo2.py:
+flops_per_token = 6·N_matmul + 6·L·d·s) for both models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+from glasslm.model.olmo2 import ModelConfig, OLMo2, flops_per_token, lm_loss
+from glasslm.model.presets import preset
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # bf16 dense
+
+
+def device_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def hf_model(config: ModelConfig) -> torch.nn.Module:
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    hf_cfg = Olmo2Config(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.mlp_hidden,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.kv_heads,
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        tie_word_embeddings=config.tie_embeddings,
+        attn_implementation="sdpa",
+        eos_token_id=None,
+        pad_token_id=None,
+        bos_token_id=None,
+    )
+    return Olmo2ForCausalLM(hf_cfg)
+
+
+def measure(
+    name: str,
+    model: torch.nn.Module,
+    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
+    args: argparse.Namespace,
+    config: ModelConfig,
+    device: torch.device,
+) -> float:
+    model.to(device).train()
+    fused = device.type in ("cuda", "cpu")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=fused)
+    step_model = torch.compile(model) if args.compile else model
+    use_bf16 = args.dtype == "bfloat16"
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq_len + 1), generator=gen).to(device)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    def step() -> float:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = forward(step_model, x)
+        loss, _ = lm_loss(logits, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    tok_s = args.batch * args.seq_len * args.steps / elapsed
+    tflops = tok_s * flops_per_token(config, args.seq_len) / 1e12
+    peak = args.peak_tflops or device_peak(device)
+    mfu = f"{100 * tflops / peak:.1f}%" if peak else "n/a (no peak FLOP/s for this device)"
+    mem = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else "n/a"
+    print(f"{name:>8}: {tok_s:,.0f} tokens/s  {tflops:.2f} TFLOP/s  MFU {mfu}  peak memory {mem}")
+    model.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return tok_s
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="olmo2-1b")
+    p.add_argument("--seq-len", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=4, help="micro-batch size")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--peer", choices=["hf", "none"], default="hf")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    config = preset(args.preset)
+    config.max_seq_len = max(config.max_seq_len, args.seq_len)
+    print(
+        f"preset {args.preset}, seq {args.seq_len}, micro-batch {args.batch}, {args.dtype}, "
+        f"compile={args.compile}, device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}"
+    )
+    torch.manual_seed(0)
+    ours = measure("glasslm", OLMo2(config), lambda m, x: m(x), args, config, device)
+    if args.peer == "hf":
+        torch.manual_seed(0)
+        theirs = measure("hf", hf_model(config), lambda m, x: m(input_ids=x).logits, args, config, device)
+        print(f"ratio glasslm / transformers: {ours / theirs:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""The GPU benchmarks must also run (slowly) on a CPU with the tiny preset."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_step_benchmark_runs_on_cpu() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/train_step.py"), "--preset", "tiny", "--seq-len", "64",
+         "--batch", "2", "--steps", "2", "--warmup", "1"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    assert "glasslm:" in out and "tokens/s" in out and "ratio glasslm / transformers" in out
