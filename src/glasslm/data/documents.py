@@ -151,7 +151,7 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def write_jsonl(path: str | Path, records: Iterable[Any], compress: bool | None = None) -> int:
+def write_jsonl(path: str | Path, records: Iterable[Any], compress: bool | None = None, compresslevel: int = 6) -> int:
     """Write records atomically (temp file + rename); gzip when the name ends in .gz. Returns count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,9 +160,10 @@ def write_jsonl(path: str | Path, records: Iterable[Any], compress: bool | None 
     n = 0
     try:
         with open(tmp, "wb") as raw:
-            # mtime=0: identical content gives identical bytes, so artifact hashes are reproducible.
+            # mtime=0 and no file name in the header (it would be the temp name, which holds this
+            # process's id): identical content gives identical bytes, so artifact hashes reproduce.
             stream: IO[bytes] = (
-                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) if compress else raw  # type: ignore[assignment]
+                gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=compresslevel) if compress else raw  # type: ignore[assignment]
             )
             with io.TextIOWrapper(stream, encoding="utf-8", newline="\n") as f:
                 for record in records:
@@ -182,3 +183,19 @@ def read_jsonl(path: str | Path) -> Iterator[Any]:
         for line in f:
             if line.strip():
                 yield json.loads(line)
+
+
+def shard_names(documents_root: str | Path) -> list[tuple[str, Path]]:
+    """(name, path) of every shard of a ``documents`` artifact, in the defined order (sorted names).
+
+    ``name`` is the path relative to ``<artifact>/documents``; an ``attributes`` artifact stores the
+    attributes of that shard under the same relative name.
+    """
+    root = Path(documents_root)
+    base = root / "documents" if (root / "documents").is_dir() else root
+    return [(p.relative_to(base).as_posix() if p != base else p.name, p) for p in list_shards(base)]
+
+
+def attributes_path(attributes_root: str | Path, name: str) -> Path:
+    """Where an ``attributes`` artifact keeps the attributes of shard ``name``."""
+    return Path(attributes_root) / name

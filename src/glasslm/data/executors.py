@@ -7,10 +7,14 @@ so outputs and ledgers do not depend on scheduling.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing as mp
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Literal, TypeVar
 
 from tqdm import tqdm
@@ -33,12 +37,21 @@ def map_shards(
     executor: ExecutorName = "process",
     desc: str = "shards",
     progress: bool = True,
+    on_result: Callable[[R], None] | None = None,
 ) -> list[R]:
-    """``[fn(t) for t in tasks]``, in parallel; ``fn`` must be a module-level (picklable) function."""
+    """``[fn(t) for t in tasks]``, in parallel; ``fn`` must be a module-level (picklable) function.
+
+    ``on_result`` is called in this process with each result as it arrives, in task order (for
+    progress reports such as docs/s and MB/s).
+    """
     workers = workers or default_workers()
     bar = tqdm(total=len(tasks), desc=desc, unit="shard", disable=not progress, leave=False)
+    results: list[R] = []
     try:
-        results = list(_run(fn, tasks, workers, executor, bar))
+        for result in _run(fn, tasks, workers, executor, bar):
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
     finally:
         bar.close()
     return results
@@ -82,3 +95,43 @@ def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], workers: int, bar: tqdm) 
     finally:
         if started_here:
             ray.shutdown()
+
+
+def work_dir(out: str | os.PathLike[str], fingerprint: str) -> Path:
+    """A scratch directory beside ``out`` for per-shard results, named by the job's fingerprint.
+
+    A rerun of the same job (same config, same inputs) finds the shards an interrupted run finished
+    and skips them; the stage deletes the directory once its artifact is published.
+    """
+    out = Path(out)
+    path = out.parent / f".{out.name}.work-{fingerprint[:16]}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resumable(path: str | os.PathLike[str], compute: Callable[[], R]) -> R:
+    """The result pickled at ``path`` by an earlier run, or ``compute()`` saved there atomically."""
+    path = Path(path)
+    if path.is_file():
+        with open(path, "rb") as f:
+            return pickle.load(f)  # our own scratch file, written below by this same code
+    result = compute()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+    return result
+
+
+def fingerprint(*parts: object) -> str:
+    """A stable hash of JSON-able job parts (resolved config, input manifest hashes)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def executor_name(name: str) -> ExecutorName:
+    """Check an executor name from a config or the command line."""
+    if name not in ("local", "process", "ray"):
+        from glasslm.config import ConfigError
+
+        raise ConfigError(f"config key 'executor': expected local, process or ray, got {name!r}")
+    return name  # type: ignore[return-value]

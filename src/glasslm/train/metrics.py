@@ -1,0 +1,181 @@
+"""``metrics.jsonl`` (one JSON object per logged step), power/energy sampling, MFU.
+
+Power comes from what the machine lets us read: Intel RAPL package counters
+(``/sys/class/powercap/intel-rapl:N/energy_uj``, often root-only) for the CPU, NVML (``pynvml``, from
+the ``nvidia-ml-py`` package) for GPUs. Sources that cannot be read are simply absent from the rows;
+nothing is estimated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Dense bf16 peak FLOP/s per device (vendor datasheets), for MFU. Unknown devices get no MFU.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def memory_gb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
+
+
+class _Rapl:
+    """Cumulative CPU package energy from RAPL counters, with wrap-around handled."""
+
+    def __init__(self) -> None:
+        root = Path("/sys/class/powercap")
+        self.zones: list[tuple[Path, int]] = []
+        # Top-level packages only (intel-rapl:0, not intel-rapl:0:0) so sub-zones are not counted twice.
+        for zone in sorted(root.glob("intel-rapl:*")) if root.is_dir() else []:
+            if zone.name.count(":") != 1:
+                continue
+            try:
+                int((zone / "energy_uj").read_text())
+                limit = int((zone / "max_energy_range_uj").read_text())
+            except (OSError, ValueError):
+                continue
+            self.zones.append((zone / "energy_uj", limit))
+        self.last = self._read()
+        self.total_j = 0.0
+
+    def _read(self) -> list[int]:
+        return [int(p.read_text()) for p, _ in self.zones]
+
+    def sample(self) -> float:
+        """Joules since the previous sample."""
+        now = self._read()
+        delta = 0.0
+        for (_, limit), a, b in zip(self.zones, self.last, now, strict=True):
+            delta += (b - a if b >= a else b + limit - a) / 1e6
+        self.last = now
+        self.total_j += delta
+        return delta
+
+
+class PowerMeter:
+    """Energy of CPU packages (RAPL) and GPUs (NVML) between calls to ``sample``."""
+
+    def __init__(self, device: torch.device):
+        self.rapl = _Rapl()
+        self.gpus: list[Any] = []
+        self.nvml: Any = None
+        if device.type == "cuda":
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self.nvml = pynvml
+                self.gpus = [pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)]
+            except Exception:  # no pynvml, or no driver access: no GPU power in the metrics
+                self.gpus = []
+        self.gpu_energy = [self._gpu_energy_mj(h) for h in self.gpus]
+        self.last_t = time.monotonic()
+        self.energy_j = 0.0
+
+    def _gpu_energy_mj(self, handle: Any) -> int | None:
+        try:
+            return int(self.nvml.nvmlDeviceGetTotalEnergyConsumption(handle))  # millijoules since driver load
+        except Exception:
+            return None
+
+    @property
+    def sources(self) -> list[str]:
+        return (["rapl"] if self.rapl.zones else []) + [f"nvml:{i}" for i in range(len(self.gpus))]
+
+    def sample(self) -> dict[str, float]:
+        """Average watts per source since the previous sample, and cumulative energy (J)."""
+        now = time.monotonic()
+        dt = max(now - self.last_t, 1e-9)
+        self.last_t = now
+        out: dict[str, float] = {}
+        if self.rapl.zones:
+            joules = self.rapl.sample()
+            out["cpu_w"] = joules / dt
+            self.energy_j += joules
+        for i, handle in enumerate(self.gpus):
+            mj = self._gpu_energy_mj(handle)
+            before = self.gpu_energy[i]
+            if mj is not None and before is not None:
+                joules = (mj - before) / 1e3
+                out[f"gpu{i}_w"] = joules / dt
+                self.energy_j += joules
+            else:  # older GPUs have no energy counter: sample instantaneous power
+                with contextlib.suppress(Exception):
+                    out[f"gpu{i}_w"] = self.nvml.nvmlDeviceGetPowerUsage(handle) / 1e3
+            self.gpu_energy[i] = mj
+        if out:
+            out["energy_j"] = self.energy_j
+        return out
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; one line per logged step, flushed as written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the whole run)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def truncate_metrics(path: Path, last_step: int) -> int:
+    """Keep only complete rows with ``step <= last_step`` (rows after a checkpoint would be replayed).
+
+    A kill can leave a half-written last line; it is dropped too. Replaced atomically. Returns the
+    number of rows dropped.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if not line.endswith("\n") or row.get("step", 0) > last_step:
+            dropped += 1
+            continue
+        kept.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return dropped
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
