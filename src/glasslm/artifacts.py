@@ -163,6 +163,7 @@ def write_manifest(
         "kind": kind,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": list(command) if command is not None else command_line(),
+        "cwd": os.getcwd(),  # relative paths in the command are relative to this (glasslm reproduce)
         "config": to_dict(config) if config is not None else {},
         "code": code_version(),
         "inputs": refs,
@@ -176,7 +177,24 @@ def write_manifest(
     return manifest
 
 
+_RECORDED_COMMAND: list[str] | None = None
+
+
+@contextlib.contextmanager
+def recording_command(argv: Sequence[str]) -> Iterator[None]:
+    """Record ``argv`` as the command of the manifests written inside (``cli.main`` given an argv list,
+    as in tests and ``glasslm reproduce``, would otherwise record the host process's ``sys.argv``)."""
+    global _RECORDED_COMMAND
+    previous, _RECORDED_COMMAND = _RECORDED_COMMAND, list(argv)
+    try:
+        yield
+    finally:
+        _RECORDED_COMMAND = previous
+
+
 def command_line() -> list[str]:
+    if _RECORDED_COMMAND is not None:
+        return list(_RECORDED_COMMAND)
     argv = list(sys.argv)
     if argv and Path(argv[0]).name in ("glasslm", "__main__.py", "cli.py"):
         argv[0] = "glasslm"

@@ -51,9 +51,31 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if data["ok"] else 1
 
 
+KEY_CONFIG_ITEMS = 8  # a lineage line stays readable; `--json` or the manifest has the rest
+
+
+def _flatten(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(config, dict):
+        return [kv for k, v in config.items() for kv in _flatten(v, f"{prefix}{k}.")]
+    return [(prefix.rstrip("."), config)] if config not in (None, "", [], {}) else []
+
+
+def _add_key_config(node: dict[str, Any]) -> None:
+    """Each lineage node gets a one-line summary of its recorded config (scalars first)."""
+    if not node.get("missing"):
+        config = artifacts.read_manifest(node["path"]).get("config") or {}
+        items = sorted(_flatten(config), key=lambda kv: (isinstance(kv[1], list | dict), kv[0].count(".")))
+        text = " ".join(f"{k}={v}" for k, v in items[:KEY_CONFIG_ITEMS])
+        more = len(items) - KEY_CONFIG_ITEMS
+        node["key_config"] = text + (f" …(+{more})" if more > 0 else "")
+    for child in node.get("inputs", []):
+        _add_key_config(child)
+
+
 def _show(args: argparse.Namespace) -> int:
     manifest = artifacts.read_manifest(args.path)
     tree = artifacts.lineage(args.path)
+    _add_key_config(tree)
     data = {"manifest": manifest, "lineage": tree}
 
     def render(d: dict[str, Any]) -> str:
@@ -71,10 +93,15 @@ def _show(args: argparse.Namespace) -> int:
 
         def walk(node: dict[str, Any], depth: int) -> None:
             mark = " (MISSING)" if node.get("missing") else ("" if node.get("matches", True) else " (CHANGED since use)")
+            pad = "  " * depth
             lines.append(
-                f"{'  ' * depth}- {node.get('kind')}  {node.get('path')}  "
-                f"{(node.get('manifest_sha256') or '')[:12]}  {node.get('created') or ''}{mark}"
+                f"{pad}- {node.get('kind')}  {node.get('path')}  "
+                f"sha256 {(node.get('manifest_sha256') or '')[:12]}  {node.get('created') or ''}{mark}"
             )
+            if node.get("command"):
+                lines.append(f"{pad}    command: {' '.join(node['command'])}")
+            if node.get("key_config"):
+                lines.append(f"{pad}    config:  {node['key_config']}")
             for child in node.get("inputs", []):
                 walk(child, depth + 1)
 

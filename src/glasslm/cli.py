@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from glasslm import __version__
-from glasslm.artifacts import ArtifactError
+from glasslm.artifacts import ArtifactError, recording_command
 from glasslm.clitools import split_overrides
 from glasslm.config import ConfigError
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if not hasattr(args, "func"):
@@ -64,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or overrides)}")
     args.overrides = overrides
     try:
-        return int(args.func(args) or 0)
+        with recording_command(["glasslm", *argv]):
+            return int(args.func(args) or 0)
     except (ConfigError, ArtifactError) as e:
         print(f"glasslm: error: {e}", file=sys.stderr)
         return 2

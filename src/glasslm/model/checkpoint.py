@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from glasslm import artifacts
 from glasslm.config import from_dict, to_dict
 from glasslm.model.olmo2 import ModelConfig, OLMo2
+from glasslm.tokenizer import CHAT_TEMPLATE_FILE
 
 CHECKPOINT = "checkpoint"
 WEIGHTS = "model.safetensors"
@@ -45,10 +46,16 @@ def write_checkpoint_files(
     tokenizer: str | Path | None = None,
 ) -> None:
     """Write weights, config and (optionally) the tokenizer into an existing directory."""
-    save_file(dict(state), str(directory / WEIGHTS), metadata={"format": "pt", "producer": "glasslm"})
+    # One metadata key only: safetensors writes the metadata map in a per-process random (Rust HashMap)
+    # order, so two keys made identical weights hash differently (found by `glasslm reproduce`).
+    save_file(dict(state), str(directory / WEIGHTS), metadata={"format": "pt"})
     (directory / CONFIG).write_text(yaml.safe_dump({"model": to_dict(config)}, sort_keys=False))
     if tokenizer is not None:
         shutil.copyfile(tokenizer, directory / TOKENIZER)
+        # The chat template travels with its tokenizer (Tokenizer.from_file reads it from beside it).
+        template = Path(tokenizer).parent / CHAT_TEMPLATE_FILE
+        if template.is_file() and template.resolve() != (directory / CHAT_TEMPLATE_FILE).resolve():
+            shutil.copyfile(template, directory / CHAT_TEMPLATE_FILE)
 
 
 def save_checkpoint(
