@@ -1,0 +1,75 @@
+"""The scorer's per-example log-likelihoods equal a plain, one-sequence-at-a-time computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from eval_support import build_model, build_tokenizer
+
+from glasslm.eval.scoring import Scorer, bits_per_byte, encode_pair
+from glasslm.model.checkpoint import load_model
+from glasslm.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scoring")
+    tok = build_tokenizer(d / "tok" / "tokenizer.json")
+    loaded = load_model(build_model(d / "ckpt", tok, max_seq_len=64))
+    return loaded.model, Tokenizer.from_file(tok)
+
+
+def reference_logprob(model, ctx: list[int], cont: list[int]) -> float:
+    """The straightforward computation: the whole sequence alone, causal, no padding, no sharing."""
+    seq = torch.tensor([ctx + cont[:-1]])  # the last token predicts nothing
+    with torch.no_grad():
+        logp = F.log_softmax(model(seq)[0].double(), dim=-1)
+    return sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+
+
+def test_packed_scores_equal_plain_forward(tiny):
+    model, tok = tiny
+    eos = tok.eos_id
+    groups = [
+        # ranked classification: one context, several continuations (one a prefix of another)
+        [encode_pair(tok, "Question: Where did the cat sit?\nAnswer:", c, eos) for c in
+         (" on a mat", " on a mat while dogs ran", " in green trees", " far")],
+        # partial scoring: different contexts, one continuation
+        [encode_pair(tok, f"The {w} sat", " on the mat.", eos) for w in ("cat", "dog", "bird")],
+        # single request, empty context (conditioned on EOS), duplicate choices
+        [encode_pair(tok, "", " rain fell", eos)],
+        [encode_pair(tok, "Goal: play\nAnswer:", " ball", eos), encode_pair(tok, "Goal: play\nAnswer:", " ball", eos)],
+    ]
+    scorer = Scorer(model, batch_tokens=64)  # small batches: several forward passes with padding
+    scored = scorer.score_groups(groups)
+    for group, results in zip(groups, scored, strict=True):
+        for (ctx, cont), s in zip(group, results, strict=True):
+            assert s.n_tokens == len(cont)
+            assert s.logprob == pytest.approx(reference_logprob(model, ctx, cont), abs=1e-4)
+    naive = sum(len(c) + len(t) - 1 for g in groups for c, t in g)
+    assert scorer.forward_tokens < naive  # shared prefixes were computed once
+
+
+def test_long_context_is_left_truncated_like_lm_eval(tiny):
+    model, tok = tiny
+    ctx = tok.encode(" ".join(["the cat sat on a mat"] * 30))
+    cont = tok.encode(" while dogs ran")
+    assert len(ctx) + len(cont) > 65
+    [[s]] = Scorer(model).score_groups([[(ctx, cont)]])
+    keep = 64 + 1 - len(cont)  # lm-eval keeps the last max_length + 1 tokens
+    assert s.logprob == pytest.approx(reference_logprob(model, ctx[-keep:], cont), abs=1e-4)
+
+
+def test_encode_pair_moves_trailing_space_like_lm_eval(tiny):
+    _, tok = tiny
+    ctx, cont = encode_pair(tok, "Answer: ", "cat", tok.eos_id)
+    assert ctx == tok.encode("Answer:")
+    assert tok.decode(cont) == " cat"
+    assert encode_pair(tok, "", " cat", tok.eos_id)[0] == [tok.eos_id]
+
+
+def test_bits_per_byte_identity():
+    assert bits_per_byte(8 * math.log(2) * 10, 10) == pytest.approx(8.0)
