@@ -15,17 +15,29 @@ T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], int | None]
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE`` plus free dotted overrides (``--model.n_layers=4``) for this verb."""
-    parser.add_argument("--config", type=Path, default=None, help="YAML config file")
-    parser.set_defaults(accepts_overrides=True)
+def add_config_options(parser: argparse.ArgumentParser, run_section: str | None = None, wrap: str | None = None) -> None:
+    """``--config FILE`` plus free dotted overrides (``--model.n_layers=4``) for this verb.
+
+    ``run_section``: the section this verb reads when given a whole run config (configs/tiny.yaml),
+    nested under ``wrap`` (see ``config.load``).
+    """
+    parser.add_argument("--config", type=Path, default=None, help="YAML config file (or a run config)")
+    parser.set_defaults(accepts_overrides=True, run_section=run_section, run_wrap=wrap)
     parser.epilog = ((parser.epilog or "") + "\nAny config key can be overridden: --section.key=value").strip()
 
 
 def resolve_config(
     cls: type[T], args: argparse.Namespace, base: T | None = None, section: str | None = None
 ) -> T:
-    return cfg.load(cls, getattr(args, "config", None), getattr(args, "overrides", []), base=base, section=section)
+    return cfg.load(
+        cls,
+        getattr(args, "config", None),
+        getattr(args, "overrides", []),
+        base=base,
+        section=section,
+        run_section=getattr(args, "run_section", None),
+        wrap=getattr(args, "run_wrap", None),
+    )
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

@@ -258,22 +258,44 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# The sections of a run config (configs/tiny.yaml …): one per pipeline stage, each holding that
+# stage's config. A verb given a whole run config reads its own section (see ``load``).
+RUN_SECTIONS = (
+    "stages", "corpus", "tag", "dedupe", "decon", "mix", "tokenizer", "tokenize", "train", "eval",
+    "adapt_data", "sft", "dpo", "rl", "hf", "trace", "report",
+)
+
+
+def is_run_config(cls: type, data: Mapping[str, Any]) -> bool:
+    """A run config has only run sections, at least one of which ``cls`` does not know."""
+    keys = set(data)
+    return bool(keys) and keys <= set(RUN_SECTIONS) and not keys <= set(_field_types(cls))
+
+
 def load(
     cls: type[T],
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
     base: T | None = None,
     section: str | None = None,
+    run_section: str | None = None,
+    wrap: str | None = None,
 ) -> T:
     """Resolve a config: defaults (or ``base``) < YAML file < dotted overrides.
 
-    ``section`` reads one top-level section of a larger YAML file (e.g. ``model`` of a run config).
+    ``section`` reads one top-level section of a larger YAML file. ``run_section``: if the file is a
+    whole run config (``is_run_config``), read that stage's section, nested under ``wrap`` when the
+    verb's config keeps its settings one level down (e.g. ``CorpusRun.corpus``).
     """
     config = base if base is not None else cls()
     if path is not None:
         data = read_yaml(path)
         if section is not None:
             data = data.get(section, {})
+        elif run_section is not None and is_run_config(cls, data):
+            data = data.get(run_section) or {}
+            if wrap is not None:
+                data = {wrap: data}
         merged = _deep_merge(to_dict(config), data)
         try:
             config = from_dict(cls, merged)

@@ -1,0 +1,567 @@
+"""``data mix``: a declarative recipe over documents + attributes → curated shards and a ledger.
+
+Order of decisions for one input line (the ledger's ``first_rule`` is the first that decided):
+
+1. ``quarantine``: unusable lines (documents.py) and ids already seen in an earlier shard;
+2. ``unmatched_source``: the document's ``source`` matches no recipe source;
+3. doc-level rules in order: the source's flags (dedupe_exact, dedupe_near, decon, language,
+   toxicity), then the recipe-wide ``rules``, then the source's own ``rules``. Every rule is
+   evaluated, so the ledger lists all that fired, not only the first;
+4. span rules (remove_spans, mask; e.g. duplicate paragraphs, PII) → ``modified``; a document left
+   empty is removed by ``empty_after_edits``;
+5. held-out split: seeded, per source, among the documents that survived 1–4;
+6. ``decon_heldout``: training documents sharing a 13-gram with any held-out document are removed;
+7. ``sample``: source weights; w < 1 keeps a document with probability w, w ≥ 1 writes floor(w)
+   copies plus one more with probability frac(w). Copies after the first get id ``<id>#<k>``.
+
+Randomness is a hash of (seed, purpose, document id), so decisions do not depend on shard order,
+worker count or executor.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import operator
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from glasslm.config import ConfigError
+from glasslm.data import decon, ledger
+from glasslm.data.dedupe import DUPLICATES_FILE
+from glasslm.data.documents import (
+    Quarantine,
+    attributes_path,
+    iter_documents,
+    read_jsonl,
+    shard_names,
+    write_jsonl,
+)
+from glasslm.data.executors import executor_name, map_shards, resumable
+
+OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
+}
+ACTIONS = ("exclude", "include", "remove_spans", "mask")
+AGGREGATES = ("max", "min", "sum", "mean", "first", "count")
+
+
+@dataclass
+class Rule:
+    """One condition over an attribute. ``attribute`` is a full name or its tail after ``<exp>__``."""
+
+    attribute: str = ""
+    op: str = ">"  # < <= > >= == != exists missing
+    value: float | str | None = None
+    action: str = "exclude"  # exclude: remove if it holds; include: remove unless it holds; remove_spans; mask
+    name: str = ""  # how the ledger calls it (default: attribute + op + value)
+    replacement: str = ""  # mask only
+    aggregate: str = "max"  # doc-level value of several spans
+
+    def validate(self) -> None:
+        if not self.attribute:
+            raise ConfigError("rule: 'attribute' is required")
+        if self.op not in (*OPS, "exists", "missing"):
+            raise ConfigError(f"rule '{self.label}': op must be one of {[*OPS, 'exists', 'missing']}, got {self.op!r}")
+        if self.action not in ACTIONS:
+            raise ConfigError(f"rule '{self.label}': action must be one of {list(ACTIONS)}, got {self.action!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ConfigError(f"rule '{self.label}': aggregate must be one of {list(AGGREGATES)}")
+        if self.op in OPS and self.value is None:
+            raise ConfigError(f"rule '{self.label}': op {self.op} needs a value")
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return f"{self.attribute}{'' if self.op in OPS else ':'}{self.op}{'' if self.value is None else self.value}"
+
+    def holds(self, value: Any) -> bool:
+        if self.op == "exists":
+            return value is not None
+        if self.op == "missing":
+            return value is None
+        if value is None:
+            return False
+        try:
+            return bool(OPS[self.op](value, self.value))
+        except TypeError:  # e.g. a string attribute compared with a number: the rule does not hold
+            return False
+
+
+@dataclass
+class HeldOut:
+    fraction: float = 0.0
+    count: int = 0  # when > 0, wins over fraction
+
+
+@dataclass
+class SourceRecipe:
+    name: str = ""
+    match: list[str] = field(default_factory=list)  # fnmatch patterns over the document's `source`; default [name]
+    weight: float = 1.0
+    heldout: HeldOut = field(default_factory=HeldOut)
+    dedupe: bool = False  # remove exact and near duplicates, drop duplicate paragraphs
+    decon: bool = False  # remove documents that overlap an evaluation set
+    language: str | None = None
+    language_min_score: float = 0.5
+    toxicity_max: float | None = None
+    pii_mask: bool = False
+    rules: list[Rule] = field(default_factory=list)
+
+
+@dataclass
+class AttributeNames:
+    """Attribute tails the source flags refer to (``{lang}`` is replaced by the source's language)."""
+
+    exact_doc: str = "dedupe__exact_doc"
+    near_doc: str = "dedupe__near_doc"
+    paragraphs: str = "dedupe__paragraphs"
+    decon: str = "decon__contaminated"
+    language: str = "langid__{lang}"
+    toxicity: str = "toxicity__doc"
+    pii: dict[str, str] = field(default_factory=lambda: {
+        "pii__EMAIL_ADDRESS": "|||EMAIL_ADDRESS|||",
+        "pii__PHONE_NUMBER": "|||PHONE_NUMBER|||",
+        "pii__IP_ADDRESS": "|||IP_ADDRESS|||",
+    })
+
+
+@dataclass
+class Recipe:
+    documents: str = ""  # documents artifact (or run directory)
+    attributes: list[str] = field(default_factory=list)  # attributes artifacts
+    seed: int = 0
+    rules: list[Rule] = field(default_factory=list)  # applied to every source
+    sources: list[SourceRecipe] = field(default_factory=list)
+    names: AttributeNames = field(default_factory=AttributeNames)
+    decon_heldout: bool = True
+    heldout_ngram: int = 13
+    workers: int = 0
+    executor: str = "process"
+
+    def validate(self) -> None:
+        seen = set()
+        for s in self.sources:
+            if not s.name:
+                raise ConfigError("recipe source without a 'name'")
+            if s.name in seen:
+                raise ConfigError(f"recipe source '{s.name}' is listed twice")
+            seen.add(s.name)
+            if s.weight < 0:
+                raise ConfigError(f"source '{s.name}': weight must be >= 0")
+            if not 0 <= s.heldout.fraction < 1:
+                raise ConfigError(f"source '{s.name}': heldout.fraction must be in [0, 1)")
+
+
+def source_rules(recipe: Recipe, source: SourceRecipe) -> list[Rule]:
+    """The source's flags expanded into rules, then recipe-wide rules, then the source's rules."""
+    n = recipe.names
+    rules: list[Rule] = []
+    if source.dedupe:
+        rules += [
+            Rule(attribute=n.exact_doc, op="exists", name="dedupe_exact"),
+            Rule(attribute=n.near_doc, op="exists", name="dedupe_near"),
+            Rule(attribute=n.paragraphs, op="exists", action="remove_spans", name="dedupe_paragraphs"),
+        ]
+    if source.decon:
+        rules.append(Rule(attribute=n.decon, op="exists", name="decon"))
+    if source.language:
+        rules.append(Rule(attribute=n.language.format(lang=source.language), op=">=",
+                          value=source.language_min_score, action="include", name="language"))
+    if source.toxicity_max is not None:
+        rules.append(Rule(attribute=n.toxicity, op=">", value=source.toxicity_max, name="toxicity"))
+    if source.pii_mask:
+        rules += [Rule(attribute=a, op="exists", action="mask", replacement=r, name="pii_mask") for a, r in n.pii.items()]
+    rules += recipe.rules + source.rules
+    for rule in rules:
+        rule.validate()
+    return rules
+
+
+def uniform(seed: int, purpose: str, doc_id: str) -> float:
+    """A reproducible number in [0, 1) for one (seed, purpose, document) triple."""
+    digest = hashlib.blake2b(f"{seed}\x00{purpose}\x00{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+# --- attributes --------------------------------------------------------------------------------------
+
+
+class Attributes:
+    """The attributes of one shard from several artifacts, matched to documents by id in order."""
+
+    def __init__(self, roots: list[Path], shard: str) -> None:
+        self.queues: list[dict[str, deque[dict[str, Any]]]] = []
+        for root in roots:
+            path = attributes_path(root, shard)
+            if not path.is_file():
+                raise ConfigError(f"{root}: attributes artifact has no file for shard '{shard}' (expected {path})")
+            by_id: dict[str, deque[dict[str, Any]]] = {}
+            for record in read_jsonl(path):
+                by_id.setdefault(record["id"], deque()).append(record.get("attributes") or {})
+            self.queues.append(by_id)
+        self._resolved: dict[tuple[str, ...], dict[str, list[str]]] = {}
+
+    def take(self, doc_id: str) -> dict[str, list[list[Any]]]:
+        merged: dict[str, list[list[Any]]] = {}
+        for by_id in self.queues:
+            queue = by_id.get(doc_id)
+            if queue:
+                merged.update(queue.popleft())
+        return merged
+
+    def spans(self, attrs: dict[str, list[list[Any]]], name: str) -> list[list[Any]]:
+        """Spans of attribute ``name`` (a full name or a ``__``-separated tail) over all experiments."""
+        keys = tuple(attrs)
+        table = self._resolved.setdefault(keys, {})
+        full = table.get(name)
+        if full is None:
+            full = table[name] = [k for k in keys if k == name or k.endswith("__" + name)]
+        out: list[list[Any]] = []
+        for k in full:
+            out.extend(attrs[k] or [])
+        return out
+
+
+def doc_value(spans: list[list[Any]], aggregate: str) -> Any:
+    if not spans:
+        return None
+    scores = [s[2] for s in spans if len(s) >= 3]
+    if aggregate == "count":
+        return len(spans)
+    if not scores:
+        return None
+    if aggregate == "first" or not all(isinstance(v, int | float) for v in scores):
+        return scores[0]
+    if aggregate == "max":
+        return max(scores)
+    if aggregate == "min":
+        return min(scores)
+    return sum(scores) if aggregate == "sum" else sum(scores) / len(scores)
+
+
+def apply_edits(text: str, edits: list[tuple[int, int, str]]) -> str:
+    """Replace spans (overlaps merged; an overlapping removal wins over a mask)."""
+    merged: list[list[Any]] = []
+    for start, end, repl in sorted(edits, key=lambda e: (e[0], -e[1])):
+        start, end = max(0, start), min(len(text), end)
+        if end <= start:
+            continue
+        if merged and start < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+            if repl == "":
+                merged[-1][2] = ""
+        else:
+            merged.append([start, end, repl])
+    out, pos = [], 0
+    for start, end, repl in merged:
+        out.append(text[pos:start])
+        out.append(repl)
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# --- pass 1: filter each shard ----------------------------------------------------------------------
+
+
+@dataclass
+class ShardJob:
+    index: int
+    name: str
+    path: Path
+    recipe: Recipe
+    attribute_roots: list[Path]
+    scratch: Path
+
+
+def _match_source(recipe: Recipe, source: str | None) -> SourceRecipe | None:
+    for s in recipe.sources:
+        if any(fnmatch.fnmatchcase(source or "", pattern) for pattern in (s.match or [s.name])):
+            return s
+    return None
+
+
+def _duplicates(roots: list[Path], shard: str) -> dict[str, str]:
+    """id -> surviving id for whole-document duplicates of this shard (exact wins over near)."""
+    found: dict[str, str] = {}
+    for root in roots:
+        path = root / DUPLICATES_FILE
+        if not path.is_file():
+            continue
+        table = pq.read_table(path, filters=[("shard", "==", shard), ("kind", "in", ["exact_doc", "near_doc"])])
+        for doc_id, kind, of in zip(*(table.column(c).to_pylist() for c in ("id", "kind", "duplicate_of")),
+                                    strict=True):
+            if kind == "exact_doc" or doc_id not in found:
+                found[doc_id] = of
+    return found
+
+
+def filter_shard(job: ShardJob) -> dict[str, Any]:
+    return resumable(job.scratch / f"filter-{job.index:05d}.pkl", lambda: _filter_shard(job))
+
+
+def _filter_shard(job: ShardJob) -> dict[str, Any]:
+    recipe = job.recipe
+    quarantine = Quarantine()
+    attrs = Attributes(job.attribute_roots, job.name)
+    dups = _duplicates(job.attribute_roots, job.name)
+    rules_of = {s.name: source_rules(recipe, s) for s in recipe.sources}
+    rows: list[dict[str, Any]] = []
+    survivors: list[dict[str, Any]] = []  # documents after step 4, with their (possibly modified) text
+    for line, doc in iter_documents(job.path, quarantine, seen_ids=set()):
+        text: str = doc["text"]
+        attributes = attrs.take(doc["id"])
+        source = _match_source(recipe, doc.get("source"))
+        row = ledger.new_row(job.name, line, doc["id"], doc.get("source"), len(text.encode("utf-8", "surrogatepass")))
+        row["duplicate_of"] = dups.get(doc["id"])
+        rows.append(row)
+        if source is None:
+            ledger.fire(row, "unmatched_source", doc.get("source"))
+            row["decision"] = "removed"
+            continue
+        row["recipe_source"] = source.name
+        edits: list[tuple[int, int, str]] = []
+        span_rules: list[tuple[Rule, list[list[Any]]]] = []
+        for rule in rules_of[source.name]:
+            spans = attrs.spans(attributes, rule.attribute)
+            if rule.action in ("remove_spans", "mask"):
+                span_rules.append((rule, spans))
+                continue
+            value = doc_value(spans, rule.aggregate)
+            holds = rule.holds(value)
+            if holds if rule.action == "exclude" else not holds:
+                ledger.fire(row, rule.label, value)
+        if row["rules"]:
+            row["decision"] = "removed"
+            continue
+        for rule, spans in span_rules:
+            chosen = [s for s in spans if rule.op in ("exists", "missing") or rule.holds(s[2] if len(s) > 2 else None)]
+            if chosen:
+                replacement = rule.replacement if rule.action == "mask" else ""
+                edits.extend((int(s[0]), int(s[1]), replacement) for s in chosen)
+                ledger.fire(row, rule.label, len(chosen))
+        if edits:
+            text = apply_edits(text, edits)
+            if not text.strip():
+                ledger.fire(row, "empty_after_edits", 0)
+                row["decision"] = "removed"
+                continue
+            row["decision"] = "modified"
+        else:
+            row["decision"] = "kept"
+        survivors.append({"row": len(rows) - 1, "doc": {**doc, "text": text}})
+    for record in quarantine.records:
+        raw = record["raw"].encode() if record["encoding"] == "utf-8" else b""
+        row = ledger.new_row(job.name, record["line"], _id_of(raw), None, _raw_bytes(record))
+        row["decision"] = "quarantined"
+        ledger.fire(row, "quarantine", record["reason"])
+        rows.append(row)
+    return {"rows": rows, "survivors": survivors, "quarantine": quarantine.records}
+
+
+def _id_of(raw: bytes) -> str | None:
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
+
+
+def _raw_bytes(record: dict[str, Any]) -> int:
+    import base64
+
+    return len(record["raw"].encode()) if record["encoding"] == "utf-8" else len(base64.b64decode(record["raw"]))
+
+
+# --- pass 2 and 3: held-out n-grams, then split / decon / sample / write --------------------------
+
+
+@dataclass
+class WriteJob:
+    index: int
+    name: str
+    recipe: Recipe
+    scratch: Path
+    heldout: set[int]  # survivor positions (in this shard) that go to the held-out split
+    duplicate_ids: set[int]  # row positions quarantined as ids seen in an earlier shard
+    heldout_index: Path | None
+
+
+def heldout_ngrams(job: WriteJob) -> np.ndarray:
+    part = filter_shard_cached(job.scratch, job.index)
+    texts = [s["doc"]["text"] for i, s in enumerate(part["survivors"]) if i in job.heldout]
+    return decon.ngram_set(texts, job.recipe.heldout_ngram)[0]
+
+
+def filter_shard_cached(scratch: Path, index: int) -> dict[str, Any]:
+    return resumable(scratch / f"filter-{index:05d}.pkl", _missing_pass1)
+
+
+def _missing_pass1() -> dict[str, Any]:
+    raise RuntimeError("mix: the filter pass result of a shard is missing from the work directory")
+
+
+def out_name(shard: str) -> str:
+    for suffix in (".jsonl.gz", ".jsonl.zst", ".jsonl", ".json.gz"):
+        if shard.endswith(suffix):
+            return shard[: -len(suffix)] + ".jsonl.gz"
+    return shard + ".jsonl.gz"
+
+
+def write_shard(job: WriteJob) -> dict[str, Any]:
+    return resumable(job.scratch / f"write-{job.index:05d}.pkl", lambda: _write_shard(job))
+
+
+def _write_shard(job: WriteJob) -> dict[str, Any]:
+    recipe = job.recipe
+    part = filter_shard_cached(job.scratch, job.index)
+    rows: list[dict[str, Any]] = part["rows"]
+    weights = {s.name: s.weight for s in recipe.sources}
+    for i in job.duplicate_ids:
+        row = rows[i]
+        row.update(decision="quarantined", rules=[], first_rule=None)
+        ledger.fire(row, "quarantine", f"duplicate id: {row['id']} (first seen in an earlier shard)")
+    train_candidates = [s for i, s in enumerate(part["survivors"]) if i not in job.heldout and s["row"]
+                        not in job.duplicate_ids]
+    overlap = None
+    if job.heldout_index is not None and train_candidates:
+        index = np.load(job.heldout_index)
+        overlap = decon.overlaps([s["doc"]["text"] for s in train_candidates], index, recipe.heldout_ngram,
+                                 want_spans=False)
+    position = {id(s): k for k, s in enumerate(train_candidates)}
+    train_name = f"documents/{out_name(job.name)}"
+    train_docs: list[dict[str, Any]] = []
+    heldout_docs: dict[str, list[dict[str, Any]]] = {}
+    for i, s in enumerate(part["survivors"]):
+        if s["row"] in job.duplicate_ids:
+            continue
+        row, doc = rows[s["row"]], s["doc"]
+        source = row["recipe_source"]
+        if i in job.heldout:
+            target = heldout_docs.setdefault(source, [])
+            row.update(split="held_out", output_file=f"heldout/{source}/{out_name(job.name)}", output_line=len(target) + 1,
+                       copies=1, output_bytes=len(doc["text"].encode("utf-8", "surrogatepass")))
+            target.append(doc)
+            continue
+        k = position[id(s)]
+        if overlap is not None and overlap.matched[k]:
+            ledger.fire(row, "decon_heldout", round(overlap.fraction(k), 6))
+            row["decision"] = "removed"
+            continue
+        weight = weights[source]
+        copies = math.floor(weight) + int(uniform(recipe.seed, "sample", doc["id"]) < weight - math.floor(weight))
+        if copies == 0:
+            ledger.fire(row, "sample", weight)
+            row["decision"] = "removed"
+            continue
+        row.update(split="train", output_file=train_name, output_line=len(train_docs) + 1, copies=copies,
+                   output_bytes=len(doc["text"].encode("utf-8", "surrogatepass")))
+        train_docs.append(doc)
+        for c in range(1, copies):
+            train_docs.append({**doc, "id": f"{doc['id']}#{c}", "metadata": {**(doc.get("metadata") or {}),
+                                                                                  "copy_of": doc["id"]}})
+    out = job.scratch / "out"
+    # gzip level 1: measured 3-4x faster than level 6 on our text for ~10% larger shards; compressing
+    # was half of the mix's time (benchmarks/dedupe_mix_throughput.py).
+    if train_docs:
+        write_jsonl(out / train_name, train_docs, compresslevel=1)
+    for source, docs in heldout_docs.items():
+        write_jsonl(out / f"heldout/{source}/{out_name(job.name)}", docs, compresslevel=1)
+    for row in rows:
+        if row["split"] is None:
+            row["split"] = "none"
+    ledger.write_part(job.scratch / f"ledger-{job.index:05d}.parquet", rows)
+    late = [{"file": job.name, "line": rows[i]["line"], "reason": rows[i]["rules"][0]["value"].strip('"'),
+             "raw": "", "encoding": "utf-8"} for i in sorted(job.duplicate_ids)]
+    return {"quarantine": part["quarantine"] + late}
+
+
+# --- the driver ---------------------------------------------------------------------------------------
+
+
+def choose_heldout(recipe: Recipe, candidates: list[tuple[int, int, str, str]]) -> dict[int, set[int]]:
+    """Seeded per-source selection among survivors: (shard, survivor position, id, source) -> chosen."""
+    by_source: dict[str, list[tuple[float, int, int]]] = {}
+    for shard, pos, doc_id, source in candidates:
+        by_source.setdefault(source, []).append((uniform(recipe.seed, "heldout", doc_id), shard, pos))
+    chosen: dict[int, set[int]] = {}
+    for s in recipe.sources:
+        pool = sorted(by_source.get(s.name, []))
+        k = s.heldout.count if s.heldout.count > 0 else math.floor(s.heldout.fraction * len(pool) + 0.5)
+        for _, shard, pos in pool[: min(k, len(pool))]:
+            chosen.setdefault(shard, set()).add(pos)
+    return chosen
+
+
+def run(recipe: Recipe, documents: Path, attribute_roots: list[Path], root: Path, scratch: Path) -> dict[str, Any]:
+    """Execute ``recipe`` into the artifact directory ``root``; returns the manifest metrics."""
+    started = time.perf_counter()
+    if not recipe.sources:
+        raise ConfigError("recipe has no sources: add at least one under 'sources:'")
+    for s in recipe.sources:
+        source_rules(recipe, s)  # validate every rule before any work
+    shards = shard_names(documents)
+    if not shards:
+        raise ConfigError(f"{documents}: no document shards (*.jsonl.gz) found")
+    workers, executor = recipe.workers or None, executor_name(recipe.executor)
+    jobs = [ShardJob(i, name, path, recipe, attribute_roots, scratch) for i, (name, path) in enumerate(shards)]
+    parts = map_shards(filter_shard, jobs, workers=workers, executor=executor, desc="mix: filter")
+
+    # Ids repeated across shards: the first shard (in order) keeps the id, later lines are quarantined.
+    seen: set[str] = set()
+    duplicate_ids: dict[int, set[int]] = {}
+    candidates: list[tuple[int, int, str, str]] = []
+    for i, part in enumerate(parts):
+        for r, row in enumerate(part["rows"]):
+            if row["decision"] == "quarantined" or row["id"] is None:
+                continue
+            if row["id"] in seen:
+                duplicate_ids.setdefault(i, set()).add(r)
+            else:
+                seen.add(row["id"])
+        for pos, s in enumerate(part["survivors"]):
+            if s["row"] not in duplicate_ids.get(i, set()):
+                candidates.append((i, pos, s["doc"]["id"], part["rows"][s["row"]]["recipe_source"]))
+    heldout = choose_heldout(recipe, candidates)
+    del parts, candidates  # the workers re-read their pass-1 results from the work directory
+
+    write_jobs = [WriteJob(i, name, recipe, scratch, heldout.get(i, set()), duplicate_ids.get(i, set()), None)
+                  for i, (name, _) in enumerate(shards)]
+    if recipe.decon_heldout and any(heldout.values()):
+        index_file = scratch / "heldout-ngrams.npy"
+        if not index_file.is_file():
+            sets = map_shards(heldout_ngrams, [j for j in write_jobs if j.heldout], workers=workers,
+                              executor=executor, desc="mix: held-out n-grams")
+            np.save(index_file, np.unique(np.concatenate(sets)) if sets else np.zeros(0, np.uint64))
+        for j in write_jobs:
+            j.heldout_index = index_file
+    results = map_shards(write_shard, write_jobs, workers=workers, executor=executor, desc="mix: write")
+
+    # Assemble the artifact: outputs, ledger (shard order, then line), quarantine file.
+    out = scratch / "out"
+    if out.is_dir():
+        for child in sorted(out.iterdir()):
+            shutil.move(str(child), str(root / child.name))
+    (root / "documents").mkdir(exist_ok=True)
+    table = ledger.concat_parts([scratch / f"ledger-{j.index:05d}.parquet" for j in write_jobs])
+    ledger.write(root / ledger.LEDGER_FILE, table)
+    quarantine = [q for r in results for q in r["quarantine"]]
+    write_jsonl(root / "quarantine.jsonl", quarantine)
+    metrics = ledger.summary(table)
+    metrics["quarantine_reasons"] = dict(Counter(q["reason"].split(":")[0] for q in quarantine))
+    metrics["seconds_total"] = round(time.perf_counter() - started, 3)
+    total = metrics["input"]["bytes"]
+    metrics["mb_per_s"] = round(total / 1e6 / metrics["seconds_total"], 3) if metrics["seconds_total"] else None
+    return metrics

@@ -1,0 +1,57 @@
+"""Decontamination: 13-gram overlap with evaluation sets, fractions and character spans."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from glasslm.artifacts import create_artifact, read_manifest
+from glasslm.cli import main
+from glasslm.data.decon import ngram_set, overlaps
+from glasslm.data.documents import read_jsonl, write_jsonl
+
+QUESTION = "Which gas do plants absorb from the air during photosynthesis in bright sunlight on a warm day"
+
+
+def test_overlap_spans_are_character_offsets() -> None:
+    index, short = ngram_set([QUESTION, "too short"], 13)
+    assert short == 1 and len(index) == len(QUESTION.split()) - 12
+    prefix = "Ünïcödé préfix — "
+    text = prefix + QUESTION.upper() + ". Then unrelated words follow here."
+    ov = overlaps([text, "nothing in common at all"], index, 13)
+    assert ov.matched.tolist()[1] == 0 and ov.matched[0] == len(index)
+    assert ov.spans[0] == [[len(prefix), len(prefix) + len(QUESTION), 1.0]]
+    assert 0 < ov.fraction(0) < 1
+
+
+def test_overlap_with_empty_index() -> None:
+    ov = overlaps(["a b c"], np.zeros(0, dtype=np.uint64), 2)
+    assert ov.matched.tolist() == [0] and ov.total.tolist() == [2]
+
+
+def test_decon_cli_marks_contaminated_documents(tmp_path: Path) -> None:
+    with create_artifact(tmp_path / "docs", "documents") as w:
+        write_jsonl(w.path / "documents" / "a.jsonl.gz", [
+            {"id": "clean", "text": "A document about something else entirely, with many words in it."},
+            {"id": "leak", "text": "Quiz time! " + QUESTION + "? Answer: carbon dioxide."},
+        ])
+    task = tmp_path / "sciq.jsonl"
+    task.write_text(json.dumps({"question": QUESTION, "answer": "carbon dioxide", "id": 7}) + "\n")
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"context": QUESTION, "label": "x"}) + "\n")
+    out = tmp_path / "dc"
+    rc = main(["data", "decon", str(tmp_path / "docs"), "--tasks", str(task), str(other), "--out", str(out),
+               "--experiment", "e", "--decon.fields=[question,answer]", "--workers", "1"])
+    assert rc == 0
+    rows = {r["id"]: r["attributes"] for r in read_jsonl(out / "a.jsonl.gz")}
+    assert rows["clean"]["e__decon__contaminated"] == [] and rows["clean"]["e__decon__sciq"] == []
+    leak = rows["leak"]
+    assert leak["e__decon__contaminated"][0][2] == leak["e__decon__sciq"][0][2] > 0
+    assert leak["e__decon__sciq__spans"] == [[11, 11 + len(QUESTION), 1.0]]
+    # `fields` restricts what is read from task files: `other` then has no 13-gram.
+    assert leak["e__decon__other"] == []
+    metrics = read_manifest(out)["metrics"]
+    assert metrics["contaminated_documents"] == 1
+    assert metrics["tasks"]["other"]["short_instances"] == 1
