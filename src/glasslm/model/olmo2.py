@@ -216,6 +216,7 @@ class OLMo2(nn.Module):
         doc_ids: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of shape (batch, seq, vocab).
 
@@ -224,6 +225,9 @@ class OLMo2(nn.Module):
         - ``attn_mask``: an explicit boolean mask (batch, 1, seq, keys), True = may attend; used by the
           generation engine for left-padded batches.
         - ``cache``: a KVCache; the new tokens are appended after ``cache.length`` filled positions.
+        - ``logits_index`` (batch,): compute logits only at this position of each row, giving
+          (batch, 1, vocab); the generation engine's prefill needs only the last prompt position, and
+          the LM head over every prompt position would cost seq·d·vocab for nothing.
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -247,6 +251,8 @@ class OLMo2(nn.Module):
                 x = block(x, cos, sin, mask, cache, i)
         if cache is not None:
             cache.length += T
+        if logits_index is not None:
+            x = x[torch.arange(B, device=x.device), logits_index][:, None]
         return self.lm_head(self.norm(x))
 
 

@@ -1,0 +1,479 @@
+"""An OpenAI-compatible HTTP server over the generation engine (FastAPI + uvicorn).
+
+Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with
+``stream: true`` as server-sent events ending in ``data: [DONE]``), ``GET /health``, ``GET /metrics``
+(Prometheus text). Request and response bodies follow the OpenAI API, so the official ``openai``
+client works unchanged; errors use OpenAI's ``{"error": {message, type, param, code}}`` body.
+Beyond OpenAI's fields, requests may carry ``top_k``, ``repetition_penalty`` and ``ignore_eos``
+(vLLM's names), e.g. through the client's ``extra_body``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from glasslm.model.generate import Engine, Event, SamplingParams
+from glasslm.serve.scheduler import Handle, QueueFull, Scheduler
+from glasslm.tokenizer import ROLE_TOKENS
+
+log = logging.getLogger("glasslm.serve")
+API_KEY_ENV = "GLASSLM_API_KEY"
+
+
+@dataclass
+class ServeLimits:
+    max_prompt_tokens: int = 2048  # longer prompts: 413
+    max_new_tokens: int = 1024  # a larger max_tokens: 400
+    max_queue: int = 64  # requests waiting beyond the running batch; more: 429
+    max_choices: int = 16  # prompts × n in one request
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, self.type, self.param, self.code)
+
+
+def error_response(status: int, message: str, type: str = "invalid_request_error",
+                   param: str | None = None, code: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+class APIKeyMiddleware:
+    """Bearer-token check for ``/v1`` before anything else (even before the body is parsed).
+
+    A plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
+    wraps ``receive`` so that the endpoint no longer sees the client disconnect (tested).
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str, server: Server):
+        self.app, self.api_key, self.server = app, api_key.encode(), server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            header = Headers(scope=scope).get("authorization", "")
+            given = header[7:] if header.lower().startswith("bearer ") else ""
+            if not secrets.compare_digest(given.encode(), self.api_key):
+                self.server.errors_total += 1
+                what = "Missing" if not header else "Incorrect"
+                response = error_response(401, f"{what} API key: send 'Authorization: Bearer <key>'",
+                                          code="invalid_api_key")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# -- request bodies ----------------------------------------------------------------------------------
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields are accepted and ignored, as vLLM does
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    user: str | None = None
+    # vLLM-style extensions
+    top_k: int = Field(default=0, ge=0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    ignore_eos: bool = False
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    logprobs: int | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+
+
+# -- the app -------------------------------------------------------------------------------------------
+class Server:
+    """Turns OpenAI requests into engine requests and engine events into OpenAI responses."""
+
+    def __init__(self, engine: Engine, model_name: str, limits: ServeLimits):
+        if engine.tokenizer is None:
+            raise ValueError("the server needs an engine with a tokenizer")
+        self.engine, self.tokenizer, self.model_name, self.limits = engine, engine.tokenizer, model_name, limits
+        self.scheduler = Scheduler(engine, max_queue=limits.max_queue)
+        self.created = int(time.time())
+        self.requests_total = 0
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.errors_total = 0
+        hf = getattr(self.tokenizer, "hf", None)
+        # In our tokenizers the role markers are special tokens: an assistant turn must not run into the
+        # next role's marker, so they stop a chat reply like EOS does.
+        role_ids = [hf.token_to_id(t) for t in ROLE_TOKENS] if hf is not None else []
+        self.chat_stop_ids = [i for i in role_ids if i is not None]
+
+    # ---- validation shared by both endpoints
+    def check_model(self, name: str) -> None:
+        if name != self.model_name:
+            raise APIError(404, f"The model '{name}' does not exist; this server serves '{self.model_name}' "
+                           "(see GET /v1/models)", param="model", code="model_not_found")
+
+    def sampling(self, req: _Sampling, max_tokens: int | None, default_max: int, stop_ids: list[int]) -> SamplingParams:
+        if req.presence_penalty or req.frequency_penalty:
+            raise APIError(400, "presence_penalty and frequency_penalty are not supported; use repetition_penalty",
+                           param="presence_penalty")
+        n_max = max_tokens if max_tokens is not None else min(default_max, self.limits.max_new_tokens)
+        if n_max > self.limits.max_new_tokens:
+            raise APIError(400, f"max_tokens is {n_max}; this server allows at most {self.limits.max_new_tokens}",
+                           param="max_tokens", code="max_tokens_exceeded")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stop) > 4 or any(not s for s in stop):
+            raise APIError(400, "stop: give up to 4 non-empty strings", param="stop")
+        return SamplingParams(max_new_tokens=n_max, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                              repetition_penalty=req.repetition_penalty, stop=stop, seed=req.seed,
+                              ignore_eos=req.ignore_eos, stop_token_ids=stop_ids)
+
+    def check_prompt(self, ids: list[int]) -> None:
+        limit = min(self.limits.max_prompt_tokens, self.engine.max_len - 1)
+        if len(ids) > limit:
+            raise APIError(413, f"the prompt has {len(ids)} tokens; this server accepts at most {limit}",
+                           param="prompt", code="context_length_exceeded")
+        if not ids:
+            raise APIError(400, "the prompt is empty", param="prompt")
+        vocab = self.engine.config.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
+
+    def submit_all(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[Handle]:
+        if len(prompts) * n > self.limits.max_choices:
+            raise APIError(400, f"{len(prompts)} prompts × n={n} choices; at most {self.limits.max_choices}",
+                           param="n")
+        handles: list[Handle] = []
+        try:
+            for ids in prompts:
+                for j in range(n):
+                    seed = params.seed + j if params.seed is not None else None
+                    p = SamplingParams(**{**params.__dict__, "seed": seed})
+                    handles.append(self.scheduler.submit(ids, p))
+        except QueueFull as e:
+            for h in handles:
+                self.scheduler.abort(h)
+            raise APIError(429, str(e), type="rate_limit_error", code="queue_full") from e
+        except ValueError as e:
+            for h in handles:
+                self.scheduler.abort(h)
+            raise APIError(400, str(e)) from e
+        return handles
+
+    def completion_prompts(self, req: CompletionRequest) -> list[list[int]]:
+        p: Any = req.prompt  # pydantic has checked it is one of the four shapes
+        if isinstance(p, str):
+            prompts = [self.tokenizer.encode(p)]
+        elif p and all(isinstance(x, int) for x in p):
+            prompts = [list(p)]
+        elif p and all(isinstance(x, list) for x in p):
+            prompts = [list(x) for x in p]
+        elif p and all(isinstance(x, str) for x in p):
+            prompts = [self.tokenizer.encode(x) for x in p]
+        else:
+            raise APIError(400, "prompt must be a string, a list of strings, or token ids", param="prompt")
+        for ids in prompts:
+            self.check_prompt(ids)
+        return prompts
+
+    def chat_prompt(self, req: ChatRequest) -> list[int]:
+        messages = []
+        for m in req.messages:
+            content = m.content
+            if isinstance(content, list):  # content parts: only text is understood
+                if any(part.get("type") != "text" for part in content):
+                    raise APIError(400, "only text content parts are supported", param="messages")
+                content = "".join(str(part.get("text", "")) for part in content)
+            role = "system" if m.role == "developer" else m.role
+            messages.append({"role": role, "content": content or ""})
+        ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True)
+        self.check_prompt(ids)
+        return ids
+
+    # ---- metrics and logs
+    def record(self, rid: str, handles: list[Handle], out_tokens: int, started: float, first: float | None,
+               reasons: list[str | None]) -> None:
+        prompt_tokens = sum(h.prompt_tokens for h in handles)
+        self.requests_total += 1
+        self.tokens_in += prompt_tokens
+        self.tokens_out += out_tokens
+        ttft = f"{(first - started) * 1000:.0f}ms" if first is not None else "-"
+        log.info("request %s: %d prompt tokens, %d completion tokens, %.0f ms (first token %s), finish %s",
+                 rid, prompt_tokens, out_tokens, (time.monotonic() - started) * 1000, ttft, ",".join(map(str, reasons)))
+
+    def metrics_text(self) -> str:
+        sizes = self.scheduler.batch_sizes
+        lines = [
+            ("glasslm_requests_total", self.requests_total),
+            ("glasslm_request_errors_total", self.errors_total),
+            ("glasslm_prompt_tokens_total", self.tokens_in),
+            ("glasslm_completion_tokens_total", self.tokens_out),
+            ("glasslm_requests_running", self.scheduler.running),
+            ("glasslm_requests_waiting", self.scheduler.waiting),
+            ("glasslm_requests_aborted_total", self.scheduler.aborted),
+            ("glasslm_engine_steps_total", self.scheduler.steps),
+            ("glasslm_batch_size_max_recent", max(sizes, default=0)),
+        ]
+        return "".join(f"{k} {v}\n" for k, v in lines)
+
+
+async def _gather(handles: list[Handle], request: Request, scheduler: Scheduler) -> list[tuple[str, list[Event]]]:
+    """Wait for every handle to finish, aborting all of them if the client goes away."""
+
+    async def collect(h: Handle) -> list[Event]:
+        return [e async for e in h.events()]
+
+    tasks = [asyncio.ensure_future(collect(h)) for h in handles]
+    try:
+        while not all(t.done() for t in tasks):
+            await asyncio.wait(tasks, timeout=0.25)
+            if await request.is_disconnected():
+                raise asyncio.CancelledError("client disconnected")
+        results = [t.result() for t in tasks]
+    finally:
+        for h, t in zip(handles, tasks, strict=True):
+            if not t.done():
+                scheduler.abort(h)
+                t.cancel()
+    return [("".join(e.text for e in evs), evs) for evs in results]
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _merge(handles: list[Handle]) -> AsyncIterator[tuple[int, Event]]:
+    """Events of several handles as they come, tagged with the handle's index."""
+    queue: asyncio.Queue[tuple[int, Event] | BaseException | None] = asyncio.Queue()
+
+    async def pump(i: int, h: Handle) -> None:
+        try:
+            async for e in h.events():
+                await queue.put((i, e))
+        except Exception as e:  # the engine failed: surface it in the stream
+            await queue.put(e)
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.ensure_future(pump(i, h)) for i, h in enumerate(handles)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
+               limits: ServeLimits | None = None) -> FastAPI:
+    """The ASGI app. ``api_key`` (or ``$GLASSLM_API_KEY``) turns on bearer-token auth for ``/v1``."""
+    server = Server(engine, model_name, limits or ServeLimits())
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server.scheduler.start()
+        try:
+            yield
+        finally:
+            server.scheduler.stop()
+
+    app = FastAPI(title="glasslm", lifespan=lifespan)
+    app.state.server = server
+
+    if api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key, server=server)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        server.errors_total += 1
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        server.errors_total += 1
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "the request body is not valid JSON", code="invalid_json")
+        first = errors[0] if errors else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        message = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg')}"
+                            for e in errors[:5])
+        return error_response(422, f"invalid request: {message}", param=where or None, code="invalid_value")
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        server.errors_total += 1
+        log.exception("request to %s failed", request.url.path, exc_info=exc)
+        return error_response(500, f"internal error: {exc}", type="server_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), code=None)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name, "running": server.scheduler.running,
+                "waiting": server.scheduler.waiting}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(server.metrics_text())
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": server.created,
+                                            "owned_by": "glasslm"}]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict[str, Any]:
+        server.check_model(name)
+        return {"id": model_name, "object": "model", "created": server.created, "owned_by": "glasslm"}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        server.check_model(body.model)
+        if body.echo or body.logprobs:
+            raise APIError(400, "echo and logprobs are not supported", param="echo" if body.echo else "logprobs")
+        prompts = server.completion_prompts(body)
+        params = server.sampling(body, body.max_tokens, 16, [])  # OpenAI's default max_tokens is 16
+        handles = server.submit_all(prompts, body.n, params)
+        rid, created, started = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
+        if body.stream:
+            return _stream(server, handles, request, rid, started, include_usage=_usage_wanted(body),
+                           chunk=lambda i, delta, reason: {
+                               "id": rid, "object": "text_completion", "created": created, "model": model_name,
+                               "choices": [{"index": i, "text": delta, "logprobs": None, "finish_reason": reason}]})
+        results = await _gather(handles, request, server.scheduler)
+        choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": evs[-1].finish_reason}
+                   for i, (text, evs) in enumerate(results)]
+        out_tokens = sum(evs[-1].completion_tokens for _, evs in results)
+        server.record(rid, handles, out_tokens, started, None, [evs[-1].finish_reason for _, evs in results])
+        return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
+                "choices": choices, "usage": _usage(handles, out_tokens)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
+        server.check_model(body.model)
+        if body.logprobs:
+            raise APIError(400, "logprobs are not supported", param="logprobs")
+        prompt = server.chat_prompt(body)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        params = server.sampling(body, max_tokens, server.limits.max_new_tokens, server.chat_stop_ids)
+        handles = server.submit_all([prompt], body.n, params)
+        rid, created, started = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
+        if body.stream:
+            def chunk(i: int, delta: str | None, reason: str | None) -> dict[str, Any]:
+                d: dict[str, Any] = {} if delta is None else {"content": delta}
+                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                        "choices": [{"index": i, "delta": d, "logprobs": None, "finish_reason": reason}]}
+
+            first = [{"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                      "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                   "finish_reason": None}]} for i in range(len(handles))]
+            return _stream(server, handles, request, rid, started, include_usage=_usage_wanted(body),
+                           chunk=chunk, first=first, chat=True)
+        results = await _gather(handles, request, server.scheduler)
+        choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                    "finish_reason": evs[-1].finish_reason} for i, (text, evs) in enumerate(results)]
+        out_tokens = sum(evs[-1].completion_tokens for _, evs in results)
+        server.record(rid, handles, out_tokens, started, None, [evs[-1].finish_reason for _, evs in results])
+        return {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
+                "choices": choices, "usage": _usage(handles, out_tokens)}
+
+    return app
+
+
+def _usage_wanted(body: _Sampling) -> bool:
+    return bool((body.stream_options or {}).get("include_usage"))
+
+
+def _usage(handles: list[Handle], out_tokens: int) -> dict[str, int]:
+    prompt = sum(h.prompt_tokens for h in handles)
+    return {"prompt_tokens": prompt, "completion_tokens": out_tokens, "total_tokens": prompt + out_tokens}
+
+
+def _stream(server: Server, handles: list[Handle], request: Request, rid: str, started: float, *,
+            include_usage: bool, chunk: Callable[[int, Any, str | None], dict[str, Any]],
+            first: list[dict[str, Any]] | None = None, chat: bool = False) -> StreamingResponse:
+    """Server-sent events: one chunk per text delta, a last chunk per choice with its finish reason,
+    optionally a usage chunk, then ``data: [DONE]``. A client that disconnects cancels this generator,
+    whose ``finally`` aborts the requests so their slots free up at the next step."""
+
+    async def body() -> AsyncIterator[str]:
+        out_tokens, first_token = 0, None
+        reasons: list[str | None] = [None] * len(handles)
+        try:
+            for c in first or []:
+                yield _sse(c)
+            async for i, event in _merge(handles):
+                if first_token is None:
+                    first_token = time.monotonic()
+                if event.text:
+                    yield _sse(chunk(i, event.text, None))
+                if event.finished:
+                    out_tokens += event.completion_tokens
+                    reasons[i] = event.finish_reason
+                    yield _sse(chunk(i, None if chat else "", event.finish_reason))
+            if include_usage:
+                usage: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                         "created": int(time.time()), "model": server.model_name, "choices": [],
+                         "usage": _usage(handles, out_tokens)}
+                yield _sse(usage)
+            yield "data: [DONE]\n\n"
+        except Exception as e:  # the engine failed mid-stream: tell the client in OpenAI's error shape
+            server.errors_total += 1
+            yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
+        finally:
+            for h in handles:
+                server.scheduler.abort(h)
+            server.record(rid, handles, out_tokens, started, first_token, reasons)
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

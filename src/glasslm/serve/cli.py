@@ -1,0 +1,167 @@
+"""``glasslm generate``, ``glasslm chat`` and ``glasslm serve``: top-level verbs over one engine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glasslm.clitools import add_json_flag, emit
+from glasslm.config import ConfigError
+from glasslm.model.checkpoint import load_model
+from glasslm.model.generate import Engine, SamplingParams
+from glasslm.tokenizer import Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("generate", help="complete prompts with a model (KV-cache, batched)",
+                       description="Complete one or more prompts. One prompt streams to the terminal; "
+                       "several are generated as one batch.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.epilog = ('example:\n  glasslm generate runs/demo --prompt "Once upon a time" --max-new-tokens 64 '
+                "--temperature 0.8 --top-p 0.95 --seed 0")
+    _model_args(p)
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
+    p.add_argument("--prompt-file", type=Path, default=None, help="more prompts, one per line")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn in the chat template")
+    _sampling_args(p, default_max=64, default_temperature=0.0)
+    add_json_flag(p)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("chat", help="chat with a model in the terminal (/reset, /exit)",
+                       description="Interactive chat: history, OLMo-2 chat template, streamed replies. "
+                       "Type /reset to start over and /exit (or Ctrl-D) to leave.")
+    _model_args(p)
+    p.add_argument("--system", default=None, help="system message at the start of the conversation")
+    _sampling_args(p, default_max=256, default_temperature=0.7)
+    p.set_defaults(func=_chat)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
+                       description="Serve /v1/completions, /v1/chat/completions (streaming too), /v1/models, "
+                       "/health and /metrics.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.epilog = ("example:\n  glasslm serve runs/demo --port 8000 --api-key secret\n"
+                "  curl -H 'Authorization: Bearer secret' localhost:8000/v1/models")
+    _model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set $GLASSLM_API_KEY)")
+    p.add_argument("--model-name", default=None, help="the model id clients send (default: the model folder's name)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (cache slots)")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond the batch; more get 429")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048, help="longer prompts get 413")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="a larger max_tokens gets 400")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_serve)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="checkpoint, training run, run directory or HF folder")
+    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json if the model does not carry one")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--max-len", type=int, default=None, help="cache length per request (default: model's max)")
+
+
+def _sampling_args(p: argparse.ArgumentParser, default_max: int, default_temperature: float) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=default_max)
+    p.add_argument("--temperature", type=float, default=default_temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating after end-of-text")
+
+
+def _params(args: argparse.Namespace) -> SamplingParams:
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=list(args.stop),
+                            seed=args.seed, ignore_eos=args.ignore_eos)
+    try:
+        params.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return params
+
+
+def build_engine(args: argparse.Namespace, max_batch: int = 8) -> tuple[Engine, Path]:
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    loaded = load_model(args.model, device=device, dtype=DTYPES[dtype_name])
+    tok_path = args.tokenizer or loaded.tokenizer_path
+    if tok_path is None:
+        raise ConfigError(f"{loaded.path}: the model carries no tokenizer.json; pass --tokenizer PATH")
+    try:
+        tokenizer = Tokenizer.from_file(tok_path)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    engine = Engine(loaded.model, tokenizer, max_batch=max_batch, max_len=args.max_len)
+    return engine, loaded.path
+
+
+def _generate(args: argparse.Namespace) -> int:
+    prompts = list(args.prompt)
+    if args.prompt_file is not None:
+        prompts += [line for line in args.prompt_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError("no prompt: give --prompt TEXT (repeatable) or --prompt-file FILE")
+    params = _params(args)
+    engine, model_dir = build_engine(args, max_batch=min(len(prompts), 32))
+    tok = engine.tokenizer
+    inputs = [tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True) if args.chat
+              else tok.encode(p) for p in prompts]
+    try:
+        if len(prompts) == 1 and not args.json:
+            sys.stdout.write(prompts[0] if not args.chat else "")
+            for event in engine.stream(inputs[0], params):
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return 0
+        results = engine.generate(inputs, params)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    data = {
+        "model": str(model_dir),
+        "params": {k: v for k, v in params.__dict__.items() if k != "stop_token_ids"},
+        "results": [{"prompt": p, "text": r.text, "finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,
+                     "completion_tokens": r.completion_tokens, "token_ids": r.token_ids}
+                    for p, r in zip(prompts, results, strict=True)],
+    }
+
+    def render(d: dict[str, Any]) -> str:
+        blocks = [f"=== {i}: {r['finish_reason']}, {r['completion_tokens']} tokens ===\n{r['prompt']}{r['text']}"
+                  for i, r in enumerate(d["results"])]
+        return "\n".join(blocks)
+
+    emit(args, data, render)
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from glasslm.serve.chat import ChatSession, run_chat
+
+    engine, _ = build_engine(args, max_batch=1)
+    return run_chat(ChatSession(engine, _params(args), system=args.system))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from glasslm.serve.app import ServeLimits, create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine, model_dir = build_engine(args, max_batch=args.max_batch)
+    name = args.model_name or Path(args.model).resolve().name
+    limits = ServeLimits(max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
+                         max_queue=args.max_queue)
+    app = create_app(engine, name, api_key=args.api_key, limits=limits)
+    logging.getLogger("glasslm.serve").info("serving %s (from %s) on http://%s:%d/v1", name, model_dir,
+                                            args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

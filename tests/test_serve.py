@@ -1,0 +1,307 @@
+"""The OpenAI-compatible server, tested through real uvicorn servers on 127.0.0.1 and the `openai` client."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from test_generate import build_tiny_model
+
+from glasslm.model.checkpoint import load_model
+from glasslm.model.generate import Engine, SamplingParams
+from glasslm.serve.app import ServeLimits, create_app
+from glasslm.tokenizer import Tokenizer
+
+MODEL = "tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """A real uvicorn server on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app: object):
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("serve"))
+
+
+def _engine(ckpt: Path, max_batch: int = 4) -> Engine:
+    return Engine(load_model(ckpt).model, Tokenizer.from_file(ckpt), max_batch=max_batch, max_len=1024)
+
+
+@pytest.fixture(scope="module")
+def server(ckpt: Path) -> Iterator[ServerThread]:
+    limits = ServeLimits(max_prompt_tokens=64, max_new_tokens=1000, max_queue=16)
+    srv = ServerThread(create_app(_engine(ckpt), MODEL, limits=limits))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerThread) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt: Path) -> Engine:
+    """A second engine on the same weights: what the server must answer for greedy requests."""
+    return _engine(ckpt, max_batch=1)
+
+
+def _metrics(server: ServerThread) -> dict[str, float]:
+    text = httpx.get(server.url + "/metrics").text
+    return {k: float(v) for k, v in re.findall(r"^(\w+) ([\d.]+)$", text, re.M)}
+
+
+def test_models_and_health(client: openai.OpenAI, server: ServerThread) -> None:
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+def test_completion_matches_engine(client: openai.OpenAI, reference: Engine) -> None:
+    out = client.completions.create(model=MODEL, prompt="The quick brown", max_tokens=12, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    expected = reference.generate(["The quick brown"], SamplingParams(max_new_tokens=12, ignore_eos=True))[0]
+    assert out.object == "text_completion"
+    assert out.choices[0].text == expected.text and out.choices[0].finish_reason == "length"
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (expected.prompt_tokens, 12)
+    assert out.usage.total_tokens == expected.prompt_tokens + 12
+
+
+def test_completion_streaming_and_sse_framing(client: openai.OpenAI, server: ServerThread) -> None:
+    kwargs = dict(model=MODEL, prompt="Open data", max_tokens=15, temperature=0, extra_body={"ignore_eos": True})
+    whole = client.completions.create(**kwargs).choices[0].text
+    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 15
+    # The raw stream: server-sent events, each "data: {json}", ending with "data: [DONE]".
+    with httpx.stream("POST", server.url + "/v1/completions", json={**kwargs, "stream": True}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in r.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    assert all(e.startswith("data: ") for e in events)
+    assert "".join(json.loads(e[6:])["choices"][0]["text"] for e in events[:-1]) == whole
+
+
+def test_chat_completion_and_stream(client: openai.OpenAI, reference: Engine) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
+                                         extra_body={"ignore_eos": True})
+    prompt = reference.tokenizer.encode_chat(messages, add_generation_prompt=True)
+    assert out.object == "chat.completion" and out.choices[0].message.role == "assistant"
+    assert out.usage.prompt_tokens == len(prompt)
+    expected = reference.generate([prompt], SamplingParams(max_new_tokens=10, ignore_eos=True,
+                                                           stop_token_ids=[]))[0]
+    if expected.finish_reason == "length":  # a role marker (a stop token for chat) may end it sooner
+        assert out.choices[0].message.content == expected.text
+    stream = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
+                                                 stream=True, extra_body={"ignore_eos": True}))
+    assert stream[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == out.choices[0].message.content
+    assert stream[-1].choices[0].finish_reason == out.choices[0].finish_reason
+
+
+def test_stop_string_and_n_choices(client: openai.OpenAI) -> None:
+    base = client.completions.create(model=MODEL, prompt="The quick brown", max_tokens=20, temperature=0,
+                                     extra_body={"ignore_eos": True}).choices[0].text
+    stop = base[4:7]
+    out = client.completions.create(model=MODEL, prompt="The quick brown", max_tokens=20, temperature=0, stop=stop,
+                                    extra_body={"ignore_eos": True})
+    assert out.choices[0].finish_reason == "stop" and out.choices[0].text == base[: base.find(stop)]
+    many = client.completions.create(model=MODEL, prompt=["The quick brown", "Open data"], n=2, max_tokens=5,
+                                     temperature=1.0, seed=3, extra_body={"ignore_eos": True})
+    assert [c.index for c in many.choices] == [0, 1, 2, 3]
+    assert many.usage.completion_tokens == 20
+
+
+def test_concurrent_requests_are_batched(client: openai.OpenAI, server: ServerThread, reference: Engine) -> None:
+    prompts = ["The quick brown", "Open data", "A language model", "Tokens, tokens"]
+    expected = [reference.generate([p], SamplingParams(max_new_tokens=60, ignore_eos=True))[0].text for p in prompts]
+    steps_before = _metrics(server)["glasslm_engine_steps_total"]
+
+    def ask(prompt: str) -> str:
+        return client.completions.create(model=MODEL, prompt=prompt, max_tokens=60, temperature=0,
+                                         extra_body={"ignore_eos": True}).choices[0].text
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        got = list(pool.map(ask, prompts))
+    assert got == expected  # batching with other requests does not change anyone's tokens
+    m = _metrics(server)
+    assert m["glasslm_batch_size_max_recent"] >= 2
+    # Served one at a time, 4 × 60 tokens would take ≥ 240 engine steps.
+    assert m["glasslm_engine_steps_total"] - steps_before < 200
+
+
+def test_client_disconnect_stops_generation(server: ServerThread) -> None:
+    aborted = _metrics(server)["glasslm_requests_aborted_total"]
+    body = {"model": MODEL, "prompt": "Open data", "max_tokens": 1000, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
+        lines = r.iter_lines()
+        next(lines)
+        next(lines)
+    deadline = time.monotonic() + 10
+    while _metrics(server)["glasslm_requests_aborted_total"] == aborted:
+        assert time.monotonic() < deadline, "generation went on after the client left"
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/health").json()["running"] == 0
+
+
+def test_client_disconnect_stops_non_streaming_generation(server: ServerThread) -> None:
+    aborted = _metrics(server)["glasslm_requests_aborted_total"]
+    body = {"model": MODEL, "prompt": "Open data", "max_tokens": 1000, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(server.url + "/v1/completions", json=body, timeout=httpx.Timeout(5, read=0.3))
+    deadline = time.monotonic() + 10
+    while _metrics(server)["glasslm_requests_aborted_total"] == aborted:
+        assert time.monotonic() < deadline, "generation went on after the client left"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "path, body, status, code",
+    [
+        ("/v1/completions", b'{"model": "tiny", "prompt": ', 400, "invalid_json"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": "hot"}, 422, "invalid_value"),
+        ("/v1/chat/completions", {"model": "tiny"}, 422, "invalid_value"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, 422,
+         "invalid_value"),
+        ("/v1/completions", {"model": "gpt-9", "prompt": "x"}, 404, "model_not_found"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x " * 100}, 413, "context_length_exceeded"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 5000}, 400, "max_tokens_exceeded"),
+        ("/v1/completions", {"model": "tiny", "prompt": [999999]}, 400, None),
+    ],
+)
+def test_errors_in_openai_format(server: ServerThread, path: str, body: object, status: int, code: str | None) -> None:
+    if isinstance(body, bytes):
+        r = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = httpx.post(server.url + path, json=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["message"] and error["type"] and error["code"] == code
+
+
+def test_openai_client_sees_typed_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x")
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=9999)
+
+
+def test_api_key(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLASSLM_API_KEY", "s3cret")  # the environment variable works like --api-key
+    srv = ServerThread(create_app(_engine(ckpt, max_batch=1), MODEL))
+    try:
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+        assert httpx.post(srv.url + "/v1/completions", json=body).status_code == 401
+        wrong = httpx.post(srv.url + "/v1/completions", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(srv.url + "/health").status_code == 200  # liveness stays open
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=srv.url + "/v1", api_key="nope", max_retries=0).models.list()
+        good = openai.OpenAI(base_url=srv.url + "/v1", api_key="s3cret", max_retries=0)
+        assert good.completions.create(model=MODEL, prompt="x", max_tokens=2).usage.prompt_tokens == 1
+    finally:
+        srv.stop()
+
+
+def test_full_queue_answers_429(ckpt: Path) -> None:
+    srv = ServerThread(create_app(_engine(ckpt, max_batch=1), MODEL, limits=ServeLimits(max_queue=1)))
+    body = {"model": MODEL, "prompt": "Open data", "max_tokens": 1000, "stream": True, "ignore_eos": True}
+
+    def health() -> dict[str, int]:
+        return httpx.get(srv.url + "/health").json()
+
+    def wait_for(key: str) -> None:
+        deadline = time.monotonic() + 10
+        while health()[key] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    try:
+        with httpx.Client(base_url=srv.url) as c1, httpx.Client(base_url=srv.url) as c2, \
+                c1.stream("POST", "/v1/completions", json=body):
+            wait_for("running")  # the one slot is busy
+            with c2.stream("POST", "/v1/completions", json=body):
+                wait_for("waiting")  # the one queue place is taken
+                r = httpx.post(srv.url + "/v1/completions", json={**body, "stream": False})
+                assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+                with pytest.raises(openai.RateLimitError):
+                    openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0).completions.create(
+                        model=MODEL, prompt="x", max_tokens=1)
+    finally:
+        srv.stop()
+
+
+def test_serve_cli_binds_localhost(ckpt: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("GLASSLM_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "glasslm", "serve", str(ckpt), "--port", str(port),
+                             "--model-name", MODEL, "--max-len", "256"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        out = client.completions.create(model=MODEL, prompt="Open data", max_tokens=4)
+        assert out.usage.completion_tokens <= 4
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}" in output
+    assert re.search(r"request cmpl-\w+: \d+ prompt tokens, \d+ completion tokens", output), output
+
+
+@pytest.mark.slow
+def test_load_benchmark_runs_without_errors() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
+    out = subprocess.run([sys.executable, str(script), "--clients", "3", "--duration", "3", "--max-tokens", "8",
+                          "--d-model", "64", "--layers", "1", "--no-peer"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    result = json.loads(out[: out.rindex("}") + 1])["results"]["continuous batching"]
+    assert result["requests"] > 0 and result["errors"] == 0 and result["output_tokens_per_s"] > 0
