@@ -17,24 +17,27 @@ from glasslm.artifacts import ArtifactError, recording_command
 from glasslm.clitools import split_overrides
 from glasslm.config import ConfigError
 
-# Stage modules, in pipeline order, each with ``register(subparsers)``.
-STAGES = [
-    "glasslm.data.cli_curate",  # data corpus, data tag
-    "glasslm.data.cli_mix",  # data dedupe, data decon, data mix, data why, data stats
-    "glasslm.data.cli_tokens",  # tokenizer train|encode, data tokenize, trace batch|doc
-    "glasslm.model.cli",  # model init|info, convert to-hf|from-hf
-    "glasslm.train.cli",  # train
-    "glasslm.eval.cli",  # eval
-    "glasslm.serve.cli",  # generate, chat, serve
-    "glasslm.adapt.cli",  # adapt sft|dpo|rl
-    "glasslm.trace.cli",  # trace index|count|span
-    "glasslm.report.cli",  # report
-    "glasslm.pipeline",  # pipeline
-    "glasslm.artifacts_cli",  # manifest show|verify
+# Stage modules, in pipeline order, each with ``register(subparsers)``, and the top-level names
+# each registers: a command imports only the modules it needs, so `glasslm data corpus` does not
+# pay for importing torch and matplotlib.
+STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("glasslm.data.cli_curate", ("data",)),  # data corpus, data tag
+    ("glasslm.data.cli_mix", ("data",)),  # data dedupe|decon|mix|why|stats
+    ("glasslm.data.cli_tokens", ("tokenizer", "data", "trace")),  # tokenizer train|encode, data tokenize, trace batch|doc
+    ("glasslm.model.cli", ("model", "convert")),  # model init|info, convert to-hf|from-hf
+    ("glasslm.train.cli", ("train",)),
+    ("glasslm.eval.cli", ("eval",)),
+    ("glasslm.serve.cli", ("generate", "chat", "serve")),
+    ("glasslm.adapt.cli", ("adapt",)),  # adapt data|sft|dpo|rl
+    ("glasslm.trace.cli", ("trace", "energy", "reproduce")),  # trace index|count|span
+    ("glasslm.report.cli", ("report",)),
+    ("glasslm.pipeline", ("pipeline",)),
+    ("glasslm.artifacts_cli", ("manifest",)),  # manifest show|verify
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command`` (a top-level name), only the stage modules that define it."""
     parser = argparse.ArgumentParser(
         prog="glasslm",
         description="Build language models in the open: data, tokenizer, pretraining, evaluation, "
@@ -43,17 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"glasslm {__version__}")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>")
-    for name in STAGES:
+    known = {name for _, names in STAGES for name in names}
+    for module, names in STAGES:
+        if command in known and command not in names:
+            continue
         # A stage that is not built yet is simply not listed (only verbs that work appear);
         # an import error inside an existing stage module still fails loudly.
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).register(sub)
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args, unknown = parser.parse_known_args(argv)
     if not hasattr(args, "func"):
         # A stage without a verb: show that stage's help (or the top-level help).

@@ -1,15 +1,24 @@
 """Tokenizers: load any Hugging Face ``tokenizer.json``, special tokens, the OLMo-2 chat template.
 
+Training (``glasslm tokenizer train``): byte-level BPE with Hugging Face ``tokenizers``' own trainer,
+GPT-2-style pre-tokenization, the five special tokens at ids 0..4, on the train split only.
+
 A tokenizer may be given as a ``tokenizer.json`` file, a tokenizer artifact directory, a checkpoint
 (which carries its tokenizer), or a Hugging Face folder. Nothing is ever fetched from a hub.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from glasslm.config import ConfigError, to_dict
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -67,9 +76,10 @@ class Tokenizer:
         self.hf = tokenizer
         self.path = path
         self.chat_template = chat_template or CHAT_TEMPLATE
-        self.eos_id = self._id_of(EOS)
-        if self.eos_id is None:
+        eos = self._id_of(EOS)
+        if eos is None:
             raise ValueError(f"tokenizer {path} has no {EOS} token")
+        self.eos_id: int = eos
         self.pad_id = next((i for t in _PAD_CANDIDATES if (i := self._id_of(t)) is not None), self.eos_id)
 
     @classmethod
@@ -101,3 +111,125 @@ class Tokenizer:
 
     def encode_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> list[int]:
         return self.encode(self.format_chat(messages, add_generation_prompt))
+
+
+# ---- training ----------------------------------------------------------------------------------
+@dataclass
+class BPEConfig:
+    vocab_size: int = 32_000  # ids in the tokenizer, special tokens included (the model pads to 128)
+    min_frequency: int = 2  # a pair must occur this often to be merged
+    max_train_bytes: int | None = None  # cap on the training text (None: all of the train split)
+    max_eval_bytes: int = 20_000_000  # per source, for the bytes-per-token report
+
+    def validate(self) -> None:
+        floor = 256 + len(SPECIAL_TOKENS)
+        if self.vocab_size <= floor:
+            raise ConfigError(f"tokenizer.vocab_size must exceed {floor} (256 bytes + special tokens), got {self.vocab_size}")
+        if self.min_frequency < 1:
+            raise ConfigError(f"tokenizer.min_frequency must be >= 1, got {self.min_frequency}")
+
+
+@dataclass
+class TokenizerTrainConfig:
+    tokenizer: BPEConfig = field(default_factory=BPEConfig)
+
+
+def new_bpe() -> HFTokenizer:
+    """An untrained byte-level BPE with GPT-2's pre-tokenization (regex split, bytes as symbols)."""
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def bpe_trainer(config: BPEConfig) -> trainers.BpeTrainer:
+    return trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),  # ids 0..4, in this order
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte, so nothing is ever unknown
+        show_progress=False,
+    )
+
+
+def train_bpe(texts: Iterable[Sequence[str]], config: BPEConfig) -> HFTokenizer:
+    """Train on batches of texts. Deterministic: the same texts in the same order give the same file."""
+    tok = new_bpe()
+    tok.train_from_iterator(texts, trainer=bpe_trainer(config))
+    return tok
+
+
+def _text_batches(shards: Sequence[Path], max_bytes: int | None, batch: int = 1000) -> Iterator[list[str]]:
+    from glasslm.data.documents import iter_documents
+
+    seen = 0
+    buf: list[str] = []
+    for shard in shards:
+        for _, doc in iter_documents(shard):
+            buf.append(doc["text"])
+            seen += len(doc["text"].encode("utf-8"))
+            if len(buf) >= batch:
+                yield buf
+                buf = []
+            if max_bytes is not None and seen >= max_bytes:
+                if buf:
+                    yield buf
+                return
+    if buf:
+        yield buf
+
+
+def bytes_per_token(tok: Tokenizer, shards: Sequence[Path], max_bytes_per_source: int) -> dict[str, dict[str, float]]:
+    """UTF-8 bytes per token (EOS not counted) per document source: the compression report."""
+    from glasslm.data.documents import iter_documents
+
+    totals: dict[str, list[int]] = {}
+    for shard in shards:
+        texts: dict[str, list[str]] = {}
+        for _, doc in iter_documents(shard):
+            source = doc.get("source") or "unknown"
+            seen = totals.setdefault(source, [0, 0, 0])
+            if seen[0] < max_bytes_per_source:
+                texts.setdefault(source, []).append(doc["text"])
+                seen[0] += len(doc["text"].encode("utf-8"))
+        for source, batch in texts.items():
+            totals[source][1] += sum(len(e.ids) for e in tok.hf.encode_batch_fast(batch, add_special_tokens=False))
+            totals[source][2] += len(batch)
+    return {
+        s: {"bytes": b, "tokens": t, "docs": d, "bytes_per_token": round(b / t, 4) if t else 0.0}
+        for s, (b, t, d) in sorted(totals.items())
+    }
+
+
+def train_tokenizer_artifact(docs: str | Path, out: str | Path, config: TokenizerTrainConfig,
+                             heldout: str | Path | None = None) -> dict[str, Any]:
+    """Train on the train split of ``docs``; write tokenizer.json + chat template as a ``tokenizer`` artifact."""
+    from glasslm import artifacts
+    from glasslm.data.tokenize import find_inputs
+    from glasslm.model.presets import pad_vocab
+
+    config.tokenizer.validate()
+    inputs = find_inputs(docs, heldout)
+    started = time.perf_counter()
+    hf = train_bpe(_text_batches(inputs.train, config.tokenizer.max_train_bytes), config.tokenizer)
+    train_seconds = time.perf_counter() - started
+    refs = [inputs.artifact] if inputs.artifact is not None else []
+    resolved = {**to_dict(config), "docs": str(Path(docs).resolve()),
+                "heldout": str(inputs.heldout_root) if inputs.heldout_root else None}
+    with artifacts.create_artifact(out, "tokenizer", config=resolved, inputs=refs) as art:
+        hf.save(str(art.path / "tokenizer.json"))
+        (art.path / CHAT_TEMPLATE_FILE).write_text(CHAT_TEMPLATE)
+        tok = Tokenizer.from_file(art.path)
+        eval_shards = [p for p, _ in inputs.heldout] or list(inputs.train)
+        art.metrics.update({
+            "vocab_size": tok.vocab_size,
+            "padded_vocab_size": pad_vocab(tok.vocab_size),
+            "special_ids": {t: tok.hf.token_to_id(t) for t in SPECIAL_TOKENS},
+            "eos_id": tok.eos_id,
+            "pad_id": tok.pad_id,
+            "bpe_train_seconds": round(train_seconds, 3),
+            "compression_split": "heldout" if inputs.heldout else "train",
+            "compression": bytes_per_token(tok, eval_shards, config.tokenizer.max_eval_bytes),
+        })
+        metrics = dict(art.metrics)
+    return metrics

