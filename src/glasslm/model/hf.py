@@ -18,6 +18,7 @@ from glasslm import artifacts
 from glasslm.config import ConfigError
 from glasslm.model import checkpoint as ckpt
 from glasslm.model.olmo2 import ModelConfig
+from glasslm.tokenizer import CHAT_TEMPLATE
 
 # (our name, Hugging Face name), with {i} for the layer index.
 _NAMES = [
@@ -161,10 +162,12 @@ def _write_tokenizer_files(out: Path, tokenizer_json: Path, config: ModelConfig)
         "unk_token": None,
         "clean_up_tokenization_spaces": False,
     }
+    # Every glasslm tokenizer formats chats with the OLMo-2 template unless it ships another one
+    # (Tokenizer.from_file falls back the same way), so the export always carries a template.
     chat = tokenizer_json.parent / "chat_template.jinja"
-    if chat.is_file():
-        tok_cfg["chat_template"] = chat.read_text()
-        (out / "chat_template.jinja").write_text(chat.read_text())
+    template = chat.read_text() if chat.is_file() else CHAT_TEMPLATE
+    tok_cfg["chat_template"] = template
+    (out / "chat_template.jinja").write_text(template)
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(
         json.dumps({k: v for k, v in {"eos_token": eos, "pad_token": pad}.items() if v}, indent=2) + "\n"

@@ -1,0 +1,403 @@
+"""Adaptation data made offline: instruction pairs, preference pairs, verifiable tasks.
+
+No hub dataset is reachable, so the data is derived from what every Python install carries:
+
+- instruction pairs from the Python help topics (``pydoc_data.topics``) and from the docstrings of
+  standard-library functions (read with ``ast`` from the module sources, nothing is imported);
+- preference pairs: the correct answer against a corrupted one (words shuffled, cut short) or an
+  off-topic one (another question's answer), and for verifiable tasks a wrong answer;
+- verifiable tasks with a checkable ground truth: arithmetic, string manipulation (reverse, upper
+  case, count a letter, first letter, length) and answer extraction from a short passage.
+
+Everything is a pure function of the config (seeded ``random.Random``), so the same config gives the
+same files. Held-out splits are disjoint from training by prompt text.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import random
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from glasslm.adapt.formats import Messages, Preference, RLTask
+from glasslm.config import ConfigError
+
+TASK_FAMILIES = ("arithmetic", "reverse", "upper", "count", "first_letter", "length", "passage")
+DEFAULT_MODULES = [
+    "json", "textwrap", "string", "shlex", "fnmatch", "glob", "base64", "heapq", "bisect", "random",
+    "statistics", "fractions", "calendar", "difflib", "csv", "gzip", "shutil", "tempfile", "copy", "pprint",
+    "functools", "operator", "colorsys", "html", "ipaddress", "uuid", "zipfile", "argparse", "logging",
+]  # fmt: skip
+
+
+@dataclass
+class AdaptDataConfig:
+    seed: int = 0
+    rl_train: int = 2000  # verifiable training prompts
+    rl_heldout: int = 256  # held-out verifiable prompts (pass@1 is reported on these; >= 200)
+    tasks: list[str] = field(default_factory=lambda: list(TASK_FAMILIES))
+    max_operand: int = 50  # arithmetic operands lie in [0, max_operand]
+    modules: list[str] = field(default_factory=lambda: list(DEFAULT_MODULES))
+    help_topics: bool = True
+    max_answer_chars: int = 400  # instruction answers are cut at a sentence end below this
+    sft_verifiable: int = 2000  # solved verifiable training tasks mixed into SFT (from the rl_train pool)
+    heldout_fraction: float = 0.1  # of instruction pairs, held out for SFT loss / DPO accuracy
+    dpo_verifiable: int = 500  # preference pairs made from solved training tasks (right vs. wrong answer)
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.tasks) - set(TASK_FAMILIES))
+        if unknown:
+            raise ConfigError(
+                f"adapt_data.tasks: unknown task families {unknown}; choose from {list(TASK_FAMILIES)}"
+            )
+        if not self.tasks:
+            raise ConfigError("adapt_data.tasks is empty")
+        if self.rl_heldout < 1 or self.rl_train < 1:
+            raise ConfigError("adapt_data.rl_train and adapt_data.rl_heldout must be >= 1")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ConfigError(f"adapt_data.heldout_fraction must lie in [0, 1), got {self.heldout_fraction}")
+        if self.max_operand < 2:
+            raise ConfigError("adapt_data.max_operand must be >= 2")
+
+
+# --------------------------------------------------------------------------- instruction pairs
+
+
+def _first_paragraphs(text: str, max_chars: int) -> str:
+    """Prose paragraphs from the top of ``text`` (no headings, no indented grammar/code), cut at a
+    sentence end below ``max_chars``."""
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = block.splitlines()
+        if not lines or lines[0].startswith((" ", "\t")):
+            continue
+        if len(lines) >= 2 and set(lines[1].strip()) <= set("*=-~^") and lines[1].strip():
+            continue  # a reStructuredText heading
+        if block.lstrip().startswith((">>>", "..")):
+            continue
+        paragraphs.append(" ".join(line.strip() for line in lines))
+        if sum(len(p) for p in paragraphs) >= max_chars:
+            break
+    text = " ".join(paragraphs).strip()
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    end = max(cut.rfind(". "), cut.rfind(".\n"))
+    return cut[: end + 1] if end > max_chars // 4 else cut.rsplit(" ", 1)[0] + " …"
+
+
+def _title(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def help_topic_pairs(max_chars: int) -> list[tuple[str, str, str]]:
+    """(key, question, answer) from Python's help topics."""
+    from pydoc_data.topics import topics
+
+    pairs = []
+    for key in sorted(topics):
+        text = topics[key]
+        answer = _first_paragraphs(text, max_chars)
+        if len(answer) < 40:
+            continue
+        title = _title(text)
+        question = f"What does the Python help topic '{key}' ({title}) say?"
+        pairs.append((f"topic:{key}", question, answer))
+    return pairs
+
+
+def _module_source(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def docstring_pairs(modules: list[str], max_chars: int) -> list[tuple[str, str, str]]:
+    """(key, question, answer) for public functions and classes with docstrings, read with ``ast``."""
+    pairs = []
+    for name in modules:
+        source = _module_source(name)
+        if source is None:
+            raise ConfigError(f"adapt_data.modules: '{name}' is not a pure-Python standard-library module")
+        tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef | ast.ClassDef) or node.name.startswith("_"):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc:
+                continue
+            answer = _first_paragraphs(doc, max_chars)
+            if len(answer) < 30:
+                continue
+            kind = "class" if isinstance(node, ast.ClassDef) else "function"
+            question = f"Summarise the docstring of the {kind} {name}.{node.name}."
+            pairs.append((f"doc:{name}.{node.name}", question, answer))
+    return pairs
+
+
+# --------------------------------------------------------------------------- verifiable tasks
+
+_NAMES = ["Ada", "Ben", "Chen", "Dara", "Eli", "Farah", "Gus", "Hana", "Ivo", "Jun", "Kemi", "Lars", "Mira", "Noor",
+          "Omar", "Pia", "Quinn", "Rosa", "Sami", "Tove", "Uma", "Vik", "Wen", "Yara", "Zeno"]  # fmt: skip
+_CITIES = ["Lisbon", "Oslo", "Nairobi", "Lima", "Hanoi", "Dublin", "Quito", "Seoul", "Tunis", "Perth", "Riga",
+           "Accra", "Cusco", "Porto", "Kyoto", "Bergen"]  # fmt: skip
+_COLOURS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple", "grey", "brown"]
+_OBJECTS = [
+    "bicycle",
+    "kite",
+    "umbrella",
+    "teapot",
+    "lamp",
+    "backpack",
+    "guitar",
+    "notebook",
+    "scarf",
+    "boat",
+]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+def word_list() -> list[str]:
+    """Plain lower-case English words (4-9 letters) from the Python help topics, sorted."""
+    from pydoc_data.topics import topics
+
+    words = set()
+    for text in topics.values():
+        words.update(w for w in re.findall(r"\b[a-z]{4,9}\b", text))
+    return sorted(words)
+
+
+def _user(text: str) -> Messages:
+    return [{"role": "user", "content": text}]
+
+
+TaskMaker = Callable[[random.Random], tuple[str, str, str, str]]  # (prompt, answer, checker, wrong answer)
+
+
+def _arithmetic(max_operand: int) -> TaskMaker:
+    def make(rng: random.Random) -> tuple[str, str, str, str]:
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+        op = rng.choice("+-*")
+        value = a + b if op == "+" else a - b if op == "-" else a * b
+        wrong = value + rng.choice([-10, -2, -1, 1, 2, 10])
+        return f"What is {a} {op} {b}?", str(value), "numeric", str(wrong)
+
+    return make
+
+
+def _string_task(kind: str, words: list[str]) -> TaskMaker:
+    def make(rng: random.Random) -> tuple[str, str, str, str]:
+        word = rng.choice(words)
+        if kind == "reverse":
+            return f"Reverse the word '{word}'.", word[::-1], "string_equal", word
+        if kind == "upper":
+            return f"Write the word '{word}' in upper case.", word.upper(), "string_equal", word.capitalize()
+        if kind == "first_letter":
+            wrong = chr((ord(word[0]) - ord("a") + 1) % 26 + ord("a"))
+            return f"What is the first letter of the word '{word}'?", word[0], "string_equal", wrong
+        if kind == "length":
+            return (
+                f"How many letters does the word '{word}' have?",
+                str(len(word)),
+                "numeric",
+                str(len(word) + 1),
+            )
+        letter = rng.choice(sorted(set(word)) + ["z", "q"]) if kind == "count" else ""
+        count = word.count(letter)
+        return (f"How many times does the letter '{letter}' appear in '{word}'?", str(count), "numeric",
+                str(count + 1))  # fmt: skip
+
+    return make
+
+
+def _passage(rng: random.Random) -> tuple[str, str, str, str]:
+    n1, n2, n3 = rng.sample(_NAMES, 3)
+    city, colour, obj, day = (
+        rng.choice(_CITIES),
+        rng.choice(_COLOURS),
+        rng.choice(_OBJECTS),
+        rng.choice(_DAYS),
+    )
+    facts = [f"{n1} lives in {city}.", f"{n2} has a {colour} {obj}.", f"{n3} plays chess every {day}."]
+    rng.shuffle(facts)
+    questions = [
+        (f"Where does {n1} live?", city, rng.choice([c for c in _CITIES if c != city])),
+        (f"What colour is {n2}'s {obj}?", colour, rng.choice([c for c in _COLOURS if c != colour])),
+        (f"On which day does {n3} play chess?", day, rng.choice([d for d in _DAYS if d != day])),
+    ]
+    question, answer, wrong = rng.choice(questions)
+    return f"Passage: {' '.join(facts)}\nQuestion: {question}", answer, "exact_match", wrong
+
+
+def task_makers(config: AdaptDataConfig) -> dict[str, TaskMaker]:
+    words = word_list()
+    makers: dict[str, TaskMaker] = {"arithmetic": _arithmetic(config.max_operand), "passage": _passage}
+    for kind in ("reverse", "upper", "count", "first_letter", "length"):
+        makers[kind] = _string_task(kind, words)
+    return {k: makers[k] for k in config.tasks}
+
+
+@dataclass
+class SolvedTask:
+    task: RLTask
+    answer: str  # the reference response for SFT
+    wrong: str  # a wrong response for preference pairs
+    family: str
+
+
+def verifiable_tasks(config: AdaptDataConfig) -> tuple[list[SolvedTask], list[SolvedTask]]:
+    """(train, held-out): distinct prompts, families drawn round-robin, held-out drawn first so its
+    size is exact; a prompt never appears in both."""
+    rng = random.Random(config.seed)
+    makers = task_makers(config)
+    families = list(makers)
+    seen: set[str] = set()
+
+    def draw(n: int) -> list[SolvedTask]:
+        out: list[SolvedTask] = []
+        misses = 0
+        while len(out) < n:
+            family = families[len(out) % len(families)]
+            prompt, answer, checker, wrong = makers[family](rng)
+            if prompt in seen:
+                misses += 1
+                if misses > 50 * n + 1000:
+                    raise ConfigError(
+                        f"only {len(seen)} distinct verifiable prompts exist for this config; lower "
+                        "adapt_data.rl_train/rl_heldout or raise adapt_data.max_operand"
+                    )
+                continue
+            seen.add(prompt)
+            task = RLTask(messages=_user(prompt), ground_truth=answer, dataset=checker)
+            out.append(SolvedTask(task=task, answer=answer, wrong=wrong, family=family))
+        return out
+
+    heldout = draw(config.rl_heldout)
+    train = draw(config.rl_train)
+    return train, heldout
+
+
+# --------------------------------------------------------------------------- preference pairs
+
+
+def corrupt(answer: str, rng: random.Random) -> str:
+    """A fluent-looking but wrong answer: words shuffled within the text, or cut short."""
+    words = answer.split()
+    if len(words) >= 6 and rng.random() < 0.5:
+        middle = words[1:-1]
+        rng.shuffle(middle)
+        return " ".join([words[0], *middle, words[-1]])
+    return " ".join(words[: max(1, len(words) // 3)])
+
+
+def preference_pairs(
+    pairs: list[tuple[str, str, str]], solved: list[SolvedTask], config: AdaptDataConfig, rng: random.Random
+) -> list[Preference]:
+    prefs = []
+    for i, (_, question, answer) in enumerate(pairs):
+        if rng.random() < 0.5 and len(pairs) > 1:
+            other = pairs[(i + rng.randrange(1, len(pairs))) % len(pairs)][2]  # off-topic
+            rejected = other
+        else:
+            rejected = corrupt(answer, rng)
+        if rejected == answer:
+            continue
+        prefs.append(_preference(question, answer, rejected))
+    for s in solved[: config.dpo_verifiable]:
+        prefs.append(_preference(s.task.messages[-1]["content"], s.answer, s.wrong))
+    return prefs
+
+
+def _preference(question: str, chosen: str, rejected: str) -> Preference:
+    return Preference(
+        prompt=_user(question),
+        chosen=[{"role": "assistant", "content": chosen}],
+        rejected=[{"role": "assistant", "content": rejected}],
+    )
+
+
+# --------------------------------------------------------------------------- all of it
+
+
+@dataclass
+class AdaptData:
+    sft: list[Messages]
+    sft_heldout: list[Messages]
+    dpo: list[Preference]
+    dpo_heldout: list[Preference]
+    rl_train: list[RLTask]
+    rl_heldout: list[RLTask]
+    counts: dict[str, Any]
+
+    def files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        yield "sft.jsonl", [{"messages": m} for m in self.sft]
+        yield "sft_heldout.jsonl", [{"messages": m} for m in self.sft_heldout]
+        yield "dpo.jsonl", [p.to_json() for p in self.dpo]
+        yield "dpo_heldout.jsonl", [p.to_json() for p in self.dpo_heldout]
+        yield "rl_train.jsonl", [t.to_json() for t in self.rl_train]
+        yield "rl_heldout.jsonl", [t.to_json() for t in self.rl_heldout]
+
+
+def _conversation(question: str, answer: str) -> Messages:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def build(config: AdaptDataConfig) -> AdaptData:
+    config.validate()
+    rng = random.Random(config.seed + 1)  # a stream apart from the task draws
+    instructions = help_topic_pairs(config.max_answer_chars) if config.help_topics else []
+    instructions += docstring_pairs(config.modules, config.max_answer_chars)
+    rng.shuffle(instructions)
+    n_held = round(len(instructions) * config.heldout_fraction)
+    inst_held, inst_train = instructions[:n_held], instructions[n_held:]
+
+    train_tasks, held_tasks = verifiable_tasks(config)
+    sft_tasks = train_tasks[: config.sft_verifiable]
+    sft = [_conversation(q, a) for _, q, a in inst_train]
+    sft += [_conversation(t.task.messages[-1]["content"], t.answer) for t in sft_tasks]
+    rng.shuffle(sft)
+    sft_held = [_conversation(q, a) for _, q, a in inst_held]
+    # Held-out verifiable tasks also measure SFT loss (a different number of them from RL's pass@1).
+    sft_held += [
+        _conversation(t.task.messages[-1]["content"], t.answer) for t in held_tasks[: max(1, n_held)]
+    ]
+
+    # DPO's verifiable pairs come from the *end* of the training pool so they differ from SFT's where
+    # the pool allows, which makes the held-out accuracy test preference learning, not memory.
+    dpo_pool = list(reversed(train_tasks))
+    dpo = preference_pairs(inst_train, dpo_pool, config, rng)
+    rng.shuffle(dpo)
+    dpo_held = preference_pairs(inst_held, held_tasks, AdaptDataConfig(dpo_verifiable=max(1, n_held)), rng)
+
+    families: dict[str, int] = {}
+    for t in held_tasks:
+        families[t.family] = families.get(t.family, 0) + 1
+    counts = {
+        "sft": len(sft),
+        "sft_heldout": len(sft_held),
+        "dpo": len(dpo),
+        "dpo_heldout": len(dpo_held),
+        "rl_train": len(train_tasks),
+        "rl_heldout": len(held_tasks),
+        "instruction_pairs": len(instructions),
+        "rl_heldout_families": families,
+    }
+    return AdaptData(
+        sft=sft,
+        sft_heldout=sft_held,
+        dpo=dpo,
+        dpo_heldout=dpo_held,
+        rl_train=[t.task for t in train_tasks],
+        rl_heldout=[t.task for t in held_tasks],
+        counts=counts,
+    )

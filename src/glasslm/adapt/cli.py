@@ -1,0 +1,59 @@
+"""``glasslm adapt data|sft|dpo|rl``: adaptation data offline, then SFT, DPO and GRPO on the trainer."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from glasslm import artifacts
+from glasslm.adapt.builders import AdaptDataConfig, build
+from glasslm.clitools import add_config_options, add_out, add_verb, resolve_config, stage_verbs
+from glasslm.data.documents import write_jsonl
+
+ADAPT_DATA = "adapt_data"
+
+
+@dataclass
+class DataBuildConfig:
+    adapt_data: AdaptDataConfig = field(default_factory=AdaptDataConfig)
+
+
+def register(sub: Any) -> None:
+    verbs = stage_verbs(
+        sub, "adapt", "adapt a model to chat: offline data, SFT, DPO, RL with verifiable rewards"
+    )
+    p = add_verb(
+        verbs, "data", _data, "build SFT, preference and verifiable-task data offline (Tülu formats)"
+    )
+    p.epilog = "example:\n  glasslm adapt data --out runs/demo/adapt/data --adapt_data.rl_heldout=256"
+    add_out(p)
+    add_config_options(p)
+    from glasslm.adapt import train_cli
+
+    train_cli.register(verbs)
+
+
+def _data(args: argparse.Namespace) -> int:
+    config = resolve_config(DataBuildConfig, args)
+    data = build(config.adapt_data)
+    with artifacts.create_artifact(args.out, ADAPT_DATA, config=config) as art:
+        for name, records in data.files():
+            write_jsonl(art.path / name, records)
+        art.metrics.update(data.counts)
+    counts = ", ".join(f"{k} {v}" for k, v in data.counts.items() if isinstance(v, int))
+    print(f"wrote {args.out}: {counts}")
+    return 0
+
+
+def find_data_file(path: str | Path, name: str) -> Path:
+    """A JSONL file given directly, or ``name`` inside an adapt_data artifact (or a run's adapt/data)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    directory = artifacts.find_artifact(path, ADAPT_DATA, subdirs=("adapt/data", "data"))
+    file = directory / name
+    if not file.is_file():
+        raise artifacts.ArtifactError(f"{directory}: no {name} in this adapt_data artifact")
+    return file

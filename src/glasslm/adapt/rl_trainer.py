@@ -1,0 +1,223 @@
+"""``glasslm adapt rl``: GRPO with verifiable rewards, sampling through the generation engine.
+
+Each step takes ``global_batch_size / group_size`` training prompts (seeded order, as every adaptation
+batch), samples ``group_size`` completions per prompt with ``model/generate.py``'s engine from the
+current policy (temperature ``rl.temperature``; each completion has its own seed derived from
+(seed, step, rank, index), so a resumed run samples exactly what an uninterrupted one would), scores
+them with the prompt's verifiable reward (``adapt/rewards.py``), turns rewards into group-normalised
+advantages and takes one optimizer step on the clipped, token-level GRPO loss (``adapt/rl.py``).
+π_old is the policy that sampled: its log-probs are one no-grad forward before the update. With
+``rl.kl_coef > 0`` a frozen copy of the initial model gives the reference log-probs.
+
+Before and after training, ``pass_at_1`` is measured on the held-out prompts (greedy decoding, one
+completion each, reward 1 = solved), overall and per reward type.
+
+Generation on an FSDP-sharded model would need every rank to decode in lock step; RL runs on one
+process or under DDP (``distributed.strategy`` none or ddp).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from glasslm.adapt.base import AdaptConfig, AdaptTrainer, generate, split_micro
+from glasslm.adapt.dpo import token_logprobs
+from glasslm.adapt.formats import RLTask, load_rl
+from glasslm.adapt.rewards import reward_for
+from glasslm.adapt.rl import group_advantages, grpo_token_terms
+from glasslm.adapt.sft import IGNORE
+from glasslm.config import ConfigError
+from glasslm.data.documents import Quarantine
+from glasslm.model import checkpoint as model_ckpt
+
+
+@dataclass
+class RLOptions:
+    group_size: int = 4  # completions per prompt (GRPO's G)
+    temperature: float = 1.0  # sample from π itself, so π_old is the distribution that sampled
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0  # 0: no reference model at all
+    adv_eps: float = 1e-6
+    eval_max_new_tokens: int = 32
+    engine_batch: int = 64  # sequences the engine decodes at once
+
+
+@dataclass
+class RLConfig(AdaptConfig):
+    rl: RLOptions = field(default_factory=RLOptions)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.rl.group_size < 2:
+            raise ConfigError(
+                f"rl.group_size must be >= 2 (GRPO compares completions of one prompt), got {self.rl.group_size}"
+            )
+        if self.data.loader.global_batch_size % self.rl.group_size:
+            raise ConfigError(
+                f"data.loader.global_batch_size ({self.data.loader.global_batch_size}) counts completions "
+                f"and must be a multiple of rl.group_size ({self.rl.group_size})"
+            )
+        if self.distributed.strategy == "fsdp":
+            raise ConfigError(
+                "adapt rl samples on each rank independently: use distributed.strategy none or ddp"
+            )
+
+
+def _params(options: RLOptions, seed: int | None, greedy: bool = False) -> Any:
+    from glasslm.model.generate import SamplingParams
+
+    if greedy:
+        return SamplingParams(max_new_tokens=options.eval_max_new_tokens, temperature=0.0)
+    return SamplingParams(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
+                          top_p=options.top_p, seed=seed)  # fmt: skip
+
+
+class RLTrainer(AdaptTrainer):
+    stage = "rl"
+    data_file, heldout_file = "rl_train.jsonl", "rl_heldout.jsonl"
+    config: RLConfig
+
+    def load_items(self, config: AdaptConfig) -> None:
+        assert isinstance(config, RLConfig)
+        self.quarantine = Quarantine()
+        room = config.data.loader.seq_len - config.rl.max_new_tokens
+        tasks = load_rl(self.train_path, self.quarantine)
+        self.tasks = [t for t in tasks if len(self._prompt(t)) < room]
+        if not self.tasks:
+            raise ConfigError(
+                f"{self.train_path}: no usable prompt shorter than data.loader.seq_len - rl.max_new_tokens"
+            )
+        held = load_rl(self.heldout_path, self.quarantine) if self.heldout_path else []
+        self.heldout = held[: config.data.eval_limit]
+        self.reference: torch.nn.Module | None = None
+        self.rollout_stats: dict[str, float] = {}
+
+    def _prompt(self, task: RLTask) -> list[int]:
+        return self.tok.encode_chat(task.messages, add_generation_prompt=True)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def items_per_step(self) -> int:
+        return self.config.data.loader.global_batch_size // self.config.rl.group_size
+
+    def _check_distribution(self) -> None:
+        super()._check_distribution()
+        if self.items_per_step % self.world.world_size:
+            raise ConfigError(
+                f"{self.items_per_step} prompts per step do not split over {self.world.world_size} processes"
+            )
+
+    # ------------------------------------------------------------ rollouts
+
+    def _rollouts(self, step: int) -> tuple[list[list[int]], list[list[int]], torch.Tensor]:
+        rc, seed = self.config.rl, self.config.data.loader.seed
+        tasks = [self.tasks[i] for i in self.local_items(step)]
+        prompts, params = [], []
+        for j, task in enumerate(tasks):
+            ids = self._prompt(task)
+            for g in range(rc.group_size):
+                prompts.append(ids)
+                # Distinct per (seed, step, rank, completion); large primes keep the streams apart.
+                params.append(
+                    _params(
+                        rc, seed * 1_000_003 + step * 7919 + self.world.rank * 104_729 + j * rc.group_size + g
+                    )
+                )
+        outs = generate(self, prompts, params, max_batch=rc.engine_batch)
+        rewards, rows, prompt_lens = [], [], []
+        for k, out in enumerate(outs):
+            task = tasks[k // rc.group_size]
+            rewards.append(reward_for(task.dataset)(out.text, task.ground_truth))
+            completion = list(out.token_ids) + ([self.tok.eos_id] if out.finish_reason == "stop" else [])
+            rows.append(prompts[k] + completion)
+            prompt_lens.append(len(prompts[k]))
+        r = torch.tensor(rewards)
+        groups = r.view(-1, rc.group_size)
+        self.rollout_stats = {
+            "reward": float(r.mean()),
+            "groups_with_signal": float((groups.std(dim=1) > 0).float().mean()),
+            "completion_tokens": sum(len(x) - p for x, p in zip(rows, prompt_lens, strict=True)) / len(rows),
+            "ended_turn": sum(o.finish_reason == "stop" for o in outs) / len(outs),
+        }
+        return rows, [[p] for p in prompt_lens], r
+
+    def _batch(self, step: int) -> dict[str, Any]:
+        rc = self.config.rl
+        rows, prompt_lens, rewards = self._rollouts(step)
+        advantages = group_advantages(rewards, rc.group_size, rc.adv_eps)
+        micros = []
+        for part in split_micro(len(rows), self.micro_batch):
+            T = max(len(rows[i]) for i in part) - 1
+            input_ids = torch.full((len(part), T), self.tok.pad_id, dtype=torch.long)
+            labels = torch.full((len(part), T), IGNORE, dtype=torch.long)
+            for r, i in enumerate(part):
+                ids, p = rows[i], prompt_lens[i][0]
+                input_ids[r, : len(ids) - 1] = torch.tensor(ids[:-1])
+                labels[r, p - 1 : len(ids) - 1] = torch.tensor(ids[p:])
+            micro = {"input_ids": input_ids, "labels": labels, "advantages": advantages[list(part)]}
+            micro["old_logp"] = self._logprobs(self.policy, input_ids, labels)
+            if rc.kl_coef > 0:
+                micro["ref_logp"] = self._logprobs(self._reference(), input_ids, labels)
+            micros.append(micro)
+        return {"micros": micros}
+
+    @torch.no_grad()
+    def _logprobs(
+        self, model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        dev = self.world.device
+        with self._autocast():
+            logits = model(input_ids.to(dev))
+        return token_logprobs(logits, labels.to(dev)).cpu()
+
+    def _reference(self) -> torch.nn.Module:
+        if self.reference is None:
+            loaded = model_ckpt.load_model(self.config.model.init_from or "", device=self.world.device)
+            self.reference = loaded.model.eval().requires_grad_(False)
+        return self.reference
+
+    def _count(self, micro: dict[str, torch.Tensor]) -> int:
+        return int((micro["labels"] != IGNORE).sum())
+
+    def _loss(
+        self, logits: torch.Tensor, micro: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rc = self.config.rl
+        mask = (micro["labels"] != IGNORE).float()
+        logp = token_logprobs(logits, micro["labels"])
+        terms = grpo_token_terms(logp, micro["old_logp"], micro["advantages"], rc.clip_eps, rc.kl_coef,
+                                 micro.get("ref_logp"))  # fmt: skip
+        objective = (terms.loss * mask).sum()
+        return objective, {"loss": objective, "kl": (terms.kl.detach() * mask).sum(),
+                           "clip_fraction": (terms.clipped * mask).sum(), "ratio": (terms.ratio * mask).sum()}  # fmt: skip
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        out = super().train_step(step)
+        return {**out, **self.rollout_stats}
+
+    # ------------------------------------------------------------ pass@1
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        if not self.heldout:
+            return {}
+        rc = self.config.rl
+        prompts = [self._prompt(t) for t in self.heldout]
+        outs = generate(self, prompts, _params(rc, None, greedy=True), max_batch=rc.engine_batch)
+        by_type: dict[str, list[float]] = {}
+        for task, out in zip(self.heldout, outs, strict=True):
+            by_type.setdefault(task.dataset, []).append(reward_for(task.dataset)(out.text, task.ground_truth))
+        scores = [s for v in by_type.values() for s in v]
+        return {
+            "pass_at_1": sum(scores) / len(scores),
+            "heldout_prompts": len(scores),
+            **{f"pass_at_1_{k}": sum(v) / len(v) for k, v in sorted(by_type.items())},
+        }

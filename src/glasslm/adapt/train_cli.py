@@ -1,0 +1,96 @@
+"""``glasslm adapt sft|dpo|rl [CONFIG] --out RUN/adapt/<stage> [--model MODEL] [--data DATA] [--key=value …]``.
+
+Each verb runs the pretraining trainer with the stage's data and loss (``glasslm.adapt.base``), so it
+takes the same ``--resume``, trainer, optimizer, schedule and distributed keys as ``glasslm train``
+and runs under torchrun the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from glasslm.clitools import add_config_options, add_verb, resolve_config
+from glasslm.config import ConfigError
+
+STAGES = {
+    "sft": ("supervised fine-tuning on chat data (assistant tokens only, packed)", "configs/adapt/sft.yaml"),
+    "dpo": (
+        "direct preference optimisation against the initial model (dpo or dpo_norm)",
+        "configs/adapt/dpo.yaml",
+    ),
+    "rl": ("GRPO with verifiable rewards, sampling with the generation engine", "configs/adapt/rl.yaml"),
+}
+
+
+def register(verbs: Any) -> None:
+    for stage, (help_, example) in STAGES.items():
+        p = add_verb(verbs, stage, _run, help_)
+        p.epilog = (f"example:\n  glasslm adapt {stage} {example} --model runs/demo/"
+                    f"{'train' if stage == 'sft' else 'adapt/sft' if stage == 'dpo' else 'adapt/sft'} "
+                    f"--data runs/demo/adapt/data --out runs/demo/adapt/{stage}\n")  # fmt: skip
+        p.add_argument("config_pos", nargs="?", type=Path, metavar="CONFIG", help="config YAML (or --config)")
+        p.add_argument("--out", type=Path, required=True, help=f"run directory to write (RUN/adapt/{stage})")
+        p.add_argument("--model", default=None, help="the model to start from (sets model.init_from)")
+        p.add_argument("--data", default=None, help="adapt_data artifact or JSONL file (sets data.path)")
+        p.add_argument(
+            "--resume",
+            default="never",
+            help="'auto': continue from the newest checkpoint in --out; a checkpoint path; or 'never'",
+        )
+        add_config_options(p)
+        p.set_defaults(adapt_stage=stage)
+
+
+def classes(stage: str) -> tuple[type, type]:
+    if stage == "sft":
+        from glasslm.adapt.sft_trainer import SFTConfig, SFTTrainer
+
+        return SFTConfig, SFTTrainer
+    if stage == "dpo":
+        from glasslm.adapt.dpo_trainer import DPOConfig, DPOTrainer
+
+        return DPOConfig, DPOTrainer
+    from glasslm.adapt.rl_trainer import RLConfig, RLTrainer
+
+    return RLConfig, RLTrainer
+
+
+def run_stage(stage: str, config: Any, out: Path, resume: str = "never") -> Any:
+    from glasslm.train import distributed
+
+    _, trainer_cls = classes(stage)
+    world = distributed.init(config.distributed, config.trainer.device)
+    try:
+        return trainer_cls(config, Path(out), world, resume).run()
+    finally:
+        distributed.shutdown(world)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from glasslm.train.trainer import TrainingDiverged
+
+    stage = args.adapt_stage
+    if args.config_pos is not None and args.config is not None:
+        raise ConfigError("give the config either as CONFIG or with --config, not both")
+    args.config = args.config or args.config_pos
+    if args.config is None and args.resume != "never" and (args.out / "config.yaml").is_file():
+        args.config = args.out / "config.yaml"
+    if args.model is not None:
+        args.overrides = [*args.overrides, f"--model.init_from={args.model}"]
+    if args.data is not None:
+        args.overrides = [*args.overrides, f"--data.path={args.data}"]
+    config_cls, _ = classes(stage)
+    config = resolve_config(config_cls, args)
+    try:
+        result = run_stage(stage, config, args.out, args.resume)
+    except TrainingDiverged as e:
+        print(f"glasslm: error: {e}", file=sys.stderr)
+        return 3
+    print(
+        f"adapt {stage}: {result.steps} steps in {result.wall_s:.1f}s; final loss {result.final_loss:.4f}; "
+        f"run at {result.run_dir}"
+    )
+    return 0

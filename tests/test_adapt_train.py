@@ -1,0 +1,167 @@
+"""SFT, DPO and GRPO through the real trainer and CLI on a tiny model, and the HF chat-template round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from test_adapt_support import build_tokenizer
+
+from glasslm import artifacts
+from glasslm.cli import main
+from glasslm.model.checkpoint import load_model, resolve_model_dir
+from glasslm.tokenizer import Tokenizer
+from glasslm.train.metrics import read_metrics
+
+TINY = ["--model.vocab_size=512", "--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2",
+        "--model.n_kv_heads=1", "--model.mlp_hidden=64", "--model.max_seq_len=256"]  # fmt: skip
+COMMON = ["--trainer.threads=1", "--data.eval_limit=8", "--optim.lr=3e-3"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with a tokenizer, a randomly initialised tiny model and adaptation data."""
+    root = tmp_path_factory.mktemp("adapt")
+    build_tokenizer(root / "tokenizer")
+    assert main(["model", "init", "--preset", "tiny", "--tokenizer", str(root / "tokenizer"),
+                 "--out", str(root / "base"), *TINY]) == 0  # fmt: skip
+    assert main(["adapt", "data", "--out", str(root / "adapt" / "data"), "--adapt_data.rl_train=200",
+                 "--adapt_data.rl_heldout=200", "--adapt_data.sft_verifiable=200",
+                 "--adapt_data.dpo_verifiable=40", "--adapt_data.modules=[textwrap, json]"]) == 0  # fmt: skip
+    return root
+
+
+def sft(world: Path, out: Path, *extra: str) -> int:
+    return main(["adapt", "sft", "--model", str(world / "base"), "--data", str(world / "adapt" / "data"),
+                 "--out", str(out), "--data.loader.seq_len=128", "--data.loader.global_batch_size=4",
+                 "--trainer.max_steps=4", "--trainer.checkpoint_every=2", *COMMON, *extra])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sft_run(world: Path) -> Path:
+    out = world / "adapt" / "sft"
+    assert sft(world, out) == 0
+    return out
+
+
+def test_sft_run_is_a_training_run_with_sft_checkpoints(sft_run: Path) -> None:
+    manifest = artifacts.read_manifest(sft_run)
+    assert manifest["kind"] == "train_run"
+    m = manifest["metrics"]
+    for key in ("heldout_loss_before", "heldout_loss_after", "eos_rate_before", "eos_rate_after"):
+        assert isinstance(m[key], float), key
+    assert m["steps"] == 4 and m["stage"] == "sft"
+    assert [ref["kind"] for ref in manifest["inputs"]] == ["adapt_data", "checkpoint"]
+    ckpt = resolve_model_dir(sft_run)
+    assert ckpt.name == "step000004"
+    assert artifacts.read_manifest(ckpt)["stage"] == "sft"
+    assert (ckpt / "tokenizer.json").is_file() and (ckpt / "chat_template.jinja").is_file()
+    rows = read_metrics(sft_run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    # A fresh model starts near the uniform loss over its vocabulary; training moves it down.
+    assert rows[0]["loss"] == pytest.approx(math.log(512), abs=0.5)
+    assert m["heldout_loss_after"] < m["heldout_loss_before"]
+    load_model(sft_run)  # usable wherever a MODEL is expected
+
+
+def test_sft_resume_replays_the_same_steps(world: Path, sft_run: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    out = world / "adapt" / "sft-resumed"
+    shutil.copytree(sft_run, out)
+    assert sft(world, out, "--resume", str(out / "checkpoints" / "step000002")) == 0
+    a = [r["loss"] for r in read_metrics(sft_run / "metrics.jsonl")]
+    b = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    assert b == a  # bit-identical: same batches, same RNG, same optimizer state
+    final = "checkpoints/step000004/model.safetensors"
+    wa, wb = load_file(str(sft_run / final)), load_file(str(out / final))
+    assert all(bool((wa[k] == wb[k]).all()) for k in wa)
+
+
+def test_sft_needs_a_model(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["adapt", "sft", "--data", str(world / "adapt" / "data"), "--out", str(tmp_path / "x")])
+    assert rc == 2
+    assert "model.init_from" in capsys.readouterr().err
+
+
+def test_dpo_starts_at_log2_and_caches_the_reference(world: Path, sft_run: Path) -> None:
+    out = world / "adapt" / "dpo"
+    assert main(["adapt", "dpo", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),
+                 "--data.loader.seq_len=128", "--data.loader.global_batch_size=4", "--trainer.max_steps=3",
+                 "--dpo.loss_type=dpo", *COMMON]) == 0  # fmt: skip
+    rows = read_metrics(out / "metrics.jsonl")
+    # Step 1: the policy is the reference, every implicit reward is 0, the loss is −log σ(0) = ln 2.
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert rows[0]["reward_accuracy"] == 0.0
+    for key in ("reward_margin", "chosen_logp", "rejected_logp"):
+        assert key in rows[0]
+    m = artifacts.read_manifest(out)["metrics"]
+    assert m["reward_accuracy_before"] == 0.0 and 0.0 <= m["reward_accuracy_after"] <= 1.0
+    assert "logp_accuracy_before" in m
+    assert artifacts.read_manifest(resolve_model_dir(out))["stage"] == "dpo"
+    assert (out / "reference_logprobs.safetensors").is_file()
+    assert "reference_logprobs.safetensors" in artifacts.read_manifest(out)["files"]
+
+
+def test_rl_samples_scores_and_reports_pass_at_1(world: Path, sft_run: Path) -> None:
+    out = world / "adapt" / "rl"
+    assert main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),
+                 "--data.loader.seq_len=96", "--data.loader.global_batch_size=8", "--rl.group_size=4",
+                 "--rl.max_new_tokens=8", "--rl.eval_max_new_tokens=8", "--rl.kl_coef=0.05",
+                 "--trainer.max_steps=2", *COMMON]) == 0  # fmt: skip
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert 0.0 <= r["reward"] <= 1.0 and r["completion_tokens"] > 0
+        assert r["kl"] >= 0.0 and r["ratio"] == pytest.approx(1.0, abs=1e-3)  # π_old is the sampling policy
+    m = artifacts.read_manifest(out)["metrics"]
+    assert m["heldout_prompts_before"] == m["heldout_prompts_after"] == 8
+    assert 0.0 <= m["pass_at_1_before"] <= 1.0 and 0.0 <= m["pass_at_1_after"] <= 1.0
+    assert artifacts.read_manifest(resolve_model_dir(out))["stage"] == "rl"
+    assert json.loads((out / "eval_before.json").read_text())["pass_at_1"] == m["pass_at_1_before"]
+
+
+def test_rl_rejects_a_group_of_one(world: Path, sft_run: Path, tmp_path: Path) -> None:
+    rc = main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"),
+               "--out", str(tmp_path / "rl"), "--rl.group_size=1"])  # fmt: skip
+    assert rc == 2
+
+
+def test_hf_export_chat_template_gives_our_ids(world: Path, sft_run: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    assert main(["convert", "to-hf", str(sft_run), str(tmp_path / "hf")]) == 0
+    config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert "chat_template" in config
+    hf = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    ours = Tokenizer.from_file(resolve_model_dir(sft_run))
+    conversations = [
+        [{"role": "user", "content": "What is 2 + 3?"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Reverse 'abc'."}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+    ]  # fmt: skip
+    for messages in conversations:
+        for gen in (False, True):
+            got = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen, return_dict=True)
+            assert list(got["input_ids"]) == ours.encode_chat(messages, add_generation_prompt=gen)
+
+
+def test_user_jsonl_with_a_bad_line_is_quarantined_not_fatal(world: Path, tmp_path: Path) -> None:
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+    data = tmp_path / "mine.jsonl"
+    data.write_text("\n".join([json.dumps(good)] * 8 + ['{"messages": "oops"}']) + "\n")
+    out = tmp_path / "sft"
+    rc = main(["adapt", "sft", "--model", str(world / "base"), "--data", str(data), "--out", str(out),
+               "--data.loader.seq_len=64", "--data.loader.global_batch_size=2", "--trainer.max_steps=1",
+               *COMMON])  # fmt: skip
+    assert rc == 0
+    [record] = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert record["file"] == str(data) and record["line"] == 9 and "messages" in record["reason"]
+    ref = artifacts.read_manifest(out)["inputs"][0]
+    assert ref["kind"] == "jsonl" and ref["sha256"] == artifacts.sha256_file(data)
