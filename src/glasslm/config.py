@@ -8,6 +8,7 @@ valid one, and values are checked against the field's type, so a typo never sile
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import types
@@ -19,6 +20,10 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+# While a config is being assembled (YAML merged, overrides not yet applied) its ``validate()``
+# methods must not run: a required value may still come from the command line.
+_VALIDATE = contextvars.ContextVar("glasslm_config_validate", default=True)
 
 
 class ConfigError(ValueError):
@@ -192,9 +197,28 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     except TypeError as e:  # a required field was not given
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': {e}") from None
     validate = getattr(obj, "validate", None)
-    if callable(validate):
+    if callable(validate) and _VALIDATE.get():
         validate()
     return obj
+
+
+def check_keys(cls: type[T], data: Mapping[str, Any]) -> T:
+    """``from_dict`` without ``validate()``: keys and types only (values may still be filled in)."""
+    token = _VALIDATE.set(False)
+    try:
+        return from_dict(cls, data)
+    finally:
+        _VALIDATE.reset(token)
+
+
+def validate_all(obj: Any) -> None:
+    """Run ``validate()`` on a config and every nested config, innermost first."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            validate_all(getattr(obj, f.name))
+        validate = getattr(obj, "validate", None)
+        if callable(validate):
+            validate()
 
 
 def to_dict(obj: Any) -> Any:
@@ -237,6 +261,19 @@ def apply_overrides(cls: type[T], base: T, overrides: Sequence[str]) -> T:
                 node[part] = to_dict(_coerce(raw, tp, key, from_string=True))
             else:
                 inner = _dataclass_of(tp)
+                if inner is None and (typing.get_origin(tp) is dict or tp is dict):
+                    # A free-form section (e.g. a stage's config inside a run config): set the
+                    # nested key; the stage's own typed config checks it when it loads.
+                    target = node.get(part)
+                    if not isinstance(target, dict):
+                        target = node[part] = {}
+                    for sub in parts[depth + 1 : -1]:
+                        nested = target.get(sub)
+                        if not isinstance(nested, dict):
+                            nested = target[sub] = {}
+                        target = nested
+                    target[parts[-1]] = yaml.safe_load(raw)
+                    break
                 if inner is None:
                     raise ConfigError(f"config key '{'.'.join(parts[: depth + 1])}' has no sub-keys")
                 if node.get(part) is None:
@@ -297,11 +334,21 @@ def load(
             if wrap is not None:
                 data = {wrap: data}
         merged = _deep_merge(to_dict(config), data)
+        token = _VALIDATE.set(False)
         try:
             config = from_dict(cls, merged)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
-    return apply_overrides(cls, config, overrides) if overrides else config
+        finally:
+            _VALIDATE.reset(token)
+    if overrides:
+        token = _VALIDATE.set(False)
+        try:
+            config = apply_overrides(cls, config, overrides)
+        finally:
+            _VALIDATE.reset(token)
+    validate_all(config)
+    return config
 
 
 def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
     )
     p.epilog = "example:\n  glasslm adapt data --out runs/demo/adapt/data --adapt_data.rl_heldout=256"
     add_out(p)
-    add_config_options(p)
+    add_config_options(p, run_section="adapt_data", wrap="adapt_data")
     from glasslm.adapt import train_cli
 
     train_cli.register(verbs)

@@ -40,7 +40,7 @@ def register(verbs: Any) -> None:
             default="never",
             help="'auto': continue from the newest checkpoint in --out; a checkpoint path; or 'never'",
         )
-        add_config_options(p)
+        add_config_options(p, run_section=stage)
         p.set_defaults(adapt_stage=stage)
 
 

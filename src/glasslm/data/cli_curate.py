@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
     p = add_verb(verbs, "corpus", _corpus,
                  "build the embedded corpus (Python stdlib code and docs, /usr/share/doc, man pages)")
     add_out(p)
-    add_config_options(p)
+    add_config_options(p, run_section="corpus", wrap="corpus")
     add_json_flag(p)
     p.epilog = (p.epilog or "") + "\nExample: glasslm data corpus --out runs/demo/corpus --corpus.max_bytes_web=2e6"
 
@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
                    help="process pool (default), in-process, or Ray")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_out(p)
-    add_config_options(p)
+    add_config_options(p, run_section="tag", wrap="tag")
     add_json_flag(p)
 
 

@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
     p.add_argument("--experiment", default=None, help="attribute name prefix (default: dedupe)")
     _parallel_flags(p)
     add_out(p)
-    add_config_options(p)
+    add_config_options(p, run_section="dedupe", wrap="dedupe")
 
     p = add_verb(verbs, "decon", _decon, "n-gram overlap of documents with evaluation sets")
     p.add_argument("documents", type=Path, help="documents artifact (or run directory)")
@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
     p.add_argument("--experiment", default=None, help="attribute name prefix (default: decon)")
     _parallel_flags(p)
     add_out(p)
-    add_config_options(p)
+    add_config_options(p, run_section="decon", wrap="decon")
 
     p = add_verb(verbs, "mix", _mix, "apply a recipe: curated train/held-out shards and a ledger")
     p.add_argument("recipe", type=Path, help="recipe YAML (see configs/recipes/default.yaml)")

@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
     p.add_argument("docs", type=Path, help="mix or documents artifact, run directory, or directory of Dolma shards")
     p.add_argument("--heldout", type=Path, default=None, help="held-out documents for the compression report")
     add_out(p)
-    add_config_options(p)
+    add_config_options(p, run_section="tokenizer", wrap="tokenizer")
     p = add_verb(verbs, "encode", _encode, "show the token ids and tokens of a text")
     p.add_argument("tokenizer", type=Path, help="tokenizer.json, tokenizer artifact or checkpoint")
     p.add_argument("text", help="the text to encode")
@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
                    help="held-out documents (default: the mix's heldout/<source>/)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
     add_out(p)
-    add_config_options(p)
+    add_config_options(p, run_section="tokenize", wrap="tokenize")
 
     verbs = stage_verbs(sub, "trace", "trace training data: data order, index and span search")
     for name, handler, text in (

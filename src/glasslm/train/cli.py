@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
         help="'auto': continue from the newest complete checkpoint in --out (start fresh if none); "
         "a checkpoint path: continue from that one; 'never' (default): refuse to touch an existing run",
     )
-    add_config_options(p)
+    add_config_options(p, run_section="train")
     p.set_defaults(func=_train)
 
 

@@ -1,0 +1,54 @@
+"""``glasslm report RUN [--compare OTHER_RUN …]``: a report a person wants to read."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from glasslm import artifacts
+from glasslm.report.build import SECTION_BUILDERS, Run
+from glasslm.report.render import render
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write RUN/report/index.html and report.md with plots of every stage",
+        description="Write a self-contained HTML report (and Markdown) for a run directory; "
+        "--compare overlays other runs' curves and tables.",
+    )
+    p.add_argument("run", type=Path, help="run directory (runs/NAME)")
+    p.add_argument("--compare", type=Path, nargs="*", default=[], help="other run directories to overlay")
+    p.add_argument("--out", type=Path, default=None, help="report directory (default RUN/report)")
+    p.set_defaults(func=_report)
+
+
+def make_report(run: Path, compare: list[Path], out: Path) -> Path:
+    if not run.is_dir():
+        raise artifacts.ArtifactError(f"{run}: no such run directory")
+    runs = [Run(run, run.name)] + [Run(p, p.name) for p in compare]
+    for r in runs[1:]:
+        if not r.path.is_dir():
+            raise artifacts.ArtifactError(f"{r.path}: no such run directory (given to --compare)")
+    sections = [build(runs) for build in SECTION_BUILDERS]
+    inputs = []
+    for r in runs:
+        for child in sorted(r.path.rglob(artifacts.MANIFEST)):
+            d = child.parent
+            if d == out or out in d.parents or d.name.startswith("."):
+                continue
+            if d.parent == r.path or d.parent.parent == r.path:  # the run's stage artifacts
+                inputs.append(d)
+    title = f"glasslm run {run.name}" + (f" compared with {', '.join(r.name for r in runs[1:])}" if compare else "")
+    with artifacts.create_artifact(out, "report", config={"run": str(run), "compare": [str(c) for c in compare]},
+                                   inputs=inputs) as art:
+        figures = render(sections, title, art.path)
+        art.metrics.update({"sections": [s.title for s in sections], "figures": figures})
+    return out
+
+
+def _report(args: argparse.Namespace) -> int:
+    out = make_report(args.run, list(args.compare), args.out or args.run / "report")
+    print(f"wrote {out / 'index.html'} and {out / 'report.md'}")
+    return 0

@@ -1,0 +1,108 @@
+"""Render report sections as a self-contained ``index.html`` (figures inlined) and ``report.md``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+from glasslm.report.build import Section
+
+_CSS = """
+body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; max-width: 1100px; margin: 2rem auto;
+       padding: 0 1rem; color: #1d1d1f; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .3rem; }
+h2 { margin-top: 2.2rem; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: .6rem 0 1.2rem; font-size: .88rem; }
+th, td { border: 1px solid #ddd; padding: .25rem .55rem; text-align: left; vertical-align: top; }
+th { background: #f6f6f8; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { display: inline-block; margin: .4rem; }
+figure img { max-width: 520px; border: 1px solid #eee; }
+.missing { color: #888; font-style: italic; }
+mark { background: #ffe58a; }
+pre { white-space: pre-wrap; background: #f8f8f8; padding: .6rem; border-radius: 4px; }
+nav a { margin-right: .8rem; }
+"""
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _anchor(title: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in title.lower())
+
+
+def render(sections: list[Section], title: str, out: Path) -> list[str]:
+    """Write index.html, report.md and figures/*.png into ``out``; returns the figure file names."""
+    figures_dir = out / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    html_parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><nav>",
+        *[f"<a href='#{_anchor(s.title)}'>{html.escape(s.title)}</a>" for s in sections],
+        "</nav>",
+    ]
+    md_parts = [f"# {title}", ""]
+    written: list[str] = []
+    for section in sections:
+        html_parts.append(f"<h2 id='{_anchor(section.title)}'>{html.escape(section.title)}</h2>")
+        md_parts += [f"## {section.title}", ""]
+        if section.missing and not (section.tables or section.figures or section.text):
+            html_parts.append(f"<p class='missing'>Not in this run: {html.escape(section.missing)}</p>")
+            md_parts += [f"*Not in this run: {section.missing}*", ""]
+            continue
+        if section.text:
+            # Section text may carry <mark> highlights; everything else in it is escaped by its builder.
+            html_parts.append(f"<p>{section.text}</p>")
+            md_parts += [section.text.replace("<mark>", "**").replace("</mark>", "**"), ""]
+        for caption, rows in section.tables:
+            if not rows:
+                continue
+            columns = list(dict.fromkeys(k for r in rows for k in r))
+            html_parts.append(f"<table><caption>{html.escape(caption)}</caption><tr>")
+            html_parts += [f"<th>{html.escape(c)}</th>" for c in columns]
+            html_parts.append("</tr>")
+            for r in rows:
+                html_parts.append("<tr>")
+                for c in columns:
+                    v = r.get(c)
+                    cls = " class='num'" if isinstance(v, int | float) and not isinstance(v, bool) else ""
+                    html_parts.append(f"<td{cls}>{html.escape(_cell(v))}</td>")
+                html_parts.append("</tr>")
+            html_parts.append("</table>")
+            md_parts += [f"**{caption}**", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            md_parts += ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
+            md_parts.append("")
+        for stem, fig in section.figures:
+            data = _png(fig)
+            name = f"{stem}.png"
+            (figures_dir / name).write_bytes(data)
+            written.append(name)
+            b64 = base64.b64encode(data).decode("ascii")
+            html_parts.append(
+                f"<figure><img alt='{html.escape(stem)}' data-figure='{html.escape(stem)}' "
+                f"src='data:image/png;base64,{b64}'></figure>"
+            )
+            md_parts += [f"![{stem}](figures/{name})", ""]
+    html_parts.append("</body></html>")
+    (out / "index.html").write_text("\n".join(html_parts))
+    (out / "report.md").write_text("\n".join(md_parts) + "\n")
+    return written
