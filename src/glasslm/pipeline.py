@@ -156,6 +156,8 @@ def check_sections(config: PipelineConfig) -> None:
         if not section:
             continue
         cls = getattr(importlib.import_module(module), cls_name)
+        if name == "decon":  # `tasks` (task files) goes to the command line, not into DeconJob
+            section = {k: v for k, v in section.items() if k != "tasks"}
         try:
             cfg.check_keys(cls, {wrap: section} if wrap else section)
         except ConfigError as e:
@@ -202,6 +204,9 @@ def run_pipeline(config: PipelineConfig, run: Path, force: list[str] | None = No
     # Every verb reads its own section of this one file (config.load's run_section).
     config_file = run / ".pipeline" / "config.yaml"
     sections = {k: v for k, v in cfg.to_dict(config).items() if k != "stages"}
+    # Keys the pipeline turns into command-line arguments are not part of the verbs' configs.
+    sections["decon"] = {k: v for k, v in sections["decon"].items() if k != "tasks"}
+    sections["mix"] = {}
     config_file.write_text(yaml.safe_dump(sections, sort_keys=False))
     state = _state(run)
     total_start = time.perf_counter()

@@ -1,0 +1,98 @@
+"""`glasslm pipeline`: every stage in order, skipped when up to date, re-run only where changed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from glasslm.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The tiny run config shrunk to seconds: same stages, same verbs, far less data and compute.
+MICRO = """
+corpus: {max_bytes_code: 150_000, max_bytes_docs: 150_000, max_bytes_web: 200_000}
+tag: {taggers: [langid, gopher, c4, stats, pii, code, toxicity]}
+decon: {tasks: [TASKS]}
+mix: {recipe: RECIPE}
+tokenizer: {vocab_size: 512}
+train:
+  model: {preset: tiny, n_layers: 1}
+  data: {loader: {seq_len: 64, global_batch_size: 4}}
+  optim: {lr: 3.0e-3}
+  schedule: {kind: cosine, warmup: 2}
+  trainer: {max_steps: 6, checkpoint_every: 3, log_every: 3}
+eval: {suite: [perplexity], ppl_max_docs: 3}
+adapt_data: {rl_train: 40, rl_heldout: 200, sft_verifiable: 20, dpo_verifiable: 10, modules: [json, textwrap]}
+sft:
+  data: {eval_limit: 4, loader: {seq_len: 64, global_batch_size: 4}}
+  trainer: {max_steps: 3, checkpoint_every: 3}
+dpo:
+  data: {eval_limit: 4, loader: {seq_len: 64, global_batch_size: 2}}
+  trainer: {max_steps: 2, checkpoint_every: 2, skip_step: {enabled: false}}
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("pipeline")
+    config = base / "micro.yaml"
+    tasks = base / "eval_set.jsonl"  # an evaluation set to decontaminate against
+    tasks.write_text(json.dumps({"question": "What does the json module do? It encodes and decodes JSON "
+                                 "documents from Python objects and back again, with options."}) + "\n")
+    config.write_text(MICRO.replace("RECIPE", str(ROOT / "configs/recipes/default.yaml")).replace("TASKS", str(tasks)))
+    out = base / "run"
+    assert main(["pipeline", "--config", str(config), "--out", str(out)]) == 0
+    return config, out
+
+
+def _stage_seconds(out: Path) -> dict[str, float]:
+    return {k: v["seconds"] for k, v in json.loads((out / "pipeline.json").read_text()).items()}
+
+
+def test_every_stage_writes_an_artifact(run: tuple[Path, Path]) -> None:
+    _, out = run
+    for rel in ["corpus", "attributes/tags", "attributes/dedupe", "attributes/decon", "mix", "tokenizer", "tokens",
+                "train", "eval", "adapt/data", "adapt/sft", "adapt/dpo", "hf", "trace_index", "report"]:
+        assert (out / rel / "manifest.json").is_file(), rel
+    state = json.loads((out / "pipeline.json").read_text())
+    assert all(v["status"] == "done" for v in state.values())
+    assert (out / "report" / "index.html").is_file()
+    # the final model's lineage reaches back to the raw corpus
+    assert main(["manifest", "verify", str(out / "hf"), "--recursive"]) == 0
+
+
+def test_rerun_skips_and_a_config_change_reruns_only_what_depends_on_it(
+    run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, out = run
+    before = _stage_seconds(out)
+    capsys.readouterr()
+    assert main(["pipeline", "--config", str(config), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "(0 stages ran)" in printed and _stage_seconds(out) == before
+    manifest = (out / "tokens" / "manifest.json").read_bytes()
+    assert main(["pipeline", "--config", str(config), "--out", str(out), "--train.trainer.max_steps=4",
+                 "--sft.trainer.max_steps=2"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("corpus", "tag", "mix", "tokenizer", "tokenize", "adapt_data"):
+        assert f"[pipeline] {stage:<10} up to date" in printed
+    for stage in ("train", "eval", "sft", "dpo", "hf", "report"):
+        assert f"[pipeline] {stage:<10} done" in printed
+    assert (out / "tokens" / "manifest.json").read_bytes() == manifest
+    steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 4
+
+
+def test_stage_config_typos_fail_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("train:\n  trainer: {max_step: 3}\n")
+    assert main(["pipeline", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "section 'train': unknown config key 'trainer.max_step' (did you mean 'trainer.max_steps'?)" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "run" / "corpus").exists()
+    config.write_text("stages: [corpus, tran]\n")
+    assert main(["pipeline", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
