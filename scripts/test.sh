@@ -4,6 +4,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh dev || exit 1
+# The report test renders the page in a real browser: Debian's chromium, installed when missing.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "installing chromium for the report test"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+    || echo "could not install chromium: the report's browser test will be skipped"
+fi
 .venv/bin/ruff check src tests benchmarks || exit 1
 .venv/bin/python -m pytest -q "$@"
 rc=$?

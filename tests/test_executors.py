@@ -44,7 +44,7 @@ def test_unknown_executor_is_refused():
 
 def test_ray_tag_is_byte_identical_to_the_process_pool(tmp_path: Path):
     pytest.importorskip("ray")
-    from tests.test_tag_cli import make_documents
+    from test_tag_cli import make_documents  # the module pytest imported (not a second copy)
 
     docs = make_documents(tmp_path / "docs")
     outs = {}
