@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 
+from glasslm.model.hf import hf_config
 from glasslm.model.olmo2 import ModelConfig, OLMo2, flops_per_token, lm_loss
 from glasslm.model.presets import preset
 
@@ -35,24 +36,10 @@ def device_peak(device: torch.device) -> float | None:
 
 
 def hf_model(config: ModelConfig) -> torch.nn.Module:
+    """transformers' Olmo2ForCausalLM with the config our converter writes (SDPA attention)."""
     from transformers import Olmo2Config, Olmo2ForCausalLM
 
-    hf_cfg = Olmo2Config(
-        vocab_size=config.vocab_size,
-        hidden_size=config.d_model,
-        intermediate_size=config.mlp_hidden,
-        num_hidden_layers=config.n_layers,
-        num_attention_heads=config.n_heads,
-        num_key_value_heads=config.kv_heads,
-        max_position_embeddings=config.max_seq_len,
-        rms_norm_eps=config.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        tie_word_embeddings=config.tie_embeddings,
-        attn_implementation="sdpa",
-        eos_token_id=None,
-        pad_token_id=None,
-        bos_token_id=None,
-    )
+    hf_cfg = Olmo2Config.from_dict(hf_config(config, torch.float32, {}), attn_implementation="sdpa")
     return Olmo2ForCausalLM(hf_cfg)
 
 

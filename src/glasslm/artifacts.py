@@ -133,18 +133,24 @@ class ArtifactWriter:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (new names, renames) durable."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory below ``root``, so a rename after it publishes durable data."""
     for path in root.rglob("*"):
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
     for directory in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
-        with contextlib.suppress(OSError):
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync_dir(directory)
 
 
 def write_manifest(
@@ -229,7 +235,7 @@ def create_artifact(
         write_manifest(
             tmp, kind, config=config, inputs=inputs, command=command, metrics=writer.metrics, extra=writer.extra
         )
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -243,12 +249,7 @@ def publish(tmp: Path, out: Path) -> None:
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
     os.replace(tmp, out)
-    with contextlib.suppress(OSError):
-        fd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

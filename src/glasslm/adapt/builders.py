@@ -171,7 +171,7 @@ def word_list() -> list[str]:
     """Plain lower-case English words (4-9 letters) from the Python help topics, sorted."""
     from pydoc_data.topics import topics
 
-    words = set()
+    words: set[str] = set()
     for text in topics.values():
         words.update(w for w in re.findall(r"\b[a-z]{4,9}\b", text))
     return sorted(words)

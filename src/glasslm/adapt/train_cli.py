@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.data is not None:
         args.overrides = [*args.overrides, f"--data.path={args.data}"]
     config_cls, _ = classes(stage)
-    config = resolve_config(config_cls, args)
+    config: Any = resolve_config(config_cls, args)
     try:
         result = run_stage(stage, config, args.out, args.resume)
     except TrainingDiverged as e:

@@ -55,15 +55,6 @@ def step_name(step: int) -> str:
     return f"step{step:06d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 # ---------------------------------------------------------------- RNG state (JSON, readable, exact)
 
 
@@ -143,7 +134,7 @@ def _write_latest(run_dir: Path, target: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, run_dir / LATEST)
-    _fsync_dir(run_dir)
+    artifacts.fsync_dir(run_dir)
 
 
 def _retain(run_dir: Path, keep_last: int, keep_every: int | None, newest: int) -> None:
@@ -208,7 +199,7 @@ def save(
             metrics=metrics,
             extra={"stage": stage, "step": step},
         )
-        artifacts._fsync_tree(tmp)
+        artifacts.fsync_tree(tmp)
         artifacts.publish(tmp, final)
         _write_latest(run_dir, final)
         _retain(run_dir, keep_last, keep_every, newest=step)
