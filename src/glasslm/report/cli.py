@@ -38,8 +38,11 @@ def make_report(run: Path, compare: list[Path], out: Path) -> Path:
             d = child.parent
             if d == out or out in d.parents or d.name.startswith("."):
                 continue
-            if d.parent == r.path or d.parent.parent == r.path:  # the run's stage artifacts
-                inputs.append(d)
+            if d.parent != r.path and d.parent.parent != r.path:  # only the run's stage artifacts
+                continue
+            if artifacts.read_manifest(d).get("kind") == "report":  # an earlier report is not a source
+                continue
+            inputs.append(d)
     title = f"glasslm run {run.name}" + (f" compared with {', '.join(r.name for r in runs[1:])}" if compare else "")
     with artifacts.create_artifact(out, "report", config={"run": str(run), "compare": [str(c) for c in compare]},
                                    inputs=inputs) as art:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 
-from glasslm.report.build import Section
+from glasslm.report.base import Section
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; max-width: 1100px; margin: 2rem auto;
@@ -25,6 +26,9 @@ figure { display: inline-block; margin: .4rem; }
 figure img { max-width: 520px; border: 1px solid #eee; }
 .missing { color: #888; font-style: italic; }
 mark { background: #ffe58a; }
+code.sample { display: block; white-space: pre-wrap; background: #f8f8f8; padding: .5rem; margin: .3rem 0;
+              max-height: 12rem; overflow: auto; }
+caption { text-align: left; font-weight: 600; padding: .2rem 0; }
 pre { white-space: pre-wrap; background: #f8f8f8; padding: .6rem; border-radius: 4px; }
 nav a { margin-right: .8rem; }
 """
@@ -43,6 +47,16 @@ def _png(fig: Any) -> bytes:
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _markdown(text: str) -> str:
+    """Section text (a little HTML) as Markdown: marks in bold, code in backticks, breaks as lines."""
+    text = re.sub(r"<code class='sample'>(.*?)</code>", lambda m: "\n\n    " + m.group(1).replace("\n", "\n    ") + "\n",
+                  text, flags=re.S)
+    for tag, md in (("mark", "**"), ("code", "`"), ("b", "**"), ("i", "*")):
+        text = text.replace(f"<{tag}>", md).replace(f"</{tag}>", md)
+    text = re.sub(r"<br\s*/?>", "\n", text)
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
 
 
 def _anchor(title: str) -> str:
@@ -70,9 +84,9 @@ def render(sections: list[Section], title: str, out: Path) -> list[str]:
             md_parts += [f"*Not in this run: {section.missing}*", ""]
             continue
         if section.text:
-            # Section text may carry <mark> highlights; everything else in it is escaped by its builder.
-            html_parts.append(f"<p>{section.text}</p>")
-            md_parts += [section.text.replace("<mark>", "**").replace("</mark>", "**"), ""]
+            # Section text may carry <mark>/<code>/<br>; everything else in it is escaped by its builder.
+            html_parts.append(f"<div class='text'>{section.text}</div>")
+            md_parts += [_markdown(section.text), ""]
         for caption, rows in section.tables:
             if not rows:
                 continue
