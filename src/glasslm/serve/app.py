@@ -5,7 +5,10 @@ Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/complet
 (Prometheus text). Request and response bodies follow the OpenAI API, so the official ``openai``
 client works unchanged; errors use OpenAI's ``{"error": {message, type, param, code}}`` body.
 Beyond OpenAI's fields, requests may carry ``top_k``, ``repetition_penalty`` and ``ignore_eos``
-(vLLM's names), e.g. through the client's ``extra_body``.
+(vLLM's names), e.g. through the client's ``extra_body``, and ``trace`` (``true`` or ``{"min_len": N,
+"max_docs": M}``): with a trace index (``glasslm serve --trace``) the response then carries a ``trace``
+object — the spans of each choice's text found verbatim in the training data (``serve/tracing.py``);
+a stream sends it in one last chunk before ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from glasslm.model.generate import Engine, Event, SamplingParams
 from glasslm.serve.scheduler import Handle, QueueFull, Scheduler
+from glasslm.serve.tracing import DEFAULT_MAX_DOCS, DEFAULT_MIN_LEN, Tracer
 from glasslm.tokenizer import ROLE_TOKENS
 
 log = logging.getLogger("glasslm.serve")
@@ -87,6 +91,13 @@ class APIKeyMiddleware:
 
 
 # -- request bodies ----------------------------------------------------------------------------------
+class TraceOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not a silent default
+
+    min_len: int | None = Field(default=None, ge=1)
+    max_docs: int = Field(default=DEFAULT_MAX_DOCS, ge=1, le=100)
+
+
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields are accepted and ignored, as vLLM does
 
@@ -106,6 +117,8 @@ class _Sampling(BaseModel):
     top_k: int = Field(default=0, ge=0)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     ignore_eos: bool = False
+    # glasslm extension: trace the output back to the training data
+    trace: bool | TraceOptions | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -130,7 +143,9 @@ class ChatRequest(_Sampling):
 class Server:
     """Turns OpenAI requests into engine requests and engine events into OpenAI responses."""
 
-    def __init__(self, engine: Engine, model_name: str, limits: ServeLimits):
+    def __init__(self, engine: Engine, model_name: str, limits: ServeLimits, tracer: Tracer | None = None,
+                 trace_min_len: int = DEFAULT_MIN_LEN):
+        self.tracer, self.trace_min_len = tracer, trace_min_len
         if engine.tokenizer is None:
             raise ValueError("the server needs an engine with a tokenizer")
         self.engine, self.tokenizer, self.model_name, self.limits = engine, engine.tokenizer, model_name, limits
@@ -166,6 +181,31 @@ class Server:
         return SamplingParams(max_new_tokens=n_max, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                               repetition_penalty=req.repetition_penalty, stop=stop, seed=req.seed,
                               ignore_eos=req.ignore_eos, stop_token_ids=stop_ids)
+
+    def trace_options(self, req: _Sampling) -> TraceOptions | None:
+        """The request's tracing options; 400 before any generation if it asks for tracing and there is no index."""
+        if req.trace is None or req.trace is False:
+            return None
+        if self.tracer is None:
+            raise APIError(400, "this server has no trace index, so 'trace' cannot be answered; restart it with "
+                           "one: glasslm trace index RUN, then glasslm serve MODEL --trace RUN",
+                           param="trace", code="trace_unavailable")
+        options = TraceOptions() if req.trace is True else req.trace
+        return options if options.min_len is not None else options.model_copy(update={"min_len": self.trace_min_len})
+
+    async def trace(self, texts: list[str], options: TraceOptions) -> dict[str, Any]:
+        """The ``trace`` object of a response: per choice, its spans found verbatim in the training data."""
+        assert self.tracer is not None and options.min_len is not None
+        tracer, min_len, max_docs = self.tracer, options.min_len, options.max_docs
+        started = time.monotonic()
+
+        def run() -> list[dict[str, Any]]:  # CPU-bound binary searches: off the event loop
+            return [{"index": i, **tracer.trace(text, min_len=min_len, max_docs=max_docs)}
+                    for i, text in enumerate(texts)]
+
+        choices = await asyncio.to_thread(run)
+        return {**tracer.describe(), "min_len": min_len, "max_docs": max_docs, "choices": choices,
+                "elapsed_ms": round((time.monotonic() - started) * 1000, 1)}
 
     def check_prompt(self, ids: list[int]) -> None:
         limit = min(self.limits.max_prompt_tokens, self.engine.max_len - 1)
@@ -311,9 +351,12 @@ async def _merge(handles: list[Handle]) -> AsyncIterator[tuple[int, Event]]:
 
 
 def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
-               limits: ServeLimits | None = None) -> FastAPI:
-    """The ASGI app. ``api_key`` (or ``$GLASSLM_API_KEY``) turns on bearer-token auth for ``/v1``."""
-    server = Server(engine, model_name, limits or ServeLimits())
+               limits: ServeLimits | None = None, tracer: Tracer | None = None,
+               trace_min_len: int = DEFAULT_MIN_LEN) -> FastAPI:
+    """The ASGI app. ``api_key`` (or ``$GLASSLM_API_KEY``) turns on bearer-token auth for ``/v1``;
+    ``tracer`` lets requests ask for ``"trace"`` (spans shorter than ``trace_min_len`` tokens unless
+    the request says otherwise)."""
+    server = Server(engine, model_name, limits or ServeLimits(), tracer=tracer, trace_min_len=trace_min_len)
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
 
     @asynccontextmanager
@@ -381,12 +424,13 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
         server.check_model(body.model)
         if body.echo or body.logprobs:
             raise APIError(400, "echo and logprobs are not supported", param="echo" if body.echo else "logprobs")
+        trace = server.trace_options(body)
         prompts = server.completion_prompts(body)
         params = server.sampling(body, body.max_tokens, 16, [])  # OpenAI's default max_tokens is 16
         handles = server.submit_all(prompts, body.n, params)
         rid, created, started = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
         if body.stream:
-            return _stream(server, handles, request, rid, started, include_usage=_usage_wanted(body),
+            return _stream(server, handles, request, rid, started, include_usage=_usage_wanted(body), trace=trace,
                            chunk=lambda i, delta, reason: {
                                "id": rid, "object": "text_completion", "created": created, "model": model_name,
                                "choices": [{"index": i, "text": delta, "logprobs": None, "finish_reason": reason}]})
@@ -395,14 +439,18 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
                    for i, (text, evs) in enumerate(results)]
         out_tokens = sum(evs[-1].completion_tokens for _, evs in results)
         server.record(rid, handles, out_tokens, started, None, [evs[-1].finish_reason for _, evs in results])
-        return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
-                "choices": choices, "usage": _usage(handles, out_tokens)}
+        response = {"id": rid, "object": "text_completion", "created": created, "model": model_name,
+                    "choices": choices, "usage": _usage(handles, out_tokens)}
+        if trace is not None:
+            response["trace"] = await server.trace([text for text, _ in results], trace)
+        return response
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
         server.check_model(body.model)
         if body.logprobs:
             raise APIError(400, "logprobs are not supported", param="logprobs")
+        trace = server.trace_options(body)
         prompt = server.chat_prompt(body)
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = server.sampling(body, max_tokens, server.limits.max_new_tokens, server.chat_stop_ids)
@@ -418,14 +466,17 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
                       "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                    "finish_reason": None}]} for i in range(len(handles))]
             return _stream(server, handles, request, rid, started, include_usage=_usage_wanted(body),
-                           chunk=chunk, first=first, chat=True)
+                           chunk=chunk, first=first, chat=True, trace=trace)
         results = await _gather(handles, request, server.scheduler)
         choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
                     "finish_reason": evs[-1].finish_reason} for i, (text, evs) in enumerate(results)]
         out_tokens = sum(evs[-1].completion_tokens for _, evs in results)
         server.record(rid, handles, out_tokens, started, None, [evs[-1].finish_reason for _, evs in results])
-        return {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
-                "choices": choices, "usage": _usage(handles, out_tokens)}
+        response = {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
+                    "choices": choices, "usage": _usage(handles, out_tokens)}
+        if trace is not None:
+            response["trace"] = await server.trace([text for text, _ in results], trace)
+        return response
 
     return app
 
@@ -441,14 +492,16 @@ def _usage(handles: list[Handle], out_tokens: int) -> dict[str, int]:
 
 def _stream(server: Server, handles: list[Handle], request: Request, rid: str, started: float, *,
             include_usage: bool, chunk: Callable[[int, Any, str | None], dict[str, Any]],
-            first: list[dict[str, Any]] | None = None, chat: bool = False) -> StreamingResponse:
+            first: list[dict[str, Any]] | None = None, chat: bool = False,
+            trace: TraceOptions | None = None) -> StreamingResponse:
     """Server-sent events: one chunk per text delta, a last chunk per choice with its finish reason,
-    optionally a usage chunk, then ``data: [DONE]``. A client that disconnects cancels this generator,
+    optionally a usage chunk, optionally a chunk with ``trace`` (and no choices), then ``data: [DONE]``. A client that disconnects cancels this generator,
     whose ``finally`` aborts the requests so their slots free up at the next step."""
 
     async def body() -> AsyncIterator[str]:
         out_tokens, first_token = 0, None
         reasons: list[str | None] = [None] * len(handles)
+        texts = [""] * len(handles)
         try:
             for c in first or []:
                 yield _sse(c)
@@ -456,6 +509,7 @@ def _stream(server: Server, handles: list[Handle], request: Request, rid: str, s
                 if first_token is None:
                     first_token = time.monotonic()
                 if event.text:
+                    texts[i] += event.text
                     yield _sse(chunk(i, event.text, None))
                 if event.finished:
                     out_tokens += event.completion_tokens
@@ -466,6 +520,10 @@ def _stream(server: Server, handles: list[Handle], request: Request, rid: str, s
                          "created": int(time.time()), "model": server.model_name, "choices": [],
                          "usage": _usage(handles, out_tokens)}
                 yield _sse(usage)
+            if trace is not None:
+                yield _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                            "created": int(time.time()), "model": server.model_name, "choices": [],
+                            "trace": await server.trace(texts, trace)})
             yield "data: [DONE]\n\n"
         except Exception as e:  # the engine failed mid-stream: tell the client in OpenAI's error shape
             server.errors_total += 1

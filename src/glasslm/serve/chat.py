@@ -7,9 +7,11 @@ from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 from glasslm.model.generate import Engine, SamplingParams
+from glasslm.serve.tracing import DEFAULT_MIN_LEN, ENABLE_HINT, Tracer, format_trace
 from glasslm.tokenizer import ROLE_TOKENS
 
-HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D) to leave"
+HELP = ("commands: /reset (forget the conversation), /trace [MIN_LEN] (the last reply's spans found verbatim "
+        "in the training data), /exit (or Ctrl-D) to leave")
 
 
 @dataclass
@@ -20,6 +22,8 @@ class ChatSession:
     params: SamplingParams
     system: str | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
+    tracer: Tracer | None = None
+    trace_min_len: int = DEFAULT_MIN_LEN
 
     def __post_init__(self) -> None:
         hf = getattr(self.engine.tokenizer, "hf", None)
@@ -53,6 +57,16 @@ class ChatSession:
         self.messages.append({"role": "assistant", "content": text})
         return text
 
+    def trace_last(self, min_len: int | None = None) -> str:
+        """``/trace``: the last assistant reply's spans found verbatim in the training data, as text."""
+        if self.tracer is None:
+            return f"(tracing is off: {ENABLE_HINT})"
+        replies = [m["content"] for m in self.messages if m["role"] == "assistant"]
+        if not replies:
+            return "(nothing to trace yet: /trace looks at the last reply)"
+        n = min_len or self.trace_min_len
+        return format_trace(self.tracer.trace(replies[-1], min_len=n), n, self.tracer.steps_note)
+
 
 def run_chat(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     interactive = stdin.isatty()
@@ -75,6 +89,10 @@ def run_chat(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = s
             session.reset()
             stdout.write("(conversation reset)\n")
             continue
+        if command == "/trace" or command.startswith("/trace "):
+            stdout.write(_trace_command(session, command) + "\n")
+            stdout.flush()
+            continue
         if command.startswith("/"):
             stdout.write(f"unknown command {command}; {HELP}\n")
             continue
@@ -86,3 +104,10 @@ def run_chat(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = s
             stdout.write(f"\n(error: {e})")
         stdout.write("\n")
         stdout.flush()
+
+
+def _trace_command(session: ChatSession, command: str) -> str:
+    arg = command[len("/trace"):].strip()
+    if arg and not (arg.isdigit() and int(arg) >= 1):
+        return f"(usage: /trace [MIN_LEN], MIN_LEN a number of tokens >= 1; got {arg!r})"
+    return session.trace_last(int(arg) if arg else None)

@@ -35,10 +35,12 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("chat", help="chat with a model in the terminal (/reset, /exit)",
                        description="Interactive chat: history, OLMo-2 chat template, streamed replies. "
-                       "Type /reset to start over and /exit (or Ctrl-D) to leave.")
+                       "Type /reset to start over, /trace to see which parts of the last reply occur verbatim in the "
+                       "training data (needs a trace index), and /exit (or Ctrl-D) to leave.")
     _model_args(p)
     p.add_argument("--system", default=None, help="system message at the start of the conversation")
     _sampling_args(p, default_max=256, default_temperature=0.7)
+    _trace_args(p, "/trace shows the last reply's spans found verbatim in the training data")
     p.set_defaults(func=_chat)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
@@ -56,6 +58,7 @@ def register(sub: Any) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=2048, help="longer prompts get 413")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="a larger max_tokens gets 400")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _trace_args(p, 'requests with "trace": true get the spans of their output found verbatim in the training data')
     p.set_defaults(func=_serve)
 
 
@@ -65,6 +68,26 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--max-len", type=int, default=None, help="cache length per request (default: model's max)")
+
+
+def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
+    from glasslm.serve.tracing import DEFAULT_MIN_LEN
+
+    p.add_argument("--trace", type=Path, default=None, metavar="INDEX_OR_RUN",
+                   help=f"trace index (or a run directory holding trace_index/): {what}; default: the "
+                   "trace_index beside MODEL when MODEL is a run directory")
+    p.add_argument("--trace-min-len", type=int, default=DEFAULT_MIN_LEN, help="shortest span traced, in tokens")
+
+
+def _tracer(args: argparse.Namespace) -> Any:
+    from glasslm.serve.tracing import open_tracer
+
+    if args.trace_min_len < 1:
+        raise ConfigError(f"--trace-min-len must be at least 1, got {args.trace_min_len}")
+    tracer = open_tracer(args.trace, args.model)
+    if tracer is not None:
+        print(f"tracing against {tracer.path} ({tracer.index.n_tokens:,} training tokens)", file=sys.stderr)
+    return tracer
 
 
 def _sampling_args(p: argparse.ArgumentParser, default_max: int, default_temperature: float) -> None:
@@ -146,8 +169,14 @@ def _generate(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     from glasslm.serve.chat import ChatSession, run_chat
 
+    tracer = _tracer(args)
     engine, _ = build_engine(args, max_batch=1)
-    return run_chat(ChatSession(engine, _params(args), system=args.system))
+    session = ChatSession(engine, _params(args), system=args.system, tracer=tracer, trace_min_len=args.trace_min_len)
+    try:
+        return run_chat(session)
+    finally:
+        if tracer is not None:
+            tracer.close()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -156,11 +185,13 @@ def _serve(args: argparse.Namespace) -> int:
     from glasslm.serve.app import ServeLimits, create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tracer = _tracer(args)
     engine, model_dir = build_engine(args, max_batch=args.max_batch)
     name = args.model_name or Path(args.model).resolve().name
     limits = ServeLimits(max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
                          max_queue=args.max_queue)
-    app = create_app(engine, name, api_key=args.api_key, limits=limits)
+    app = create_app(engine, name, api_key=args.api_key, limits=limits, tracer=tracer,
+                     trace_min_len=args.trace_min_len)
     logging.getLogger("glasslm.serve").info("serving %s (from %s) on http://%s:%d/v1", name, model_dir,
                                             args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
