@@ -215,4 +215,5 @@ def test_throughput_benchmark_runs_and_agrees_with_hf() -> None:
                           "1", "3", "--repeats", "1", "--json"], capture_output=True, text=True, timeout=300, check=True)
     rows = json.loads(out.stdout)["rows"]
     assert [r["batch"] for r in rows] == [1, 3]
-    assert all(r["same_tokens"] and r["glasslm_decode_tok_s"] > 0 and r["ratio_decode"] > 0 for r in rows), rows
+    # Token agreement is exact; speeds are only checked to be measured (decode may be None under load).
+    assert all(r["same_tokens"] and r["glasslm_e2e_tok_s"] > 0 and r["ratio_e2e"] > 0 for r in rows), rows
