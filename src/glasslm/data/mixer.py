@@ -29,7 +29,7 @@ import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from glasslm.data.documents import (
     shard_names,
     write_jsonl,
 )
-from glasslm.data.executors import executor_name, map_shards, resumable
+from glasslm.data.executors import ExecutorName, executor_name, map_shards, resumable
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
@@ -284,6 +284,7 @@ class ShardJob:
     recipe: Recipe
     attribute_roots: list[Path]
     scratch: Path
+    duplicate_ids: set[int] = field(default_factory=set)  # fused mode, second try: see filter_write_shard
 
 
 def _match_source(recipe: Recipe, source: str | None) -> SourceRecipe | None:
@@ -385,6 +386,30 @@ def _raw_bytes(record: dict[str, Any]) -> int:
     return len(record["raw"].encode()) if record["encoding"] == "utf-8" else len(base64.b64decode(record["raw"]))
 
 
+def _usable_ids(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(row position, id) of the rows pass 1 did not quarantine: what the cross-shard id check needs."""
+    return [(r, row["id"]) for r, row in enumerate(rows) if row["decision"] != "quarantined" and row["id"] is not None]
+
+
+def filter_write_shard(job: ShardJob) -> dict[str, Any]:
+    """Passes 1 and 3 in one process, for recipes without a held-out split (nothing global to wait
+    for but the cross-shard id check). The survivors' text never leaves memory: the two-pass path
+    pickles it to the work directory and reads it back, ~10% of the mix's CPU time.
+
+    The output assumes no id repeats one of an earlier shard (the driver checks once every shard is
+    done); a shard that has such ids is run again with them (``job.duplicate_ids``).
+    """
+    tag = "-redo" if job.duplicate_ids else ""
+    return resumable(job.scratch / f"filter-write-{job.index:05d}{tag}.pkl", lambda: _filter_write_shard(job))
+
+
+def _filter_write_shard(job: ShardJob) -> dict[str, Any]:
+    part = _filter_shard(job)
+    ids = _usable_ids(part["rows"])
+    write = WriteJob(job.index, job.name, job.recipe, job.scratch, set(), job.duplicate_ids, None)
+    return {"ids": ids, **_write_part(write, part)}
+
+
 # --- pass 2 and 3: held-out n-grams, then split / decon / sample / write --------------------------
 
 
@@ -425,8 +450,11 @@ def write_shard(job: WriteJob) -> dict[str, Any]:
 
 
 def _write_shard(job: WriteJob) -> dict[str, Any]:
+    return _write_part(job, filter_shard_cached(job.scratch, job.index))
+
+
+def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
     recipe = job.recipe
-    part = filter_shard_cached(job.scratch, job.index)
     rows: list[dict[str, Any]] = part["rows"]
     weights = {s.name: s.weight for s in recipe.sources}
     for i in job.duplicate_ids:
@@ -461,7 +489,9 @@ def _write_shard(job: WriteJob) -> dict[str, Any]:
             row["decision"] = "removed"
             continue
         weight = weights[source]
-        copies = math.floor(weight) + int(uniform(recipe.seed, "sample", doc["id"]) < weight - math.floor(weight))
+        whole = math.floor(weight)
+        # uniform() is in [0, 1): a whole weight needs no draw (same result, one hash less per document)
+        copies = whole + int(weight > whole and uniform(recipe.seed, "sample", doc["id"]) < weight - whole)
         if copies == 0:
             ledger.fire(row, "sample", weight)
             row["decision"] = "removed"
@@ -473,12 +503,14 @@ def _write_shard(job: WriteJob) -> dict[str, Any]:
             train_docs.append({**doc, "id": f"{doc['id']}#{c}", "metadata": {**(doc.get("metadata") or {}),
                                                                                   "copy_of": doc["id"]}})
     out = job.scratch / "out"
-    # gzip level 1: measured 3-4x faster than level 6 on our text for ~10% larger shards; compressing
-    # was half of the mix's time (benchmarks/dedupe_mix_throughput.py).
+    # ISA-L gzip level 1: zlib level 6 was half of the mix's time; ISA-L level 1 is ~5x faster than
+    # zlib level 1 on our text and ~2% smaller (benchmarks/dedupe_mix_throughput.py).
     if train_docs:
-        write_jsonl(out / train_name, train_docs, compresslevel=1)
+        write_jsonl(out / train_name, train_docs, isal_level=1)
+    else:  # a shard run again without survivors (filter_write_shard) must not keep its first output
+        (out / train_name).unlink(missing_ok=True)
     for source, docs in heldout_docs.items():
-        write_jsonl(out / f"heldout/{source}/{out_name(job.name)}", docs, compresslevel=1)
+        write_jsonl(out / f"heldout/{source}/{out_name(job.name)}", docs, isal_level=1)
     for row in rows:
         if row["split"] is None:
             row["split"] = "none"
@@ -505,6 +537,47 @@ def choose_heldout(recipe: Recipe, candidates: list[tuple[int, int, str, str]]) 
     return chosen
 
 
+def _cross_shard_duplicates(ids_per_shard: list[list[tuple[int, str]]]) -> dict[int, set[int]]:
+    """Ids repeated across shards: the first shard (in order) keeps the id, later rows are quarantined.
+
+    ``ids_per_shard``: (row position, id) of each shard's usable rows, in row order."""
+    seen: set[str] = set()
+    duplicate_ids: dict[int, set[int]] = {}
+    for i, ids in enumerate(ids_per_shard):
+        for r, doc_id in ids:
+            if doc_id in seen:
+                duplicate_ids.setdefault(i, set()).add(r)
+            else:
+                seen.add(doc_id)
+    return duplicate_ids
+
+
+def _two_pass(recipe: Recipe, jobs: list[ShardJob], workers: int | None, executor: ExecutorName) -> list[dict[str, Any]]:
+    """Filter every shard, choose the held-out split among all survivors, then decon and write."""
+    scratch = jobs[0].scratch
+    parts = map_shards(filter_shard, jobs, workers=workers, executor=executor, desc="mix: filter")
+    duplicate_ids = _cross_shard_duplicates([_usable_ids(part["rows"]) for part in parts])
+    candidates: list[tuple[int, int, str, str]] = []
+    for i, part in enumerate(parts):
+        for pos, s in enumerate(part["survivors"]):
+            if s["row"] not in duplicate_ids.get(i, set()):
+                candidates.append((i, pos, s["doc"]["id"], part["rows"][s["row"]]["recipe_source"]))
+    heldout = choose_heldout(recipe, candidates)
+    del parts, candidates  # the workers re-read their pass-1 results from the work directory
+
+    write_jobs = [WriteJob(j.index, j.name, recipe, scratch, heldout.get(j.index, set()),
+                           duplicate_ids.get(j.index, set()), None) for j in jobs]
+    if recipe.decon_heldout and any(heldout.values()):
+        index_file = scratch / "heldout-ngrams.npy"
+        if not index_file.is_file():
+            sets = map_shards(heldout_ngrams, [j for j in write_jobs if j.heldout], workers=workers,
+                              executor=executor, desc="mix: held-out n-grams")
+            np.save(index_file, np.unique(np.concatenate(sets)) if sets else np.zeros(0, np.uint64))
+        for j in write_jobs:
+            j.heldout_index = index_file
+    return map_shards(write_shard, write_jobs, workers=workers, executor=executor, desc="mix: write")
+
+
 def run(recipe: Recipe, documents: Path, attribute_roots: list[Path], root: Path, scratch: Path) -> dict[str, Any]:
     """Execute ``recipe`` into the artifact directory ``root``; returns the manifest metrics."""
     started = time.perf_counter()
@@ -517,37 +590,17 @@ def run(recipe: Recipe, documents: Path, attribute_roots: list[Path], root: Path
         raise ConfigError(f"{documents}: no document shards (*.jsonl.gz) found")
     workers, executor = recipe.workers or None, executor_name(recipe.executor)
     jobs = [ShardJob(i, name, path, recipe, attribute_roots, scratch) for i, (name, path) in enumerate(shards)]
-    parts = map_shards(filter_shard, jobs, workers=workers, executor=executor, desc="mix: filter")
-
-    # Ids repeated across shards: the first shard (in order) keeps the id, later lines are quarantined.
-    seen: set[str] = set()
-    duplicate_ids: dict[int, set[int]] = {}
-    candidates: list[tuple[int, int, str, str]] = []
-    for i, part in enumerate(parts):
-        for r, row in enumerate(part["rows"]):
-            if row["decision"] == "quarantined" or row["id"] is None:
-                continue
-            if row["id"] in seen:
-                duplicate_ids.setdefault(i, set()).add(r)
-            else:
-                seen.add(row["id"])
-        for pos, s in enumerate(part["survivors"]):
-            if s["row"] not in duplicate_ids.get(i, set()):
-                candidates.append((i, pos, s["doc"]["id"], part["rows"][s["row"]]["recipe_source"]))
-    heldout = choose_heldout(recipe, candidates)
-    del parts, candidates  # the workers re-read their pass-1 results from the work directory
-
-    write_jobs = [WriteJob(i, name, recipe, scratch, heldout.get(i, set()), duplicate_ids.get(i, set()), None)
-                  for i, (name, _) in enumerate(shards)]
-    if recipe.decon_heldout and any(heldout.values()):
-        index_file = scratch / "heldout-ngrams.npy"
-        if not index_file.is_file():
-            sets = map_shards(heldout_ngrams, [j for j in write_jobs if j.heldout], workers=workers,
-                              executor=executor, desc="mix: held-out n-grams")
-            np.save(index_file, np.unique(np.concatenate(sets)) if sets else np.zeros(0, np.uint64))
-        for j in write_jobs:
-            j.heldout_index = index_file
-    results = map_shards(write_shard, write_jobs, workers=workers, executor=executor, desc="mix: write")
+    if any(s.heldout.fraction > 0 or s.heldout.count > 0 for s in recipe.sources):
+        results = _two_pass(recipe, jobs, workers, executor)
+    else:  # no held-out split: one pass per shard (see filter_write_shard)
+        results = map_shards(filter_write_shard, jobs, workers=workers, executor=executor, desc="mix: filter+write")
+        redo = [replace(jobs[i], duplicate_ids=d)
+                for i, d in _cross_shard_duplicates([r["ids"] for r in results]).items()]
+        if redo:
+            again = map_shards(filter_write_shard, redo, workers=workers, executor=executor,
+                               desc="mix: shards with repeated ids")
+            for job, result in zip(redo, again, strict=True):
+                results[job.index] = result
 
     # Assemble the artifact: outputs, ledger (shard order, then line), quarantine file.
     out = scratch / "out"
@@ -555,7 +608,7 @@ def run(recipe: Recipe, documents: Path, attribute_roots: list[Path], root: Path
         for child in sorted(out.iterdir()):
             shutil.move(str(child), str(root / child.name))
     (root / "documents").mkdir(exist_ok=True)
-    table = ledger.concat_parts([scratch / f"ledger-{j.index:05d}.parquet" for j in write_jobs])
+    table = ledger.concat_parts([scratch / f"ledger-{j.index:05d}.parquet" for j in jobs])
     ledger.write(root / ledger.LEDGER_FILE, table)
     quarantine = [q for r in results for q in r["quarantine"]]
     write_jsonl(root / "quarantine.jsonl", quarantine)
