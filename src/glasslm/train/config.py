@@ -126,8 +126,16 @@ class TrainerConfig:
     seed: int = 0
     threads: int | None = None  # CPU threads per process (None: torch's default)
     skip_step: SkipStepConfig = field(default_factory=SkipStepConfig)
+    # In-loop evaluation: bits per byte per domain of the tokens' heldout/ shards every N steps (and at
+    # the last step); 0 = off. Needs the tokenizer the tokens name. Uses no RNG and no loader state.
+    eval_every: int = 0
+    eval_max_docs: int | None = 200  # per held-out domain (None: all)
+    eval_batch_tokens: int = 8192  # tokens per evaluation forward pass
+    tensorboard: bool = False  # also write RUN/tensorboard/ (needs the `tensorboard` package)
 
     def validate(self) -> None:
+        if self.eval_every < 0:
+            raise ConfigError(f"trainer.eval_every must be >= 0 (0 = off), got {self.eval_every}")
         if self.max_steps is None and self.max_tokens is None:
             raise ConfigError("the run has no length: set trainer.max_steps or trainer.max_tokens")
         if self.max_steps is not None and self.max_tokens is not None:
@@ -177,6 +185,10 @@ RESUMABLE_CHANGES = (
     "trainer.threads",
     "trainer.compile",
     "trainer.activation_checkpointing",
+    "trainer.eval_every",
+    "trainer.eval_max_docs",
+    "trainer.eval_batch_tokens",
+    "trainer.tensorboard",
     "distributed.strategy",
     "distributed.backend",
     "distributed.reshard_after_forward",

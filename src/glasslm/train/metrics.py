@@ -179,3 +179,73 @@ def truncate_metrics(path: Path, last_step: int) -> int:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class HeldoutEval:
+    """In-loop held-out evaluation: bits per byte per domain of a tokens artifact's ``heldout/`` split.
+
+    Runs ``glasslm.eval.harness.evaluate_model`` (the perplexity suite of ``glasslm eval``: whole
+    documents, one conditioning EOS, bits per byte on the UTF-8 bytes) on the model in memory. It
+    draws no random numbers and does not touch the data loader, so a run's losses are the same with
+    evaluation on or off; ``evaluate_model`` switches to eval mode and restores the training mode.
+    """
+
+    def __init__(self, tokens_dir: Path, tokenizer_path: Path | None, max_docs: int | None, batch_tokens: int):
+        from glasslm.config import ConfigError
+        from glasslm.eval.harness import EvalConfig
+        from glasslm.tokenizer import Tokenizer
+
+        if tokenizer_path is None:
+            raise ConfigError(
+                f"trainer.eval_every: {tokens_dir} names no tokenizer in its manifest, and bits per byte "
+                "needs it; set trainer.eval_every=0 or tokenize with `glasslm data tokenize --tokenizer`"
+            )
+        if not (tokens_dir / "heldout").is_dir():
+            raise ConfigError(
+                f"trainer.eval_every: {tokens_dir} has no heldout/ split to evaluate on; tokenize with "
+                "held-out documents (`glasslm data tokenize … --heldout DIR`) or set trainer.eval_every=0"
+            )
+        self.tokenizer = Tokenizer.from_file(tokenizer_path)
+        self.config = EvalConfig(
+            suite=["perplexity"], tokens=str(tokens_dir), ppl_max_docs=max_docs, batch_tokens=batch_tokens
+        )
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        """``eval/bpb/<domain>`` for every held-out domain, ``eval/bpb_macro`` and ``eval_s``."""
+        from glasslm.eval.harness import evaluate_model
+
+        start = time.monotonic()
+        results, _ = evaluate_model(model, self.tokenizer, self.config, where="in-loop evaluation")  # type: ignore[arg-type]
+        ppl = results["perplexity"]
+        row = {f"eval/bpb/{d['domain']}": float(d["bits_per_byte"]) for d in ppl["domains"]}
+        row["eval/bpb_macro"] = float(ppl["macro"]["bits_per_byte"])
+        row["eval_s"] = time.monotonic() - start
+        return row
+
+
+class TensorBoardLog:
+    """Scalars of each metrics row into ``RUN/tensorboard/`` (``torch.utils.tensorboard``)."""
+
+    def __init__(self, directory: Path):
+        from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
+
+        self.writer = SummaryWriter(log_dir=str(directory))
+
+    @staticmethod
+    def available() -> str | None:
+        """None when TensorBoard logging can work, else why not."""
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            return "the `tensorboard` package is not installed (pip install tensorboard)"
+        return None
+
+    def write(self, row: dict[str, Any]) -> None:
+        step = int(row["step"])
+        for key, value in row.items():
+            if key not in ("step", "time") and isinstance(value, int | float) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

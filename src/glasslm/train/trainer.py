@@ -33,8 +33,10 @@ from glasslm.train import checkpoint as ckpt
 from glasslm.train import distributed
 from glasslm.train.config import RESUMABLE_CHANGES, TrainConfig, config_differences
 from glasslm.train.metrics import (
+    HeldoutEval,
     MetricsLog,
     PowerMeter,
+    TensorBoardLog,
     device_name,
     device_peak_flops,
     memory_gb,
@@ -160,6 +162,12 @@ class Trainer:
             self.inputs.append(artifacts.input_ref(self.init_dir))
         elif self.init_dir is not None:
             self.inputs.append({"path": str(self.init_dir.resolve()), "kind": "hf_model", "sha256": None})
+        self.heldout_eval: HeldoutEval | None = None
+        if tc.eval_every > 0:
+            tokens_dir = getattr(self, "tokens_dir", None)  # adaptation trainers read no tokens artifact
+            if tokens_dir is None:
+                raise ConfigError("trainer.eval_every: in-loop held-out evaluation needs a tokens artifact; set it to 0")
+            self.heldout_eval = HeldoutEval(tokens_dir, self.tokenizer, tc.eval_max_docs, tc.eval_batch_tokens)
 
     # ------------------------------------------------------------ what is trained on (overridable)
     # Pretraining reads a tokens artifact and minimises next-token cross-entropy. Adaptation
@@ -358,6 +366,27 @@ class Trainer:
         self.skipped_total += int(skipped)
         return {**means, "lr": lr, "grad_norm": gn, "skipped": skipped}
 
+    def _evaluate_heldout(self) -> dict[str, float]:
+        """Held-out bits per byte; every rank calls this, the row comes back on rank 0 ({} elsewhere)."""
+        assert self.heldout_eval is not None
+        row: dict[str, float] = {}
+        # FSDP2 shards the weights, so every rank runs the same forwards (their all-gathers are
+        # collectives); otherwise rank 0 alone evaluates its full copy while the others wait.
+        if self.world.strategy == "fsdp" or self.world.is_main:
+            with self._autocast():
+                row = self.heldout_eval(distributed.unwrap(self.wrapped))
+        distributed.barrier(self.world)
+        return row if self.world.is_main else {}
+
+    def _tensorboard(self) -> TensorBoardLog | None:
+        if not (self.config.trainer.tensorboard and self.world.is_main):
+            return None
+        missing = TensorBoardLog.available()
+        if missing is not None:
+            _log(self.world, f"trainer.tensorboard: not writing RUN/tensorboard/: {missing}")
+            return None
+        return TensorBoardLog(self.out / "tensorboard")
+
     def trainer_state(self, wall_s: float, energy_j: float) -> dict[str, Any]:
         return {
             "step": self.step,
@@ -405,6 +434,7 @@ class Trainer:
         world, tc = self.world, self.config.trainer
         self._prepare_run_dir()
         log = MetricsLog(self.out / METRICS) if world.is_main else None
+        board = self._tensorboard()
         power = PowerMeter(world.device) if world.is_main else None
         peak = device_peak_flops(world.device)
         flops_tok = flops_per_token(self.model_config, self.config.data.loader.seq_len)
@@ -425,10 +455,14 @@ class Trainer:
                 self.step += 1
                 out = self.train_step(self.step)
                 self.last_loss = out["loss"]
-                if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                last = self.step == self.total_steps
+                eval_due = tc.eval_every > 0 and (self.step % tc.eval_every == 0 or last)
+                if self.step % tc.log_every == 0 or last or eval_due:
                     now = time.monotonic()
                     tps = (self.step - step_last) * self.tokens_per_step / max(now - t_last, 1e-9)
                     t_last, step_last = now, self.step
+                    evals = self._evaluate_heldout() if eval_due else {}
+                    t_last = time.monotonic()  # tokens/s measures training, not evaluation
                     if log is not None and power is not None:
                         sample = power.sample()
                         energy = self.energy_before + sample.get("energy_j", 0.0)
@@ -444,14 +478,18 @@ class Trainer:
                             "time": time.time(),
                             **{k: v for k, v in sample.items() if k != "energy_j"},
                             "energy_j": energy if power.sources else None,
+                            **evals,
                         }
                         log.write(row)
+                        if board is not None:
+                            board.write(row)
                         eta = (self.total_steps - self.step) * self.tokens_per_step / max(tps, 1e-9)
                         _log(
                             world,
                             f"step {self.step}/{self.total_steps} loss {out['loss']:.4f} "
                             f"lr {out['lr']:.2e} gnorm {out['grad_norm']:.3f} {tps:,.0f} tok/s "
-                            f"eta {eta:,.0f}s" + (" [skipped]" if out["skipped"] else ""),
+                            f"eta {eta:,.0f}s" + (" [skipped]" if out["skipped"] else "")
+                            + (f" held-out bpb {evals['eval/bpb_macro']:.4f}" if evals else ""),
                         )
                 if self.step % tc.checkpoint_every == 0 or self.step == self.total_steps:
                     path = self.save(wall(), energy)
@@ -460,6 +498,8 @@ class Trainer:
         finally:
             if log is not None:
                 log.close()
+            if board is not None:
+                board.close()
         result = RunResult(
             self.out,
             self.step,

@@ -1,0 +1,150 @@
+"""Training throughput on CPU: glasslm's full training step against transformers' Olmo2ForCausalLM.
+
+One step = forward, loss, backward, gradient clipping (1.0), AdamW update, zero_grad, on one
+micro-batch of random tokens. Both sides get the same shape, micro-batch, sequence length, fp32, and
+the same AdamW (β 0.9/0.95, ε 1e-8, weight decay 0.1, fused where torch has it):
+
+- glasslm: ``OLMo2`` + the trainer's own pieces — ``train.optim.build_optimizer`` (OLMo-2's decay
+  groups, fused AdamW), ``lm_loss`` with z-loss 1e-5 summed and divided by the token count (as
+  ``Trainer.train_step`` does), foreach clipping. z-loss is extra work the peer does not do.
+- transformers: ``Olmo2ForCausalLM`` (SDPA attention) built from the config our converter writes,
+  its own loss (``labels=`` / ``shift_labels=``: plain cross-entropy), ``torch.optim.AdamW``.
+
+Timed blocks of steps alternate between the two models (interleaved repeats) so a load change on
+a shared machine hits both; the figures are the median block and the median of the per-repeat ratios.
+
+    python benchmarks/train_cpu.py                       # tiny and wide (~25M) shapes
+    python benchmarks/train_cpu.py --shapes tiny --repeats 3 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from glasslm.model.hf import hf_config
+from glasslm.model.olmo2 import ModelConfig, OLMo2, lm_loss, param_counts
+from glasslm.model.presets import preset
+from glasslm.train.config import OptimConfig
+from glasslm.train.optim import build_optimizer
+
+SHAPES: dict[str, ModelConfig] = {
+    "tiny": preset("tiny"),
+    # Wide enough (~25M parameters) that the matmuls, not the Python overhead, dominate a step.
+    "wide": dataclasses.replace(
+        preset("tiny"), vocab_size=8192, d_model=512, n_layers=6, n_heads=8, n_kv_heads=4, mlp_hidden=1536
+    ),
+}
+OPTIM = OptimConfig(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+Z_LOSS = 1e-5
+CLIP = 1.0
+
+Step = Callable[[], float]
+
+
+def glasslm_step(config: ModelConfig, x: torch.Tensor, y: torch.Tensor, compile_model: bool) -> Step:
+    model = OLMo2(config).train()
+    opt = build_optimizer(model, OPTIM, torch.device("cpu"))
+    fwd = torch.compile(model) if compile_model else model
+
+    def step() -> float:
+        # Trainer.train_step: summed objective scaled by 1 / (label tokens of the global batch).
+        n_tokens = torch.tensor(float((y != -100).sum()))
+        logits = fwd(x)
+        ce, z = lm_loss(logits, y, z_loss=Z_LOSS, reduction="sum")
+        ((ce + z) / n_tokens).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(ce.detach()) / float(n_tokens)
+
+    return step
+
+
+def hf_step(config: ModelConfig, x: torch.Tensor, y: torch.Tensor, compile_model: bool) -> Step:
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    hf_cfg = Olmo2Config.from_dict(hf_config(config, torch.float32, {}), attn_implementation="sdpa")
+    model = Olmo2ForCausalLM(hf_cfg).train()
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=OPTIM.lr, betas=OPTIM.betas, eps=OPTIM.eps, weight_decay=OPTIM.weight_decay,
+        fused=True,
+    )
+    fwd = torch.compile(model) if compile_model else model
+
+    def step() -> float:
+        loss = fwd(input_ids=x, labels=y, shift_labels=y).loss  # y is already shifted
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def run_shape(name: str, config: ModelConfig, args: argparse.Namespace) -> float:
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq_len + 1), generator=gen)
+    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    torch.manual_seed(0)
+    steps = {
+        "glasslm": glasslm_step(config, x, y, args.compile),
+        "transformers": hf_step(config, x, y, args.compile),
+    }
+    first = {k: s() for k, s in steps.items()}  # also the warm-up
+    for _ in range(args.warmup - 1):
+        for s in steps.values():
+            s()
+    tps: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(args.repeats):
+        order = list(steps) if r % 2 == 0 else list(reversed(steps))  # neither always runs first
+        for k in order:
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                steps[k]()
+            tps[k].append(args.steps * x.numel() / (time.perf_counter() - start))
+    counts = param_counts(config)
+    med = {k: statistics.median(v) for k, v in tps.items()}
+    print(
+        f"\n[{name}] d {config.d_model}, {config.n_layers} layers, heads {config.n_heads}/{config.kv_heads}, "
+        f"mlp {config.mlp_hidden}, vocab {config.vocab_size}: {counts['total'] / 1e6:.1f}M params; "
+        f"micro-batch {args.batch} x seq {args.seq_len}, {torch.get_num_threads()} threads"
+        + (", torch.compile" if args.compile else "")
+    )
+    print(f"  initial loss: glasslm {first['glasslm']:.4f}  transformers {first['transformers']:.4f}")
+    for k in steps:
+        blocks = " ".join(f"{v:,.0f}" for v in tps[k])
+        print(f"  {k}: {med[k]:,.0f} tokens/s (median of {args.repeats} blocks of {args.steps} steps: {blocks})")
+    ratio = med["glasslm"] / med["transformers"]
+    # Each repeat's two blocks ran back to back, so their ratio is the least disturbed by load drift.
+    paired = [a / b for a, b in zip(tps["glasslm"], tps["transformers"], strict=True)]
+    print(f"  ratio glasslm / transformers: {ratio:.2f}x (of the medians); per repeat: "
+          + " ".join(f"{r:.2f}" for r in paired) + f", median {statistics.median(paired):.2f}x")
+    return ratio
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    p.add_argument("--batch", type=int, default=8, help="micro-batch (instances)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    p.add_argument("--repeats", type=int, default=5, help="timed blocks per model, interleaved")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in args.shapes:
+        run_shape(name, SHAPES[name], args)
+
+
+if __name__ == "__main__":
+    main()
