@@ -45,6 +45,14 @@ def test_every_verifiable_task_checks_its_own_answer_and_rejects_the_wrong_one()
         assert check(s.wrong, s.task.ground_truth) == 0.0, s
 
 
+def test_family_of_recognises_every_builder_template_and_nothing_else() -> None:
+    train, held = builders.verifiable_tasks(SMALL)
+    for s in train + held:
+        assert builders.family_of(s.task.messages[-1]["content"]) == s.family, s
+    assert builders.family_of("What is the capital of France?") == "other"
+    assert builders.family_of("What is 3 + 4? Explain.") == "other"
+
+
 def test_instruction_pairs_come_from_help_topics_and_docstrings() -> None:
     from pydoc_data.topics import topics
 

@@ -10,6 +10,7 @@ import pytest
 from test_adapt_support import build_tokenizer
 
 from glasslm import artifacts
+from glasslm.adapt import builders, formats
 from glasslm.cli import main
 from glasslm.model.checkpoint import load_model, resolve_model_dir
 from glasslm.tokenizer import Tokenizer
@@ -126,6 +127,36 @@ def test_rl_samples_scores_and_reports_pass_at_1(world: Path, sft_run: Path) -> 
     assert json.loads((out / "eval_before.json").read_text())["pass_at_1"] == m["pass_at_1_before"]
 
 
+def test_rl_ppo_epochs_and_family_filter_report_pass_at_1_per_family(world: Path, sft_run: Path) -> None:
+    out = world / "adapt" / "rl_ppo"
+    assert main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),
+                 "--data.loader.seq_len=96", "--data.loader.global_batch_size=8", "--rl.group_size=4",
+                 "--rl.max_new_tokens=8", "--rl.eval_max_new_tokens=8", "--rl.ppo_epochs=2",
+                 "--rl.train_families=[arithmetic,length]", "--trainer.max_steps=2", *COMMON]) == 0  # fmt: skip
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]  # two optimizer steps per row, one trainer step
+    assert all(0.0 <= r["clip_fraction"] <= 1.0 for r in rows)
+    m = artifacts.read_manifest(out)["metrics"]
+    prefix = "pass_at_1_family_"
+    families = {
+        k[len(prefix) : -len("_after")]: v
+        for k, v in m.items()
+        if k.startswith(prefix) and k.endswith("_after")
+    }
+    assert families and set(families) <= {*builders.TASK_FAMILIES, "other"}
+    held = formats.load_rl(world / "adapt" / "data" / "rl_heldout.jsonl")[:8]
+    count = {f: sum(builders.family_of(t.messages[-1]["content"]) == f for t in held) for f in families}
+    mean = sum(count[f] * v for f, v in families.items()) / 8
+    assert m["pass_at_1_after"] == pytest.approx(mean)  # the families partition the held-out prompts
+
+
+def test_rl_rejects_an_unknown_family_and_zero_epochs(world: Path, sft_run: Path, tmp_path: Path) -> None:
+    base = ["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"),
+            "--out", str(tmp_path / "rl")]  # fmt: skip
+    assert main([*base, "--rl.train_families=[arithmetc]"]) == 2
+    assert main([*base, "--rl.ppo_epochs=0"]) == 2
+
+
 def test_rl_rejects_a_group_of_one(world: Path, sft_run: Path, tmp_path: Path) -> None:
     rc = main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"),
                "--out", str(tmp_path / "rl"), "--rl.group_size=1"])  # fmt: skip
@@ -165,3 +196,29 @@ def test_user_jsonl_with_a_bad_line_is_quarantined_not_fatal(world: Path, tmp_pa
     assert record["file"] == str(data) and record["line"] == 9 and "messages" in record["reason"]
     ref = artifacts.read_manifest(out)["inputs"][0]
     assert ref["kind"] == "jsonl" and ref["sha256"] == artifacts.sha256_file(data)
+
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "runs" / "tiny" / "train"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PRETRAINED.is_dir(), reason="needs runs/tiny/train (made by `glasslm pipeline`)")
+def test_rl_on_the_pretrained_tiny_model_raises_heldout_sampled_reward(tmp_path: Path) -> None:
+    """docs/adaptation.md "Measured" (run rl_f): SFT on the verifiable families, then GRPO on four of them."""
+    data = tmp_path / "data"
+    assert main(["adapt", "data", "--out", str(data), "--adapt_data.rl_train=3000", "--adapt_data.rl_heldout=256",
+                 "--adapt_data.sft_verifiable=3000", "--adapt_data.max_operand=20"]) == 0  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    assert main(["adapt", "sft", str(repo / "configs" / "tiny.yaml"), "--model", str(PRETRAINED), "--data", str(data),
+                 "--out", str(tmp_path / "sft"), "--trainer.max_steps=600", "--trainer.checkpoint_every=600",
+                 "--trainer.threads=2", "--data.loader.seq_len=128", "--data.eval_limit=32"]) == 0  # fmt: skip
+    out = tmp_path / "rl"
+    assert main(["adapt", "rl", str(repo / "configs" / "adapt" / "rl.yaml"), "--model", str(tmp_path / "sft"),
+                 "--data", str(data), "--out", str(out), "--trainer.threads=1", "--trainer.max_steps=40",
+                 "--trainer.checkpoint_every=40", "--rl.train_families=[count,length,passage,first_letter]"]) == 0  # fmt: skip
+    m = artifacts.read_manifest(out)["metrics"]
+    assert m["heldout_prompts_after"] == 256
+    # Measured (docs, run rl_f; the runs are deterministic on one machine): reward_sampled 0.172 -> 0.192,
+    # within noise, and other recipes moved it by -0.002 to +0.008. So only the sign is asserted: a
+    # regression check of this exact recipe, not the issue's proof point.
+    assert m["reward_sampled_after"] > m["reward_sampled_before"]

@@ -102,3 +102,12 @@ def test_cli_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert not (tmp_path / "m").exists()
     rc = main(["model", "init", "--preset", "tiyn", "--out", str(tmp_path / "m")])
     assert rc == 2 and "did you mean 'tiny'" in capsys.readouterr().err
+
+
+def test_cli_override_with_spaces_is_not_a_positional(tmp_path: Path) -> None:
+    from glasslm.model.checkpoint import load_model
+
+    out = tmp_path / "m"
+    assert main(["model", "init", "--preset", "tiny", "--out", str(out), "--model.n_layers=2",
+                 "--model.d_model= 64"]) == 0
+    assert load_model(out).config.d_model == 64

@@ -60,8 +60,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse takes "--key=value with spaces" for a positional argument; such an argument can only
+    # be a config override ("--rl.train_families=[a, b]"), so it bypasses argparse.
+    spaced = [a for a in argv if a.startswith("--") and "=" in a and " " in a.split("=", 1)[1]]
+    argv = [a for a in argv if a not in spaced]
     parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args, unknown = parser.parse_known_args(argv)
+    unknown += spaced
     if not hasattr(args, "func"):
         # A stage without a verb: show that stage's help (or the top-level help).
         target = getattr(args, "stage_parser", parser)

@@ -239,6 +239,27 @@ def _passage(rng: random.Random) -> tuple[str, str, str, str]:
     return f"Passage: {' '.join(facts)}\nQuestion: {question}", answer, "exact_match", wrong
 
 
+# The prompt templates above, as patterns: pass@1 is reported per family, and an RLVR line carries
+# only its checker (``dataset``), not the family that made it.
+FAMILY_PATTERNS: dict[str, re.Pattern[str]] = {
+    "arithmetic": re.compile(r"^What is -?\d+ [-+*] -?\d+\?$"),
+    "reverse": re.compile(r"^Reverse the word '[^']*'\.$"),
+    "upper": re.compile(r"^Write the word '[^']*' in upper case\.$"),
+    "count": re.compile(r"^How many times does the letter '.' appear in '[^']*'\?$"),
+    "first_letter": re.compile(r"^What is the first letter of the word '[^']*'\?$"),
+    "length": re.compile(r"^How many letters does the word '[^']*' have\?$"),
+    "passage": re.compile(r"^Passage: .*\nQuestion: ", re.DOTALL),
+}
+
+
+def family_of(prompt: str) -> str:
+    """The builder family whose template made ``prompt``; ``other`` for prompts from elsewhere."""
+    for family, pattern in FAMILY_PATTERNS.items():
+        if pattern.match(prompt):
+            return family
+    return "other"
+
+
 def task_makers(config: AdaptDataConfig) -> dict[str, TaskMaker]:
     words = word_list()
     makers: dict[str, TaskMaker] = {"arithmetic": _arithmetic(config.max_operand), "passage": _passage}

@@ -5,12 +5,14 @@ batch), samples ``group_size`` completions per prompt with ``model/generate.py``
 current policy (temperature ``rl.temperature``; each completion has its own seed derived from
 (seed, step, rank, index), so a resumed run samples exactly what an uninterrupted one would), scores
 them with the prompt's verifiable reward (``adapt/rewards.py``), turns rewards into group-normalised
-advantages and takes one optimizer step on the clipped, token-level GRPO loss (``adapt/rl.py``).
-π_old is the policy that sampled: its log-probs are one no-grad forward before the update. With
+advantages and takes ``rl.ppo_epochs`` optimizer steps (default 1) on the clipped, token-level GRPO
+loss (``adapt/rl.py``). π_old is the policy that sampled: its log-probs are one no-grad forward before
+the first update, kept for the later epochs, where the ratio leaves 1 and the clip binds. With
 ``rl.kl_coef > 0`` a frozen copy of the initial model gives the reference log-probs.
 
 Before and after training, ``pass_at_1`` is measured on the held-out prompts (greedy decoding, one
-completion each, reward 1 = solved), overall and per reward type.
+completion each, reward 1 = solved), overall, per reward type and per builder task family, and
+``reward_sampled``: the mean reward of ``rl.eval_samples`` completions per prompt sampled as in training.
 
 Generation on an FSDP-sharded model would need every rank to decode in lock step; RL runs on one
 process or under DDP (``distributed.strategy`` none or ddp).
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from glasslm.adapt.base import AdaptConfig, AdaptTrainer, generate, split_micro
+from glasslm.adapt.builders import TASK_FAMILIES, family_of
 from glasslm.adapt.dpo import token_logprobs
 from glasslm.adapt.formats import RLTask, load_rl
 from glasslm.adapt.rewards import reward_for
@@ -44,7 +47,16 @@ class RLOptions:
     kl_coef: float = 0.0  # 0: no reference model at all
     adv_eps: float = 1e-6
     eval_max_new_tokens: int = 32
+    # Held-out completions sampled per prompt (at rl.temperature, fixed seeds) for ``reward_sampled``,
+    # the expected reward GRPO maximises, measured on prompts it never trained on; 0: greedy only.
+    eval_samples: int = 4
     engine_batch: int = 64  # sequences the engine decodes at once
+    # Optimizer steps on each rollout batch (PPO's epochs). 1 is on-policy GRPO, where ρ = 1 and the
+    # clip never binds; more reuse the costly samples, and the clip keeps the later steps near π_old.
+    ppo_epochs: int = 1
+    # Train only on prompts of these builder families (adapt/builders.py: arithmetic, reverse, …);
+    # empty: all. Held-out pass@1 is still measured on every family, so transfer (or harm) shows.
+    train_families: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -61,6 +73,15 @@ class RLConfig(AdaptConfig):
             raise ConfigError(
                 f"data.loader.global_batch_size ({self.data.loader.global_batch_size}) counts completions "
                 f"and must be a multiple of rl.group_size ({self.rl.group_size})"
+            )
+        if self.rl.eval_samples < 0:
+            raise ConfigError(f"rl.eval_samples must be >= 0, got {self.rl.eval_samples}")
+        if self.rl.ppo_epochs < 1:
+            raise ConfigError(f"rl.ppo_epochs must be >= 1, got {self.rl.ppo_epochs}")
+        unknown = sorted(set(self.rl.train_families) - {*TASK_FAMILIES, "other"})
+        if unknown:
+            raise ConfigError(
+                f"rl.train_families: unknown families {unknown}; choose from {[*TASK_FAMILIES, 'other']}"
             )
         if self.distributed.strategy == "fsdp":
             raise ConfigError(
@@ -88,14 +109,18 @@ class RLTrainer(AdaptTrainer):
         room = config.data.loader.seq_len - config.rl.max_new_tokens
         tasks = load_rl(self.train_path, self.quarantine)
         self.tasks = [t for t in tasks if len(self._prompt(t)) < room]
+        if config.rl.train_families:
+            self.tasks = [t for t in self.tasks if _family(t) in config.rl.train_families]
         if not self.tasks:
             raise ConfigError(
                 f"{self.train_path}: no usable prompt shorter than data.loader.seq_len - rl.max_new_tokens"
+                + (f" in rl.train_families {config.rl.train_families}" if config.rl.train_families else "")
             )
         held = load_rl(self.heldout_path, self.quarantine) if self.heldout_path else []
         self.heldout = held[: config.data.eval_limit]
         self.reference: torch.nn.Module | None = None
         self.rollout_stats: dict[str, float] = {}
+        self._rollout_batch: tuple[int, dict[str, Any]] | None = None
 
     def _prompt(self, task: RLTask) -> list[int]:
         return self.tok.encode_chat(task.messages, add_generation_prompt=True)
@@ -150,6 +175,14 @@ class RLTrainer(AdaptTrainer):
         return rows, [[p] for p in prompt_lens], r
 
     def _batch(self, step: int) -> dict[str, Any]:
+        # PPO epochs reuse one rollout batch (and its π_old log-probs) for several optimizer steps.
+        if self._rollout_batch is not None and self._rollout_batch[0] == step:
+            return self._rollout_batch[1]
+        batch = self._sample_batch(step)
+        self._rollout_batch = (step, batch)
+        return batch
+
+    def _sample_batch(self, step: int) -> dict[str, Any]:
         rc = self.config.rl
         rows, prompt_lens, rewards = self._rollouts(step)
         advantages = group_advantages(rewards, rc.group_size, rc.adv_eps)
@@ -200,7 +233,17 @@ class RLTrainer(AdaptTrainer):
                            "clip_fraction": (terms.clipped * mask).sum(), "ratio": (terms.ratio * mask).sum()}  # fmt: skip
 
     def train_step(self, step: int) -> dict[str, Any]:
-        out = super().train_step(step)
+        """``rl.ppo_epochs`` optimizer steps on one rollout batch; metrics are their means (the loss
+        and ratio of the first epoch, on-policy, are those of plain GRPO)."""
+        epochs = []
+        for _ in range(self.config.rl.ppo_epochs):
+            epochs.append(super().train_step(step))
+        self._rollout_batch = None
+        out = dict(epochs[-1])
+        for key in ("loss", "kl", "clip_fraction", "ratio", "grad_norm"):
+            if key in out:
+                out[key] = sum(e[key] for e in epochs) / len(epochs)
+        out["skipped"] = any(e["skipped"] for e in epochs)
         return {**out, **self.rollout_stats}
 
     # ------------------------------------------------------------ pass@1
@@ -213,11 +256,40 @@ class RLTrainer(AdaptTrainer):
         prompts = [self._prompt(t) for t in self.heldout]
         outs = generate(self, prompts, _params(rc, None, greedy=True), max_batch=rc.engine_batch)
         by_type: dict[str, list[float]] = {}
+        by_family: dict[str, list[float]] = {}
         for task, out in zip(self.heldout, outs, strict=True):
-            by_type.setdefault(task.dataset, []).append(reward_for(task.dataset)(out.text, task.ground_truth))
+            score = reward_for(task.dataset)(out.text, task.ground_truth)
+            by_type.setdefault(task.dataset, []).append(score)
+            by_family.setdefault(_family(task), []).append(score)
         scores = [s for v in by_type.values() for s in v]
-        return {
+        result = {
             "pass_at_1": sum(scores) / len(scores),
             "heldout_prompts": len(scores),
             **{f"pass_at_1_{k}": sum(v) / len(v) for k, v in sorted(by_type.items())},
+            **{f"pass_at_1_family_{k}": sum(v) / len(v) for k, v in sorted(by_family.items())},
         }
+        return {**result, **self._sampled_reward(prompts)}
+
+    def _sampled_reward(self, prompts: list[list[int]]) -> dict[str, float]:
+        """Mean reward of ``rl.eval_samples`` sampled completions per held-out prompt. The seeds depend
+        only on the prompt's index, so before and after draw from the same random streams."""
+        rc = self.config.rl
+        if rc.eval_samples == 0:
+            return {}
+        k = rc.eval_samples
+        params = [_params(rc, 2_000_003 + i * k + j) for i in range(len(prompts)) for j in range(k)]
+        outs = generate(self, [p for p in prompts for _ in range(k)], params, max_batch=rc.engine_batch)
+        by_family: dict[str, list[float]] = {}
+        for n, out in enumerate(outs):
+            task = self.heldout[n // k]
+            score = reward_for(task.dataset)(out.text, task.ground_truth)
+            by_family.setdefault(_family(task), []).append(score)
+        scores = [s for v in by_family.values() for s in v]
+        return {
+            "reward_sampled": sum(scores) / len(scores),
+            **{f"reward_sampled_family_{f}": sum(v) / len(v) for f, v in sorted(by_family.items())},
+        }
+
+
+def _family(task: RLTask) -> str:
+    return family_of(task.messages[-1]["content"])
