@@ -11,6 +11,7 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
     || echo "could not install chromium: the report's browser test will be skipped"
 fi
 .venv/bin/ruff check src tests benchmarks || exit 1
+.venv/bin/mypy || exit 1
 .venv/bin/python -m pytest -q "$@"
 rc=$?
 # pytest exits 5 when it collected no tests: that is not a failure of the code under test.
