@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from glasslm import artifacts
-from glasslm.report.build import SECTION_BUILDERS, Run
-from glasslm.report.render import render
 
 
 def register(sub: Any) -> None:
@@ -25,6 +23,10 @@ def register(sub: Any) -> None:
 
 
 def make_report(run: Path, compare: list[Path], out: Path) -> Path:
+    # matplotlib and the model code load only when a report is made, not whenever the CLI starts.
+    from glasslm.report.build import SECTION_BUILDERS, Run
+    from glasslm.report.render import render
+
     if not run.is_dir():
         raise artifacts.ArtifactError(f"{run}: no such run directory")
     runs = [Run(run, run.name)] + [Run(p, p.name) for p in compare]
