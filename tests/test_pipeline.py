@@ -6,46 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from pipeline_support import micro_pipeline
 
 from glasslm.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# The tiny run config shrunk to seconds: same stages, same verbs, far less data and compute.
-MICRO = """
-corpus: {max_bytes_code: 150_000, max_bytes_docs: 150_000, max_bytes_web: 200_000}
-tag: {taggers: [langid, gopher, c4, stats, pii, code, toxicity]}
-decon: {tasks: [TASKS]}
-mix: {recipe: RECIPE}
-tokenizer: {vocab_size: 512}
-train:
-  model: {preset: tiny, n_layers: 1}
-  data: {loader: {seq_len: 64, global_batch_size: 4}}
-  optim: {lr: 3.0e-3}
-  schedule: {kind: cosine, warmup: 2}
-  trainer: {max_steps: 6, checkpoint_every: 3, log_every: 3}
-eval: {suite: [perplexity], ppl_max_docs: 3}
-adapt_data: {rl_train: 40, rl_heldout: 200, sft_verifiable: 20, dpo_verifiable: 10, modules: [json, textwrap]}
-sft:
-  data: {eval_limit: 4, loader: {seq_len: 64, global_batch_size: 4}}
-  trainer: {max_steps: 3, checkpoint_every: 3}
-dpo:
-  data: {eval_limit: 4, loader: {seq_len: 64, global_batch_size: 2}}
-  trainer: {max_steps: 2, checkpoint_every: 2, skip_step: {enabled: false}}
-"""
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("pipeline")
-    config = base / "micro.yaml"
-    tasks = base / "eval_set.jsonl"  # an evaluation set to decontaminate against
-    tasks.write_text(json.dumps({"question": "What does the json module do? It encodes and decodes JSON "
-                                 "documents from Python objects and back again, with options."}) + "\n")
-    config.write_text(MICRO.replace("RECIPE", str(ROOT / "configs/recipes/default.yaml")).replace("TASKS", str(tasks)))
-    out = base / "run"
-    assert main(["pipeline", "--config", str(config), "--out", str(out)]) == 0
-    return config, out
+    return micro_pipeline(tmp_path_factory.mktemp("pipeline"), "{suite: [perplexity], ppl_max_docs: 3}",
+                          code_bytes=150_000, web_bytes=200_000, checkpoint_every=3, log_every=3)
 
 
 def _stage_seconds(out: Path) -> dict[str, float]:

@@ -10,36 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pipeline_support import micro_pipeline
 
 from glasslm.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ["Data funnel", "Language and quality scores", "Pretraining", "Evaluation", "Adaptation",
             "Sample generations", "Energy", "Lineage"]
-
-# configs/tiny.yaml shrunk to seconds: every stage the report reads, on very little data and compute.
-MICRO = """
-corpus: {max_bytes_code: 120_000, max_bytes_docs: 120_000, max_bytes_web: 150_000}
-tag: {taggers: [langid, gopher, c4, stats, pii, code, toxicity]}
-decon: {tasks: [TASKS]}
-mix: {recipe: RECIPE}
-tokenizer: {vocab_size: 512}
-train:
-  model: {preset: tiny, n_layers: 1}
-  data: {loader: {seq_len: 64, global_batch_size: 4}}
-  optim: {lr: 3.0e-3}
-  schedule: {kind: cosine, warmup: 2}
-  trainer: {max_steps: 6, checkpoint_every: 6, log_every: 2}
-eval: {suite: [perplexity, arc_easy, piqa], limit: 4, num_shots: 0, ppl_max_docs: 3}
-adapt_data: {rl_train: 40, rl_heldout: 200, sft_verifiable: 20, dpo_verifiable: 10, modules: [json, textwrap]}
-sft:
-  data: {eval_limit: 4, loader: {seq_len: 64, global_batch_size: 4}}
-  trainer: {max_steps: 3, checkpoint_every: 3}
-dpo:
-  data: {eval_limit: 4, loader: {seq_len: 64, global_batch_size: 2}}
-  trainer: {max_steps: 2, checkpoint_every: 2, skip_step: {enabled: false}}
-"""
-
 
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,15 +23,9 @@ def chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("report")
-    config = base / "micro.yaml"
-    tasks = base / "eval_set.jsonl"  # an evaluation set to decontaminate against (the bundled one is slow)
-    tasks.write_text(json.dumps({"question": "What does the json module do? It encodes and decodes JSON "
-                                 "documents from Python objects and back again, with options."}) + "\n")
-    config.write_text(MICRO.replace("RECIPE", str(ROOT / "configs/recipes/default.yaml")).replace("TASKS", str(tasks)))
-    out = base / "run"
-    assert main(["pipeline", "--config", str(config), "--out", str(out)]) == 0
-    return out
+    eval_section = "{suite: [perplexity, arc_easy, piqa], limit: 4, num_shots: 0, ppl_max_docs: 3}"
+    return micro_pipeline(tmp_path_factory.mktemp("report"), eval_section, code_bytes=120_000, web_bytes=150_000,
+                          checkpoint_every=6, log_every=2)[1]
 
 
 @pytest.fixture(scope="module")
