@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -269,13 +270,18 @@ def test_full_queue_answers_429(ckpt: Path) -> None:
         srv.stop()
 
 
-def test_serve_cli_binds_localhost(ckpt: Path) -> None:
+@contextlib.contextmanager
+def serve_cli(model: Path, *extra: str) -> Iterator[tuple[int, list[str]]]:
+    """`glasslm serve MODEL` as a real subprocess on a free port, up (/health 200) when entered.
+
+    Yields (port, output): ``output`` receives the process's whole output once it has exited.
+    """
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("GLASSLM_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "glasslm", "serve", str(ckpt), "--port", str(port),
-                             "--model-name", MODEL, "--max-len", "256"],
+    proc = subprocess.Popen([sys.executable, "-m", "glasslm", "serve", str(model), "--port", str(port), *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -287,14 +293,19 @@ def test_serve_cli_binds_localhost(ckpt: Path) -> None:
                 pass
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.2)
+        yield port, output
+    finally:
+        proc.terminate()
+        output.append(proc.communicate(timeout=30)[0])
+
+
+def test_serve_cli_binds_localhost(ckpt: Path) -> None:
+    with serve_cli(ckpt, "--model-name", MODEL, "--max-len", "256") as (port, output):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         out = client.completions.create(model=MODEL, prompt="Open data", max_tokens=4)
         assert out.usage.completion_tokens <= 4
-    finally:
-        proc.terminate()
-        output = proc.communicate(timeout=30)[0]
-    assert f"http://127.0.0.1:{port}" in output
-    assert re.search(r"request cmpl-\w+: \d+ prompt tokens, \d+ completion tokens", output), output
+    assert f"http://127.0.0.1:{port}" in output[0]
+    assert re.search(r"request cmpl-\w+: \d+ prompt tokens, \d+ completion tokens", output[0]), output[0]
 
 
 @pytest.mark.slow

@@ -9,11 +9,9 @@ training text, so every test below fails if tracing finds nothing or finds it in
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from test_generate import SENTENCES, build_tiny_model
-from test_serve import ServerThread, free_port
+from test_serve import ServerThread, serve_cli
 
 from glasslm import artifacts
 from glasslm.cli import main
@@ -269,31 +267,12 @@ def test_trace_without_index_is_400(untraced: Path) -> None:
 
 
 def test_serve_cli_traces_with_the_runs_index(run: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("GLASSLM_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "glasslm", "serve", str(run), "--port", str(port),
-                             "--model-name", MODEL, "--max-len", "256", "--trace-min-len", "5"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+    with serve_cli(run, "--model-name", MODEL, "--max-len", "256", "--trace-min-len", "5") as (port, output):
         body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 20, "temperature": 0, "trace": True}
         out = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60).json()
         assert out["trace"]["min_len"] == 5
         _check_span(out["choices"][0]["text"], out["trace"]["choices"][0], CONTINUATION.strip(), DOC_IDS[2])
-    finally:
-        proc.terminate()
-        output = proc.communicate(timeout=30)[0]
-    assert f"tracing against {run / 'trace_index'}" in output
+    assert f"tracing against {run / 'trace_index'}" in output[0]
 
 
 def test_explicit_trace_path_without_index_is_a_clear_error(untraced: Path, capsys: pytest.CaptureFixture) -> None:
