@@ -55,3 +55,15 @@ def test_decon_cli_marks_contaminated_documents(tmp_path: Path) -> None:
     metrics = read_manifest(out)["metrics"]
     assert metrics["contaminated_documents"] == 1
     assert metrics["tasks"]["other"]["short_instances"] == 1
+
+
+def test_decon_malformed_task_file_names_file_and_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    with create_artifact(tmp_path / "docs", "documents") as w:
+        write_jsonl(w.path / "documents" / "a.jsonl.gz", [{"id": "d", "text": "some words here"}])
+    task = tmp_path / "bad.jsonl"
+    task.write_text(json.dumps({"question": QUESTION}) + "\n\n{not json\n")
+    rc = main(["data", "decon", str(tmp_path / "docs"), "--tasks", str(task), "--out", str(tmp_path / "dc"),
+               "--workers", "1"])
+    assert rc != 0
+    assert f"{task}:3: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "dc").exists()

@@ -18,7 +18,6 @@ The mixer also uses :func:`overlaps` to remove training documents that overlap t
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,7 +32,7 @@ from glasslm.data.documents import (
     Quarantine,
     attributes_path,
     iter_documents,
-    open_binary,
+    json_objects,
     shard_names,
     write_jsonl,
 )
@@ -161,15 +160,8 @@ def read_task_file(path: Path, fields: Sequence[str]) -> Iterator[str]:
     if path.suffix in (".arrow", ".parquet"):
         yield from _read_table(path, fields)
         return
-    with open_binary(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{number}: task file line is not JSON ({e})") from None
-            yield instance_text(obj, fields)
+    for _, obj in json_objects(path, ConfigError):
+        yield instance_text(obj, fields)
 
 
 def _read_table(path: Path, fields: Sequence[str]) -> Iterator[str]:

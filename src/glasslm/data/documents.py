@@ -285,6 +285,25 @@ def read_jsonl(path: str | Path) -> Iterator[Any]:
                 yield json.loads(line) if obj is _NOT_FAST else obj
 
 
+def json_objects(path: str | Path, error: type[Exception]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a user-given JSONL file (plain or gzip).
+
+    For inputs that are all-or-nothing (task files, evaluation documents): the first line that is not a
+    JSON object raises ``error`` naming ``path:line`` — unlike corpus shards, which quarantine and go on.
+    """
+    with open_binary(Path(path)) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise error(f"{path}:{number}: not valid JSON ({e})") from None
+            if not isinstance(obj, dict):
+                raise error(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+            yield number, obj
+
+
 def shard_names(documents_root: str | Path) -> list[tuple[str, Path]]:
     """(name, path) of every shard of a ``documents`` artifact, in the defined order (sorted names).
 

@@ -434,16 +434,9 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
                            chunk=lambda i, delta, reason: {
                                "id": rid, "object": "text_completion", "created": created, "model": model_name,
                                "choices": [{"index": i, "text": delta, "logprobs": None, "finish_reason": reason}]})
-        results = await _gather(handles, request, server.scheduler)
-        choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": evs[-1].finish_reason}
-                   for i, (text, evs) in enumerate(results)]
-        out_tokens = sum(evs[-1].completion_tokens for _, evs in results)
-        server.record(rid, handles, out_tokens, started, None, [evs[-1].finish_reason for _, evs in results])
-        response = {"id": rid, "object": "text_completion", "created": created, "model": model_name,
-                    "choices": choices, "usage": _usage(handles, out_tokens)}
-        if trace is not None:
-            response["trace"] = await server.trace([text for text, _ in results], trace)
-        return response
+        return await _respond(server, handles, request, rid, started, trace,
+                              {"id": rid, "object": "text_completion", "created": created, "model": model_name},
+                              lambda text: {"text": text})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
@@ -467,18 +460,27 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
                                    "finish_reason": None}]} for i in range(len(handles))]
             return _stream(server, handles, request, rid, started, include_usage=_usage_wanted(body),
                            chunk=chunk, first=first, chat=True, trace=trace)
-        results = await _gather(handles, request, server.scheduler)
-        choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                    "finish_reason": evs[-1].finish_reason} for i, (text, evs) in enumerate(results)]
-        out_tokens = sum(evs[-1].completion_tokens for _, evs in results)
-        server.record(rid, handles, out_tokens, started, None, [evs[-1].finish_reason for _, evs in results])
-        response = {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
-                    "choices": choices, "usage": _usage(handles, out_tokens)}
-        if trace is not None:
-            response["trace"] = await server.trace([text for text, _ in results], trace)
-        return response
+        return await _respond(server, handles, request, rid, started, trace,
+                              {"id": rid, "object": "chat.completion", "created": created, "model": model_name},
+                              lambda text: {"message": {"role": "assistant", "content": text}})
 
     return app
+
+
+async def _respond(server: Server, handles: list[Handle], request: Request, rid: str, started: float,
+                   trace: TraceOptions | None, head: dict[str, Any],
+                   content: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """The non-streaming body shared by both endpoints: ``head`` + one choice per handle (its ``content``
+    under the endpoint's key), usage, and the trace when asked for; the request is logged."""
+    results = await _gather(handles, request, server.scheduler)
+    choices = [{"index": i, **content(text), "logprobs": None, "finish_reason": evs[-1].finish_reason}
+               for i, (text, evs) in enumerate(results)]
+    out_tokens = sum(evs[-1].completion_tokens for _, evs in results)
+    server.record(rid, handles, out_tokens, started, None, [evs[-1].finish_reason for _, evs in results])
+    response = {**head, "choices": choices, "usage": _usage(handles, out_tokens)}
+    if trace is not None:
+        response["trace"] = await server.trace([text for text, _ in results], trace)
+    return response
 
 
 def _usage_wanted(body: _Sampling) -> bool:
