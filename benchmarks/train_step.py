@@ -8,6 +8,11 @@ config in the same process, with the ratio between them.
     python benchmarks/train_step.py --compile
     python benchmarks/train_step.py --preset tiny --seq-len 256 --batch 4   # runs on a CPU
 
+glasslm's side is the trainer's loss path: the model returns its final hidden states and
+``train.trainer.head_objective`` runs the LM head + cross-entropy a chunk of ``trainer.loss_chunk_tokens``
+tokens at a time, and on CPU in fp32 its linear layers' matmuls go through oneDNN (train/onednn.py);
+transformers' side computes its logits and the same ``lm_loss`` (mean, no z-loss).
+
 Figures to beat on one H100 (issue #3): OLMo-core 3.0 56,686 tokens/s (48.6% MFU); transformers'
 Olmo2 with torch.compile 46,417 tokens/s. MFU uses glasslm's one formula (model/olmo2.py:
 flops_per_token = 6·N_matmul + 6·L·d·s) for both models.
@@ -18,12 +23,16 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from typing import cast
 
 import torch
 
 from glasslm.model.hf import hf_config
 from glasslm.model.olmo2 import ModelConfig, OLMo2, flops_per_token, lm_loss
 from glasslm.model.presets import preset
+from glasslm.train.config import TrainerConfig
+from glasslm.train.onednn import use_onednn_linears
+from glasslm.train.trainer import head_objective
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # bf16 dense
 
@@ -46,7 +55,7 @@ def hf_model(config: ModelConfig) -> torch.nn.Module:
 def measure(
     name: str,
     model: torch.nn.Module,
-    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
+    loss_of: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, bool], torch.Tensor],
     args: argparse.Namespace,
     config: ModelConfig,
     device: torch.device,
@@ -54,16 +63,14 @@ def measure(
     model.to(device).train()
     fused = device.type in ("cuda", "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=fused)
-    step_model = torch.compile(model) if args.compile else model
+    step_model = cast(torch.nn.Module, torch.compile(model)) if args.compile else model
     use_bf16 = args.dtype == "bfloat16"
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq_len + 1), generator=gen).to(device)
     x, y = tokens[:, :-1], tokens[:, 1:]
 
     def step() -> float:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = forward(step_model, x)
-        loss, _ = lm_loss(logits, y)
+        loss = loss_of(step_model, x, y, use_bf16)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -114,10 +121,27 @@ def main() -> None:
         f"compile={args.compile}, device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}"
     )
     torch.manual_seed(0)
-    ours = measure("glasslm", OLMo2(config), lambda m, x: m(x), args, config, device)
+    model = OLMo2(config)
+    chunk = TrainerConfig().loss_chunk_tokens
+    # The trainer's CPU fp32 path: linear layers (and the head's matmuls) through oneDNN.
+    fast = device.type == "cpu" and args.dtype == "float32" and use_onednn_linears(model) > 0
+
+    def glasslm_loss(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            hidden = m(x, return_hidden=True)
+        dtype = torch.bfloat16 if bf16 else None
+        objective, _ = head_objective(hidden, model.lm_head.weight, y, 0.0, chunk, dtype, fast)
+        return objective / y.numel()
+
+    def hf_loss(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = m(input_ids=x).logits
+        return lm_loss(logits, y)[0]
+
+    ours = measure("glasslm", model, glasslm_loss, args, config, device)
     if args.peer == "hf":
         torch.manual_seed(0)
-        theirs = measure("hf", hf_model(config), lambda m, x: m(input_ids=x).logits, args, config, device)
+        theirs = measure("hf", hf_model(config), hf_loss, args, config, device)
         print(f"ratio glasslm / transformers: {ours / theirs:.2f}x")
 
 

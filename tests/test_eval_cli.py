@@ -99,3 +99,23 @@ def test_tokenizer_model_mismatch(tiny_eval, tmp_path, capsys):
                "--out", str(tmp_path / "e")])
     assert rc == 2
     assert "does not belong to this model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "lines,flag,message",
+    [
+        (['{"text": "fine"}', "{oops"], "--documents", ":2: not valid JSON"),
+        (['{"text": "fine"}', '["a list"]'], "--documents", ":2: expected a JSON object, got list"),
+        (['{"body": "no text"}'], "--documents", ":1: not a document with a string 'text' field"),
+        (["", "{oops"], "--data", ":2: not valid JSON"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(tiny_eval, tmp_path, capsys, lines, flag, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    args = ["--suite", "perplexity", "--documents", str(bad)] if flag == "--documents" else \
+        ["--suite", "arc_easy", "--data", f"arc_easy={bad}"]
+    rc = main(["eval", str(tiny_eval["ckpt"]), *args, "--out", str(tmp_path / "e")])
+    assert rc == 2
+    assert f"{bad}{message}" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

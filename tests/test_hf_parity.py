@@ -132,3 +132,74 @@ def test_round_trip_is_bit_exact(tmp_path: Path) -> None:
     h1, h2 = load_file(str(tmp_path / "hf/model.safetensors")), load_file(str(tmp_path / "hf2/model.safetensors"))
     assert all(torch.equal(h1[k], h2[k]) for k in h1)
     assert json.loads((tmp_path / "hf/config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
+def _hf_llama(config: ModelConfig, tie: bool) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_cfg = LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.mlp_hidden,
+        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
+        num_key_value_heads=config.kv_heads, max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=1e-5, tie_word_embeddings=tie, pad_token_id=0, bos_token_id=None, eos_token_id=1,
+    )  # rope θ left at Llama's default (10,000): the converter must fill in that default, not OLMo-2's
+    torch.manual_seed(5)
+    model = LlamaForCausalLM(hf_cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_llama_folders_convert_both_ways_with_equal_logits(tmp_path: Path, tie: bool) -> None:
+    hf = _hf_llama(SMALL, tie)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf").model  # a Hugging Face folder loads directly, too
+    assert ours.config.architecture == "llama" and ours.config.rope_theta == 10_000.0
+    ids = _ids()
+    with torch.no_grad():
+        expected = hf(ids).logits
+        assert (ours(ids) - expected).abs().max().item() < 1e-4
+    assert main(["convert", "from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
+    assert main(["convert", "to-hf", str(tmp_path / "ours"), "--out", str(tmp_path / "back")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert type(back).__name__ == "LlamaForCausalLM"
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, expected)
+
+
+def test_unsupported_hf_configs_name_the_reason(tmp_path: Path) -> None:
+    from glasslm.config import ConfigError
+    from glasslm.model.hf import model_config_from_hf
+
+    base = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "intermediate_size": 64}
+    for extra, words in [({"model_type": "gpt2"}, "model_type"), ({"mlp_bias": True}, "mlp_bias"),
+                         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "llama3"),
+                         ({"hidden_act": "gelu"}, "hidden_act")]:
+        with pytest.raises(ConfigError, match=words):
+            model_config_from_hf({**base, **extra})
+
+
+def test_eval_reads_a_hugging_face_llama_folder(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`glasslm eval` on a transformers-written Llama folder (weights + tokenizer.json), no conversion step."""
+    import shutil
+
+    from eval_support import arc_rows, build_tokenizer, documents, write_jsonl
+
+    tok = build_tokenizer(tmp_path / "tok" / "tokenizer.json")
+    hf = _hf_llama(ModelConfig(**{**SMALL.__dict__, "vocab_size": 512}), tie=True)
+    hf.save_pretrained(tmp_path / "hf")
+    shutil.copy(tok, tmp_path / "hf" / "tokenizer.json")
+    arc, docs = write_jsonl(tmp_path / "arc.jsonl", arc_rows(6)), write_jsonl(tmp_path / "docs.jsonl", documents())
+    rc = main(["eval", str(tmp_path / "hf"), "--suite", "perplexity,arc_easy", "--documents", str(docs),
+               "--data", f"arc_easy={arc}", "--shots", "0", "--out", str(tmp_path / "e"), "--json"])
+    assert rc == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["tasks"][0]["n"] == 6 and results["perplexity"]["macro"]["bits_per_byte"] > 0
+    manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["path"] == str((tmp_path / "hf").resolve())

@@ -27,8 +27,9 @@ CFG = ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=
 
 
 @pytest.mark.parametrize("tie", [False, True])
-def test_param_counts_match_modules(tie: bool) -> None:
-    config = ModelConfig(**{**CFG.__dict__, "tie_embeddings": tie})
+@pytest.mark.parametrize("architecture", ["olmo2", "llama"])
+def test_param_counts_match_modules(tie: bool, architecture: str) -> None:
+    config = ModelConfig(**{**CFG.__dict__, "tie_embeddings": tie, "architecture": architecture})
     model = OLMo2(config)
     actual = sum(p.numel() for p in model.parameters())  # shared tensors are counted once
     assert param_counts(config)["total"] == actual

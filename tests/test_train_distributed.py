@@ -9,6 +9,12 @@ through the updates to a measured 1.9e-5 by step 12 at lr 1e-2.
 The default suite runs one torchrun (FSDP2, resuming a 1-process checkpoint on 2 ranks: both the
 curve match and 1 → 2 resharding); full DDP/FSDP runs and 2 → 1 resharding are marked slow
 (each torchrun start costs ~5-10 s on a 2-core machine).
+
+FSDP2 takes the trainer's plain loss path (logits, then lm_loss, aten::mm), while one process and DDP
+take the chunked head with oneDNN linears on CPU. The two paths give the same gradients up to float
+rounding (tests/test_train_loss.py), but at lr 1e-2 AdamW amplifies any rounding difference to ~1e-3
+by step 12 (measured), more than this file's tolerance for rank-order rounding; so FSDP runs are
+compared with a 1-process run on the plain path (``single_plain``), DDP with one on the fast path.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from glasslm.train.metrics import read_metrics
 
 TOL = 1e-4
 TRAIN = {"max_steps": 12, "checkpoint_every": 4, "micro_batch_size": 2}  # 2 micro-batches per rank
+PLAIN = {**TRAIN, "loss_chunk_tokens": 0, "onednn_linear": False}  # the path FSDP2 takes
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +39,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     cfg = write_config(root / "c.yaml", tokens, trainer=TRAIN, optim={"lr": 1e-2})
     run(glasslm_cmd("train", str(cfg), "--out", str(root / "single")))
     return root, cfg
+
+
+@pytest.fixture(scope="module")
+def plain(setup: tuple[Path, Path]) -> Path:
+    """The config of the plain loss path, with its 1-process run in ROOT/single_plain."""
+    root, _ = setup
+    cfg = write_config(root / "plain.yaml", root / "tokens", trainer=PLAIN, optim={"lr": 1e-2})
+    run(glasslm_cmd("train", str(cfg), "--out", str(root / "single_plain")))
+    return cfg
 
 
 def curve(run_dir: Path) -> list[tuple[int, float]]:
@@ -55,26 +71,27 @@ def _rewind(src: Path, dst: Path, keep_step: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one(setup: tuple[Path, Path], strategy: str) -> None:
+def test_two_processes_match_one(setup: tuple[Path, Path], plain: Path, strategy: str) -> None:
     root, cfg = setup
     out = root / strategy
     run(torchrun_cmd(2, "train", str(cfg), "--out", str(out), f"--distributed.strategy={strategy}"))
-    assert_close(curve(out), curve(root / "single"))
+    assert_close(curve(out), curve(root / ("single" if strategy == "ddp" else "single_plain")))
 
 
 @pytest.mark.slow
-def test_fsdp_checkpoint_resumes_on_one_rank(setup: tuple[Path, Path]) -> None:
+def test_fsdp_checkpoint_resumes_on_one_rank(setup: tuple[Path, Path], plain: Path) -> None:
     root, cfg = setup
     if not (root / "fsdp").exists():
         run(torchrun_cmd(2, "train", str(cfg), "--out", str(root / "fsdp"), "--distributed.strategy=fsdp"))
     _rewind(root / "fsdp", root / "fsdp_to_1", keep_step=4)
-    run(glasslm_cmd("train", str(cfg), "--out", str(root / "fsdp_to_1"), "--resume", "auto"))
-    assert_close(curve(root / "fsdp_to_1"), curve(root / "single"))
+    run(glasslm_cmd("train", str(plain), "--out", str(root / "fsdp_to_1"), "--resume", "auto"))
+    assert_close(curve(root / "fsdp_to_1"), curve(root / "single_plain"))
 
 
-def test_single_checkpoint_resumes_on_two_fsdp_ranks(setup: tuple[Path, Path]) -> None:
-    root, cfg = setup
-    _rewind(root / "single", root / "one_to_2", keep_step=4)
+def test_single_checkpoint_resumes_on_two_fsdp_ranks(setup: tuple[Path, Path], plain: Path) -> None:
+    root, _ = setup
+    cfg = plain
+    _rewind(root / "single_plain", root / "one_to_2", keep_step=4)
     run(
         torchrun_cmd(
             2,
@@ -88,8 +105,8 @@ def test_single_checkpoint_resumes_on_two_fsdp_ranks(setup: tuple[Path, Path]) -
         )
     )
     rows = curve(root / "one_to_2")
-    assert_close(rows, curve(root / "single"))
-    assert rows[:4] == curve(root / "single")[:4]  # rows up to the checkpoint are the original ones
+    assert_close(rows, curve(root / "single_plain"))
+    assert rows[:4] == curve(root / "single_plain")[:4]  # rows up to the checkpoint are the original ones
     assert (
         len(
             {

@@ -25,7 +25,7 @@ import torch
 from glasslm.artifacts import ArtifactError, create_artifact, input_ref, sha256_file
 from glasslm.config import ConfigError
 from glasslm.eval import perplexity as ppl
-from glasslm.eval.scoring import Scored, Scorer, bits_per_byte, encode_pair
+from glasslm.eval.scoring import Scored, Scorer, bits_per_byte, encode_pairs
 from glasslm.eval.tasks import Instance, TaskError, build_instances, expand, get_task
 from glasslm.eval.tasks.base import NORMALISATIONS
 from glasslm.model.olmo2 import OLMo2
@@ -67,12 +67,12 @@ def check_tokenizer(model: OLMo2, tokenizer: Tokenizer, where: str) -> None:
 
 def score_instances(scorer: Scorer, tokenizer: Tokenizer, instances: list[Instance]) -> list[dict[str, Any]]:
     """Per-example records: log-likelihood of every choice (and its unconditional one for PMI)."""
-    prefix = tokenizer.eos_id
-    groups, uncond_groups = [], []
-    for inst in instances:
-        groups.append([encode_pair(tokenizer, r.context, r.continuation, prefix) for r in inst.requests])
-        if inst.uncond:
-            uncond_groups.append([encode_pair(tokenizer, r.context, r.continuation, prefix) for r in inst.uncond])
+    pairs = [(r.context, r.continuation) for inst in instances for r in inst.requests]
+    upairs = [(r.context, r.continuation) for inst in instances for r in inst.uncond or []]
+    encoded = iter(encode_pairs(tokenizer, pairs, tokenizer.eos_id))
+    uencoded = iter(encode_pairs(tokenizer, upairs, tokenizer.eos_id))
+    groups = [[next(encoded) for _ in inst.requests] for inst in instances]
+    uncond_groups = [[next(uencoded) for _ in inst.uncond] for inst in instances if inst.uncond]
     scored = scorer.score_groups(groups)
     uncond_scored = iter(scorer.score_groups(uncond_groups)) if uncond_groups else iter(())
     records = []

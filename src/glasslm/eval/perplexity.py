@@ -14,7 +14,6 @@ the segmentation, the denominator a property of the text alone.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from glasslm.artifacts import ArtifactError, read_manifest
+from glasslm.data.documents import json_objects
 from glasslm.model.olmo2 import OLMo2
 from glasslm.tokenizer import Tokenizer
 
@@ -188,25 +188,17 @@ def token_shard_docs(
 
 def jsonl_docs(paths: Sequence[Path], tokenizer: Tokenizer, max_docs: int | None = None) -> Iterator[Doc]:
     """Documents from JSONL files (plain or gzip), Dolma style; domain = ``source`` or the file name."""
-    import gzip
-
     counts: dict[str, int] = {}
     for path in paths:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    text = row["text"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ArtifactError(f"{path}:{line_no}: not a document with a 'text' field ({e})") from None
-                if not text:
-                    continue
-                domain = str(row.get("source") or path.name.split(".")[0])
-                if max_docs is not None and counts.get(domain, 0) >= max_docs:
-                    continue
-                counts[domain] = counts.get(domain, 0) + 1
-                ids = tokenizer.encode(text)
-                yield Doc(domain, str(row.get("id", f"{path.name}:{line_no}")), ids, len(text.encode("utf-8")))
+        for line_no, row in json_objects(path, ArtifactError):
+            text = row.get("text")
+            if not isinstance(text, str):
+                raise ArtifactError(f"{path}:{line_no}: not a document with a string 'text' field")
+            if not text:
+                continue
+            domain = str(row.get("source") or path.name.split(".")[0])
+            if max_docs is not None and counts.get(domain, 0) >= max_docs:
+                continue
+            counts[domain] = counts.get(domain, 0) + 1
+            ids = tokenizer.encode(text)
+            yield Doc(domain, str(row.get("id", f"{path.name}:{line_no}")), ids, len(text.encode("utf-8")))

@@ -82,7 +82,7 @@ def is_hf_folder(path: Path) -> bool:
     if not cfg.is_file():
         return False
     try:
-        return json.loads(cfg.read_text()).get("model_type") == "olmo2"
+        return json.loads(cfg.read_text()).get("model_type") in ("olmo2", "llama")
     except json.JSONDecodeError:
         return False
 

@@ -1,4 +1,5 @@
-"""Conversion between glasslm checkpoints and Hugging Face ``Olmo2ForCausalLM`` folders.
+"""Conversion between glasslm checkpoints and Hugging Face ``Olmo2ForCausalLM`` folders
+(and ``LlamaForCausalLM`` ones, read as ``architecture: llama``).
 
 Only names change: tensors are copied bit for bit, so a round trip is exact. The folder we write needs
 no glasslm to load: ``transformers.AutoModelForCausalLM.from_pretrained(folder)``.
@@ -20,8 +21,8 @@ from glasslm.model import checkpoint as ckpt
 from glasslm.model.olmo2 import ModelConfig
 from glasslm.tokenizer import CHAT_TEMPLATE
 
-# (our name, Hugging Face name), with {i} for the layer index.
-_NAMES = [
+# (our name, Hugging Face name), with {i} for the layer index; the norms differ per architecture.
+_SHARED_NAMES = [
     ("embed.weight", "model.embed_tokens.weight"),
     ("norm.weight", "model.norm.weight"),
     ("lm_head.weight", "lm_head.weight"),
@@ -29,22 +30,33 @@ _NAMES = [
     ("blocks.{i}.attn.k_proj.weight", "model.layers.{i}.self_attn.k_proj.weight"),
     ("blocks.{i}.attn.v_proj.weight", "model.layers.{i}.self_attn.v_proj.weight"),
     ("blocks.{i}.attn.o_proj.weight", "model.layers.{i}.self_attn.o_proj.weight"),
-    ("blocks.{i}.attn.q_norm.weight", "model.layers.{i}.self_attn.q_norm.weight"),
-    ("blocks.{i}.attn.k_norm.weight", "model.layers.{i}.self_attn.k_norm.weight"),
-    ("blocks.{i}.attn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
     ("blocks.{i}.mlp.gate_proj.weight", "model.layers.{i}.mlp.gate_proj.weight"),
     ("blocks.{i}.mlp.up_proj.weight", "model.layers.{i}.mlp.up_proj.weight"),
     ("blocks.{i}.mlp.down_proj.weight", "model.layers.{i}.mlp.down_proj.weight"),
-    ("blocks.{i}.mlp_norm.weight", "model.layers.{i}.post_feedforward_layernorm.weight"),
 ]
+_NAMES = {
+    "olmo2": _SHARED_NAMES + [
+        ("blocks.{i}.attn.q_norm.weight", "model.layers.{i}.self_attn.q_norm.weight"),
+        ("blocks.{i}.attn.k_norm.weight", "model.layers.{i}.self_attn.k_norm.weight"),
+        ("blocks.{i}.attn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+        ("blocks.{i}.mlp_norm.weight", "model.layers.{i}.post_feedforward_layernorm.weight"),
+    ],
+    # Llama's "post_attention_layernorm" is the norm *before* the MLP, despite its name.
+    "llama": _SHARED_NAMES + [
+        ("blocks.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
+        ("blocks.{i}.mlp_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+    ],
+}
+# Hugging Face model_type and class of each architecture.
+HF_TYPES = {"olmo2": ("olmo2", "Olmo2ForCausalLM"), "llama": ("llama", "LlamaForCausalLM")}
 
 
 def _pattern(template: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
 
 
-_TO_HF = [(_pattern(ours), theirs) for ours, theirs in _NAMES]
-_FROM_HF = [(_pattern(theirs), ours) for ours, theirs in _NAMES]
+_TO_HF = {arch: [(_pattern(ours), theirs) for ours, theirs in names] for arch, names in _NAMES.items()}
+_FROM_HF = {arch: [(_pattern(theirs), ours) for ours, theirs in names] for arch, names in _NAMES.items()}
 
 
 def _rename(name: str, table: list[tuple[re.Pattern[str], str]]) -> str:
@@ -55,20 +67,24 @@ def _rename(name: str, table: list[tuple[re.Pattern[str], str]]) -> str:
     raise ConfigError(f"tensor '{name}' has no counterpart in the other format")
 
 
-def to_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {_rename(k, _TO_HF): v for k, v in state.items()}
+def to_hf_state(state: dict[str, torch.Tensor], architecture: str = "olmo2") -> dict[str, torch.Tensor]:
+    return {_rename(k, _TO_HF[architecture]): v for k, v in state.items()}
 
 
-def from_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def from_hf_state(state: dict[str, torch.Tensor], architecture: str = "olmo2") -> dict[str, torch.Tensor]:
     # transformers never stores rotary tables, but older exports may carry inv_freq buffers.
-    return {_rename(k, _FROM_HF): v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    return {_rename(k, _FROM_HF[architecture]): v for k, v in state.items()
+            if not k.endswith("rotary_emb.inv_freq")}
 
 
 def hf_config(config: ModelConfig, dtype: torch.dtype, special: dict[str, int | None]) -> dict[str, Any]:
-    """An Olmo2Config as config.json; both the 4.x (rope_theta) and 5.x (rope_parameters) spellings."""
+    """An Olmo2Config (or LlamaConfig) as config.json; both the 4.x (rope_theta) and 5.x (rope_parameters)
+    spellings."""
+    model_type, architecture = HF_TYPES[config.architecture]
+    extra: dict[str, Any] = {"mlp_bias": False, "head_dim": config.head_dim} if config.architecture == "llama" else {}
     return {
-        "architectures": ["Olmo2ForCausalLM"],
-        "model_type": "olmo2",
+        "architectures": [architecture],
+        "model_type": model_type,
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
         "intermediate_size": config.mlp_hidden,
@@ -91,14 +107,20 @@ def hf_config(config: ModelConfig, dtype: torch.dtype, special: dict[str, int | 
         "attention_dropout": 0.0,
         "torch_dtype": str(dtype).removeprefix("torch."),
         "dtype": str(dtype).removeprefix("torch."),
+        **extra,
     }
 
 
 def model_config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
-    if cfg.get("model_type") != "olmo2":
-        raise ConfigError(f"expected a Hugging Face config with model_type 'olmo2', got {cfg.get('model_type')!r}")
-    if cfg.get("attention_bias"):
-        raise ConfigError("Olmo2 configs with attention_bias=true are not supported (OLMo-2 has no biases)")
+    architecture = {model_type: arch for arch, (model_type, _) in HF_TYPES.items()}.get(cfg.get("model_type", ""))
+    if architecture is None:
+        raise ConfigError(f"expected a Hugging Face config with model_type 'olmo2' or 'llama', "
+                          f"got {cfg.get('model_type')!r}")
+    for flag in ("attention_bias", "mlp_bias"):
+        if cfg.get(flag):
+            raise ConfigError(f"configs with {flag}=true are not supported (glasslm's models have no biases)")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"hidden_act {cfg['hidden_act']!r} is not supported (SwiGLU with silu only)")
     rope = cfg.get("rope_parameters") or {}
     scaling = cfg.get("rope_scaling") or {}
     rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
@@ -106,7 +128,7 @@ def model_config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         raise ConfigError(f"RoPE scaling '{rope_type}' is not supported")
     head_dim = cfg.get("head_dim")
     if head_dim is not None and head_dim != cfg["hidden_size"] // cfg["num_attention_heads"]:
-        raise ConfigError("Olmo2 configs with a head_dim other than hidden_size/num_attention_heads are not supported")
+        raise ConfigError("configs with a head_dim other than hidden_size/num_attention_heads are not supported")
     return ModelConfig(
         vocab_size=cfg["vocab_size"],
         d_model=cfg["hidden_size"],
@@ -115,10 +137,12 @@ def model_config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         n_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
         mlp_hidden=cfg["intermediate_size"],
         max_seq_len=cfg.get("max_position_embeddings", 4096),
-        rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 500_000.0))),
+        # Each family's own default when the file leaves it out (LlamaConfig: 10,000).
+        rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 500_000.0 if architecture == "olmo2" else 10_000.0))),
         norm_eps=cfg.get("rms_norm_eps", 1e-6),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         init_std=cfg.get("initializer_range", 0.02),
+        architecture=architecture,
     )
 
 
@@ -131,7 +155,7 @@ def read_hf_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
-    state = from_hf_state(state)
+    state = from_hf_state(state, config.architecture)
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
     return config, state
@@ -185,7 +209,7 @@ def export_hf(model_path: str | Path, out: str | Path) -> Path:
     tokenizer_json = tokenizer if tokenizer.is_file() else None
     dtype = next(iter(state.values())).dtype
     with artifacts.create_artifact(out, "hf_model", config={"model": config}, inputs=[source]) as art:
-        save_file(to_hf_state(state), str(art.path / "model.safetensors"), metadata={"format": "pt"})
+        save_file(to_hf_state(state, config.architecture), str(art.path / "model.safetensors"), metadata={"format": "pt"})
         cfg = hf_config(config, dtype, _special_ids(tokenizer_json))
         (art.path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if cfg[k] is not None}
@@ -196,10 +220,10 @@ def export_hf(model_path: str | Path, out: str | Path) -> Path:
 
 
 def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
-    """Make a glasslm checkpoint from a Hugging Face Olmo2 folder (weights copied bit for bit)."""
+    """Make a glasslm checkpoint from a Hugging Face Olmo2 or Llama folder (weights copied bit for bit)."""
     hf_dir = Path(hf_dir)
     if not ckpt.is_hf_folder(hf_dir):
-        raise artifacts.ArtifactError(f"{hf_dir}: not a Hugging Face Olmo2 folder (config.json with model_type 'olmo2')")
+        raise artifacts.ArtifactError(f"{hf_dir}: not a Hugging Face Olmo2 or Llama folder (config.json with model_type 'olmo2' or 'llama')")
     config, state = read_hf_folder(hf_dir)
     tokenizer = hf_dir / "tokenizer.json"
     source_ref = (

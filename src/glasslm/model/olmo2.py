@@ -5,6 +5,9 @@ stability: RMSNorm on the full query and key projections before RoPE (QK-norm); 
 which normalises the output of attention and of the MLP before it is added to the residual stream
 (instead of normalising the input); and RoPE with θ = 500,000. No biases anywhere.
 
+``architecture: llama`` switches those two back (pre-norm, no QK-norm), so the same code also reads and
+evaluates small Hugging Face Llama folders; everything else (SwiGLU, RoPE, GQA, no biases) is shared.
+
 This file knows nothing of sharding, checkpoints or tokenizers: parallelism is applied from outside
 (``train/distributed.py``), loading lives in ``model/checkpoint.py``.
 """
@@ -12,11 +15,14 @@ This file knows nothing of sharding, checkpoints or tokenizers: parallelism is a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+ARCHITECTURES = ("olmo2", "llama")
 
 
 @dataclass
@@ -33,6 +39,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     init_std: float = 0.02
     init_cutoff: float = 3.0  # truncate the normal initialisation at ±cutoff·std
+    architecture: str = "olmo2"  # or "llama": pre-norm blocks, no QK-norm (for Hugging Face Llama folders)
 
     @property
     def head_dim(self) -> int:
@@ -49,6 +56,8 @@ class ModelConfig:
             raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.n_heads % self.kv_heads:
             raise ConfigError(f"model.n_heads ({self.n_heads}) must be a multiple of model.n_kv_heads ({self.kv_heads})")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"model.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.head_dim % 2:
             raise ConfigError(f"head dimension d_model/n_heads = {self.head_dim} must be even for RoPE")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len"):
@@ -140,9 +149,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, kv_dim, bias=False)
         self.v_proj = nn.Linear(config.d_model, kv_dim, bias=False)
         self.o_proj = nn.Linear(q_dim, config.d_model, bias=False)
-        # QK-norm over the whole projection (all heads together), before RoPE.
-        self.q_norm = RMSNorm(q_dim, config.norm_eps)
-        self.k_norm = RMSNorm(kv_dim, config.norm_eps)
+        # QK-norm over the whole projection (all heads together), before RoPE; Llama has none.
+        qk_norm = config.architecture == "olmo2"
+        self.q_norm: nn.Module = RMSNorm(q_dim, config.norm_eps) if qk_norm else nn.Identity()
+        self.k_norm: nn.Module = RMSNorm(kv_dim, config.norm_eps) if qk_norm else nn.Identity()
 
     def forward(
         self,
@@ -180,7 +190,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Reordered norm: h = x + norm(attn(x)); out = h + norm(mlp(h))."""
+    """Reordered norm: h = x + norm(attn(x)); out = h + norm(mlp(h)). Llama: h = x + attn(norm(x))."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -188,8 +198,12 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = MLP(config)
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.pre_norm = config.architecture == "llama"
 
     def forward(self, x, cos, sin, mask, cache=None, layer=0):  # type: ignore[no-untyped-def]
+        if self.pre_norm:
+            h = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
+            return h + self.mlp(self.mlp_norm(h))
         h = x + self.attn_norm(self.attn(x, cos, sin, mask, cache, layer))
         return h + self.mlp_norm(self.mlp(h))
 
@@ -227,6 +241,7 @@ class OLMo2(nn.Module):
         attn_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         logits_index: torch.Tensor | None = None,
+        return_hidden: bool = False,
     ) -> torch.Tensor:
         """Logits of shape (batch, seq, vocab).
 
@@ -238,6 +253,8 @@ class OLMo2(nn.Module):
         - ``logits_index`` (batch,): compute logits only at this position of each row, giving
           (batch, 1, vocab); the generation engine's prefill needs only the last prompt position, and
           the LM head over every prompt position would cost seq·d·vocab for nothing.
+        - ``return_hidden``: return the final-norm hidden states (batch, seq, d_model) instead of the
+          logits, for ``linear_lm_loss`` (the trainer's chunked head + loss).
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -263,7 +280,8 @@ class OLMo2(nn.Module):
             cache.length += T
         if logits_index is not None:
             x = x[torch.arange(B, device=x.device), logits_index][:, None]
-        return self.lm_head(self.norm(x))
+        x = self.norm(x)
+        return x if return_hidden else self.lm_head(x)
 
 
 def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -321,9 +339,16 @@ class _CrossEntropyZLoss(torch.autograd.Function):
     ) -> tuple[torch.Tensor, None, None]:
         logits, safe, lse, weight = ctx.saved_tensors  # type: ignore[attr-defined]
         row = (g_ce + 2.0 * g_z * lse) * weight  # d(loss)/d(lse) per row
-        grad = torch.sub(_at_least_fp32(logits), lse[:, None]).exp_().mul_(row[:, None])
-        grad.scatter_add_(1, safe[:, None], (-g_ce * weight)[:, None])
+        grad = _logits_grad_(torch.sub(_at_least_fp32(logits), lse[:, None]), row, safe, g_ce * weight)
         return grad.to(logits.dtype), None, None
+
+
+def _logits_grad_(shifted: torch.Tensor, row: torch.Tensor, safe: torch.Tensor, g_target: torch.Tensor) -> torch.Tensor:
+    """d(loss)/d(logits) = softmax · row − onehot(target) · g_target, written into ``shifted``
+    (fp32 logits − logsumexp, per row): one (tokens × vocab) buffer, no temporaries of that size."""
+    grad = shifted.exp_().mul_(row[:, None])
+    grad.scatter_add_(1, safe[:, None], -g_target[:, None])
+    return grad
 
 
 def lm_loss(
@@ -351,6 +376,120 @@ def lm_loss(
     return ce, z
 
 
+class _LinearCrossEntropyZLoss(torch.autograd.Function):
+    """LM head + cross-entropy + z-loss, a chunk of tokens at a time, with the gradients computed in
+    the forward pass (as Liger-Kernel's fused linear cross-entropy does).
+
+    The (tokens × vocab) fp32 logits are never held for the whole batch: each chunk's logits are made,
+    reduced to their loss, turned in place into their gradient and multiplied into the gradients of
+    the hidden states and of the head weight, then dropped. The matmuls are the plain path's three
+    (logits, d hidden, d weight); what goes is the full-size logits buffer, its gradient buffer and
+    the passes over them, and with them most of the head's memory. Rows whose label is ignored are
+    dropped before the head, so they cost no matmul at all.
+
+    Outputs (objective = ce + z_loss·Σlse², ce, Σlse²); only the objective carries a gradient, which
+    is why the gradients can be made in the forward: backward only scales them by the incoming grad.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        labels: torch.Tensor,
+        z_loss: float,
+        ignore_index: int,
+        chunk_tokens: int,
+        compute_dtype: torch.dtype | None,
+        want_grad: bool,
+        matmul_t: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        valid = labels != ignore_index
+        # All-valid batches (pretraining) skip the gather: the hidden states are used as they are.
+        idx = None if bool(valid.all()) else valid.nonzero().squeeze(1)
+        h = hidden if idx is None else hidden.index_select(0, idx)
+        y = labels if idx is None else labels.index_select(0, idx)
+        dtype = compute_dtype or hidden.dtype  # the head's matmul dtype (bf16 under autocast)
+        hc, wc = h.to(dtype), weight.to(dtype)
+        # Sums in fp32, or fp64 for fp64 inputs (as lm_loss keeps them).
+        acc = torch.promote_types(dtype, torch.float32)
+        ce = torch.zeros((), dtype=acc, device=hidden.device)
+        lse_sq = torch.zeros_like(ce)
+        grad_h = torch.empty_like(hc) if want_grad else None
+        # The head's gradient sums over chunks: accumulated in fp32 even when the matmuls are bf16.
+        grad_w = torch.zeros_like(wc, dtype=acc) if want_grad else None
+        for start in range(0, hc.shape[0], chunk_tokens):
+            hs, ys = hc[start : start + chunk_tokens], y[start : start + chunk_tokens]
+            logits = _at_least_fp32(matmul_t(hs, wc))
+            lse = torch.logsumexp(logits, dim=-1)
+            ce += (lse - logits.gather(1, ys[:, None]).squeeze(1)).sum()
+            lse_sq += (lse * lse).sum()
+            if grad_h is not None and grad_w is not None:
+                grad = _logits_grad_(logits.sub_(lse[:, None]), 1.0 + 2.0 * z_loss * lse, ys, torch.ones_like(lse))
+                grad = grad.to(dtype)
+                grad_h[start : start + chunk_tokens] = matmul_t(grad, wc.T)
+                grad_w += matmul_t(grad.T, hs.T)
+        ctx.mark_non_differentiable(ce, lse_sq)
+        ctx.save_for_backward(grad_h, grad_w, idx)  # type: ignore[arg-type]
+        ctx.shapes = (hidden.shape, hidden.dtype, weight.dtype)  # type: ignore[attr-defined]
+        return ce + z_loss * lse_sq, ce, lse_sq
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor, *_unused: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None, None, None, None, None]:
+        grad_h, grad_w, idx = ctx.saved_tensors  # type: ignore[attr-defined]
+        if grad_h is None or grad_w is None:
+            raise RuntimeError("linear_lm_loss: backward through a loss computed with want_grad=False")
+        shape, h_dtype, w_dtype = ctx.shapes  # type: ignore[attr-defined]
+        gh = grad_h.to(h_dtype).mul_(g) if grad_h.dtype != h_dtype else grad_h * g
+        if idx is not None:  # ignored rows get zero gradient
+            gh = torch.zeros(shape, dtype=h_dtype, device=gh.device).index_copy_(0, idx, gh)
+        return gh, (grad_w * g).to(w_dtype), None, None, None, None, None, None, None
+
+
+def _matmul_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a @ b.T
+
+
+def linear_lm_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    z_loss: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "sum",
+    chunk_tokens: int = 1024,
+    compute_dtype: torch.dtype | None = None,
+    matmul_t: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``lm_loss`` of ``hidden @ weight.T`` without materialising the logits of the whole batch.
+
+    ``hidden``: the final-norm output (``OLMo2.forward(..., return_hidden=True)``), (..., d);
+    ``weight``: the LM head (vocab, d). Returns (objective, ce, z) with objective = ce + z, the same
+    values as ``lm_loss`` on the logits; only ``objective`` is differentiable (ce and z are for
+    reporting). ``chunk_tokens``: tokens per head matmul (their fp32 logits are chunk × vocab × 4
+    bytes). ``compute_dtype``: dtype of the head's matmuls (bf16 to match autocast; default: the
+    hidden states' dtype); the softmax and the sums are fp32 either way. ``matmul_t(a, b)`` computes
+    ``a @ b.T`` for the three head matmuls (the trainer passes oneDNN's on CPU: train/onednn.py).
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"linear_lm_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+    if chunk_tokens < 1:
+        raise ValueError(f"linear_lm_loss: chunk_tokens must be >= 1, got {chunk_tokens}")
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    labels = labels.reshape(-1)
+    want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    objective, ce, lse_sq = _LinearCrossEntropyZLoss.apply(
+        flat, weight, labels, z_loss, ignore_index, chunk_tokens, compute_dtype, want_grad, matmul_t or _matmul_t
+    )
+    z = z_loss * lse_sq
+    if reduction == "mean":
+        n = (labels != ignore_index).sum().clamp(min=1)
+        objective, ce, z = objective / n, ce / n, z / n
+    return objective, ce, z
+
+
 def matmul_params(config: ModelConfig) -> int:
     """Parameters that take part in matrix multiplies per token (attention at its GQA sizes, MLP, head)."""
     d, hd = config.d_model, config.head_dim
@@ -361,14 +500,8 @@ def matmul_params(config: ModelConfig) -> int:
 
 def param_counts(config: ModelConfig) -> dict[str, int]:
     d, hd = config.d_model, config.head_dim
-    per_layer = (
-        d * config.n_heads * hd * 2
-        + d * config.kv_heads * hd * 2
-        + 3 * d * config.mlp_hidden
-        + config.n_heads * hd
-        + config.kv_heads * hd
-        + 2 * d
-    )
+    qk_norm = (config.n_heads + config.kv_heads) * hd if config.architecture == "olmo2" else 0
+    per_layer = d * config.n_heads * hd * 2 + d * config.kv_heads * hd * 2 + 3 * d * config.mlp_hidden + qk_norm + 2 * d
     embed = config.vocab_size * d
     head = 0 if config.tie_embeddings else config.vocab_size * d
     total = embed + config.n_layers * per_layer + d + head

@@ -28,6 +28,7 @@ class ModelSpec:
     preset: str = "tiny"
     init_from: str | None = None  # checkpoint, training run, run directory or HF Olmo2 folder
     load_optimizer: bool = False  # with init_from: also restore its AdamW moments (continued pretraining)
+    architecture: str | None = None  # "olmo2" (the presets) or "llama" (model.olmo2.ARCHITECTURES)
     vocab_size: int | None = None
     d_model: int | None = None
     n_layers: int | None = None
@@ -131,9 +132,26 @@ class TrainerConfig:
     eval_every: int = 0
     eval_max_docs: int | None = 200  # per held-out domain (None: all)
     eval_batch_tokens: int = 8192  # tokens per evaluation forward pass
+    # LM head + loss a chunk of this many tokens at a time (model.olmo2.linear_lm_loss: the full
+    # (tokens × vocab) logits are never materialised); 0 = the plain path (logits, then lm_loss).
+    # Same loss and gradients either way. 128–1024 measured within noise of each other on CPU
+    # (benchmarks/RESULTS.md, train_cpu); 256 tokens × an 8k vocabulary is 8 MB of fp32 logits a chunk.
+    loss_chunk_tokens: int = 256
+    # CPU, fp32: every linear layer's matmuls (and the chunked head's) through oneDNN instead of
+    # aten::mm's MKL sgemm, ~2x faster per core on the AMD dev box (train/onednn.py). Ignored on GPU,
+    # under bf16, with FSDP2 and with compile.
+    onednn_linear: bool = True
     tensorboard: bool = False  # also write RUN/tensorboard/ (needs the `tensorboard` package)
+    # Weights & Biases (needs the `wandb` extra): the run's files go to RUN/wandb/, part of the artifact.
+    # "offline" (the default) needs no network or account; `wandb sync RUN/wandb/offline-run-*` uploads later.
+    wandb: bool = False
+    wandb_project: str = "glasslm"
+    wandb_mode: Literal["offline", "online"] = "offline"
+    wandb_name: str | None = None  # the run's display name (default: the run directory's name)
 
     def validate(self) -> None:
+        if self.loss_chunk_tokens < 0:
+            raise ConfigError(f"trainer.loss_chunk_tokens must be >= 0 (0 = no chunking), got {self.loss_chunk_tokens}")
         if self.eval_every < 0:
             raise ConfigError(f"trainer.eval_every must be >= 0 (0 = off), got {self.eval_every}")
         if self.max_steps is None and self.max_tokens is None:
@@ -189,6 +207,12 @@ RESUMABLE_CHANGES = (
     "trainer.eval_max_docs",
     "trainer.eval_batch_tokens",
     "trainer.tensorboard",
+    "trainer.loss_chunk_tokens",
+    "trainer.onednn_linear",
+    "trainer.wandb",
+    "trainer.wandb_project",
+    "trainer.wandb_mode",
+    "trainer.wandb_name",
     "distributed.strategy",
     "distributed.backend",
     "distributed.reshard_after_forward",

@@ -13,8 +13,9 @@ import json
 import os
 import resource
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -249,3 +250,55 @@ class TensorBoardLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class WandbLog:
+    """Each metrics row into a Weights & Biases run whose files live in ``RUN/wandb/``.
+
+    Offline by default: wandb writes ``RUN/wandb/offline-run-<time>-<id>/`` (the ``.wandb`` event log
+    with every logged row, the config, the system info) and needs no network or account, so the
+    record travels with the run's artifact; ``wandb sync`` can upload it later. The run id is kept
+    in ``RUN/wandb/glasslm-run-id`` so a resumed training continues the same W&B run.
+    """
+
+    ID_FILE = "glasslm-run-id"
+
+    def __init__(
+        self, run_dir: Path, project: str, mode: Literal["offline", "online"], name: str, config: dict[str, Any]
+    ):
+        self.require()
+        import wandb
+
+        directory = run_dir / "wandb"
+        directory.mkdir(parents=True, exist_ok=True)
+        id_file = directory / self.ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
+        id_file.write_text(run_id + "\n")
+        # dir=run_dir: wandb puts its files under <dir>/wandb/.
+        self.run = wandb.init(
+            project=project, name=name, mode=mode, dir=str(run_dir), config=config, id=run_id,
+            resume="allow", settings=wandb.Settings(console="off"),
+        )
+
+    @staticmethod
+    def require() -> None:
+        """Raise a ConfigError naming the extra to install when the wandb package is missing."""
+        from glasslm.config import ConfigError
+
+        try:
+            import wandb  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "trainer.wandb is true but the `wandb` package is not installed: "
+                "pip install 'glasslm[wandb]' (or set trainer.wandb=false)"
+            ) from exc
+
+    def write(self, row: dict[str, Any]) -> None:
+        scalars = {
+            k: float(v) for k, v in row.items()
+            if k not in ("step", "time") and isinstance(v, int | float)  # bools (skipped) as 0/1
+        }
+        self.run.log(scalars, step=int(row["step"]))
+
+    def close(self) -> None:
+        self.run.finish()

@@ -28,15 +28,16 @@ from glasslm import artifacts
 from glasslm.config import ConfigError, from_dict, to_dict
 from glasslm.data.loader import TokenLoader
 from glasslm.model import checkpoint as model_ckpt
-from glasslm.model.olmo2 import ModelConfig, OLMo2, flops_per_token, lm_loss
+from glasslm.model.olmo2 import ModelConfig, OLMo2, flops_per_token, linear_lm_loss, lm_loss
 from glasslm.train import checkpoint as ckpt
-from glasslm.train import distributed
+from glasslm.train import distributed, onednn
 from glasslm.train.config import RESUMABLE_CHANGES, TrainConfig, config_differences
 from glasslm.train.metrics import (
     HeldoutEval,
     MetricsLog,
     PowerMeter,
     TensorBoardLog,
+    WandbLog,
     device_name,
     device_peak_flops,
     memory_gb,
@@ -85,6 +86,26 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def head_objective(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    labels: torch.Tensor,
+    z_loss: float,
+    chunk_tokens: int,
+    compute_dtype: torch.dtype | None = None,
+    use_onednn: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The pretraining objective from the final hidden states (``Trainer._loss``'s, through the
+    chunked LM head): summed cross-entropy + z-loss, and the named sums the step reports. The head's
+    matmuls go through oneDNN with ``use_onednn`` (as the linear layers, where usable: train/onednn.py)."""
+    fast = use_onednn and compute_dtype in (None, torch.float32) and onednn.usable(hidden, head_weight)
+    objective, ce, z = linear_lm_loss(
+        hidden, head_weight, labels, z_loss=z_loss, reduction="sum",
+        chunk_tokens=chunk_tokens, compute_dtype=compute_dtype, matmul_t=onednn.matmul_t if fast else None,
+    )
+    return objective, {"loss": objective, "ce": ce, "z_loss": z}
+
+
 def tokenizer_of_tokens(tokens_dir: Path) -> Path | None:
     """The tokenizer.json the tokens were made with, if the tokens manifest names it."""
     for ref in artifacts.read_manifest(tokens_dir).get("inputs", []):
@@ -125,6 +146,8 @@ class Trainer:
         self.tokens_per_step = lc.global_batch_size * lc.seq_len
         self.total_steps = tc.max_steps or math.ceil((tc.max_tokens or 0) / self.tokens_per_step)
 
+        if tc.wandb:  # before anything is written: a missing package must not leave a half-made run
+            WandbLog.require()
         self.resume_from = self._resume_checkpoint(resume)
         self.init_dir: Path | None = None
         _seed_everything(tc.seed)
@@ -136,10 +159,22 @@ class Trainer:
         self.bf16 = world.device.type == "cuda" if tc.precision == "auto" else tc.precision == "bf16"
         model.activation_checkpointing = tc.activation_checkpointing
         model.to(world.device)
+        self.onednn = (
+            tc.onednn_linear and world.device.type == "cpu" and not self.bf16
+            and world.strategy != "fsdp" and not tc.compile  # FSDP2/inductor bring their own kernels
+            and onednn.use_onednn_linears(model) > 0
+        )
         wrapped = distributed.wrap(model, world, config.distributed, self.bf16)
         self.wrapped = wrapped  # DDP/FSDP/plain, before torch.compile: what state dicts are taken from
         self.optimizer = build_optimizer(wrapped, config.optim, world.device)
         self.model: nn.Module = cast(nn.Module, torch.compile(wrapped)) if tc.compile else wrapped
+        # The chunked head + loss (head_objective) uses the head weight outside the model's forward:
+        # fine in one process and under DDP (the weight's gradient hook fires when its gradient
+        # arrives), not under FSDP2, whose root parameters are sharded DTensors outside forward.
+        # Subclasses that override _loss (adaptation: SFT, DPO, GRPO) get logits, as their losses expect.
+        self.chunked_head = (
+            tc.loss_chunk_tokens > 0 and world.strategy != "fsdp" and type(self)._loss is Trainer._loss
+        )
         self.schedule = build_schedule(
             config.schedule, config.optim.lr, self.total_steps, self.tokens_per_step
         )
@@ -199,6 +234,22 @@ class Trainer:
         the global ``_count``. The names must include "loss"."""
         ce, z = lm_loss(logits, micro["labels"], z_loss=self.config.trainer.z_loss, reduction="sum")
         return ce + z, {"loss": ce + z, "ce": ce, "z_loss": z}
+
+    def _forward_loss(self, micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward one micro-batch and return ``_loss``'s (objective, named sums); with the chunked
+        head, the same values from the hidden states without materialising the logits."""
+        extra = {"return_hidden": True} if self.chunked_head else {}
+        with self._autocast():
+            out = self.model(
+                micro["input_ids"], position_ids=micro.get("position_ids"), doc_ids=micro.get("doc_ids"), **extra
+            )
+        if not self.chunked_head:
+            return self._loss(out, micro)
+        head = cast(nn.Linear, distributed.unwrap(self.wrapped).lm_head)
+        return head_objective(
+            out, head.weight, micro["labels"], self.config.trainer.z_loss,
+            self.config.trainer.loss_chunk_tokens, torch.bfloat16 if self.bf16 else None, self.onednn,
+        )
 
     def _data_state(self) -> dict[str, Any]:
         """The data position and settings saved with each checkpoint."""
@@ -335,11 +386,7 @@ class Trainer:
         names: list[str] = []
         for i, mb in enumerate(micros):
             with self._grad_sync(i == len(micros) - 1):
-                with self._autocast():
-                    logits = self.model(
-                        mb["input_ids"], position_ids=mb.get("position_ids"), doc_ids=mb.get("doc_ids")
-                    )
-                objective, terms = self._loss(logits, mb)
+                objective, terms = self._forward_loss(mb)
                 (objective * scale).backward()
             names = list(terms)
             values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
@@ -386,6 +433,12 @@ class Trainer:
             _log(self.world, f"trainer.tensorboard: not writing RUN/tensorboard/: {missing}")
             return None
         return TensorBoardLog(self.out / "tensorboard")
+
+    def _wandb(self) -> WandbLog | None:
+        tc = self.config.trainer
+        if not (tc.wandb and self.world.is_main):
+            return None
+        return WandbLog(self.out, tc.wandb_project, tc.wandb_mode, tc.wandb_name or self.out.name, to_dict(self.config))
 
     def trainer_state(self, wall_s: float, energy_j: float) -> dict[str, Any]:
         return {
@@ -435,6 +488,7 @@ class Trainer:
         self._prepare_run_dir()
         log = MetricsLog(self.out / METRICS) if world.is_main else None
         board = self._tensorboard()
+        wandb_log = self._wandb()
         power = PowerMeter(world.device) if world.is_main else None
         peak = device_peak_flops(world.device)
         flops_tok = flops_per_token(self.model_config, self.config.data.loader.seq_len)
@@ -483,6 +537,8 @@ class Trainer:
                         log.write(row)
                         if board is not None:
                             board.write(row)
+                        if wandb_log is not None:
+                            wandb_log.write(row)
                         eta = (self.total_steps - self.step) * self.tokens_per_step / max(tps, 1e-9)
                         _log(
                             world,
@@ -500,6 +556,8 @@ class Trainer:
                 log.close()
             if board is not None:
                 board.close()
+            if wandb_log is not None:
+                wandb_log.close()
         result = RunResult(
             self.out,
             self.step,

