@@ -5,10 +5,15 @@ Both run greedy decoding of the same random prompts on the same model (ours conv
 measured as (batch × (N − 1)) / (t(N new tokens) − t(1 new token)), so the prompt's prefill cancels
 out; end-to-end tokens/s is reported too. The tokens must be identical (checked).
 
+Three contestants per batch size, interleaved: glasslm's engine eager, glasslm's engine with the
+compiled decode step (``Engine(compile=True)``; its compile time is reported), and HF. ``--dtype``
+casts *both* models, so every ratio compares the same dtype (bf16 vs bf16 or fp32 vs fp32).
+
 Default model (~34M matmul parameters, 42M total): d_model 512, 8 layers, 8 heads (4 KV heads),
 MLP 1536, vocabulary 16,384 — big enough that matmuls, not Python, dominate a CPU step.
 
     python benchmarks/generate_throughput.py                 # batch 1 and 8, 128 new tokens
+    python benchmarks/generate_throughput.py --dtype bfloat16              # both sides in bf16
     python benchmarks/generate_throughput.py --batches 1 --new-tokens 32 --d-model 128 --layers 2  # smoke
 """
 
@@ -51,6 +56,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="both models' dtype")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled engine (eager vs HF only)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -64,14 +71,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(model, Path(tmp) / "ckpt")
         export_hf(Path(tmp) / "ckpt", Path(tmp) / "hf")
-        ours = load_model(Path(tmp) / "ckpt").model
-        hf = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf").eval()
+        dtype = getattr(torch, args.dtype)
+        ours = load_model(Path(tmp) / "ckpt", dtype=dtype).model
+        hf = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf").to(dtype).eval()
     rows = []
     for batch in args.batches:
         prompts = torch.randint(0, args.vocab, (batch, args.prompt_len), generator=torch.Generator().manual_seed(batch))
-        engine = Engine(ours, max_batch=batch, max_len=args.prompt_len + args.new_tokens + 1)
+        max_len = args.prompt_len + args.new_tokens + 1
+        engines = {"glasslm": Engine(ours, max_batch=batch, max_len=max_len)}
+        result: dict[str, object] = {"batch": batch}
+        if not args.no_compile:
+            compiled = Engine(ours, max_batch=batch, max_len=max_len, compile=True)
+            result["compile_s"] = round(compiled.compile_seconds, 1) if compiled.compile_seconds else None
+            if compiled.compiled:
+                engines["compiled"] = compiled
 
-        def run_ours(n: int, engine: Engine = engine, prompts: torch.Tensor = prompts) -> list[list[int]]:
+        def run_engine(n: int, engine: Engine, prompts: torch.Tensor = prompts) -> list[list[int]]:
             params = SamplingParams(max_new_tokens=n, ignore_eos=True)
             return [c.token_ids for c in engine.generate(prompts.tolist(), params)]
 
@@ -81,14 +96,15 @@ def main() -> None:
                                   min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
             return out[:, args.prompt_len:].tolist()
 
-        run_ours(4), run_hf(4)  # warm-up (allocators, lazy init)
-        result: dict[str, object] = {"batch": batch}
+        runners = {name: (lambda n, e=e: run_engine(n, e)) for name, e in engines.items()} | {"hf": run_hf}
+        for fn in runners.values():
+            fn(4)  # warm-up (allocators, lazy init)
         tokens: dict[str, object] = {}
-        best = {name: [float("inf"), float("inf")] for name in ("glasslm", "hf")}
-        # Interleaved repeats, best of each: the shared box's load drifts, and interleaving exposes both
+        best = {name: [float("inf"), float("inf")] for name in runners}
+        # Interleaved repeats, best of each: the shared box's load drifts, and interleaving exposes all
         # implementations to the same drift.
         for _ in range(args.repeats):
-            for name, fn in (("glasslm", run_ours), ("hf", run_hf)):
+            for name, fn in runners.items():
                 t1, _ = timed(lambda fn=fn: fn(1), 1)
                 tn, tokens[name] = timed(lambda fn=fn: fn(args.new_tokens), 1)
                 best[name] = [min(best[name][0], t1), min(best[name][1], tn)]
@@ -98,10 +114,12 @@ def main() -> None:
             decode = batch * (args.new_tokens - 1) / (tn - t1) if tn > t1 else None
             result[f"{name}_decode_tok_s"] = round(decode, 1) if decode is not None else None
             result[f"{name}_e2e_tok_s"] = round(batch * args.new_tokens / tn, 1)
-        ours_dec, hf_dec = result["glasslm_decode_tok_s"], result["hf_decode_tok_s"]
-        result["ratio_decode"] = round(ours_dec / hf_dec, 2) if ours_dec and hf_dec else None  # type: ignore[operator]
-        result["ratio_e2e"] = round(result["glasslm_e2e_tok_s"] / result["hf_e2e_tok_s"], 2)  # type: ignore[operator]
-        result["same_tokens"] = tokens["glasslm"] == tokens["hf"]
+        hf_dec = result["hf_decode_tok_s"]
+        for name in engines:
+            ours_dec = result[f"{name}_decode_tok_s"]
+            result[f"{name}_ratio_decode"] = round(ours_dec / hf_dec, 2) if ours_dec and hf_dec else None  # type: ignore[operator]
+            result[f"{name}_ratio_e2e"] = round(result[f"{name}_e2e_tok_s"] / result["hf_e2e_tok_s"], 2)  # type: ignore[operator]
+            result[f"{name}_same_tokens"] = tokens[name] == tokens["hf"]
         rows.append(result)
     meta = {
         "model": {**config.__dict__, **param_counts(config)},
@@ -113,11 +131,15 @@ def main() -> None:
         return
     print(f"model: d={config.d_model} L={config.n_layers} heads={config.n_heads}/{config.kv_heads} "
           f"mlp={config.mlp_hidden} vocab={config.vocab_size}, {param_counts(config)['total'] / 1e6:.1f}M params; "
-          f"prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, fp32, {torch.get_num_threads()} threads")
+          f"prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, {args.dtype} on both sides, "
+          f"{torch.get_num_threads()} threads")
     for r in rows:
-        print(f"batch {r['batch']}: decode glasslm {r['glasslm_decode_tok_s']} tok/s vs HF {r['hf_decode_tok_s']} "
-              f"tok/s → {r['ratio_decode']}×;  end-to-end {r['glasslm_e2e_tok_s']} vs {r['hf_e2e_tok_s']} → "
-              f"{r['ratio_e2e']}×;  identical tokens: {r['same_tokens']}")
+        print(f"batch {r['batch']}: HF decode {r['hf_decode_tok_s']} tok/s; compile {r.get('compile_s')} s")
+        for name in ("glasslm", "compiled"):
+            if f"{name}_decode_tok_s" in r:
+                print(f"  {name:8s} decode {r[f'{name}_decode_tok_s']} tok/s → {r[f'{name}_ratio_decode']}× HF;  "
+                      f"end-to-end {r[f'{name}_e2e_tok_s']} vs {r['hf_e2e_tok_s']} → {r[f'{name}_ratio_e2e']}×;  "
+                      f"identical tokens: {r[f'{name}_same_tokens']}")
 
 
 if __name__ == "__main__":

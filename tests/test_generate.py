@@ -83,7 +83,8 @@ def test_joining_mid_batch_does_not_change_tokens(engine: Engine) -> None:
     params = SamplingParams(max_new_tokens=10, ignore_eos=True)
     alone = [c.token_ids for c in (engine.generate([p], params)[0] for p in PROMPTS)]
     # Continuous batching: requests join while others are half way through their decoding.
-    ids, events = [], {}
+    ids: list[str] = []
+    events: dict[str, list[int | None]] = {}
     for prompt in PROMPTS:
         ids.append(engine.add(prompt, params))
         for _ in range(3):
@@ -212,8 +213,109 @@ def test_throughput_benchmark_runs_and_agrees_with_hf() -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "generate_throughput.py"
     out = subprocess.run([sys.executable, str(script), "--d-model", "64", "--layers", "1", "--heads", "2",
                           "--kv-heads", "1", "--mlp", "128", "--vocab", "512", "--new-tokens", "6", "--batches",
-                          "1", "3", "--repeats", "1", "--json"], capture_output=True, text=True, timeout=300, check=True)
+                          "1", "3", "--repeats", "1", "--no-compile", "--json"],
+                         capture_output=True, text=True, timeout=300, check=True)
     rows = json.loads(out.stdout)["rows"]
     assert [r["batch"] for r in rows] == [1, 3]
     # Token agreement is exact; speeds are only checked to be measured (decode may be None under load).
-    assert all(r["same_tokens"] and r["glasslm_e2e_tok_s"] > 0 and r["ratio_e2e"] > 0 for r in rows), rows
+    assert all(r["glasslm_same_tokens"] and r["glasslm_e2e_tok_s"] > 0 and r["glasslm_ratio_e2e"] > 0
+               for r in rows), rows
+    assert all("compiled_decode_tok_s" not in r for r in rows)
+
+
+def _hf_greedy(tiny_ckpt: Path, out: Path, prompts: list[str], n: int, **kwargs: float) -> list[list[int]]:
+    transformers = pytest.importorskip("transformers")
+    if not out.exists():
+        export_hf(tiny_ckpt, out)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = Tokenizer.from_file(tiny_ckpt)
+    expected = []
+    for prompt in prompts:
+        ids = torch.tensor([tok.encode(prompt)])
+        with torch.no_grad():
+            expected.append(hf.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=None,
+                                        pad_token_id=tok.pad_id, **kwargs)[0, ids.shape[1]:].tolist())
+    return expected
+
+
+def test_repetition_penalty_in_a_mixed_batch_matches_hf(engine: Engine, tiny_ckpt: Path, tmp_path: Path) -> None:
+    """Seen tokens are tracked only for penalised requests: one beside an unpenalised one in a batch."""
+    penalised = SamplingParams(max_new_tokens=12, repetition_penalty=1.8, ignore_eos=True)
+    plain = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    got = engine.generate([PROMPTS[0], PROMPTS[1]], [penalised, plain])
+    with_penalty = _hf_greedy(tiny_ckpt, tmp_path / "hf", PROMPTS[:1], 12, repetition_penalty=1.8)[0]
+    assert got[0].token_ids == with_penalty
+    assert with_penalty != _hf_greedy(tiny_ckpt, tmp_path / "hf", PROMPTS[:1], 12)[0]  # the penalty matters
+    assert got[1].token_ids == _hf_greedy(tiny_ckpt, tmp_path / "hf", PROMPTS[1:2], 12)[0]
+
+
+def test_fixed_shape_decode_path_matches_hf_and_drops_stale_weights(
+    tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled engine's fixed-shape step (every slot a row, every cache position a key) with an
+    identity "compiler", so the path runs in seconds; the real compiler is the slow test below."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    model = load_model(tiny_ckpt).model
+    fixed = Engine(model, Tokenizer.from_file(tiny_ckpt), max_batch=4, max_len=64, compile=True)
+    assert fixed.compiled and fixed.compile_seconds is not None
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    # Three prompts in four slots: one free row rides along and must not disturb the others.
+    got = [c.token_ids for c in fixed.generate(PROMPTS[:3], params)]
+    assert got == _hf_greedy(tiny_ckpt, tmp_path / "hf", PROMPTS[:3], 12)
+    # Weights frozen into a compiled graph go stale when training updates them in place: fall back.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1)
+    with pytest.warns(RuntimeWarning, match="weights changed"):
+        after = fixed.generate(PROMPTS[:1], params)[0].token_ids
+    assert not fixed.compiled
+    eager = Engine(model, Tokenizer.from_file(tiny_ckpt), max_batch=4, max_len=64)
+    assert after == eager.generate(PROMPTS[:1], params)[0].token_ids
+
+
+def test_compile_failure_falls_back_to_eager(tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(fn: object, **kwargs: object) -> object:
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    loaded = load_model(tiny_ckpt)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        fallback = Engine(loaded.model, Tokenizer.from_file(tiny_ckpt), max_batch=2, max_len=64, compile=True)
+    assert not fallback.compiled and fallback.compile_seconds is None
+    out = fallback.generate(["Open data"], SamplingParams(max_new_tokens=5, ignore_eos=True))[0]
+    assert out.completion_tokens == 5
+
+
+@pytest.mark.slow
+def test_compiled_engine_matches_hf_generate(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """The real torch.compile (Inductor, frozen weights): greedy tokens identical to HF's in fp32."""
+    loaded = load_model(tiny_ckpt)
+    compiled = Engine(loaded.model, Tokenizer.from_file(tiny_ckpt), max_batch=4, max_len=64, compile=True)
+    assert compiled.compiled, "torch.compile failed on this machine (see the warning)"
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    got = [c.token_ids for c in compiled.generate(PROMPTS, params)]
+    assert got == _hf_greedy(tiny_ckpt, tmp_path / "hf", PROMPTS, 12)
+    # A second batch reuses the graph: requests joining mid-way through others' decoding.
+    params = SamplingParams(max_new_tokens=10, ignore_eos=True)
+    first = compiled.add(PROMPTS[0], params)
+    compiled.step(), compiled.step()
+    second = compiled.add(PROMPTS[1], params)
+    while compiled.has_work():
+        compiled.step()
+    assert compiled.completion(first).token_ids == got[0][:10]
+    assert compiled.completion(second).token_ids == got[1][:10]
+
+
+def test_generate_cli_compile_flag_reaches_the_engine(
+    tiny_ckpt: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled: list[object] = []
+
+    def record(fn: object, **kwargs: object) -> object:  # identity "compiler" that notes it was asked
+        compiled.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)
+    assert main(["generate", str(tiny_ckpt), "--prompt", "Open data", "--max-new-tokens", "4", "--ignore-eos",
+                 "--compile", "--json"]) == 0
+    assert len(compiled) == 1
+    assert json.loads(capsys.readouterr().out)["results"][0]["completion_tokens"] == 4

@@ -8,12 +8,21 @@ batched prefill), then runs one decode step for every running request, and retur
 a loop while requests join and leave between steps; ``generate()`` and ``stream()`` are the simple
 blocking front ends.
 
-The cache is *slotted*: ``(layers, slots, kv_heads, max_len, head_dim)``, one slot per running
+The cache is *slotted*: per layer ``(slots, kv_heads, max_len, head_dim)``, one slot per running
 request, each slot with its own length and positions starting at 0. So there is no left padding and no
 re-layout when a request joins or leaves: a joining request is prefilled into a free slot (right-padded
 with the others admitted in the same step: causal attention never looks at the padding), and a decode
 step runs rows ``0..highest busy slot`` with a key mask ``key <= position`` per row. Free slots inside
 that range compute a throw-away row, cheaper than gathering busy slots into a compact batch every step.
+
+``Engine(..., compile=True)`` runs the decode step through ``torch.compile`` (Inductor, weights frozen
+into the graph, max-autotune GEMM selection). The compiled step has one fixed shape, so it never
+recompiles: every slot is a row and attention spans the whole cache (``max_len`` keys, masked), traded
+against per-step Python and kernel-launch overhead and pre-packed weights. Measured in
+benchmarks/RESULTS.md (generate_throughput). Compilation happens in the constructor (its wall time is
+``engine.compile_seconds``); when it fails (no C++ compiler, unsupported platform) the engine warns and
+decodes eagerly. Freezing snapshots the weights: if they change in place afterwards (a training step
+on the same model), the engine notices and falls back to the eager step, which reads live weights.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +41,13 @@ import torch
 from glasslm.model.olmo2 import ModelConfig, OLMo2
 
 FINISH_STOP, FINISH_LENGTH, FINISH_ABORT = "stop", "length", "abort"
+
+# Inductor options for the compiled decode step, patched in only while it compiles, so other compiled
+# code in the process keeps the global config. freezing: weights become graph constants, which lets
+# Inductor pre-pack them for the CPU GEMM (MKL's packed sgemm for fp32, oneDNN for bf16) and fold
+# constant work; max_autotune: time the candidate GEMM kernels and keep the fastest (on CPU it adds
+# Inductor's C++ GEMM template). Their effect is measured in benchmarks/RESULTS.md.
+COMPILE_OPTIONS: dict[str, str | int | bool] = {"freezing": True, "max_autotune": True}
 
 
 @dataclass
@@ -184,9 +201,12 @@ class SlotCache:
     """
 
     def __init__(self, config: ModelConfig, slots: int, max_len: int, device: torch.device, dtype: torch.dtype):
-        shape = (config.n_layers, slots, config.kv_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # One tensor per layer, not one 5-D tensor: the compiled decode step writes into these in place,
+        # and a write into a view of one big graph input made Inductor copy the whole cache back every
+        # step (measured: the compiled step 3× slower than eager at batch 8 on the tiny shape).
+        shape = (slots, config.kv_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.max_len = max_len
         self._slots: torch.Tensor | None = None  # prefill: which slots the batch rows go to
         self._positions: torch.Tensor | None = None  # decode: where each row's new token goes
@@ -213,14 +233,14 @@ class SlotCache:
             # Prefill: fresh sequences starting at position 0, so attention runs over the new keys
             # themselves (the fused causal path); the cache only stores them.
             T = k.shape[2]
-            self.k[layer, self._slots, :, :T] = k
-            self.v[layer, self._slots, :, :T] = v
+            self.k[layer][self._slots, :, :T] = k
+            self.v[layer][self._slots, :, :T] = v
             return k, v
         rows = k.shape[0]
         index = torch.arange(rows, device=k.device)
-        self.k[layer, index, :, self._positions] = k[:, :, 0]
-        self.v[layer, index, :, self._positions] = v[:, :, 0]
-        return self.k[layer, :rows, :, : self._keys], self.v[layer, :rows, :, : self._keys]
+        self.k[layer][index, :, self._positions] = k[:, :, 0]
+        self.v[layer][index, :, self._positions] = v[:, :, 0]
+        return self.k[layer][:rows, :, : self._keys], self.v[layer][:rows, :, : self._keys]
 
 
 @dataclass
@@ -251,6 +271,7 @@ class Engine:
         max_len: int | None = None,
         max_prefill_tokens: int = 4096,
         eos_id: int | None = None,
+        compile: bool = False,
     ):
         self.model = model.eval()
         self.config = model.config
@@ -274,6 +295,60 @@ class Engine:
         # Finished requests wait here until ``completion`` collects them (``generate``); event-driven
         # callers (the server, ``stream``) call ``forget``.
         self.finished: dict[str, _Request] = {}
+        # Key positions 0..max_len-1, built once for the compiled step's fixed-shape masks.
+        self._key_range = torch.arange(self.max_len, device=self.device)
+        self._compiled: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self.compile_seconds: float | None = None  # wall time of compiling the decode step (None: eager)
+        self._compiled_version = 0  # the weights' version counter the compiled graph froze
+        self._params = list(model.parameters())
+        if compile:
+            self._compile_decode()
+
+    # -- compiled decode ---------------------------------------------------------------------------
+    @property
+    def compiled(self) -> bool:
+        """Whether decode steps run the compiled graph (False when compile was off, failed or was dropped)."""
+        return self._compiled is not None
+
+    def _weights_version(self) -> int:
+        # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter. The list
+        # is taken once: walking the module tree every step cost ~0.2 ms, a fifth of a tiny-model step.
+        return sum(p._version for p in self._params)
+
+    @torch.inference_mode()
+    def _compile_decode(self) -> None:
+        """Compile the fixed-shape decode step and run it once, so compilation is paid here, not in the
+        first request. On any failure: warn and keep the eager step."""
+        t0 = time.perf_counter()
+        try:
+            import torch._inductor.config as inductor_config
+
+            fn = torch.compile(self._decode_forward, dynamic=False)
+            # A throw-away step at position 0 of every slot: no request holds a slot yet, and a
+            # prefill overwrites positions from 0 before anything reads them. Two distinct tensors:
+            # Dynamo guards on aliasing, and the real steps never pass one tensor twice.
+            tokens, positions = (torch.zeros(self.max_batch, dtype=torch.long, device=self.device) for _ in "tp")
+            # The options are patched around the compiling call, not passed as torch.compile(options=):
+            # passed that way ``freezing`` is ignored (checked: the weights stayed graph inputs and no
+            # packed GEMM appeared in the generated code), patched it takes effect.
+            with inductor_config.patch(dict(COMPILE_OPTIONS)):
+                fn(tokens, positions, self._decode_mask(positions))
+        except Exception as e:  # noqa: BLE001 - any compiler failure means: decode eagerly
+            warnings.warn(f"torch.compile of the decode step failed ({type(e).__name__}: {e}); "
+                          "decoding eagerly", RuntimeWarning, stacklevel=3)
+            return
+        self.compile_seconds = time.perf_counter() - t0
+        self._compiled = fn
+        self._compiled_version = self._weights_version()
+
+    def _decode_mask(self, positions: torch.Tensor) -> torch.Tensor:
+        """(rows, 1, 1, max_len) boolean: each row sees its keys up to its own position."""
+        return (self._key_range[None] <= positions[:, None])[:, None, None]
+
+    def _decode_forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One token per row at ``positions``; logits (rows, vocab). The unit that gets compiled."""
+        cache = self.cache.for_decode(positions, mask.shape[-1])
+        return self.model(tokens[:, None], position_ids=positions[:, None], attn_mask=mask, cache=cache)[:, -1]
 
     # -- requests ------------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -374,33 +449,45 @@ class Engine:
         last = torch.tensor(lengths, device=self.device) - 1
         # Right padding + plain causal attention: a real token never attends to a later pad token.
         logits = self.model(ids, position_ids=positions, cache=self.cache.for_prefill(slots), logits_index=last)
-        self.seen[slots] = False
         for r in admitted:
-            self.seen[r.slot, r.prompt] = True
+            if r.params.repetition_penalty != 1.0:
+                self.seen[r.slot] = False
+                self.seen[r.slot, r.prompt] = True
             r.cached = len(r.prompt)
         return self._sample_and_emit(admitted, logits[:, -1])
 
     def _decode(self, running: list[_Request]) -> list[Event]:
-        rows = max(r.slot for r in running) + 1
+        if self._compiled is not None and self._weights_version() != self._compiled_version:
+            warnings.warn("the model's weights changed since the decode step was compiled (frozen weights); "
+                          "decoding eagerly from now on", RuntimeWarning, stacklevel=2)
+            self._compiled = None
+        # Compiled: every slot, one fixed shape. Eager: rows up to the highest busy slot only.
+        rows = self.max_batch if self._compiled is not None else max(r.slot for r in running) + 1
         tokens = [0] * rows
         positions = [0] * rows
         for r in running:
             tokens[r.slot], positions[r.slot] = r.output[-1], r.cached
+        tok = torch.tensor(tokens, device=self.device)
         pos = torch.tensor(positions, device=self.device)
-        keys = max(positions) + 1
-        mask = (torch.arange(keys, device=self.device)[None] <= pos[:, None])[:, None, None]
-        cache = self.cache.for_decode(pos, keys)
-        logits = self.model(torch.tensor(tokens, device=self.device)[:, None], position_ids=pos[:, None],
-                            attn_mask=mask, cache=cache)
+        if self._compiled is not None:
+            logits = self._compiled(tok, pos, self._decode_mask(pos))
+        else:
+            keys = max(positions) + 1
+            logits = self._decode_forward(tok, pos, self._decode_mask(pos)[..., :keys])
         for r in running:
             r.cached += 1
         rows_of = torch.tensor([r.slot for r in running], device=self.device)
-        return self._sample_and_emit(running, logits[rows_of, -1])
+        return self._sample_and_emit(running, logits[rows_of])
 
     def _sample_and_emit(self, requests: list[_Request], logits: torch.Tensor) -> list[Event]:
-        tokens, logprobs = sample(logits, [r.params for r in requests], [r.generator for r in requests],
-                                  self.seen[[r.slot for r in requests]])
-        self.seen[[r.slot for r in requests], tokens] = True
+        # ``seen`` is kept only for requests with a repetition penalty: two indexing ops per step saved
+        # for everyone else (it matters on small models, where a step is a millisecond).
+        penalised = [i for i, r in enumerate(requests) if r.params.repetition_penalty != 1.0]
+        slots = [r.slot for r in requests]
+        seen = self.seen[slots] if penalised else None
+        tokens, logprobs = sample(logits, [r.params for r in requests], [r.generator for r in requests], seen)
+        if penalised:
+            self.seen[[slots[i] for i in penalised], [tokens[i] for i in penalised]] = True
         events = []
         for r, token, lp in zip(requests, tokens, logprobs, strict=True):
             events.append(self._append_token(r, token, lp))
@@ -483,13 +570,16 @@ def sample(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
     generators: Sequence[torch.Generator | None],
-    seen: torch.Tensor,
+    seen: torch.Tensor | None,
 ) -> tuple[list[int], list[float | None]]:
-    """One token per row. ``logits`` (rows, vocab); ``seen`` (rows, vocab) marks prompt+output tokens."""
+    """One token per row. ``logits`` (rows, vocab); ``seen`` (rows, vocab) marks prompt+output tokens
+    (needed only when some row has a repetition penalty)."""
     logits = logits.float()
     raw = logits
     penalties = [p.repetition_penalty for p in params]
     if any(x != 1.0 for x in penalties):
+        if seen is None:
+            raise ValueError("sample: a repetition penalty needs the seen-token mask")
         # CTRL's penalty as Hugging Face applies it: divide positive logits, multiply negative ones.
         pen = torch.tensor(penalties, device=logits.device)[:, None]
         logits = torch.where(seen, torch.where(logits < 0, logits * pen, logits / pen), logits)

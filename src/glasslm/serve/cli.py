@@ -68,6 +68,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--max-len", type=int, default=None, help="cache length per request (default: model's max)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (compiles at start-up; eager if compiling fails)")
 
 
 def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -123,7 +125,7 @@ def build_engine(args: argparse.Namespace, max_batch: int = 8) -> tuple[Engine, 
         tokenizer = Tokenizer.from_file(tok_path)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from e
-    engine = Engine(loaded.model, tokenizer, max_batch=max_batch, max_len=args.max_len)
+    engine = Engine(loaded.model, tokenizer, max_batch=max_batch, max_len=args.max_len, compile=args.compile)
     return engine, loaded.path
 
 
