@@ -9,7 +9,7 @@ the same AdamW (β 0.9/0.95, ε 1e-8, weight decay 0.1, fused where torch has it
   final hidden states; LM head + cross-entropy + z-loss 1e-5 a chunk of ``trainer.loss_chunk_tokens``
   tokens at a time, never materialising the whole batch's logits), summed and divided by the token
   count as ``Trainer.train_step`` does, foreach clipping, and on CPU in fp32 the linear layers' and the
-  head's matmuls through oneDNN (``trainer.onednn_linear``, train/onednn.py; ``--no-onednn``: aten::mm).
+  head's matmuls through oneDNN (``trainer.onednn_linear``, model/onednn.py; ``--no-onednn``: aten::mm).
   z-loss is extra work the peer does not do.
   ``--loss-chunk-tokens 0`` times the trainer's plain path instead (logits, then ``lm_loss``).
 - transformers: ``Olmo2ForCausalLM`` (SDPA attention) built from the config our converter writes,
@@ -42,9 +42,9 @@ import torch
 
 from glasslm.model.hf import hf_config
 from glasslm.model.olmo2 import ModelConfig, OLMo2, lm_loss, param_counts
+from glasslm.model.onednn import use_onednn_linears
 from glasslm.model.presets import preset
 from glasslm.train.config import OptimConfig, TrainerConfig
-from glasslm.train.onednn import use_onednn_linears
 from glasslm.train.optim import build_optimizer
 from glasslm.train.trainer import head_objective
 

@@ -10,7 +10,7 @@ config in the same process, with the ratio between them.
 
 glasslm's side is the trainer's loss path: the model returns its final hidden states and
 ``train.trainer.head_objective`` runs the LM head + cross-entropy a chunk of ``trainer.loss_chunk_tokens``
-tokens at a time, and on CPU in fp32 its linear layers' matmuls go through oneDNN (train/onednn.py);
+tokens at a time, and on CPU in fp32 its linear layers' matmuls go through oneDNN (model/onednn.py);
 transformers' side computes its logits and the same ``lm_loss`` (mean, no z-loss).
 
 Figures to beat on one H100 (issue #3): OLMo-core 3.0 56,686 tokens/s (48.6% MFU); transformers'
@@ -29,9 +29,9 @@ import torch
 
 from glasslm.model.hf import hf_config
 from glasslm.model.olmo2 import ModelConfig, OLMo2, flops_per_token, lm_loss
+from glasslm.model.onednn import use_onednn_linears
 from glasslm.model.presets import preset
 from glasslm.train.config import TrainerConfig
-from glasslm.train.onednn import use_onednn_linears
 from glasslm.train.trainer import head_objective
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # bf16 dense

@@ -123,6 +123,20 @@ def test_group_advantages_by_hand() -> None:
         rl.group_advantages(torch.zeros(6), group_size=4)
 
 
+def test_signal_groups_keep_only_groups_with_unequal_rewards() -> None:
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.25])
+    assert rl.signal_groups(rewards, group_size=4) == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert rl.signal_groups(torch.ones(8), group_size=4) == [0, 1, 2, 3]  # none: one flat group, A = 0
+
+
+def test_paired_change_mean_and_standard_error_by_hand() -> None:
+    # Diffs [1, 0, 0, -1, 0.5]: mean 0.1; sample variance (0.81 + 0.01 + 0.01 + 1.21 + 0.16) / 4 = 0.55.
+    out = rl.paired_change("gain", [1.0, 0.0, 0.0, -1.0, 0.5])
+    assert out["gain"] == pytest.approx(0.1)
+    assert out["gain_se"] == pytest.approx(math.sqrt(0.55 / 5))
+    assert rl.paired_change("gain", []) == {}
+
+
 def test_grpo_clipped_token_level_loss_by_hand() -> None:
     # Row 0 (A = +1): ratios 1.5 (clipped to 1.2 -> term −1.2) and 0.5 (term −0.5, the clip does not bind).
     # Row 1 (A = −1): ratio 1.5 -> max(1.5, 1.2) = 1.5; its second token is padding.

@@ -1,4 +1,4 @@
-"""oneDNN linears on CPU (train/onednn.py): the same layer, the same gradients, the same state dict;
+"""oneDNN linears on CPU (model/onednn.py): the same layer, the same gradients, the same state dict;
 and the trainer really takes the fast paths (oneDNN linears + chunked head) on CPU in fp32.
 
 Tolerance for fp32: rtol 1e-5 / atol 1e-5 (oneDNN and MKL sum the products in different orders)."""
@@ -14,8 +14,9 @@ import torch
 from test_train_support import make_tokens, write_config
 
 from glasslm.config import from_dict
+from glasslm.model import onednn
 from glasslm.model.olmo2 import ModelConfig, OLMo2, lm_loss
-from glasslm.train import distributed, onednn
+from glasslm.train import distributed
 from glasslm.train.config import TrainConfig
 from glasslm.train.trainer import Trainer
 

@@ -194,13 +194,20 @@ class AdaptTrainer(Trainer):
         """Held-out metrics of the current model (same on every rank)."""
         raise NotImplementedError
 
+    def compare(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """Paired before/after figures over the same held-out items (none by default)."""
+        return {}
+
     def run(self) -> RunResult:
         self._check_distribution()
         quarantine = getattr(self, "quarantine", None)
         if quarantine is not None and quarantine.total and self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             quarantine.write(self.out / "quarantine.jsonl")
-            _say(self, f"{quarantine.total} unusable lines quarantined ({dict(quarantine.counts)}): {self.out}/quarantine.jsonl")
+            _say(
+                self,
+                f"{quarantine.total} unusable lines quarantined ({dict(quarantine.counts)}): {self.out}/quarantine.jsonl",
+            )
         before_file = self.out / EVAL_BEFORE
         if before_file.is_file() and self.resume_from is not None:
             before = json.loads(before_file.read_text())
@@ -213,8 +220,13 @@ class AdaptTrainer(Trainer):
         result = super().run()
         after = self.evaluate()
         _say(self, "after:  " + _fmt(after))
-        self.eval_metrics = {**{f"{k}_before": v for k, v in before.items()},
-                             **{f"{k}_after": v for k, v in after.items()}}  # fmt: skip
+        change = self.compare(before, after)
+        if change:
+            _say(self, "change: " + _fmt(change))
+        # Per-item records (dicts) stay in eval_before/after.json; the manifest gets the figures.
+        self.eval_metrics = {**{f"{k}_before": v for k, v in before.items() if not isinstance(v, dict)},
+                             **{f"{k}_after": v for k, v in after.items() if not isinstance(v, dict)},
+                             **change}  # fmt: skip
         if self.world.is_main:
             (self.out / EVAL_AFTER).write_text(json.dumps(after, indent=1) + "\n")
             self._write_manifest(result)

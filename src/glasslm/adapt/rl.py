@@ -17,6 +17,7 @@ completions weigh the same per token. β_KL = 0 drops the reference model entire
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,26 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
     mean = grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, keepdim=True)
     return ((grouped - mean) / (std + eps)).view(-1)
+
+
+def signal_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
+    """Indices of the completions whose group's rewards are not all equal (the only ones with A ≠ 0).
+    If no group has signal: the first group, whose advantages are 0, so the step changes nothing
+    but every rank still has a batch."""
+    groups = rewards.view(-1, group_size)
+    signal = (groups.max(dim=1).values > groups.min(dim=1).values).nonzero().flatten().tolist() or [0]
+    return [g * group_size + j for g in signal for j in range(group_size)]
+
+
+def paired_change(name: str, diffs: list[float]) -> dict[str, float]:
+    """Per-item after − before differences on the same items -> their mean (``name``) and its
+    standard error (``name_se``: sample standard deviation / √n); {} for no items."""
+    n = len(diffs)
+    if n == 0:
+        return {}
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+    return {name: mean, f"{name}_se": math.sqrt(var / n)}
 
 
 @dataclass

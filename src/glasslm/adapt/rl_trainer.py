@@ -5,7 +5,8 @@ batch), samples ``group_size`` completions per prompt with ``model/generate.py``
 current policy (temperature ``rl.temperature``; each completion has its own seed derived from
 (seed, step, rank, index), so a resumed run samples exactly what an uninterrupted one would), scores
 them with the prompt's verifiable reward (``adapt/rewards.py``), turns rewards into group-normalised
-advantages and takes ``rl.ppo_epochs`` optimizer steps (default 1) on the clipped, token-level GRPO
+advantages (groups whose rewards are all equal leave the batch, ``rl.filter_flat_groups``) and takes
+``rl.ppo_epochs`` optimizer steps (default 1) on the clipped, token-level GRPO
 loss (``adapt/rl.py``). π_old is the policy that sampled: its log-probs are one no-grad forward before
 the first update, kept for the later epochs, where the ratio leaves 1 and the clip binds. With
 ``rl.kl_coef > 0`` a frozen copy of the initial model gives the reference log-probs.
@@ -13,6 +14,8 @@ the first update, kept for the later epochs, where the ratio leaves 1 and the cl
 Before and after training, ``pass_at_1`` is measured on the held-out prompts (greedy decoding, one
 completion each, reward 1 = solved), overall, per reward type and per builder task family, and
 ``reward_sampled``: the mean reward of ``rl.eval_samples`` completions per prompt sampled as in training.
+Both are kept per prompt, so the run also reports the *paired* change (mean per-prompt difference and
+its standard error), the figure that says whether a gain is beyond noise.
 
 Generation on an FSDP-sharded model would need every rank to decode in lock step; RL runs on one
 process or under DDP (``distributed.strategy`` none or ddp).
@@ -30,7 +33,7 @@ from glasslm.adapt.builders import TASK_FAMILIES, family_of
 from glasslm.adapt.dpo import token_logprobs
 from glasslm.adapt.formats import RLTask, load_rl
 from glasslm.adapt.rewards import reward_for
-from glasslm.adapt.rl import group_advantages, grpo_token_terms
+from glasslm.adapt.rl import group_advantages, grpo_token_terms, paired_change, signal_groups
 from glasslm.adapt.sft import IGNORE
 from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
@@ -57,6 +60,10 @@ class RLOptions:
     # Train only on prompts of these builder families (adapt/builders.py: arithmetic, reverse, …);
     # empty: all. Held-out pass@1 is still measured on every family, so transfer (or harm) shows.
     train_families: list[str] = field(default_factory=list)
+    # Drop the completions of groups whose rewards are all equal (advantage 0 everywhere) before the
+    # update, as DAPO's dynamic sampling does: they add no gradient but count in the token-level mean,
+    # so keeping them shrinks the step whenever few groups carry signal (and costs their backward).
+    filter_flat_groups: bool = True
 
 
 @dataclass
@@ -186,6 +193,11 @@ class RLTrainer(AdaptTrainer):
         rc = self.config.rl
         rows, prompt_lens, rewards = self._rollouts(step)
         advantages = group_advantages(rewards, rc.group_size, rc.adv_eps)
+        if rc.filter_flat_groups:
+            keep = signal_groups(rewards, rc.group_size)
+            rows = [rows[i] for i in keep]
+            prompt_lens = [prompt_lens[i] for i in keep]
+            advantages = advantages[keep]
         micros = []
         for part in split_micro(len(rows), self.micro_batch):
             T = max(len(rows[i]) for i in part) - 1
@@ -250,45 +262,77 @@ class RLTrainer(AdaptTrainer):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
+        """Greedy pass@1 and sampled reward on the held-out prompts: overall, per reward type (pass@1),
+        per family, over the trained families (``*_trained``, when ``rl.train_families`` is set), and
+        per prompt (``per_prompt``, for the paired before/after comparison; kept out of the manifest)."""
         if not self.heldout:
             return {}
         rc = self.config.rl
         prompts = [self._prompt(t) for t in self.heldout]
         outs = generate(self, prompts, _params(rc, None, greedy=True), max_batch=rc.engine_batch)
-        by_type: dict[str, list[float]] = {}
-        by_family: dict[str, list[float]] = {}
-        for task, out in zip(self.heldout, outs, strict=True):
-            score = reward_for(task.dataset)(out.text, task.ground_truth)
-            by_type.setdefault(task.dataset, []).append(score)
-            by_family.setdefault(_family(task), []).append(score)
-        scores = [s for v in by_type.values() for s in v]
-        result = {
-            "pass_at_1": sum(scores) / len(scores),
-            "heldout_prompts": len(scores),
-            **{f"pass_at_1_{k}": sum(v) / len(v) for k, v in sorted(by_type.items())},
-            **{f"pass_at_1_family_{k}": sum(v) / len(v) for k, v in sorted(by_family.items())},
-        }
-        return {**result, **self._sampled_reward(prompts)}
+        greedy = [
+            reward_for(t.dataset)(o.text, t.ground_truth) for t, o in zip(self.heldout, outs, strict=True)
+        ]
+        result: dict[str, Any] = {"heldout_prompts": len(greedy), **self._breakdown("pass_at_1", greedy)}
+        for kind in sorted({t.dataset for t in self.heldout}):
+            scores = [s for t, s in zip(self.heldout, greedy, strict=True) if t.dataset == kind]
+            result[f"pass_at_1_{kind}"] = _mean(scores)
+        per_prompt = {"pass_at_1": greedy}
+        if rc.eval_samples:
+            sampled = self._sampled_reward(prompts)
+            result.update(self._breakdown("reward_sampled", sampled))
+            per_prompt["reward_sampled"] = sampled
+        return {**result, "per_prompt": per_prompt}
 
-    def _sampled_reward(self, prompts: list[list[int]]) -> dict[str, float]:
-        """Mean reward of ``rl.eval_samples`` sampled completions per held-out prompt. The seeds depend
+    def _breakdown(self, name: str, scores: list[float]) -> dict[str, float]:
+        """``name`` overall, per family and over the trained families, from per-prompt scores."""
+        families = [_family(t) for t in self.heldout]
+        out = {name: _mean(scores)}
+        trained = self.config.rl.train_families
+        if trained:
+            out[f"{name}_trained"] = _mean([s for f, s in zip(families, scores, strict=True) if f in trained])
+        for family in sorted(set(families)):
+            out[f"{name}_family_{family}"] = _mean(
+                [s for f, s in zip(families, scores, strict=True) if f == family]
+            )
+        return out
+
+    def _sampled_reward(self, prompts: list[list[int]]) -> list[float]:
+        """Per held-out prompt, the mean reward of ``rl.eval_samples`` completions sampled as in
+        training: the expected reward GRPO maximises, on prompts it never trained on. The seeds depend
         only on the prompt's index, so before and after draw from the same random streams."""
         rc = self.config.rl
-        if rc.eval_samples == 0:
-            return {}
         k = rc.eval_samples
         params = [_params(rc, 2_000_003 + i * k + j) for i in range(len(prompts)) for j in range(k)]
         outs = generate(self, [p for p in prompts for _ in range(k)], params, max_batch=rc.engine_batch)
-        by_family: dict[str, list[float]] = {}
-        for n, out in enumerate(outs):
-            task = self.heldout[n // k]
-            score = reward_for(task.dataset)(out.text, task.ground_truth)
-            by_family.setdefault(_family(task), []).append(score)
-        scores = [s for v in by_family.values() for s in v]
-        return {
-            "reward_sampled": sum(scores) / len(scores),
-            **{f"reward_sampled_family_{f}": sum(v) / len(v) for f, v in sorted(by_family.items())},
-        }
+        scores = [reward_for(self.heldout[n // k].dataset)(o.text, self.heldout[n // k].ground_truth)
+                  for n, o in enumerate(outs)]  # fmt: skip
+        return [_mean(scores[i * k : (i + 1) * k]) for i in range(len(prompts))]
+
+    def compare(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """Paired changes over the same held-out prompts: for each per-prompt figure the mean change
+        and its standard error (the spread of per-prompt differences / √n), overall and over the
+        trained families; for greedy pass@1 also how many prompts were gained and lost."""
+        b, a = before.get("per_prompt", {}), after.get("per_prompt", {})
+        families = [_family(t) for t in self.heldout]
+        trained = self.config.rl.train_families
+        out: dict[str, Any] = {}
+        for name in ("pass_at_1", "reward_sampled"):
+            if name not in b or name not in a or not len(b[name]) == len(a[name]) == len(families):
+                continue
+            diffs = [y - x for x, y in zip(b[name], a[name], strict=True)]
+            out.update(paired_change(f"{name}_change", diffs))
+            if trained:
+                in_trained = [d for d, f in zip(diffs, families, strict=True) if f in trained]
+                out.update(paired_change(f"{name}_trained_change", in_trained))
+            if name == "pass_at_1":
+                out["pass_at_1_gained"] = sum(d > 0 for d in diffs)
+                out["pass_at_1_lost"] = sum(d < 0 for d in diffs)
+        return out
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 def _family(task: RLTask) -> str:

@@ -471,7 +471,7 @@ def linear_lm_loss(
     reporting). ``chunk_tokens``: tokens per head matmul (their fp32 logits are chunk × vocab × 4
     bytes). ``compute_dtype``: dtype of the head's matmuls (bf16 to match autocast; default: the
     hidden states' dtype); the softmax and the sums are fp32 either way. ``matmul_t(a, b)`` computes
-    ``a @ b.T`` for the three head matmuls (the trainer passes oneDNN's on CPU: train/onednn.py).
+    ``a @ b.T`` for the three head matmuls (the trainer passes oneDNN's on CPU: model/onednn.py).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"linear_lm_loss: reduction must be 'mean' or 'sum', got {reduction!r}")

@@ -138,7 +138,7 @@ class TrainerConfig:
     # (benchmarks/RESULTS.md, train_cpu); 256 tokens × an 8k vocabulary is 8 MB of fp32 logits a chunk.
     loss_chunk_tokens: int = 256
     # CPU, fp32: every linear layer's matmuls (and the chunked head's) through oneDNN instead of
-    # aten::mm's MKL sgemm, ~2x faster per core on the AMD dev box (train/onednn.py). Ignored on GPU,
+    # aten::mm's MKL sgemm, ~2x faster per core on the AMD dev box (model/onednn.py). Ignored on GPU,
     # under bf16, with FSDP2 and with compile.
     onednn_linear: bool = True
     tensorboard: bool = False  # also write RUN/tensorboard/ (needs the `tensorboard` package)

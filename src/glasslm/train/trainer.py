@@ -28,9 +28,10 @@ from glasslm import artifacts
 from glasslm.config import ConfigError, from_dict, to_dict
 from glasslm.data.loader import TokenLoader
 from glasslm.model import checkpoint as model_ckpt
+from glasslm.model import onednn
 from glasslm.model.olmo2 import ModelConfig, OLMo2, flops_per_token, linear_lm_loss, lm_loss
 from glasslm.train import checkpoint as ckpt
-from glasslm.train import distributed, onednn
+from glasslm.train import distributed
 from glasslm.train.config import RESUMABLE_CHANGES, TrainConfig, config_differences
 from glasslm.train.metrics import (
     HeldoutEval,
@@ -97,7 +98,7 @@ def head_objective(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The pretraining objective from the final hidden states (``Trainer._loss``'s, through the
     chunked LM head): summed cross-entropy + z-loss, and the named sums the step reports. The head's
-    matmuls go through oneDNN with ``use_onednn`` (as the linear layers, where usable: train/onednn.py)."""
+    matmuls go through oneDNN with ``use_onednn`` (as the linear layers, where usable: model/onednn.py)."""
     fast = use_onednn and compute_dtype in (None, torch.float32) and onednn.usable(hidden, head_weight)
     objective, ce, z = linear_lm_loss(
         hidden, head_weight, labels, z_loss=z_loss, reduction="sum",
