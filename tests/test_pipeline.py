@@ -53,6 +53,14 @@ def test_rerun_skips_and_a_config_change_reruns_only_what_depends_on_it(
     assert (out / "tokens" / "manifest.json").read_bytes() == manifest
     steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 4
+    # The report reads the whole run: a change to the last adaptation stage alone makes it stale too.
+    assert main(["pipeline", "--config", str(config), "--out", str(out), "--train.trainer.max_steps=4",
+                 "--sft.trainer.max_steps=2", "--dpo.trainer.max_steps=1"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("train", "eval", "sft", "trace"):
+        assert f"[pipeline] {stage:<10} up to date" in printed
+    for stage in ("dpo", "hf", "report"):
+        assert f"[pipeline] {stage:<10} done" in printed
 
 
 def test_stage_config_typos_fail_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -114,6 +114,7 @@ STAGES: list[Stage] = [
     Stage("hf", "hf", ["adapt/dpo"], lambda r, c, s: ["convert", "to-hf", _rel(r, "adapt/dpo"), "--out", _rel(r, "hf")]),
     Stage("trace", "trace_index", ["tokens", "train"],
           lambda r, c, s: ["trace", "index", str(r), "--out", _rel(r, "trace_index")]),
+    # Its real inputs are every artifact of the run (see _report_stage); this is the minimum.
     Stage("report", "report", ["train"], lambda r, c, s: ["report", str(r)]),
 ]
 DEFAULT_STAGES = [s.name for s in STAGES if s.name != "rl"]
@@ -128,6 +129,13 @@ def _final_model(names: list[str]) -> str:
 def _export_stage(names: list[str]) -> Stage:
     model = _final_model(names)
     return Stage("hf", "hf", [model], lambda r, c, s: ["convert", "to-hf", _rel(r, model), "--out", _rel(r, "hf")])
+
+
+def _report_stage(names: list[str], known: dict[str, Stage]) -> Stage:
+    """The report reads the whole run (funnel, curves, evals, adaptation, trace samples), so any stage
+    that ran before it makes it stale, not only training."""
+    inputs = [known[n].out for n in names if n != "report" and n in known]
+    return Stage("report", "report", inputs, lambda r, c, s: ["report", str(r)])
 
 
 # The typed config each stage's verb reads from its section (module, class, wrap): checked before
@@ -198,6 +206,7 @@ def run_pipeline(config: PipelineConfig, run: Path, force: list[str] | None = No
     for name in names:
         if name not in known:
             raise ConfigError(f"config key 'stages': unknown stage '{name}' (stages: {', '.join(known)})")
+    known["report"] = _report_stage(names, known)
     check_sections(config)
     run.mkdir(parents=True, exist_ok=True)
     (run / ".pipeline").mkdir(exist_ok=True)
