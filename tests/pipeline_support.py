@@ -30,6 +30,10 @@ sft:
 dpo:
   data: {eval_limit: 4, loader: {seq_len: 64, global_batch_size: 2}}
   trainer: {max_steps: 2, checkpoint_every: 2, skip_step: {enabled: false}}
+rl:
+  data: {eval_limit: 4, loader: {seq_len: 64, global_batch_size: 4}}
+  rl: {group_size: 2, max_new_tokens: 4, eval_max_new_tokens: 4, eval_samples: 1}
+  trainer: {max_steps: 1, checkpoint_every: 1, skip_step: {enabled: false}}
 """
 
 

@@ -24,8 +24,10 @@ def _stage_seconds(out: Path) -> dict[str, float]:
 def test_every_stage_writes_an_artifact(run: tuple[Path, Path]) -> None:
     _, out = run
     for rel in ["corpus", "attributes/tags", "attributes/dedupe", "attributes/decon", "mix", "tokenizer", "tokens",
-                "train", "eval", "adapt/data", "adapt/sft", "adapt/dpo", "hf", "trace_index", "report"]:
+                "train", "eval", "adapt/data", "adapt/sft", "adapt/dpo", "adapt/rl", "hf", "trace_index", "report"]:
         assert (out / rel / "manifest.json").is_file(), rel
+    # the exported model is the most adapted one: RL's
+    assert json.loads((out / "hf" / "manifest.json").read_text())["inputs"][0]["path"].startswith(str((out / "adapt/rl").resolve()))
     state = json.loads((out / "pipeline.json").read_text())
     assert all(v["status"] == "done" for v in state.values())
     assert (out / "report" / "index.html").is_file()
@@ -48,7 +50,7 @@ def test_rerun_skips_and_a_config_change_reruns_only_what_depends_on_it(
     printed = capsys.readouterr().out
     for stage in ("corpus", "tag", "mix", "tokenizer", "tokenize", "adapt_data"):
         assert f"[pipeline] {stage:<10} up to date" in printed
-    for stage in ("train", "eval", "sft", "dpo", "hf", "report"):
+    for stage in ("train", "eval", "sft", "dpo", "rl", "hf", "report"):
         assert f"[pipeline] {stage:<10} done" in printed
     assert (out / "tokens" / "manifest.json").read_bytes() == manifest
     steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
@@ -59,7 +61,7 @@ def test_rerun_skips_and_a_config_change_reruns_only_what_depends_on_it(
     printed = capsys.readouterr().out
     for stage in ("train", "eval", "sft", "trace"):
         assert f"[pipeline] {stage:<10} up to date" in printed
-    for stage in ("dpo", "hf", "report"):
+    for stage in ("dpo", "rl", "hf", "report"):
         assert f"[pipeline] {stage:<10} done" in printed
 
 
