@@ -17,10 +17,11 @@ completions weigh the same per token. β_KL = 0 drops the reference model entire
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+from glasslm.eval.stats import mean_stderr
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
@@ -47,12 +48,10 @@ def signal_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
 def paired_change(name: str, diffs: list[float]) -> dict[str, float]:
     """Per-item after − before differences on the same items -> their mean (``name``) and its
     standard error (``name_se``: sample standard deviation / √n); {} for no items."""
-    n = len(diffs)
-    if n == 0:
+    if not diffs:
         return {}
-    mean = sum(diffs) / n
-    var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
-    return {name: mean, f"{name}_se": math.sqrt(var / n)}
+    mean, se = mean_stderr(diffs)
+    return {name: mean, f"{name}_se": se}
 
 
 @dataclass

@@ -26,6 +26,7 @@ from glasslm.artifacts import ArtifactError, create_artifact, input_ref, sha256_
 from glasslm.config import ConfigError
 from glasslm.eval import perplexity as ppl
 from glasslm.eval.scoring import Scored, Scorer, bits_per_byte, encode_pairs
+from glasslm.eval.stats import mean_stderr
 from glasslm.eval.tasks import Instance, TaskError, build_instances, expand, get_task
 from glasslm.eval.tasks.base import NORMALISATIONS
 from glasslm.model.olmo2 import OLMo2
@@ -111,16 +112,6 @@ def example_record(inst: Instance, scored: list[Scored], uncond: list[Scored] | 
     }
 
 
-def _mean_stderr(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = float(np.mean(values))
-    # Sample standard deviation over sqrt(n), as lm-evaluation-harness reports it.
-    err = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    return mean, err
-
-
 def task_metrics(task: str, records: list[dict[str, Any]], config: EvalConfig, seconds: float) -> dict[str, Any]:
     spec = get_task(task)
     primary = "none" if config.format == "mc" else spec.primary
@@ -129,8 +120,8 @@ def task_metrics(task: str, records: list[dict[str, Any]], config: EvalConfig, s
     acc_by_norm = {}
     for norm in NORMALISATIONS:
         if all(norm in r["scores"] for r in records) and records:
-            acc_by_norm[norm] = _mean_stderr([float(r["predictions"][norm] == r["gold"]) for r in records])[0]
-    acc, stderr = _mean_stderr([float(r["predictions"][primary] == r["gold"]) for r in records])
+            acc_by_norm[norm] = mean_stderr([float(r["predictions"][norm] == r["gold"]) for r in records])[0]
+    acc, stderr = mean_stderr([float(r["predictions"][primary] == r["gold"]) for r in records])
     return {
         "task": task,
         "format": config.format,
