@@ -125,6 +125,7 @@ class RLTrainer(AdaptTrainer):
             )
         held = load_rl(self.heldout_path, self.quarantine) if self.heldout_path else []
         self.heldout = held[: config.data.eval_limit]
+        self.heldout_families = [_family(t) for t in self.heldout]  # builder family of each held-out prompt
         self.reference: torch.nn.Module | None = None
         self.rollout_stats: dict[str, float] = {}
         self._rollout_batch: tuple[int, dict[str, Any]] | None = None
@@ -273,10 +274,8 @@ class RLTrainer(AdaptTrainer):
         greedy = [
             reward_for(t.dataset)(o.text, t.ground_truth) for t, o in zip(self.heldout, outs, strict=True)
         ]
-        result: dict[str, Any] = {"heldout_prompts": len(greedy), **self._breakdown("pass_at_1", greedy)}
-        for kind in sorted({t.dataset for t in self.heldout}):
-            scores = [s for t, s in zip(self.heldout, greedy, strict=True) if t.dataset == kind]
-            result[f"pass_at_1_{kind}"] = _mean(scores)
+        result: dict[str, Any] = {"heldout_prompts": len(greedy), **self._breakdown("pass_at_1", greedy),
+                                  **_means_by("pass_at_1_", [t.dataset for t in self.heldout], greedy)}
         per_prompt = {"pass_at_1": greedy}
         if rc.eval_samples:
             sampled = self._sampled_reward(prompts)
@@ -286,16 +285,12 @@ class RLTrainer(AdaptTrainer):
 
     def _breakdown(self, name: str, scores: list[float]) -> dict[str, float]:
         """``name`` overall, per family and over the trained families, from per-prompt scores."""
-        families = [_family(t) for t in self.heldout]
+        families = self.heldout_families
         out = {name: _mean(scores)}
         trained = self.config.rl.train_families
         if trained:
             out[f"{name}_trained"] = _mean([s for f, s in zip(families, scores, strict=True) if f in trained])
-        for family in sorted(set(families)):
-            out[f"{name}_family_{family}"] = _mean(
-                [s for f, s in zip(families, scores, strict=True) if f == family]
-            )
-        return out
+        return {**out, **_means_by(f"{name}_family_", families, scores)}
 
     def _sampled_reward(self, prompts: list[list[int]]) -> list[float]:
         """Per held-out prompt, the mean reward of ``rl.eval_samples`` completions sampled as in
@@ -314,7 +309,7 @@ class RLTrainer(AdaptTrainer):
         and its standard error (the spread of per-prompt differences / √n), overall and over the
         trained families; for greedy pass@1 also how many prompts were gained and lost."""
         b, a = before.get("per_prompt", {}), after.get("per_prompt", {})
-        families = [_family(t) for t in self.heldout]
+        families = self.heldout_families
         trained = self.config.rl.train_families
         out: dict[str, Any] = {}
         for name in ("pass_at_1", "reward_sampled"):
@@ -333,6 +328,11 @@ class RLTrainer(AdaptTrainer):
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def _means_by(prefix: str, keys: list[str], scores: list[float]) -> dict[str, float]:
+    """``prefix + key`` -> the mean of the scores with that key, for every key (sorted)."""
+    return {f"{prefix}{k}": _mean([s for kk, s in zip(keys, scores, strict=True) if kk == k]) for k in sorted(set(keys))}
 
 
 def _family(task: RLTask) -> str:
