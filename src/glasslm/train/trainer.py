@@ -488,8 +488,8 @@ class Trainer:
         world, tc = self.world, self.config.trainer
         self._prepare_run_dir()
         log = MetricsLog(self.out / METRICS) if world.is_main else None
-        board = self._tensorboard()
-        wandb_log = self._wandb()
+        # Optional metric sinks beside metrics.jsonl (rank 0 only), each with write(row) and close().
+        sinks = [s for s in (self._tensorboard(), self._wandb()) if s is not None]
         power = PowerMeter(world.device) if world.is_main else None
         peak = device_peak_flops(world.device)
         flops_tok = flops_per_token(self.model_config, self.config.data.loader.seq_len)
@@ -536,10 +536,8 @@ class Trainer:
                             **evals,
                         }
                         log.write(row)
-                        if board is not None:
-                            board.write(row)
-                        if wandb_log is not None:
-                            wandb_log.write(row)
+                        for sink in sinks:
+                            sink.write(row)
                         eta = (self.total_steps - self.step) * self.tokens_per_step / max(tps, 1e-9)
                         _log(
                             world,
@@ -555,10 +553,8 @@ class Trainer:
         finally:
             if log is not None:
                 log.close()
-            if board is not None:
-                board.close()
-            if wandb_log is not None:
-                wandb_log.close()
+            for sink in sinks:
+                sink.close()
         result = RunResult(
             self.out,
             self.step,
