@@ -26,7 +26,7 @@ class ModelSpec:
     """
 
     preset: str = "tiny"
-    init_from: str | None = None  # checkpoint, training run, run directory or HF Olmo2 folder
+    init_from: str | None = None  # checkpoint, training run, run directory or HF Olmo2/Llama folder
     load_optimizer: bool = False  # with init_from: also restore its AdamW moments (continued pretraining)
     architecture: str | None = None  # "olmo2" (the presets) or "llama" (model.olmo2.ARCHITECTURES)
     vocab_size: int | None = None
