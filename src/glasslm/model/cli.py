@@ -21,6 +21,7 @@ from glasslm.clitools import (
 )
 from glasslm.config import ConfigError
 from glasslm.model import checkpoint, hf
+from glasslm.model.memory import MemoryPlan, estimate_memory
 from glasslm.model.olmo2 import ModelConfig, OLMo2, describe
 from glasslm.model.presets import PRESETS, preset
 
@@ -46,6 +47,12 @@ def register(sub: Any) -> None:
     p.add_argument("model", nargs="?", type=Path, help="checkpoint, training run, or HF folder")
     p.add_argument("--preset", default=None, help=f"instead of a model, one of: {', '.join(PRESETS)}")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length for the attention FLOPs term")
+    p.add_argument("--memory", action="store_true", help="also estimate training memory per GPU (docs/training.md)")
+    p.add_argument("--micro-batch", type=int, default=4, help="with --memory: sequences per forward pass")
+    p.add_argument("--world-size", type=int, default=1, help="with --memory: ranks (sharding under --fsdp)")
+    p.add_argument("--fsdp", action="store_true", help="with --memory: FSDP2 (parameters, gradients, optimizer sharded)")
+    p.add_argument("--activation-checkpointing", action="store_true", help="with --memory: recompute blocks")
+    p.add_argument("--fp32", action="store_true", help="with --memory: fp32 training instead of bf16 autocast")
     add_json_flag(p)
 
     verbs = stage_verbs(sub, "convert", "convert checkpoints to and from Hugging Face Olmo2ForCausalLM")
@@ -107,11 +114,28 @@ def _info(args: argparse.Namespace) -> int:
         source = str(directory)
     else:
         raise ConfigError("give a MODEL path or --preset NAME")
-    data = {"source": source, "config": config.__dict__, **describe(config, args.seq_len)}
+    data: dict[str, Any] = {"source": source, "config": config.__dict__, **describe(config, args.seq_len)}
+    if args.memory:
+        plan = MemoryPlan(
+            micro_batch=args.micro_batch, seq_len=args.seq_len or config.max_seq_len, world_size=args.world_size,
+            fsdp=args.fsdp, activation_checkpointing=args.activation_checkpointing, bf16=not args.fp32,
+        )
+        data["memory_plan"] = {**plan.__dict__, "chunked_head": plan.uses_chunked_head}
+        data["memory_bytes"] = estimate_memory(config, plan)
 
     def render(d: dict[str, Any]) -> str:
-        rows = [{"quantity": k, "value": v} for k, v in d.items() if k not in ("config", "source")]
-        return f"{d['source']}\n" + format_table(rows)
+        skip = ("config", "source", "memory_plan", "memory_bytes")
+        rows = [{"quantity": k, "value": v} for k, v in d.items() if k not in skip]
+        text = f"{d['source']}\n" + format_table(rows)
+        if "memory_bytes" in d:
+            p = d["memory_plan"]
+            text += (
+                f"\n\nmemory per GPU (estimate; docs/training.md): micro-batch {p['micro_batch']}, seq {p['seq_len']}, "
+                f"world {p['world_size']}, fsdp {p['fsdp']}, activation checkpointing "
+                f"{p['activation_checkpointing']}, {'bf16 autocast' if p['bf16'] else 'fp32'}\n"
+            )
+            text += format_table([{"part": k, "GiB": f"{v / 2**30:.2f}"} for k, v in d["memory_bytes"].items()])
+        return text
 
     emit(args, data, render)
     return 0
