@@ -90,7 +90,7 @@ def test_dedupe_resumes_from_finished_shards(tmp_path: Path) -> None:
     scratch = work_dir(tmp_path / "dd", "fp")
     dedupe.run(docs, tmp_path, job, scratch=scratch)
     cached = sorted(p.name for p in scratch.iterdir())
-    assert cached == ["hash-a.jsonl.gz.pkl", "hash-b.jsonl.gz.pkl"]
+    assert cached == ["hash-a.jsonl.gz.state.npz", "hash-b.jsonl.gz.state.npz"]
     # Corrupting the input does not matter on resume: the finished shards are not re-read.
     (docs / "documents" / "a.jsonl.gz").write_bytes(b"garbage")
     metrics = dedupe.run(docs, tmp_path, job, scratch=scratch)

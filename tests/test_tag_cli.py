@@ -65,7 +65,9 @@ def test_tag_writes_dolma_layout_quarantine_and_manifest(docs, tmp_path, capsys)
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "attributes"
-    assert manifest["inputs"] == [{"path": str(docs.resolve()), "kind": "documents", "sha256": manifest_hash(docs)}]
+    [ref] = manifest["inputs"]
+    assert (ref["kind"], ref["sha256"]) == ("documents", manifest_hash(docs))
+    assert (out / ref["path"]).resolve() == docs.resolve()  # absolute, or relative to the artifact
     assert [t["name"] for t in manifest["config"]["taggers"]] == ["char_length", "pii"]
     assert manifest["config"]["tag"]["experiment"] == "t1"
     assert manifest["metrics"]["docs_per_source"] == {"docs": 2, "web": 2}
@@ -100,7 +102,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_shards(docs, tmp_pa
     with pytest.raises(RuntimeError, match="boom"):
         main(args)
     assert not out.exists()  # nothing published under the final name
-    assert len(list(tmp_path.glob(".resumed.work-*/done/*.pkl"))) == 1  # shard a finished
+    assert len(list(tmp_path.glob(".resumed.work-*/done/*.state.npz"))) == 1  # shard a finished
 
     Boom.armed, Boom.calls[:] = False, []
     capsys.readouterr()

@@ -109,7 +109,7 @@ def _tokenize(args: argparse.Namespace) -> int:
     if m["dropped_heldout_overlap"]:
         print(f"dropped {m['dropped_heldout_overlap']} training documents equal to held-out ones")
     if m["quarantined"]:
-        print(f"quarantined lines: {m['quarantined']} (see {args.out}/quarantine.jsonl)")
+        print(f"quarantined lines: {m['quarantined']} {m['quarantined_by_reason']} (see {args.out}/quarantine.jsonl)")
     return 0
 
 

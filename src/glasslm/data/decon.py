@@ -29,6 +29,7 @@ import numpy as np
 
 from glasslm.config import ConfigError
 from glasslm.data.documents import (
+    QUARANTINE_FILE,
     Quarantine,
     attributes_path,
     iter_documents,
@@ -36,7 +37,7 @@ from glasslm.data.documents import (
     shard_names,
     write_jsonl,
 )
-from glasslm.data.executors import executor_name, map_shards, resumable
+from glasslm.data.executors import STATE_SUFFIX, executor_name, map_shards, resumable
 from glasslm.data.minhash import ngrams, words
 
 
@@ -246,13 +247,14 @@ def build_index(task_files: Sequence[Path], config: DeconConfig) -> tuple[dict[s
 def decon_shard(task: DeconTask) -> dict[str, Any]:
     if task.scratch is None:
         return _decon_shard(task)
-    return resumable(task.scratch / f"decon-{task.name.replace('/', '__')}.pkl", lambda: _decon_shard(task))
+    return resumable(task.scratch / f"decon-{task.name.replace('/', '__')}{STATE_SUFFIX}", lambda: _decon_shard(task))
 
 
 def _decon_shard(task: DeconTask) -> dict[str, Any]:
-    loaded = np.load(task.index_file)
-    index = {name: loaded[name] for name in task.tasks}
-    docs = [(line, doc) for line, doc in iter_documents(task.path, Quarantine(), seen_ids=set())]
+    with np.load(task.index_file, allow_pickle=False) as loaded:
+        index = {name: loaded[name] for name in task.tasks}
+    quarantine = Quarantine()
+    docs = list(iter_documents(task.path, quarantine, seen_ids=set()))
     records = []
     contaminated: dict[str, int] = dict.fromkeys(task.tasks, 0)
     any_contaminated = 0
@@ -279,7 +281,8 @@ def _decon_shard(task: DeconTask) -> dict[str, Any]:
             attrs[f"{exp}__decon__contaminated"] = [[0, length, worst]] if hit else []
             records.append({"id": doc["id"], "attributes": attrs})
     write_jsonl(attributes_path(task.out, task.name), records)
-    return {"documents": len(records), "bytes": nbytes, "contaminated": any_contaminated, "per_task": contaminated}
+    return {"documents": len(records), "bytes": nbytes, "contaminated": any_contaminated, "per_task": contaminated,
+            "quarantine": quarantine.records}
 
 
 def run(documents: Path, task_files: Sequence[Path], root: Path, job: DeconJob, scratch: Path | None = None
@@ -300,10 +303,14 @@ def run(documents: Path, task_files: Sequence[Path], root: Path, job: DeconJob, 
     elapsed = time.perf_counter() - started
     per_task = {name: sum(r["per_task"][name] for r in results) for name in index}
     total_bytes = sum(r["bytes"] for r in results)
+    quarantine = Quarantine.of(q for r in results for q in r["quarantine"])
+    quarantine.write(root / QUARANTINE_FILE)
     return {
         "documents": sum(r["documents"] for r in results),
         "bytes": total_bytes,
         "contaminated_documents": sum(r["contaminated"] for r in results),
+        "quarantined_lines": quarantine.total,
+        "quarantined_by_reason": dict(sorted(quarantine.counts.items())),
         "tasks": {name: {**info[name], "contaminated_documents": per_task[name]} for name in index},
         "seconds_total": round(elapsed, 3),
         "mb_per_s": round(total_bytes / 1e6 / elapsed, 3) if elapsed > 0 else None,

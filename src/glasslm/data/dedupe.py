@@ -33,8 +33,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from glasslm.data.documents import Quarantine, attributes_path, iter_documents, shard_names, write_jsonl
-from glasslm.data.executors import executor_name, map_shards, resumable
+from glasslm.data.documents import (
+    QUARANTINE_FILE,
+    Quarantine,
+    attributes_path,
+    iter_documents,
+    shard_names,
+    write_jsonl,
+)
+from glasslm.data.executors import STATE_SUFFIX, executor_name, map_shards, resumable
 from glasslm.data.minhash import MinHasher, lsh_clusters
 
 DUPLICATES_FILE = "duplicates.parquet"
@@ -91,7 +98,7 @@ def hash_shard(task: ShardTask) -> dict[str, Any]:
     """Per-shard hashes: whole texts, paragraphs, MinHash band keys (resumable via ``scratch``)."""
     if task.scratch is None:
         return _hash_shard(task)
-    return resumable(task.scratch / f"hash-{_safe(task.name)}.pkl", lambda: _hash_shard(task))
+    return resumable(task.scratch / f"hash-{_safe(task.name)}{STATE_SUFFIX}", lambda: _hash_shard(task))
 
 
 def _safe(name: str) -> str:
@@ -151,7 +158,7 @@ def _hash_shard(task: ShardTask) -> dict[str, Any]:
         "para_start": np.asarray(para_start, dtype=np.int64),
         "para_end": np.asarray(para_end, dtype=np.int64),
         "keys": np.concatenate(keys) if keys else np.zeros((0, cfg.bands), dtype=np.uint64),
-        "quarantined": quarantine.total,
+        "quarantine": quarantine.records,
     }
 
 
@@ -282,11 +289,14 @@ def run(documents: Path, root: Path, job: DedupeJob, scratch: Path | None = None
     counts = write_outputs(root, parts, result, job)
     elapsed = time.perf_counter() - started
     total_bytes = int(sum(int(p["bytes"].sum()) for p in parts))
+    quarantine = Quarantine.of(r for p in parts for r in p["quarantine"])
+    quarantine.write(root / QUARANTINE_FILE)
     return {
         "shards": len(parts),
         "documents": int(sum(len(p["ids"]) for p in parts)),
         "bytes": total_bytes,
-        "quarantined_lines": int(sum(p["quarantined"] for p in parts)),
+        "quarantined_lines": quarantine.total,
+        "quarantined_by_reason": dict(sorted(quarantine.counts.items())),
         "exact_duplicate_docs": counts["exact_doc"],
         "exact_duplicate_bytes": counts["exact_doc_bytes"],
         "near_duplicate_docs": counts["near_doc"],

@@ -5,9 +5,11 @@ A document is one JSON object per line: ``id`` and ``text`` (required, strings),
 or ``*.jsonl.zst``.
 
 Bad input never stops a run and is never dropped silently: every line that cannot be used
-(malformed JSON, invalid UTF-8, missing or empty text, a field of the wrong type, a duplicate id,
-the tail of a truncated gzip) goes to a quarantine file with its file, line number and reason,
-and the reasons are counted.
+(malformed JSON, invalid UTF-8, a lone surrogate escape such as ``"\\ud800"`` that no UTF-8 writer can
+encode, JSON nested deeper than ``MAX_DEPTH``, a line that is not an object, missing, null or empty
+text, a field of the wrong type, a duplicate id, the tail of a truncated gzip) goes to a quarantine
+file with its file, line number and reason, and the reasons are counted. Every stage reads its input
+through :func:`iter_documents`, so they all quarantine the same lines for the same reasons.
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ import orjson
 from isal import igzip, isal_zlib
 
 SHARD_SUFFIXES = (".jsonl.gz", ".jsonl.zst", ".jsonl", ".json.gz")
+QUARANTINE_FILE = "quarantine.jsonl"  # every data stage's artifact holds its quarantined lines here
 _STRING_FIELDS = ("id", "text", "source", "added", "created")
+# Deepest JSON nesting a document may have. Dolma documents are a flat object with a small metadata
+# object; the limit leaves every recursive consumer (our writers, json, orjson's 255-level writer,
+# pyarrow) far below Python's recursion limit of 1,000, which a 2,000-deep line used to hit.
+MAX_DEPTH = 100
 
 
 def list_shards(directory: str | Path) -> list[Path]:
@@ -65,8 +72,17 @@ class Quarantine:
             text, encoding = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
-        self.counts[reason.split(":")[0]] += 1
+        self.counts[category(reason)] += 1
         self.records.append({"file": str(file), "line": line, "reason": reason, "raw": text, "encoding": encoding})
+
+    @classmethod
+    def of(cls, records: Iterable[dict[str, Any]]) -> Quarantine:
+        """The quarantine of records written by :meth:`add` (e.g. gathered from shard workers)."""
+        q = cls()
+        for record in records:
+            q.counts[category(record["reason"])] += 1
+            q.records.append(record)
+        return q
 
     @property
     def total(self) -> int:
@@ -83,6 +99,11 @@ class Quarantine:
         self.records.extend(other.records)
 
 
+def category(reason: str) -> str:
+    """What a quarantine reason is counted as in manifests: its text before the first ':'."""
+    return reason.split(":")[0]
+
+
 def validate(obj: Any) -> str | None:
     """Why a parsed line is not a usable document, or None if it is."""
     if not isinstance(obj, dict):
@@ -90,6 +111,8 @@ def validate(obj: Any) -> str | None:
     for key in ("id", "text"):
         if key not in obj:
             return f"missing field: '{key}'"
+        if obj[key] is None:
+            return f"null field: '{key}'"
     for key in _STRING_FIELDS:
         if key in obj and obj[key] is not None and not isinstance(obj[key], str):
             return f"non-string field: '{key}' is {type(obj[key]).__name__}"
@@ -144,19 +167,9 @@ def iter_documents(
         if not raw.strip():
             q.add(path, number, "empty line", raw)
             continue
-        obj = loads_fast(raw)
-        if obj is _NOT_FAST:  # anything unusual takes the stdlib path, which words the quarantine reasons
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                q.add(path, number, f"invalid UTF-8: {e}", raw)
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                q.add(path, number, f"malformed JSON: {e}", raw)
-                continue
-        reason = validate(obj)
+        obj, reason = parse_line(raw)
+        if reason is None:
+            reason = validate(obj)
         if reason is None and seen_ids is not None:
             if obj["id"] in seen_ids:
                 reason = f"duplicate id: {obj['id']}"
@@ -166,6 +179,62 @@ def iter_documents(
             q.add(path, number, reason, raw)
             continue
         yield number, obj
+
+
+def parse_line(raw: bytes) -> tuple[Any, str | None]:
+    """(the JSON value of one input line, None), or (None, why it has none); never raises.
+
+    The value is safe for every later step: valid UTF-8 inside (no lone surrogates) and at most
+    ``MAX_DEPTH`` levels deep.
+    """
+    obj = loads_fast(raw)
+    if obj is _NOT_FAST:  # anything unusual takes the stdlib path, which words the quarantine reasons
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, f"invalid UTF-8: {e}"
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            return None, f"malformed JSON: {e}"
+        except RecursionError:
+            return None, _TOO_DEEP
+        # orjson refuses lone surrogate escapes, so only this path can produce them; a pair is fine.
+        if _SURROGATE_ESCAPE.search(raw):
+            try:
+                dumps(obj).encode("utf-8")
+            except UnicodeEncodeError as e:
+                return None, f"lone surrogate: {e.object[e.start:e.end]!a} cannot be written as UTF-8"
+            except RecursionError:
+                return None, _TOO_DEEP
+    # Deeper than MAX_DEPTH needs more than MAX_DEPTH opening brackets: the byte count (C speed)
+    # spares the walk for almost every line.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+        return None, _TOO_DEEP
+    return obj, None
+
+
+_TOO_DEEP = f"nested too deeply: JSON deeper than {MAX_DEPTH} levels"
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Iterable[Any] = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:  # enough to refuse it; the rest need not be walked
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def dumps(obj: Any) -> str:
@@ -209,10 +278,10 @@ def loads_fast(raw: bytes) -> Any:
     orjson rejects invalid UTF-8 (surrogates included), so a line it accepts also decodes."""
     try:
         obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        # Only a float can be a mis-parsed big integer; the digit search is slow, so it runs only then.
+        return obj if _orjson_exact(obj) or not _LONG_DIGITS.search(raw) else _NOT_FAST
+    except (orjson.JSONDecodeError, RecursionError):  # orjson nests 1,024 deep, _orjson_exact recurses
         return _NOT_FAST
-    # Only a float can be a mis-parsed big integer; the digit search is slow, so it runs only then.
-    return obj if _orjson_exact(obj) or not _LONG_DIGITS.search(raw) else _NOT_FAST
 
 
 def dumps_bytes(obj: Any) -> bytes:
@@ -276,13 +345,18 @@ def write_jsonl(
     return n
 
 
+def loads(raw: bytes) -> Any:
+    """``json.loads(raw)``, through orjson where it gives the same value (see ``loads_fast``)."""
+    obj = loads_fast(raw)
+    return json.loads(raw) if obj is _NOT_FAST else obj
+
+
 def read_jsonl(path: str | Path) -> Iterator[Any]:
     """Plain JSONL reading for files we wrote ourselves (attributes, indexes): errors are bugs."""
     with open_binary(Path(path)) as f:
         for line in f:
             if line.strip():
-                obj = loads_fast(line)
-                yield json.loads(line) if obj is _NOT_FAST else obj
+                yield loads(line)
 
 
 def json_objects(path: str | Path, error: type[Exception]) -> Iterator[tuple[int, dict[str, Any]]]:

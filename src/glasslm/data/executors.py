@@ -11,13 +11,17 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import pickle
-from collections.abc import Callable, Iterator, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
+import numpy as np
 from tqdm import tqdm
+
+from glasslm.artifacts import code_version
+from glasslm.data.documents import dumps_bytes, loads
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -100,8 +104,8 @@ def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], workers: int, bar: tqdm) 
 def work_dir(out: str | os.PathLike[str], fingerprint: str) -> Path:
     """A scratch directory beside ``out`` for per-shard results, named by the job's fingerprint.
 
-    A rerun of the same job (same config, same inputs) finds the shards an interrupted run finished
-    and skips them; the stage deletes the directory once its artifact is published.
+    A rerun of the same job (same config, same inputs, same code) finds the shards an interrupted
+    run finished and skips them; the stage deletes the directory once its artifact is published.
     """
     out = Path(out)
     path = out.parent / f".{out.name}.work-{fingerprint[:16]}"
@@ -109,23 +113,94 @@ def work_dir(out: str | os.PathLike[str], fingerprint: str) -> Path:
     return path
 
 
-def resumable(path: str | os.PathLike[str], compute: Callable[[], R]) -> R:
-    """The result pickled at ``path`` by an earlier run, or ``compute()`` saved there atomically."""
+# --- resumable scratch state: data only ----------------------------------------------------------
+#
+# The work directory sits beside the output, where anyone who can write there can plant files, and
+# a rerun reads what it finds. So scratch state is never pickled (unpickling runs code): it is one
+# ``.npz`` file per result, read with ``allow_pickle=False``, holding numeric or fixed-width string
+# arrays plus one JSON document (the ``_JSON_KEY`` member). A file that is not such state (damaged,
+# planted, an older format) is ignored and the result computed again.
+
+State = dict[str, Any]
+STATE_SUFFIX = ".state.npz"
+_JSON_KEY = "__json__"
+_SAFE_KINDS = frozenset("biufcSU")  # bool, integers, floats, complex, fixed-width bytes and str: no objects
+
+
+def save_state(path: str | os.PathLike[str], state: State) -> None:
+    """Write ``state`` atomically: its numpy arrays as they are, everything else as one JSON document.
+
+    Values must be arrays of a plain dtype or JSON values (dict with str keys, list, str, int, float,
+    bool, None); tuples come back as lists.
+    """
     path = Path(path)
-    if path.is_file():
-        with open(path, "rb") as f:
-            return pickle.load(f)  # our own scratch file, written below by this same code
-    result = compute()
+    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    for key, array in arrays.items():
+        if array.dtype.kind not in _SAFE_KINDS or key == _JSON_KEY:
+            raise TypeError(f"scratch state '{key}': {array.dtype} arrays cannot be stored as data")
+    document = dumps_bytes({k: v for k, v in state.items() if k not in arrays})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
-    return result
+    try:
+        with open(tmp, "wb") as f:
+            arrays[_JSON_KEY] = np.frombuffer(document, dtype=np.uint8)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def fingerprint(*parts: object) -> str:
-    """A stable hash of JSON-able job parts (resolved config, input manifest hashes)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+def load_state(path: str | os.PathLike[str]) -> State | None:
+    """The state :func:`save_state` wrote at ``path``, or None when there is none or it is not valid state."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile) or _JSON_KEY not in archive.files:
+                return None
+            state = loads(archive[_JSON_KEY].tobytes())
+            if not isinstance(state, dict):
+                return None
+            for key in archive.files:
+                if key != _JSON_KEY:
+                    state[key] = archive[key]
+            return state
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError):
+        # ValueError covers pickled data refused by allow_pickle=False and malformed JSON
+        return None
+
+
+def load_array(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """A ``.npy`` array saved in a work directory, or None when there is none or it is not plain data."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return array if isinstance(array, np.ndarray) and array.dtype.kind in _SAFE_KINDS else None
+
+
+def resumable(path: str | os.PathLike[str], compute: Callable[[], State]) -> State:
+    """The state an earlier run of the same job saved at ``path``, or ``compute()`` saved there.
+
+    ``path`` should end in ``STATE_SUFFIX``. Callers must accept the state either way: a resumed one
+    has lists where the computed one had tuples.
+    """
+    state = load_state(path)
+    if state is None:
+        state = compute()
+        save_state(path, state)
+    return state
+
+
+def fingerprint(*parts: object, code: Mapping[str, Any] | None = None) -> str:
+    """A stable hash of JSON-able job parts (resolved config, input manifest hashes) and the code.
+
+    ``code`` defaults to :func:`glasslm.artifacts.code_version` (package version, git commit, dirty
+    flag): a rerun after an upgrade or a new commit must not resume the old code's partial results.
+    """
+    code = dict(code) if code is not None else code_version()
+    return hashlib.sha256(json.dumps([parts, code], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def executor_name(name: str) -> ExecutorName:

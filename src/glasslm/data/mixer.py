@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import math
 import operator
 import shutil
@@ -40,14 +39,24 @@ from glasslm.config import ConfigError
 from glasslm.data import decon, ledger
 from glasslm.data.dedupe import DUPLICATES_FILE
 from glasslm.data.documents import (
+    QUARANTINE_FILE,
     Quarantine,
     attributes_path,
+    category,
     iter_documents,
+    parse_line,
     read_jsonl,
     shard_names,
     write_jsonl,
 )
-from glasslm.data.executors import ExecutorName, executor_name, map_shards, resumable
+from glasslm.data.executors import (
+    STATE_SUFFIX,
+    ExecutorName,
+    executor_name,
+    load_array,
+    map_shards,
+    resumable,
+)
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
@@ -310,7 +319,11 @@ def _duplicates(roots: list[Path], shard: str) -> dict[str, str]:
 
 
 def filter_shard(job: ShardJob) -> dict[str, Any]:
-    return resumable(job.scratch / f"filter-{job.index:05d}.pkl", lambda: _filter_shard(job))
+    return resumable(_filter_state(job.scratch, job.index), lambda: _filter_shard(job))
+
+
+def _filter_state(scratch: Path, index: int) -> Path:
+    return scratch / f"filter-{index:05d}{STATE_SUFFIX}"
 
 
 def _filter_shard(job: ShardJob) -> dict[str, Any]:
@@ -373,11 +386,9 @@ def _filter_shard(job: ShardJob) -> dict[str, Any]:
 
 
 def _id_of(raw: bytes) -> str | None:
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
+    """The id of a quarantined line when it has a usable one (parse_line: hostile lines never raise)."""
+    obj, reason = parse_line(raw)
+    return obj.get("id") if reason is None and isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
 
 
 def _raw_bytes(record: dict[str, Any]) -> int:
@@ -394,13 +405,14 @@ def _usable_ids(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
 def filter_write_shard(job: ShardJob) -> dict[str, Any]:
     """Passes 1 and 3 in one process, for recipes without a held-out split (nothing global to wait
     for but the cross-shard id check). The survivors' text never leaves memory: the two-pass path
-    pickles it to the work directory and reads it back, ~10% of the mix's CPU time.
+    saves it to the work directory (as data, executors.save_state) and reads it back, ~10% of the
+    mix's CPU time.
 
     The output assumes no id repeats one of an earlier shard (the driver checks once every shard is
     done); a shard that has such ids is run again with them (``job.duplicate_ids``).
     """
     tag = "-redo" if job.duplicate_ids else ""
-    return resumable(job.scratch / f"filter-write-{job.index:05d}{tag}.pkl", lambda: _filter_write_shard(job))
+    return resumable(job.scratch / f"filter-write-{job.index:05d}{tag}{STATE_SUFFIX}", lambda: _filter_write_shard(job))
 
 
 def _filter_write_shard(job: ShardJob) -> dict[str, Any]:
@@ -431,7 +443,7 @@ def heldout_ngrams(job: WriteJob) -> np.ndarray:
 
 
 def filter_shard_cached(scratch: Path, index: int) -> dict[str, Any]:
-    return resumable(scratch / f"filter-{index:05d}.pkl", _missing_pass1)
+    return resumable(_filter_state(scratch, index), _missing_pass1)
 
 
 def _missing_pass1() -> dict[str, Any]:
@@ -446,7 +458,7 @@ def out_name(shard: str) -> str:
 
 
 def write_shard(job: WriteJob) -> dict[str, Any]:
-    return resumable(job.scratch / f"write-{job.index:05d}.pkl", lambda: _write_shard(job))
+    return resumable(job.scratch / f"write-{job.index:05d}{STATE_SUFFIX}", lambda: _write_shard(job))
 
 
 def _write_shard(job: WriteJob) -> dict[str, Any]:
@@ -465,7 +477,7 @@ def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
                         not in job.duplicate_ids]
     overlap = None
     if job.heldout_index is not None and train_candidates:
-        index = np.load(job.heldout_index)
+        index = np.load(job.heldout_index, allow_pickle=False)
         overlap = decon.overlaps([s["doc"]["text"] for s in train_candidates], index, recipe.heldout_ngram,
                                  want_spans=False)
     position = {id(s): k for k, s in enumerate(train_candidates)}
@@ -569,7 +581,7 @@ def _two_pass(recipe: Recipe, jobs: list[ShardJob], workers: int | None, executo
                            duplicate_ids.get(j.index, set()), None) for j in jobs]
     if recipe.decon_heldout and any(heldout.values()):
         index_file = scratch / "heldout-ngrams.npy"
-        if not index_file.is_file():
+        if load_array(index_file) is None:  # not there yet (or not plain data: made again)
             sets = map_shards(heldout_ngrams, [j for j in write_jobs if j.heldout], workers=workers,
                               executor=executor, desc="mix: held-out n-grams")
             np.save(index_file, np.unique(np.concatenate(sets)) if sets else np.zeros(0, np.uint64))
@@ -611,9 +623,9 @@ def run(recipe: Recipe, documents: Path, attribute_roots: list[Path], root: Path
     table = ledger.concat_parts([scratch / f"ledger-{j.index:05d}.parquet" for j in jobs])
     ledger.write(root / ledger.LEDGER_FILE, table)
     quarantine = [q for r in results for q in r["quarantine"]]
-    write_jsonl(root / "quarantine.jsonl", quarantine)
+    write_jsonl(root / QUARANTINE_FILE, quarantine)
     metrics = ledger.summary(table)
-    metrics["quarantine_reasons"] = dict(Counter(q["reason"].split(":")[0] for q in quarantine))
+    metrics["quarantined_by_reason"] = dict(sorted(Counter(category(q["reason"]) for q in quarantine).items()))
     metrics["seconds_total"] = round(time.perf_counter() - started, 3)
     total = metrics["input"]["bytes"]
     metrics["mb_per_s"] = round(total / 1e6 / metrics["seconds_total"], 3) if metrics["seconds_total"] else None

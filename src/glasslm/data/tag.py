@@ -34,10 +34,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from glasslm import __version__
 from glasslm.artifacts import create_artifact, find_artifact, input_ref, manifest_hash
 from glasslm.config import ConfigError, to_dict
 from glasslm.data.documents import (
+    QUARANTINE_FILE,
     Quarantine,
     attributes_path,
     iter_documents,
@@ -45,10 +45,17 @@ from glasslm.data.documents import (
     shard_names,
     write_jsonl,
 )
-from glasslm.data.executors import ExecutorName, fingerprint, map_shards, resumable, work_dir
+from glasslm.data.executors import (
+    STATE_SUFFIX,
+    ExecutorName,
+    fingerprint,
+    load_state,
+    map_shards,
+    resumable,
+    work_dir,
+)
 from glasslm.data.taggers import Attributes, available, get_tagger
 
-QUARANTINE_FILE = "quarantine.jsonl"
 DEFAULT_TAGGERS = ["langid", "gopher", "c4", "stats", "pii", "code", "toxicity"]
 _EXPERIMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -106,7 +113,7 @@ def _safe(name: str) -> str:
 
 
 def _marker(work: Path, name: str) -> Path:
-    return work / "done" / f"{_safe(name)}.pkl"
+    return work / "done" / f"{_safe(name)}{STATE_SUFFIX}"
 
 
 @cache
@@ -202,14 +209,14 @@ def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bo
     instances = [get_tagger(name, config.options.get(name)) for name in config.taggers]
     described = [t.describe() for t in instances]
     specs = tuple((t.name, json.dumps(t.options, sort_keys=True)) for t in instances)
-    fp = fingerprint(to_dict(config), described, manifest_hash(docs_dir), __version__)
+    fp = fingerprint(to_dict(config), described, manifest_hash(docs_dir))  # + the code version
     work = work_dir(out, fp)
     (work / "done").mkdir(exist_ok=True)
     jobs = [ShardJob(name, path, work, config.experiment, specs, config.batch_size) for name, path in shards]
     resumed = set()
     for j in jobs:
         marker = _marker(work, j.name)
-        if marker.is_file():
+        if load_state(marker) is not None:
             if attributes_path(work / "attributes", j.name).is_file():
                 resumed.add(j.name)
             else:  # a marker without its output (someone deleted files): redo the shard
@@ -227,8 +234,10 @@ def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bo
     elapsed = time.perf_counter() - start
 
     metrics = _metrics(summaries, elapsed, resumed, run)
-    with create_artifact(out, "attributes", config={"tag": to_dict(config), "taggers": described},
-                         inputs=[input_ref(docs_dir)]) as w:
+    # The config is exactly what `--config` takes (glasslm reproduce re-runs with it); the taggers' versions
+    # and options as they ran are recorded beside it.
+    with create_artifact(out, "attributes", config={"tag": to_dict(config)}, inputs=[input_ref(docs_dir)]) as w:
+        w.extra["taggers"] = described
         for job in jobs:
             _link_or_copy(attributes_path(work / "attributes", job.name), attributes_path(w.path, job.name))
         quarantine_lines = [rec for job in jobs

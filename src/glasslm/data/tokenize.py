@@ -44,7 +44,7 @@ from glasslm import artifacts
 from glasslm.artifacts import ArtifactError
 from glasslm.config import ConfigError
 from glasslm.data import executors
-from glasslm.data.documents import Quarantine, iter_documents, list_shards, shard_names, write_jsonl
+from glasslm.data.documents import QUARANTINE_FILE, Quarantine, iter_documents, list_shards, shard_names
 from glasslm.tokenizer import Tokenizer, find_tokenizer_file
 
 UINT16_VOCAB = 65_536
@@ -100,6 +100,31 @@ class TaskResult:
     ids: set[str] = field(default_factory=set)
     text_hashes: set[bytes] = field(default_factory=set)
     dropped_heldout_overlap: int = 0
+
+    def to_state(self) -> executors.State:
+        """Data only (executors.save_state): JSON fields plus numpy arrays; parts by file name."""
+        state: executors.State = {
+            "outputs": [{"split": o.split, "file": o.path.name, "doc_id": o.doc_id, "source": o.source,
+                         "bytes": o.bytes} for o in self.outputs],
+            "quarantine": self.quarantine.records,
+            "ids": sorted(self.ids),
+            "dropped_heldout_overlap": self.dropped_heldout_overlap,
+            "text_hashes": np.array(sorted(self.text_hashes), dtype=f"S{_TEXT_HASH_BYTES}"),
+        }
+        for k, o in enumerate(self.outputs):
+            state[f"start_{k}"], state[f"end_{k}"] = o.start, o.end
+        return state
+
+    @classmethod
+    def from_state(cls, state: executors.State, work: Path) -> TaskResult:
+        """The result of :meth:`to_state`; part files are looked up in ``work`` by name only, so a
+        state file cannot point the artifact at a file elsewhere."""
+        outputs = [Output(o["split"], work / Path(o["file"]).name, o["doc_id"], o["source"], state[f"start_{k}"],
+                          state[f"end_{k}"], o["bytes"]) for k, o in enumerate(state["outputs"])]
+        # fixed-width bytes drop trailing zero bytes; hashes are padded back to their length
+        hashes = {bytes(h).ljust(_TEXT_HASH_BYTES, b"\0") for h in state["text_hashes"]}
+        return cls(outputs, Quarantine.of(state["quarantine"]), set(state["ids"]), hashes,
+                   state["dropped_heldout_overlap"])
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -157,8 +182,11 @@ def _worker_tokenizer(path: Path, cache: int) -> Tokenizer:
     return _TOKENIZERS[key]
 
 
+_TEXT_HASH_BYTES = 12
+
+
 def _text_hash(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=12).digest()
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=_TEXT_HASH_BYTES).digest()
 
 
 def _batches(task: Task, result: TaskResult) -> Iterator[list[tuple[str, str, str, str, int]]]:
@@ -230,7 +258,9 @@ def run_task(task: Task) -> TaskResult:
 def run_task_resumable(task: Task) -> TaskResult:
     """``run_task``, or its result from an earlier, interrupted run of the same job."""
     kind = "heldout" if task.heldout else "train"
-    return executors.resumable(task.work / f"task-{task.index:05d}.{kind}.pkl", lambda: run_task(task))
+    state = executors.resumable(task.work / f"task-{task.index:05d}.{kind}{executors.STATE_SUFFIX}",
+                                lambda: run_task(task).to_state())
+    return TaskResult.from_state(state, task.work)
 
 
 # ---- the whole job -----------------------------------------------------------------------------
@@ -295,14 +325,16 @@ def tokenize(
 
     refs: list[str | Path | dict[str, Any]] = [inputs.artifact] if inputs.artifact is not None else []
     refs.append(tok_ref)
-    resolved = {"tokenize": config, "docs": str(inputs.root.resolve()), "tokenizer": str(file),
-                "heldout": str(inputs.heldout_root) if inputs.heldout_root else None}
-    with artifacts.create_artifact(out, "tokens", config=resolved, inputs=refs) as art:
+    with artifacts.create_artifact(out, "tokens", config={"tokenize": config}, inputs=refs) as art:
+        # The config is exactly what `--config` takes (glasslm reproduce re-runs with it); the sources are
+        # in `inputs`, and here too when the documents were a plain folder.
+        art.extra["sources"] = {"docs": str(inputs.root.resolve()), "tokenizer": str(file),
+                                "heldout": str(inputs.heldout_root) if inputs.heldout_root else None}
         splits = _assemble(art.path, [*held_results, *train_results])
         quarantine = Quarantine()
         for r in [*held_results, *train_results]:
             quarantine.merge(r.quarantine)
-        write_jsonl(art.path / "quarantine.jsonl", quarantine.records)
+        quarantine.write(art.path / QUARANTINE_FILE)
         seconds = time.perf_counter() - started
         total_bytes = sum(s["bytes"] for s in splits.values())
         art.metrics.update({
@@ -312,7 +344,8 @@ def tokenize(
             "dtype": "uint16" if tok.vocab_size <= UINT16_VOCAB else "uint32",
             "splits": splits,
             "tokenizer": {"path": str(file), "sha256": artifacts.sha256_file(file)},
-            "quarantined": dict(quarantine.counts),
+            "quarantined": quarantine.total,
+            "quarantined_by_reason": dict(sorted(quarantine.counts.items())),
             "dropped_heldout_overlap": sum(r.dropped_heldout_overlap for r in train_results),
             "workers": workers,
             "seconds": round(seconds, 3),
