@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _bench import fmt_spread, ratios, report
 
 from glasslm.eval.harness import score_instances
 from glasslm.eval.scoring import Scorer
@@ -177,18 +178,20 @@ def main() -> int:
            "HF_HOME": str(args.work / "hf_home"), "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(args.threads)}
     ours: dict[str, list] = {}
-    ours_seconds = theirs_seconds = float("inf")
-    for _ in range(args.repeats):
+    ours_runs: list[float] = []
+    theirs_runs: list[float] = []
+    for _ in range(args.repeats):  # alternating: ours, lm-eval, ours, lm-eval (ABAB)
         start = time.perf_counter()
         for n in names:
             ours[n] = score_instances(Scorer(loaded.model, batch_tokens=args.batch_tokens), tokenizer, plain[n])
-        ours_seconds = min(ours_seconds, time.perf_counter() - start)
+        ours_runs.append(time.perf_counter() - start)
         subprocess.run([str(args.lmeval_python), str(runner), str(hf_dir), str(yaml_dir),
                         ",".join(f"glasslm_{n}" for n in names), str(out), str(args.lmeval_batch), str(args.threads),
                         args.device],
                        check=True, env=env)
         theirs = json.loads(out.read_text())
-        theirs_seconds = min(theirs_seconds, theirs["seconds"])
+        theirs_runs.append(theirs["seconds"])
+    ours_seconds, theirs_seconds = min(ours_runs), min(theirs_runs)
 
     n_examples = sum(len(v) for v in ours.values())
     max_diff, same_raw, same_norm, total = 0.0, 0, 0, 0
@@ -219,7 +222,12 @@ def main() -> int:
     print(f"\nexamples: {n_examples}; max |Δ log-likelihood| {max_diff:.2e} nats; same raw prediction "
           f"{same_raw}/{total}; same length-normalised prediction {same_norm}/{total}")
     print(f"glasslm {ours_rate:.1f} examples/s ({ours_seconds:.1f} s) vs lm-eval {theirs_rate:.1f} examples/s "
-          f"({theirs_seconds:.1f} s) -> ratio {ours_rate / theirs_rate:.2f}x")
+          f"({theirs_seconds:.1f} s) -> ratio {ours_rate / theirs_rate:.2f}x (best runs)")
+    per_repeat = ratios(ours_runs, theirs_runs, higher_is_better=False)
+    print(f"per repeat: {fmt_spread(per_repeat)}")
+    report("eval_vs_lmeval.py", f"examples/s, {n_examples} examples {args.shots}-shot, {args.threads} thread(s)",
+           f"lm-eval 0.4.13 (setup_lmeval.sh; HF backend, fp32, , batch {args.lmeval_batch})", per_repeat, goal=2.0,
+           note=f"max |Δll| {max_diff:.1e}; same prediction {same_raw}/{total}")
     return 0
 
 

@@ -21,6 +21,7 @@ import textwrap
 from pathlib import Path
 
 import yaml
+from _bench import interleave, ratios, report, spread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dedupe_mix_throughput import GLASSLM, ROOT, build_corpus, count_docs, timed  # noqa: E402
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/glasslm-bench-minhash"))
+    ap.add_argument("--repeat", type=int, default=2, help="timed runs per tool, interleaved (ABAB)")
     args = ap.parse_args()
     if not DATATROVE_PY.exists():
         raise SystemExit(f"{DATATROVE_PY} missing: run bash benchmarks/setup_datatrove.sh first")
@@ -66,26 +68,41 @@ def main() -> None:
     print(f"input: {n_docs:,} documents, {mb:.1f} MB of text, {args.workers} processes")
 
     attrs = work / "g_near"
-    t_dedupe = timed([str(GLASSLM), "data", "dedupe", str(corpus), "--out", str(attrs), "--workers",
-                      str(args.workers), "--dedupe.exact_docs=false", "--dedupe.paragraphs=false"])
     recipe = work / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"decon_heldout": False, "sources": [
         {"name": "all", "match": ["*"], "rules": [{"attribute": "dedupe__near_doc", "op": "exists"}]}]}))
-    t_mix = timed([str(GLASSLM), "data", "mix", str(recipe), "--documents", str(corpus), "--attributes",
-                   str(attrs), "--out", str(work / "g_mix"), "--workers", str(args.workers)])
-    ours_s = t_dedupe + t_mix
-    g_kept = count_docs(sorted((work / "g_mix" / "documents").glob("*.gz")))
-
     script = work / "datatrove_minhash.py"
     script.write_text(DATATROVE_SCRIPT)
-    peer_s = timed([str(DATATROVE_PY), str(script), str(corpus / "documents"), str(work / "dt"), str(args.workers)])
-    d_kept = count_docs(sorted((work / "dt" / "out").rglob("*.gz")))
+    parts: list[tuple[float, float]] = []
 
-    ours = mb / ours_s / args.workers
-    peer = mb / peer_s / args.workers
+    def run_ours() -> float:
+        shutil.rmtree(attrs, ignore_errors=True)
+        shutil.rmtree(work / "g_mix", ignore_errors=True)
+        t_dedupe = timed([str(GLASSLM), "data", "dedupe", str(corpus), "--out", str(attrs), "--workers",
+                          str(args.workers), "--dedupe.exact_docs=false", "--dedupe.paragraphs=false"])
+        t_mix = timed([str(GLASSLM), "data", "mix", str(recipe), "--documents", str(corpus), "--attributes",
+                       str(attrs), "--out", str(work / "g_mix"), "--workers", str(args.workers)])
+        parts.append((t_dedupe, t_mix))
+        return t_dedupe + t_mix
+
+    def run_peer() -> float:
+        shutil.rmtree(work / "dt", ignore_errors=True)
+        return timed([str(DATATROVE_PY), str(script), str(corpus / "documents"), str(work / "dt"), str(args.workers)])
+
+    runs = interleave({"glasslm": run_ours, "datatrove": run_peer}, args.repeat)
+    g_kept = count_docs(sorted((work / "g_mix" / "documents").glob("*.gz")))
+    d_kept = count_docs(sorted((work / "dt" / "out").rglob("*.gz")))
+    per_repeat = ratios(runs["glasslm"], runs["datatrove"], higher_is_better=False)
+    ours_s, peer_s = spread(runs["glasslm"])["median"], spread(runs["datatrove"])["median"]
+    ours, peer = mb / ours_s / args.workers, mb / peer_s / args.workers
     print(f"kept documents: glasslm {g_kept:,}, datatrove {d_kept:,}")
-    print(f"minhash end to end: glasslm {ours:.2f} MB/s per core ({ours_s:.1f} s: dedupe {t_dedupe:.1f} + mix "
-          f"{t_mix:.1f}), datatrove {peer:.2f} MB/s per core ({peer_s:.1f} s), ratio glasslm / datatrove {ours / peer:.2f}")
+    print(f"runs (s): glasslm {', '.join(f'{d:.1f}+{m:.1f}' for d, m in parts)} (dedupe+mix); datatrove "
+          + ", ".join(f"{t:.1f}" for t in runs["datatrove"]))
+    print(f"minhash end to end: glasslm {ours:.2f} MB/s per core (median {ours_s:.1f} s), datatrove {peer:.2f} "
+          f"MB/s per core ({peer_s:.1f} s), ratio glasslm / datatrove {spread(per_repeat)['median']:.2f}")
+    report("minhash_throughput.py", f"MinHash dedupe end to end, {mb:.0f} MB, {args.workers} process(es)",
+           "datatrove 0.10.1 (xxhash<4, setup_datatrove.sh)", per_repeat, goal=3.0,
+           ours=round(ours, 2), theirs=round(peer, 2), kept=[g_kept, d_kept])
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _bench import fmt_spread, interleave, ratios, report
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GLASSLM = [sys.executable, "-m", "glasslm"]
@@ -124,7 +126,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--train-mb", type=float, default=10.0, help="MB of text for the BPE training comparison")
     parser.add_argument("--vocab", type=int, default=16_384)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per tool, interleaved (ABAB)")
     parser.add_argument("--skip-dolma", action="store_true")
     args = parser.parse_args()
 
@@ -145,29 +147,42 @@ def main() -> None:
 
         tok = Tokenizer.from_file(tokenizer)
         results: dict[str, float] = {}
-        for r in range(args.repeats):
-            out = work / f"tokens-{r}"
+        counts: dict[str, int] = {}
+
+        def run_ours() -> float:
+            out = work / "tokens"
+            shutil.rmtree(out, ignore_errors=True)
             s = timed([*GLASSLM, "data", "tokenize", str(work / "docs"), "--tokenizer", str(tokenizer), "--out", str(out),
                        "--workers", str(args.workers), "--tokenize.progress=false"])
-            results["glasslm"] = min(results.get("glasslm", float("inf")), s)
-            ours = json.loads((out / "manifest.json").read_text())["metrics"]["splits"]["train"]["tokens"]
-            shutil.rmtree(out)
+            counts["glasslm"] = json.loads((out / "manifest.json").read_text())["metrics"]["splits"]["train"]["tokens"]
+            return s
+
+        def run_dolma() -> float:
+            out = work / "dolma"
+            shutil.rmtree(out, ignore_errors=True)
+            s = timed([str(DOLMA), "tokens", "--documents", str(work / "docs" / "documents" / "*.jsonl.gz"),
+                       "--destination", str(out), "--tokenizer.name_or_path", str(tokenizer),
+                       "--tokenizer.eos_token_id", str(tok.eos_id), "--tokenizer.pad_token_id", str(tok.pad_id),
+                       "--processes", str(args.workers), "--dtype", "uint16" if tok.vocab_size <= 65536 else "uint32"])
+            # dolma writes headerless memmaps named *.npy: same documents, same EOS, so same count
+            counts["dolma"] = sum(p.stat().st_size for p in out.rglob("*.npy")) // (2 if tok.vocab_size <= 65536 else 4)
+            return s
+
+        runners = {"glasslm": run_ours}
         if not args.skip_dolma:
             if not DOLMA.exists():
                 subprocess.run(["bash", str(HERE / "setup_dolma.sh")], check=True)
-            for r in range(args.repeats):
-                out = work / f"dolma-{r}"
-                s = timed([str(DOLMA), "tokens", "--documents", str(work / "docs" / "documents" / "*.jsonl.gz"),
-                           "--destination", str(out), "--tokenizer.name_or_path", str(tokenizer),
-                           "--tokenizer.eos_token_id", str(tok.eos_id), "--tokenizer.pad_token_id", str(tok.pad_id),
-                           "--processes", str(args.workers), "--dtype", "uint16" if tok.vocab_size <= 65536 else "uint32"])
-                results["dolma"] = min(results.get("dolma", float("inf")), s)
-                # dolma writes headerless memmaps named *.npy: same documents, same EOS, so same count
-                theirs = sum(p.stat().st_size for p in out.rglob("*.npy")) // (2 if tok.vocab_size <= 65536 else 4)
-                shutil.rmtree(out, ignore_errors=True)
+            runners["dolma"] = run_dolma
+        runs = interleave(runners, args.repeats)  # ABAB: both sides see the same load drift
+        results = {k: min(v) for k, v in runs.items()}
+        if "dolma" in runs:
             # dolma strips leading/trailing whitespace from every text (we keep texts byte-exact), so its
             # count is a little lower; on a 254-document sample all differences vanished after .strip().
-            print(f"tokens written: glasslm {ours:,}, dolma {theirs:,} (dolma strips each text first)")
+            print(f"tokens written: glasslm {counts['glasslm']:,}, dolma {counts['dolma']:,} (dolma strips each text first)")
+            per_repeat = ratios(runs["glasslm"], runs["dolma"], higher_is_better=False)
+            print(f"glasslm / dolma per repeat: {fmt_spread(per_repeat)}")
+            report("tokenize_throughput.py", f"tokenize end to end, {total / 1e6:.0f} MB, {args.workers} processes",
+                   "dolma 1.2.1 `tokens`", per_repeat, goal=2.0)
         texts = [d["text"] for d in docs]
         results["encode_batch"] = min(raw_encode_batch(texts, tokenizer, args.workers) for _ in range(args.repeats))
 

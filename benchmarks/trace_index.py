@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _bench import report
 
 HERE = Path(__file__).resolve().parent
 PEER_PYTHON = HERE / ".venv-infinigram" / "bin" / "python"
@@ -238,6 +240,7 @@ def main() -> None:
     parser.add_argument("--count-queries", type=int, default=1000)
     parser.add_argument("--span-queries", type=int, default=100)
     parser.add_argument("--min-len", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=2, help="build + queries per side, interleaved (ABAB)")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--worker", nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -289,9 +292,27 @@ def main() -> None:
     result["pydivsufsort_same_size_as_numpy"] = builds["pydivsufsort_small"]
 
     if PEER_PYTHON.is_file():
-        peer = run_child(["--worker", "peer", str(work / "stream.npy"), str(work / "ends.npy"),
-                          str(work / "queries.json"), str(work / "infinigram"), str(eos), str(args.min_len)],
-                         python=str(PEER_PYTHON))
+        per: dict[str, list[float]] = {"build": [], "count p50": [], "span p50": []}
+        for r in range(args.repeat):  # ABAB: ours (build + queries), then infini-gram, reversed every other repeat
+            def ours_run() -> dict:
+                b = run_child(["--worker", "pydivsufsort", str(work / "stream.npy")])
+                return {"build": b, **ours_queries(work / "index", queries, args.min_len)}
+
+            def peer_run() -> dict:
+                shutil.rmtree(work / "infinigram", ignore_errors=True)
+                return run_child(["--worker", "peer", str(work / "stream.npy"), str(work / "ends.npy"),
+                                  str(work / "queries.json"), str(work / "infinigram"), str(eos), str(args.min_len)],
+                                 python=str(PEER_PYTHON))
+
+            if r % 2 == 0:
+                mine, peer = ours_run(), peer_run()
+            else:
+                peer, mine = peer_run(), ours_run()
+            if "error" in peer:
+                break
+            per["build"].append(peer["build"]["seconds"] / mine["build"]["seconds"])
+            per["count p50"].append(peer["count"]["p50_ms"] / mine["count"]["p50_ms"])
+            per["span p50"].append(peer["span"]["p50_ms"] / mine["span"]["p50_ms"])
         if "error" not in peer:
             peer["build"]["seconds_per_mtok"] = round(peer["build"]["seconds"] / (n / 1e6), 3)
             peer["build"]["mb_per_mtok"] = round(peer["build"]["maxrss_mb"] / (n / 1e6), 1)
@@ -302,6 +323,11 @@ def main() -> None:
             result["ratio_build"] = round(builds["pydivsufsort"]["seconds"] / peer["build"]["seconds"], 2)
             result["ratio_count_p50"] = round(ours["count"]["p50_ms"] / peer["count"]["p50_ms"], 2)
             result["ratio_span_p50"] = round(ours["span"]["p50_ms"] / peer["span"]["p50_ms"], 2)
+            result["times_faster_per_repeat"] = {k: [round(x, 2) for x in v] for k, v in per.items()}
+            agree = f"counts agree: {result['counts_agree']}, span boundaries agree: {result['span_boundaries_agree']}"
+            for k, v in per.items():
+                report("trace_index.py", f"suffix-array {k}, {n / 1e6:.0f}M tokens" + (" (time)" if k == "build" else ""),
+                       "infini-gram 2.6.0 (setup_infinigram.sh)", v, note=agree)
         result["infinigram"] = peer
     else:
         result["infinigram"] = {"error": f"{PEER_PYTHON} missing: run benchmarks/setup_infinigram.sh"}

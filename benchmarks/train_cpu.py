@@ -14,6 +14,10 @@ the same AdamW (β 0.9/0.95, ε 1e-8, weight decay 0.1, fused where torch has it
   ``--loss-chunk-tokens 0`` times the trainer's plain path instead (logits, then ``lm_loss``).
 - transformers: ``Olmo2ForCausalLM`` (SDPA attention) built from the config our converter writes,
   its own loss (``labels=`` / ``shift_labels=``: plain cross-entropy), ``torch.optim.AdamW``.
+- transformers + ``torch.compile`` (``--peer-compile``, on in run_all.sh): the same, with the model
+  compiled — its fastest supported CPU training mode (HF's docs, "torch.compile": wrap the model;
+  Trainer's ``torch_compile=True`` does the same). Its compile time (first step minus a steady step)
+  is printed beside the steady state.
 
 Timed blocks of steps alternate between the two models (interleaved repeats) so a load change on
 a shared machine hits both. Three figures: the ratio of the best blocks (best-of-N: load only ever
@@ -39,10 +43,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from _bench import fmt_spread, report
 
+from glasslm.model import onednn
 from glasslm.model.hf import hf_config
 from glasslm.model.olmo2 import ModelConfig, OLMo2, lm_loss, param_counts
-from glasslm.model.onednn import use_onednn_linears
 from glasslm.model.presets import preset
 from glasslm.train.config import OptimConfig, TrainerConfig
 from glasslm.train.optim import build_optimizer
@@ -63,11 +68,15 @@ Step = Callable[[], float]
 
 
 def glasslm_step(
-    config: ModelConfig, x: torch.Tensor, y: torch.Tensor, compile_model: bool, chunk: int, use_onednn: bool
-) -> Step:
+    config: ModelConfig, x: torch.Tensor, y: torch.Tensor, compile_model: bool, chunk: int,
+    mode: bool | str,
+) -> tuple[Step, onednn.LinearChoice]:
     model = OLMo2(config).train()
-    # As Trainer.__init__ does on CPU in fp32 (trainer.onednn_linear, off under compile).
-    use_onednn = use_onednn and not compile_model and use_onednn_linears(model) > 0
+    # As Trainer.__init__ does on CPU in fp32 (trainer.onednn_linear; no swap under compile).
+    choice = onednn.LinearChoice("mkl", "n/a")
+    if not compile_model:
+        choice = onednn.choose_backend(model, x.numel(), mode)  # type: ignore[arg-type]
+    use_onednn = onednn.apply_choice(model, choice)
     opt = build_optimizer(model, OPTIM, torch.device("cpu"))
     fwd = torch.compile(model) if compile_model else model
 
@@ -87,7 +96,7 @@ def glasslm_step(
         opt.zero_grad(set_to_none=True)
         return float(ce.detach()) / float(n_tokens)
 
-    return step
+    return step, choice
 
 
 def hf_step(config: ModelConfig, x: torch.Tensor, y: torch.Tensor, compile_model: bool) -> Step:
@@ -117,16 +126,21 @@ def run_shape(name: str, config: ModelConfig, args: argparse.Namespace) -> float
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq_len + 1), generator=gen)
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     torch.manual_seed(0)
-    steps = {
-        "glasslm": glasslm_step(config, x, y, args.compile, args.loss_chunk_tokens, args.onednn),
-        "transformers": hf_step(config, x, y, args.compile),
-    }
-    first = {k: s() for k, s in steps.items()}  # also the warm-up
+    mode = {"auto": "auto", "on": True, "off": False}[args.onednn]
+    ours, choice = glasslm_step(config, x, y, args.compile, args.loss_chunk_tokens, mode)
+    steps = {"glasslm": ours, "transformers": hf_step(config, x, y, args.compile)}
+    if args.peer_compile and not args.compile:
+        steps["transformers+compile"] = hf_step(config, x, y, True)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    first, first_s = {}, {}
+    for k, s in steps.items():  # also the warm-up; for a compiled model, the compile
+        t0 = clock()
+        first[k] = s()
+        first_s[k] = clock() - t0
     for _ in range(args.warmup - 1):
         for s in steps.values():
             s()
     tps: dict[str, list[float]] = {k: [] for k in steps}
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for r in range(args.repeats):
         order = list(steps) if r % 2 == 0 else list(reversed(steps))  # neither always runs first
         for k in order:
@@ -141,20 +155,35 @@ def run_shape(name: str, config: ModelConfig, args: argparse.Namespace) -> float
         f"mlp {config.mlp_hidden}, vocab {config.vocab_size}: {counts['total'] / 1e6:.1f}M params; "
         f"micro-batch {args.batch} x seq {args.seq_len}, {torch.get_num_threads()} threads"
         + (", torch.compile" if args.compile else "")
-        + f"; glasslm loss_chunk_tokens {args.loss_chunk_tokens}, onednn_linear {args.onednn}; {args.clock} clock"
+        + f"; glasslm loss_chunk_tokens {args.loss_chunk_tokens}; {args.clock} clock"
     )
-    print(f"  initial loss: glasslm {first['glasslm']:.4f}  transformers {first['transformers']:.4f}")
+    if choice.how == "measured":
+        assert choice.mkl_ms and choice.onednn_ms
+        print(f"  linear library (trainer start-up measurement, this model's shapes at {choice.rows} rows): "
+              f"MKL {choice.mkl_ms:.1f} ms, oneDNN {choice.onednn_ms:.1f} ms a pass → {choice.backend} "
+              f"(oneDNN / MKL speed {choice.mkl_ms / choice.onednn_ms:.2f}x)")
+    else:
+        print(f"  linear library: {choice.backend} ({choice.how})")
+    print("  initial loss: " + "  ".join(f"{k} {v:.4f}" for k, v in first.items()))
+    print("  first step (compile included where compiled): "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in first_s.items()))
     for k in steps:
         blocks = " ".join(f"{v:,.0f}" for v in tps[k])
         print(f"  {k}: {med[k]:,.0f} tokens/s (median of {args.repeats} blocks of {args.steps} steps: {blocks})")
-    best = {k: max(v) for k, v in tps.items()}
-    ratio = best["glasslm"] / best["transformers"]
-    # Each repeat's two blocks ran back to back, so their ratio is the least disturbed by load drift.
-    paired = [a / b for a, b in zip(tps["glasslm"], tps["transformers"], strict=True)]
-    print(f"  best of {args.repeats}: glasslm {best['glasslm']:,.0f}, transformers {best['transformers']:,.0f} tokens/s")
-    print(f"  ratio glasslm / transformers: {ratio:.2f}x (best blocks); per repeat: "
-          + " ".join(f"{r:.2f}" for r in paired) + f", median {statistics.median(paired):.2f}x; "
-          f"of the medians {med['glasslm'] / med['transformers']:.2f}x")
+    ratio = 0.0
+    for peer in [k for k in steps if k != "glasslm"]:
+        # Each repeat's blocks ran back to back, so their ratio is the least disturbed by load drift.
+        paired = [a / b for a, b in zip(tps["glasslm"], tps[peer], strict=True)]
+        best = max(tps["glasslm"]) / max(tps[peer])
+        print(f"  ratio glasslm / {peer}: per repeat {fmt_spread(paired)}; best blocks {best:.2f}x; "
+              f"of the medians {med['glasslm'] / med[peer]:.2f}x")
+        ratio = ratio or statistics.median(paired)
+        steady = args.batch * args.seq_len / med[peer]
+        report("train_cpu.py", f"training step, {name} ({counts['total'] / 1e6:.1f}M), {torch.get_num_threads()} "
+               f"thread(s), {args.clock} clock, linears: {choice.backend} ({choice.how})",
+               f"transformers Olmo2ForCausalLM{' + torch.compile' if 'compile' in peer else ''}", paired, goal=1.0,
+               onednn_over_mkl=round(choice.mkl_ms / choice.onednn_ms, 3) if choice.mkl_ms and choice.onednn_ms else None,
+               compile_s_peer=round(first_s[peer] - steady, 1) if "compile" in peer else None)
     return ratio
 
 
@@ -168,8 +197,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
-    p.add_argument("--no-onednn", dest="onednn", action="store_false",
-                   help="glasslm with trainer.onednn_linear=false (aten::mm, as the peer)")
+    p.add_argument("--onednn", choices=["auto", "on", "off"], default="auto",
+                   help="glasslm's trainer.onednn_linear: auto (measure, the default), on (oneDNN), off (aten::mm/MKL)")
+    p.add_argument("--no-onednn", dest="onednn", action="store_const", const="off", help="= --onednn off")
+    p.add_argument("--peer-compile", action="store_true",
+                   help="also time transformers with torch.compile (its fastest CPU training mode)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="time blocks by wall time or by this process's CPU time (use with --threads 1)")
     p.add_argument(

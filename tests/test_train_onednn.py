@@ -80,3 +80,68 @@ def test_trainer_takes_the_fast_paths_on_cpu(tmp_path: Path) -> None:
     plain = Trainer(config, tmp_path / "run2", world, "never")
     assert not plain.chunked_head and not plain.onednn
     assert type(distributed.unwrap(plain.wrapped).lm_head) is torch.nn.Linear
+
+
+# -- the library chosen by measurement (issue #23) ---------------------------------------------------
+
+WIDE = ModelConfig(vocab_size=512, d_model=128, n_layers=1, n_heads=4, n_kv_heads=2, mlp_hidden=256)
+
+
+def test_choice_is_measured_forced_or_small() -> None:
+    model = OLMo2(WIDE)
+    measured = onednn.choose_backend(model, rows=1024)
+    assert measured.how == "measured" and measured.backend in ("onednn", "mkl")
+    assert measured.mkl_ms is not None and measured.onednn_ms is not None and measured.rows == 1024
+    faster = "onednn" if measured.onednn_ms < measured.mkl_ms else "mkl"
+    assert measured.backend == faster  # the faster one is kept, whichever it is on this CPU
+    assert onednn.choose_backend(model, rows=1024) is measured  # timed once per process
+    assert onednn.choose_backend(model, rows=1024, mode=True) == onednn.LinearChoice(
+        "onednn", "forced", threads=torch.get_num_threads())
+    assert onednn.choose_backend(model, rows=1024, mode=False).backend == "mkl"
+    assert onednn.choose_backend(model, rows=2).how == "small"  # too little work to time
+    with pytest.raises(ValueError, match="true, false or 'auto'"):
+        onednn.choose_backend(model, rows=8, mode="fast")  # type: ignore[arg-type]
+
+
+def test_apply_choice_both_ways_same_math() -> None:
+    torch.manual_seed(0)
+    ref = OLMo2(WIDE)
+    model = copy.deepcopy(ref)
+    x, y = torch.randint(0, 512, (2, 9)), torch.randint(0, 512, (2, 9))
+    grads = {}
+    for backend in ("onednn", "mkl", "onednn"):
+        assert onednn.apply_choice(model, onednn.LinearChoice(backend, "forced")) == (backend == "onednn")
+        kinds = {type(m) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+        assert kinds == {onednn.OneDNNLinear if backend == "onednn" else torch.nn.Linear}
+        model.zero_grad()
+        ce, z = lm_loss(model(x), y, z_loss=1e-4)
+        (ce + z).backward()
+        grads[backend] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert model.state_dict().keys() == ref.state_dict().keys()
+    for a, b in zip(grads["onednn"], grads["mkl"], strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def _trainer(tmp_path: Path, name: str, **trainer: object) -> Trainer:
+    tokens = tmp_path / "tokens"
+    if not tokens.exists():
+        make_tokens(tokens, n_docs=60)
+    model = {"d_model": 128, "n_heads": 4, "n_kv_heads": 2, "mlp_hidden": 512}  # > MIN_TIMED_FLOP
+    data = json.loads(write_config(tmp_path / f"{name}.json", tokens, model=model,
+                                   trainer={"max_steps": 1, **trainer}).read_text())
+    config = from_dict(TrainConfig, data)
+    return Trainer(config, tmp_path / name, distributed.init(config.distributed, "cpu"), "never")
+
+
+def test_trainer_records_its_choice_and_forcing_works(tmp_path: Path) -> None:
+    auto = _trainer(tmp_path, "auto")
+    assert auto.config.trainer.onednn_linear == "auto" and auto.linear_choice.how == "measured"
+    head = distributed.unwrap(auto.wrapped).lm_head
+    assert auto.onednn == (auto.linear_choice.backend == "onednn") == isinstance(head, onednn.OneDNNLinear)
+    auto.run()
+    recorded = json.loads((tmp_path / "auto" / "manifest.json").read_text())["metrics"]["linear_backend"]
+    assert recorded == auto.linear_choice.as_dict()
+    for forced, backend in ((True, "onednn"), (False, "mkl")):
+        t = _trainer(tmp_path, f"forced-{backend}", onednn_linear=forced)
+        assert t.linear_choice.backend == backend and t.linear_choice.how == "forced"
+        assert t.onednn == forced

@@ -8,12 +8,23 @@ at 200–215 GFLOP/s forward and d-input, ~170 d-weight (benchmarks/RESULTS.md, 
 full fp32 (no bf16 inside; the results differ only in summation order, ~1e-6 relative). Matmuls are
 ~80% of a CPU training step, so this is the largest lever there is on CPU.
 
+But the lever points the other way on Intel: there MKL's sgemm is the faster one (issue #23: 165 vs
+154 GFLOP/s on a 2-core Xeon, and the swap made a 27M model's step 0.87–0.97× transformers'). Which
+library wins depends on the CPU, the shapes and the thread count, so ``choose_backend`` *measures*
+both on the model's own linear shapes once per process and keeps the faster (``LinearChoice``, which
+the trainer records in its run manifest); ``trainer.onednn_linear`` true/false forces either side.
+
 Only the arithmetic changes: parameters, their names, state dicts and checkpoints are those of
 ``nn.Linear``. Off CPU, under autocast, in other dtypes, or with a bias, the layer is plain
 ``nn.Linear``.
 """
 
 from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -85,3 +96,135 @@ def use_onednn_linears(model: nn.Module) -> int:
             module.__class__ = OneDNNLinear
             count += 1
     return count
+
+
+def use_aten_linears(model: nn.Module) -> int:
+    """Undo ``use_onednn_linears``: every ``OneDNNLinear`` back to ``nn.Linear`` (aten::mm, MKL on CPU)."""
+    count = 0
+    for module in model.modules():
+        if type(module) is OneDNNLinear:
+            module.__class__ = nn.Linear  # type: ignore[assignment]
+            count += 1
+    return count
+
+
+# -- choosing by measurement ------------------------------------------------------------------------
+
+Backend = Literal["onednn", "mkl"]
+
+
+@dataclass(frozen=True)
+class LinearChoice:
+    """Which library runs the CPU fp32 linears, and why. ``how``: "measured" (timed here),
+    "forced" (config), "resumed" (the choice the run started with, kept so a resumed run continues
+    bit for bit), "small" (under ``MIN_TIMED_FLOP`` a pass: too little work for a timing to mean
+    anything; oneDNN, the earlier default) or "n/a" (not a CPU fp32 run, or no oneDNN: aten::mm)."""
+
+    backend: Backend
+    how: Literal["measured", "forced", "resumed", "small", "n/a"]
+    mkl_ms: float | None = None  # best time of one pass over the shapes (forward [+ both backward matmuls])
+    onednn_ms: float | None = None
+    rows: int | None = None
+    threads: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Below this much matmul work per pass (~1–10 ms on one core) the two libraries' difference is below
+# timer noise: a measured choice would be a coin flip, and two processes of the same tiny run (a
+# killed run and its reference, in the tests) could take different ones.
+MIN_TIMED_FLOP = 1e9
+
+# Per process: the same shapes on the same threads give the same answer, and a second trainer or
+# engine in the process (tests, the pipeline) should not pay the timing again.
+_CHOICES: dict[tuple[Any, ...], LinearChoice] = {}
+
+
+def linear_shapes(model: nn.Module) -> Counter[tuple[int, int]]:
+    """(out_features, in_features) of every bias-free linear layer, with how often each occurs."""
+    shapes: Counter[tuple[int, int]] = Counter()
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.bias is None:
+            linear: nn.Linear = module
+            shapes[(linear.out_features, linear.in_features)] += 1
+    return shapes
+
+
+def _pass(kind: Backend, operands: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]], backward: bool) -> float:
+    """Seconds for one pass: each shape's y = x·Wᵀ (and dx = g·W, dW = gᵀ·x), times its count."""
+    t0 = time.perf_counter()
+    for count, x, w, g in operands:
+        for _ in range(count):
+            if kind == "onednn":
+                matmul_t(x, w)
+                if backward:
+                    matmul_t(g, w.T)
+                    matmul_t(g.T, x.T)
+            else:
+                torch.mm(x, w.T)
+                if backward:
+                    torch.mm(g, w)
+                    torch.mm(g.T, x)
+    return time.perf_counter() - t0
+
+
+def measure(shapes: Counter[tuple[int, int]], rows: int, backward: bool = True, iters: int = 3) -> tuple[float, float]:
+    """Best-of-``iters`` seconds of one pass over ``shapes`` (``rows`` input rows) with MKL
+    (aten::mm) and with oneDNN, the two alternating (ABAB, so a load change hits both), after one
+    warm-up pass each. Returns (mkl_s, onednn_s)."""
+    gen = torch.Generator().manual_seed(0)
+    operands = [
+        (count, torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen),
+         torch.randn(rows, n, generator=gen))
+        for (n, k), count in sorted(shapes.items())
+    ]
+    best: dict[Backend, float] = {"mkl": float("inf"), "onednn": float("inf")}
+    with torch.no_grad():
+        for i in range(iters + 1):
+            order: list[Backend] = ["mkl", "onednn"] if i % 2 == 0 else ["onednn", "mkl"]
+            for kind in order:
+                t = _pass(kind, operands, backward)
+                if i > 0:  # the first pass of each warms caches and oneDNN's primitive cache
+                    best[kind] = min(best[kind], t)
+    return best["mkl"], best["onednn"]
+
+
+def choose_backend(
+    model: nn.Module, rows: int, mode: bool | Literal["auto"] = "auto", backward: bool = True,
+    max_rows: int = 4096,
+) -> LinearChoice:
+    """Pick the library for ``model``'s CPU fp32 linears: ``mode`` True → oneDNN, False → MKL
+    (aten::mm), "auto" → time both on the model's own shapes at ``rows`` rows (capped at
+    ``max_rows`` to bound the start-up cost; per-row cost is flat beyond a few thousand) and keep
+    the faster. Cached per process by (shapes, rows, threads, backward)."""
+    threads = torch.get_num_threads()
+    if not available():
+        return LinearChoice("mkl", "n/a", threads=threads)
+    if mode is not True and mode is not False and mode != "auto":
+        raise ValueError(f"onednn_linear must be true, false or 'auto', got {mode!r}")
+    if mode is True or mode is False:
+        return LinearChoice("onednn" if mode else "mkl", "forced", threads=threads)
+    shapes = linear_shapes(model)
+    if not shapes:
+        return LinearChoice("mkl", "n/a", threads=threads)
+    rows = max(1, min(rows, max_rows))
+    flop = 2 * rows * sum(n * k * c for (n, k), c in shapes.items()) * (3 if backward else 1)
+    if flop < MIN_TIMED_FLOP:
+        return LinearChoice("onednn", "small", rows=rows, threads=threads)
+    key = (tuple(sorted(shapes.items())), rows, threads, backward)
+    if key not in _CHOICES:
+        mkl_s, onednn_s = measure(shapes, rows, backward)
+        _CHOICES[key] = LinearChoice(
+            "onednn" if onednn_s < mkl_s else "mkl", "measured",
+            round(mkl_s * 1e3, 3), round(onednn_s * 1e3, 3), rows, threads,
+        )
+    return _CHOICES[key]
+
+
+def apply_choice(model: nn.Module, choice: LinearChoice) -> bool:
+    """Make ``model``'s bias-free linears take ``choice``'s library; True when oneDNN is in use."""
+    if choice.backend == "onednn":
+        return use_onednn_linears(model) > 0
+    use_aten_linears(model)
+    return False

@@ -137,10 +137,11 @@ class TrainerConfig:
     # Same loss and gradients either way. 128–1024 measured within noise of each other on CPU
     # (benchmarks/RESULTS.md, train_cpu); 256 tokens × an 8k vocabulary is 8 MB of fp32 logits a chunk.
     loss_chunk_tokens: int = 256
-    # CPU, fp32: every linear layer's matmuls (and the chunked head's) through oneDNN instead of
-    # aten::mm's MKL sgemm, ~2x faster per core on the AMD dev box (model/onednn.py). Ignored on GPU,
-    # under bf16, with FSDP2 and with compile.
-    onednn_linear: bool = True
+    # CPU, fp32: every linear layer's matmuls (and the chunked head's) through oneDNN or through
+    # aten::mm's MKL sgemm. "auto": time both once at start-up on this model's shapes and keep the
+    # faster (oneDNN ~2x on the AMD dev box, MKL faster on Intel Xeon: model/onednn.py, issue #23);
+    # true / false force oneDNN / MKL. Ignored on GPU, under bf16, with FSDP2 and with compile.
+    onednn_linear: bool | Literal["auto"] = "auto"
     tensorboard: bool = False  # also write RUN/tensorboard/ (needs the `tensorboard` package)
     # Weights & Biases (needs the `wandb` extra): the run's files go to RUN/wandb/, part of the artifact.
     # "offline" (the default) needs no network or account; `wandb sync RUN/wandb/offline-run-*` uploads later.

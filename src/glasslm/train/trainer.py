@@ -10,6 +10,7 @@ ranks give the same objective (as OLMo-core normalises).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import sys
@@ -160,11 +161,18 @@ class Trainer:
         self.bf16 = world.device.type == "cuda" if tc.precision == "auto" else tc.precision == "bf16"
         model.activation_checkpointing = tc.activation_checkpointing
         model.to(world.device)
-        self.onednn = (
-            tc.onednn_linear and world.device.type == "cpu" and not self.bf16
-            and world.strategy != "fsdp" and not tc.compile  # FSDP2/inductor bring their own kernels
-            and onednn.use_onednn_linears(model) > 0
-        )
+        # CPU fp32 linears through MKL (aten::mm) or oneDNN, whichever is faster on this CPU: timed once
+        # on this model's shapes at one micro-batch's rows (model/onednn.py: MKL wins on Intel Xeon,
+        # oneDNN on the AMD EPYC box, issue #23); true/false force either. A resumed run keeps the
+        # library it started with (bit-exact resume). Recorded in the run manifest (linear_backend).
+        self.linear_choice = onednn.LinearChoice("mkl", "n/a")
+        if world.device.type == "cpu" and not self.bf16 and world.strategy != "fsdp" and not tc.compile:
+            started = self._resumed_linear_backend()  # FSDP2/inductor (above) bring their own kernels
+            self.linear_choice = (
+                onednn.LinearChoice(started, "resumed") if started is not None
+                else onednn.choose_backend(model, self.micro_batch * lc.seq_len, tc.onednn_linear)
+            )
+        self.onednn = onednn.apply_choice(model, self.linear_choice)
         wrapped = distributed.wrap(model, world, config.distributed, self.bf16)
         self.wrapped = wrapped  # DDP/FSDP/plain, before torch.compile: what state dicts are taken from
         self.optimizer = build_optimizer(wrapped, config.optim, world.device)
@@ -264,6 +272,14 @@ class Trainer:
         }
 
     # ------------------------------------------------------------ set-up helpers
+
+    def _resumed_linear_backend(self) -> onednn.Backend | None:
+        """The CPU linear library the resumed run recorded (None: a new run, or none recorded)."""
+        if self.resume_from is None or self.config.trainer.onednn_linear != "auto":
+            return None
+        state_file = self.resume_from / ckpt.TRAINER_STATE / "trainer.json"
+        backend = json.loads(state_file.read_text()).get("linear_backend") if state_file.is_file() else None
+        return backend if backend in ("onednn", "mkl") else None
 
     def _resume_checkpoint(self, resume: str) -> Path | None:
         out = self.out
@@ -453,6 +469,7 @@ class Trainer:
             "world_size": self.world.world_size,
             "wall_s": wall_s,
             "energy_j": energy_j,
+            "linear_backend": self.linear_choice.backend,
         }
 
     def save(self, wall_s: float, energy_j: float) -> Path:
@@ -585,5 +602,6 @@ class Trainer:
                 "world_size": self.world.world_size,
                 "skipped_steps": self.skipped_total,
                 "params": sum(p.numel() for p in distributed.unwrap(self.model).parameters()),
+                "linear_backend": self.linear_choice.as_dict(),
             },
         )
