@@ -5,6 +5,13 @@ GPT-2-style pre-tokenization, the five special tokens at ids 0..4, on the train 
 
 A tokenizer may be given as a ``tokenizer.json`` file, a tokenizer artifact directory, a checkpoint
 (which carries its tokenizer), or a Hugging Face folder. Nothing is ever fetched from a hub.
+
+Chat encoding (``Tokenizer.encode_chat``, which serving, ``glasslm chat`` and SFT/DPO/RL all use):
+special tokens come only from the template. Message contents are encoded as plain text, so a user who
+types ``<|assistant|>`` or ``<|endoftext|>`` gets those characters, never the role or end-of-text
+token (role injection). For every conversation whose contents hold no special-token string the ids
+equal what the exported Jinja template gives through Hugging Face (tested); for contents that do,
+ours intentionally differ (HF's ``apply_chat_template`` parses the markers inside the text).
 """
 
 from __future__ import annotations
@@ -12,13 +19,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Encoding, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from glasslm.config import ConfigError, to_dict
+from glasslm.config import ConfigError
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -42,21 +50,30 @@ CHAT_TEMPLATE = (
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
-def format_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False, eos: str = EOS) -> str:
-    """The chat template in Python; gives the same string as the Jinja template above (tested)."""
-    parts = [eos]
+def chat_pieces(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False,
+                eos: str = EOS) -> list[tuple[str, bool]]:
+    """The chat template as ``(text, is_marker)`` pieces in order. Markers (EOS and the role markers) are
+    the template's own and may be special tokens; everything else, message contents included, is text."""
+    pieces: list[tuple[str, bool]] = [(eos, True)]
     for i, message in enumerate(messages):
         role, content = message["role"], message["content"]
         last = i == len(messages) - 1
         if role in ("system", "user"):
-            parts.append(f"<|{role}|>\n{content}\n")
+            pieces += [(f"<|{role}|>", True), (f"\n{content}\n", False)]
         elif role == "assistant":
-            parts.append(f"<|assistant|>\n{content}{eos}" + ("" if last else "\n"))
+            pieces += [("<|assistant|>", True), (f"\n{content}", False), (eos, True)]
+            if not last:
+                pieces.append(("\n", False))
         else:
             raise ValueError(f"unknown chat role '{role}' (expected system, user or assistant)")
         if last and add_generation_prompt:
-            parts.append("<|assistant|>\n")
-    return "".join(parts)
+            pieces += [("<|assistant|>", True), ("\n", False)]
+    return pieces
+
+
+def format_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False, eos: str = EOS) -> str:
+    """The chat template in Python; gives the same string as the Jinja template above (tested)."""
+    return "".join(text for text, _ in chat_pieces(messages, add_generation_prompt, eos))
 
 
 def find_tokenizer_file(path: str | Path) -> Path:
@@ -110,7 +127,64 @@ class Tokenizer:
         return format_chat(messages, add_generation_prompt, eos=EOS)
 
     def encode_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> list[int]:
-        return self.encode(self.format_chat(messages, add_generation_prompt))
+        ids: list[int] = []
+        for _, _, part in self._chat_parts(messages, add_generation_prompt):
+            if isinstance(part, int):
+                ids.append(part)
+            else:
+                ids += part.ids
+        return ids
+
+    def encode_chat_with_offsets(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
+                                 ) -> tuple[list[int], list[tuple[int, int]]]:
+        """``encode_chat``'s ids and each id's character span in ``format_chat``'s string (SFT's labels)."""
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        for start, end, part in self._chat_parts(messages, add_generation_prompt):
+            if isinstance(part, int):
+                ids.append(part)
+                offsets.append((start, end))
+            else:
+                ids += part.ids
+                offsets += [(start + a, start + b) for a, b in part.offsets]
+        return ids, offsets
+
+    def _chat_parts(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool
+                    ) -> list[tuple[int, int, int | Encoding]]:
+        """The templated conversation as ``(start, end, marker id or encoded text run)`` in order, with
+        character positions in ``format_chat``'s string.
+
+        The template's markers that are added tokens of this vocabulary become their ids; the text
+        between them (contents and the template's newlines, joined) is encoded with special-token
+        parsing off, so a marker typed inside a message stays text. Cutting only where the whole string
+        would be cut anyway keeps the ids equal to encoding that string whenever contents hold no marker.
+        """
+        added = self._added_tokens
+        parts: list[tuple[int, int, int | str]] = []
+        pos = 0
+        for text, is_marker in chat_pieces(messages, add_generation_prompt, eos=EOS):
+            start, pos = pos, pos + len(text)
+            if is_marker and text in added:
+                parts.append((start, pos, added[text]))
+            elif parts and isinstance(last := parts[-1][2], str):
+                parts[-1] = (parts[-1][0], pos, last + text)
+            else:
+                parts.append((start, pos, text))
+        # encode_batch releases the GIL (encode does not), so a server encoding off its event loop stays responsive.
+        runs = [p for _, _, p in parts if isinstance(p, str)]
+        encodings = iter(self._plain.encode_batch(runs, add_special_tokens=False))
+        return [(start, end, next(encodings) if isinstance(p, str) else p) for start, end, p in parts]
+
+    @cached_property
+    def _added_tokens(self) -> dict[str, int]:
+        return {t.content: i for i, t in self.hf.get_added_tokens_decoder().items()}
+
+    @cached_property
+    def _plain(self) -> HFTokenizer:
+        """A copy of the tokenizer that reads special-token strings in its input as ordinary text."""
+        plain = HFTokenizer.from_str(self.hf.to_str())
+        plain.encode_special_tokens = True
+        return plain
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -214,9 +288,11 @@ def train_tokenizer_artifact(docs: str | Path, out: str | Path, config: Tokenize
     hf = train_bpe(_text_batches(inputs.train, config.tokenizer.max_train_bytes), config.tokenizer)
     train_seconds = time.perf_counter() - started
     refs = [inputs.artifact] if inputs.artifact is not None else []
-    resolved = {**to_dict(config), "docs": str(Path(docs).resolve()),
-                "heldout": str(inputs.heldout_root) if inputs.heldout_root else None}
-    with artifacts.create_artifact(out, "tokenizer", config=resolved, inputs=refs) as art:
+    with artifacts.create_artifact(out, "tokenizer", config=config, inputs=refs) as art:
+        # The config is exactly what `--config` takes (glasslm reproduce re-runs with it); where the
+        # documents came from is in `inputs`, and here too when they were a plain folder.
+        art.extra["sources"] = {"docs": str(Path(docs).resolve()),
+                                "heldout": str(inputs.heldout_root) if inputs.heldout_root else None}
         hf.save(str(art.path / "tokenizer.json"))
         (art.path / CHAT_TEMPLATE_FILE).write_text(CHAT_TEMPLATE)
         tok = Tokenizer.from_file(art.path)

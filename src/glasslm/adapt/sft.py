@@ -1,10 +1,11 @@
 """Supervised fine-tuning, data side and loss: chat tokenisation with assistant-only labels, packing.
 
 A conversation is rendered with the chat template (``glasslm.tokenizer.format_chat``, OLMo-2-Instruct's)
-and tokenised *as one string*, so training sees exactly the ids ``Tokenizer.encode_chat`` gives at
-inference. Labels keep the tokens that start inside an assistant turn's text (its content, the
-end-of-text that closes it, and the newline after it, as open-instruct trains them) and set the rest,
-including the ``<|assistant|>\\n`` header, to -100.
+and tokenised by ``Tokenizer.encode_chat_with_offsets``, so training sees exactly the ids ``encode_chat``
+gives at inference (message contents as plain text, special tokens only from the template). Labels keep
+the tokens that start inside an assistant turn's text (its content, the end-of-text that closes it, and
+the newline after it, as open-instruct trains them) and set the rest, including the ``<|assistant|>\\n``
+header, to -100.
 
 Packing puts several conversations in one fixed-length row; ``doc_ids`` keep attention inside each
 conversation and ``position_ids`` restart at each (``model.olmo2.document_mask``), so a packed row
@@ -68,10 +69,10 @@ def tokenize_conversation(
 ) -> Example | None:
     """Token ids (identical to ``encode_chat``) with assistant-only targets; None if nothing is left to
     train on after truncation to ``max_len`` input tokens."""
-    text, spans = chat_text_and_spans(messages, first_trained=first_trained)
-    enc = tokenizer.hf.encode(text, add_special_tokens=False)
-    ids = enc.ids
-    trainable = [any(s <= start < e for s, e in spans) for start, _ in enc.offsets]
+    _, spans = chat_text_and_spans(messages, first_trained=first_trained)
+    # encode_chat's ids, so a special-token string inside a message is trained on as text, as it is served.
+    ids, offsets = tokenizer.encode_chat_with_offsets(messages)
+    trainable = [any(s <= start < e for s, e in spans) for start, _ in offsets]
     ids, trainable = ids[: max_len + 1], trainable[: max_len + 1]
     labels = [tok if keep else IGNORE for tok, keep in zip(ids[1:], trainable[1:], strict=True)]
     example = Example(input_ids=ids[:-1], labels=labels)

@@ -9,6 +9,12 @@ Beyond OpenAI's fields, requests may carry ``top_k``, ``repetition_penalty`` and
 "max_docs": M}``): with a trace index (``glasslm serve --trace``) the response then carries a ``trace``
 object — the spans of each choice's text found verbatim in the training data (``serve/tracing.py``);
 a stream sends it in one last chunk before ``data: [DONE]``.
+
+What the server refuses, before any work: a body over ``ServeLimits.max_body_bytes`` (413, from its
+``Content-Length`` or, for a chunked body, as soon as the bytes read pass the limit; the body is never
+parsed); without the API key, every path but ``/health`` (401, ``/docs`` and ``/openapi.json`` included);
+fields out of range or of the wrong type (400 naming the field). Tokenising runs in a worker thread with
+the GIL released, so a large allowed prompt does not stall ``/health`` or other streams.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glasslm.model.generate import Engine, Event, SamplingParams
 from glasslm.serve.scheduler import Handle, QueueFull, Scheduler
@@ -40,6 +46,8 @@ from glasslm.tokenizer import ROLE_TOKENS
 
 log = logging.getLogger("glasslm.serve")
 API_KEY_ENV = "GLASSLM_API_KEY"
+OPEN_PATHS = frozenset({"/health"})  # answered without the API key
+INT64 = 2**63
 
 
 @dataclass
@@ -48,6 +56,8 @@ class ServeLimits:
     max_new_tokens: int = 1024  # a larger max_tokens: 400
     max_queue: int = 64  # requests waiting beyond the running batch; more: 429
     max_choices: int = 16  # prompts × n in one request
+    # A larger body: 413 before it is read on. 1 MiB holds ~250k tokens of text, far past max_prompt_tokens.
+    max_body_bytes: int = 1 << 20
 
 
 class APIError(Exception):
@@ -67,7 +77,9 @@ def error_response(status: int, message: str, type: str = "invalid_request_error
 
 
 class APIKeyMiddleware:
-    """Bearer-token check for ``/v1`` before anything else (even before the body is parsed).
+    """Bearer-token check on every path but ``/health`` (liveness probes carry no key) before anything
+    else, even before the body is read. ``/docs``, ``/openapi.json`` and ``/metrics`` are covered too:
+    they describe the deployment, and an unknown path answers 401, not 404, so routes cannot be probed.
 
     A plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
     wraps ``receive`` so that the endpoint no longer sees the client disconnect (tested).
@@ -77,7 +89,7 @@ class APIKeyMiddleware:
         self.app, self.api_key, self.server = app, api_key.encode(), server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             header = Headers(scope=scope).get("authorization", "")
             given = header[7:] if header.lower().startswith("bearer ") else ""
             if not secrets.compare_digest(given.encode(), self.api_key):
@@ -90,6 +102,60 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+class BodyLimitMiddleware:
+    """Reads the request body up to ``limit`` bytes and hands it to the app in one piece; a larger one
+    gets 413 as soon as that is known: at once from ``Content-Length`` (nothing of the body is read, and
+    a client sending ``Expect: 100-continue`` never uploads it), or, for a chunked body, when the bytes
+    read pass the limit. Measured before this check: a 10 MB prompt held ``/health`` for 14 s on 2 cores.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, server: Server):
+        self.app, self.limit, self.server = app, limit, server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self.refuse(int(declared), scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending the whole body
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self.refuse(None, scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: list[bytes] | None = [b"".join(chunks)]
+
+        async def replay() -> Message:
+            nonlocal body
+            if body is not None:  # the body once, then the real channel (the client's disconnect)
+                message: Message = {"type": "http.request", "body": body[0], "more_body": False}
+                body = None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def refuse(self, declared: int | None, scope: Scope, receive: Receive, send: Send) -> None:
+        self.server.errors_total += 1
+        size = f"{declared} bytes" if declared is not None else f"more than {self.limit} bytes"
+        response = error_response(413, f"the request body has {size}; this server accepts at most "
+                                  f"{self.limit} (glasslm serve --max-body-bytes)", code="request_too_large")
+        # Unread body bytes cannot be answered on this connection: close it after the reply.
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)
+
+
 # -- request bodies ----------------------------------------------------------------------------------
 class TraceOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not a silent default
@@ -99,22 +165,24 @@ class TraceOptions(BaseModel):
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields are accepted and ignored, as vLLM does
+    # Unknown OpenAI fields are accepted and ignored, as vLLM does; floats must be finite (Python's JSON
+    # reader accepts NaN and Infinity) and seeds fit torch's int64 generator seed, or the field gets a 400.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, lt=INT64)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=128)  # OpenAI's bound; the server's max_choices applies too
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    seed: int | None = Field(default=None, ge=-INT64, lt=INT64 - 1024)  # room for seed + choice index
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     user: str | None = None
     # vLLM-style extensions
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=0, lt=INT64)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     ignore_eos: bool = False
     # glasslm extension: trace the output back to the training data
@@ -124,7 +192,7 @@ class _Sampling(BaseModel):
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class ChatMessage(BaseModel):
@@ -135,7 +203,7 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, lt=INT64)
     logprobs: bool | None = None
 
 
@@ -240,15 +308,16 @@ class Server:
         return handles
 
     def completion_prompts(self, req: CompletionRequest) -> list[list[int]]:
+        """Token ids of each prompt, checked. Called in a worker thread: ``encode_batch`` releases the GIL."""
         p: Any = req.prompt  # pydantic has checked it is one of the four shapes
         if isinstance(p, str):
-            prompts = [self.tokenizer.encode(p)]
+            prompts = self.tokenizer.encode_batch([p])
         elif p and all(isinstance(x, int) for x in p):
             prompts = [list(p)]
         elif p and all(isinstance(x, list) for x in p):
             prompts = [list(x) for x in p]
         elif p and all(isinstance(x, str) for x in p):
-            prompts = [self.tokenizer.encode(x) for x in p]
+            prompts = self.tokenizer.encode_batch(p)
         else:
             raise APIError(400, "prompt must be a string, a list of strings, or token ids", param="prompt")
         for ids in prompts:
@@ -256,6 +325,7 @@ class Server:
         return prompts
 
     def chat_prompt(self, req: ChatRequest) -> list[int]:
+        """The conversation's ids in the chat template (contents as plain text), checked; a worker thread's job."""
         messages = []
         for m in req.messages:
             content = m.content
@@ -353,7 +423,8 @@ async def _merge(handles: list[Handle]) -> AsyncIterator[tuple[int, Event]]:
 def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
                limits: ServeLimits | None = None, tracer: Tracer | None = None,
                trace_min_len: int = DEFAULT_MIN_LEN) -> FastAPI:
-    """The ASGI app. ``api_key`` (or ``$GLASSLM_API_KEY``) turns on bearer-token auth for ``/v1``;
+    """The ASGI app. ``api_key`` (or ``$GLASSLM_API_KEY``) turns on bearer-token auth for every path but
+    ``/health``;
     ``tracer`` lets requests ask for ``"trace"`` (spans shorter than ``trace_min_len`` tokens unless
     the request says otherwise)."""
     server = Server(engine, model_name, limits or ServeLimits(), tracer=tracer, trace_min_len=trace_min_len)
@@ -370,6 +441,8 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
     app = FastAPI(title="glasslm", lifespan=lifespan)
     app.state.server = server
 
+    # The last added runs first: the key is checked before a byte of the body is read.
+    app.add_middleware(BodyLimitMiddleware, limit=server.limits.max_body_bytes, server=server)
     if api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=api_key, server=server)
 
@@ -384,11 +457,12 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "the request body is not valid JSON", code="invalid_json")
+        # 400 as OpenAI and vLLM answer (the openai client raises BadRequestError), not FastAPI's 422.
         first = errors[0] if errors else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         message = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg')}"
                             for e in errors[:5])
-        return error_response(422, f"invalid request: {message}", param=where or None, code="invalid_value")
+        return error_response(400, f"invalid request: {message}", param=where or None, code="invalid_value")
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -425,7 +499,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
         if body.echo or body.logprobs:
             raise APIError(400, "echo and logprobs are not supported", param="echo" if body.echo else "logprobs")
         trace = server.trace_options(body)
-        prompts = server.completion_prompts(body)
+        prompts = await asyncio.to_thread(server.completion_prompts, body)  # off the event loop
         params = server.sampling(body, body.max_tokens, 16, [])  # OpenAI's default max_tokens is 16
         handles = server.submit_all(prompts, body.n, params)
         rid, created, started = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
@@ -444,7 +518,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
         if body.logprobs:
             raise APIError(400, "logprobs are not supported", param="logprobs")
         trace = server.trace_options(body)
-        prompt = server.chat_prompt(body)
+        prompt = await asyncio.to_thread(server.chat_prompt, body)  # off the event loop
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = server.sampling(body, max_tokens, server.limits.max_new_tokens, server.chat_stop_ids)
         handles = server.submit_all([prompt], body.n, params)

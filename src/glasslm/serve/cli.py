@@ -51,12 +51,15 @@ def register(sub: Any) -> None:
     _model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set $GLASSLM_API_KEY)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every path but /health, "
+                   "/docs and /openapi.json included (or set $GLASSLM_API_KEY)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the model folder's name)")
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (cache slots)")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond the batch; more get 429")
     p.add_argument("--max-prompt-tokens", type=int, default=2048, help="longer prompts get 413")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="a larger max_tokens gets 400")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                   help="larger request bodies get 413 before they are read (default 1 MiB)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _trace_args(p, 'requests with "trace": true get the spans of their output found verbatim in the training data')
     p.set_defaults(func=_serve)
@@ -187,11 +190,13 @@ def _serve(args: argparse.Namespace) -> int:
     from glasslm.serve.app import ServeLimits, create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.max_body_bytes < 1:
+        raise ConfigError(f"--max-body-bytes must be at least 1, got {args.max_body_bytes}")
     tracer = _tracer(args)
     engine, model_dir = build_engine(args, max_batch=args.max_batch)
     name = args.model_name or Path(args.model).resolve().name
     limits = ServeLimits(max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
-                         max_queue=args.max_queue)
+                         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes)
     app = create_app(engine, name, api_key=args.api_key, limits=limits, tracer=tracer,
                      trace_min_len=args.trace_min_len)
     logging.getLogger("glasslm.serve").info("serving %s (from %s) on http://%s:%d/v1", name, model_dir,
