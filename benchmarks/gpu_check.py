@@ -31,6 +31,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,7 @@ def plan(args: argparse.Namespace, record: Path) -> list[Step]:
                 "--vocab", "100352", "--repeats", "2"]
     steps.append(Step("decode", "generate vs transformers generate", dec, 60 if dry else 110))
     lmeval_py = str(BENCH / ".venv-lmeval/bin/python") if dry else py
-    ev = [py, str(BENCH / "eval_vs_lmeval.py"), "--lmeval-python", lmeval_py, "--work", str(args.out / "eval_work")]
+    ev = [py, str(BENCH / "eval_vs_lmeval.py"), "--lmeval-python", lmeval_py, "--work", str(Path(tempfile.gettempdir()) / "glasslm-gpu-check-eval")]  # $OUT returns only 8 files
     ev += (["--limit", "2", "--tasks", "arc_easy", "--shots", "1", "--repeats", "1"] if dry
            else ["--limit", "100", "--shots", "5", "--repeats", "1", "--device", "cuda", "--threads", "4",
                  "--lmeval-batch", "32"])

