@@ -226,7 +226,7 @@ def main() -> int:
     per_repeat = ratios(ours_runs, theirs_runs, higher_is_better=False)
     print(f"per repeat: {fmt_spread(per_repeat)}")
     report("eval_vs_lmeval.py", f"examples/s, {n_examples} examples {args.shots}-shot, {args.threads} thread(s)",
-           f"lm-eval 0.4.13 (setup_lmeval.sh; HF backend, fp32, , batch {args.lmeval_batch})", per_repeat, goal=2.0,
+           f"lm-eval 0.4.13 (setup_lmeval.sh; HF backend, fp32, batch {args.lmeval_batch})", per_repeat, goal=2.0,
            note=f"max |Δll| {max_diff:.1e}; same prediction {same_raw}/{total}")
     return 0
 

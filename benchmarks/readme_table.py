@@ -74,8 +74,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def versions() -> dict[str, str]:
-    """Product side (this interpreter) and each peer's virtualenv that exists."""
+def versions(git: str | None = None) -> dict[str, str]:
+    """Product side (this interpreter) and each peer's virtualenv that exists; ``git``: the commit the
+    run measured (run_all.sh records it when it starts), else this checkout's."""
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str] = {"python": platform.python_version()}
@@ -89,6 +90,9 @@ def versions() -> dict[str, str]:
                                   capture_output=True, text=True)
             if proc.returncode == 0:
                 out[f"{pkg} (peer venv)"] = proc.stdout.strip()
+    if git:
+        out["git"] = git
+        return out
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         out["git"] = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
                                     capture_output=True, text=True, check=True).stdout.strip()
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"date": started[0], "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
             "load_start": load_average(started[1] if len(started) > 1 else ""),
             "load_end": load_average(ended[1] if len(ended) > 1 else ""),
-            "versions": {} if args.no_versions else versions(), "out": str(args.out)}
+            "versions": {} if args.no_versions else versions(started[2] if len(started) > 2 else None), "out": str(args.out)}
     table = render(benches, meta)
     args.readme.write_text(replace_between_markers(args.readme.read_text(), table))
     with args.results.open("a") as f:

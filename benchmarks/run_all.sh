@@ -19,7 +19,9 @@ for peer in dolma datatrove lmeval infinigram; do
   bash "benchmarks/setup_$peer.sh" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) \
     || echo "setup_$peer.sh failed: its benchmark will fail too" >&2
 done
-{ date -u +"%Y-%m-%d %H:%M UTC"; uptime; } > "$out/started"
+# date, load, and the code measured (commit, "+dirty" when the work tree differs from it)
+{ date -u +"%Y-%m-%d %H:%M UTC"; uptime
+  echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src benchmarks || echo +dirty)"; } > "$out/started"
 
 run() {  # run NAME CMD...: one benchmark, its output kept and shown
   local name=$1; shift

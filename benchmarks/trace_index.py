@@ -326,7 +326,7 @@ def main() -> None:
             result["times_faster_per_repeat"] = {k: [round(x, 2) for x in v] for k, v in per.items()}
             agree = f"counts agree: {result['counts_agree']}, span boundaries agree: {result['span_boundaries_agree']}"
             for k, v in per.items():
-                report("trace_index.py", f"suffix-array {k}, {n / 1e6:.0f}M tokens" + (" (time)" if k == "build" else ""),
+                report("trace_index.py", f"suffix-array {k}, {n / 1e6:.1f}M tokens" + (" (time)" if k == "build" else ""),
                        "infini-gram 2.6.0 (setup_infinigram.sh)", v, note=agree)
         result["infinigram"] = peer
     else:
