@@ -1,8 +1,7 @@
-"""The embedded corpus: sources, ids, licences, man-page text, caps, notes, byte-identical rebuilds."""
+"""The default corpus: stdlib code and docs, the web crawl of pinned-package pages, reproducibility across hosts."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -13,27 +12,9 @@ from glasslm.cli import main
 from glasslm.data.documents import iter_documents, list_shards
 from glasslm.data.roff import roff_to_text
 
-MAN_PAGE = r""".\" a comment
-.TH FROB 1 "2024" "frob 1.0"
-.SH NAME
-frob \- frobnicate \fBfiles\fR
-.SH SYNOPSIS
-.B frob
-.RI [ options ] " file"
-.SH DESCRIPTION
-\fBfrob\fP turns files into \(lqfrobs\(rq \(em quickly.
-.PP
-Report bugs to frob@example.org.
-"""
-
-
-def _gz(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
-
 
 @pytest.fixture
-def roots(tmp_path: Path) -> dict[str, Path]:
+def stdlib(tmp_path: Path) -> Path:
     stdlib = tmp_path / "stdlib"
     (stdlib / "pkg").mkdir(parents=True)
     (stdlib / "alpha.py").write_text('"""Alpha module."""\n\n\nclass A:\n    """An A."""\n\n    def f(self):\n        """Do f."""\n')
@@ -42,88 +23,83 @@ def roots(tmp_path: Path) -> dict[str, Path]:
     (stdlib / "test" / "bad.py").write_text("this is a deliberately broken fixture (\n")
     (stdlib / "site-packages").mkdir()
     (stdlib / "site-packages" / "other.py").write_text('"""Not stdlib."""\n')
-    doc = tmp_path / "doc"
-    (doc / "frob").mkdir(parents=True)
-    (doc / "frob" / "copyright").write_text(
-        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
-        "Files: *\nCopyright: 2024 Jane <jane@example.org>\nLicense: GPL-2+\n\n"
-        "Files: debian/*\nLicense: MIT\n"
-    )
-    _gz(doc / "frob" / "changelog.Debian.gz", "frob (1.0-1) unstable; urgency=low\n\n  * Initial release.\n")
-    (doc / "frob" / "image.png").write_bytes(b"\x89PNG")  # not a text document kind: ignored
-    licenses = tmp_path / "common-licenses"
-    licenses.mkdir()
-    (licenses / "MIT").write_text("Permission is hereby granted, free of charge, ...\n")
-    man = tmp_path / "man"
-    _gz(man / "man1" / "frob.1.gz", MAN_PAGE)
-    _gz(man / "de" / "man1" / "frob.1.gz", MAN_PAGE.replace("turns files into", "macht aus Dateien"))
-    _gz(man / "man1" / "frobnicate.1.gz", ".so man1/frob.1\n")
-    return {"stdlib": stdlib, "doc": doc, "licenses": licenses, "man": man, "missing": tmp_path / "nope"}
-
-
-def _args(roots: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["data", "corpus", "--out", str(out), f"--corpus.stdlib_dir={roots['stdlib']}",
-            f"--corpus.doc_dirs=[{roots['doc']}, {roots['licenses']}, {roots['missing']}]",
-            f"--corpus.man_dir={roots['man']}", *extra]
+    return stdlib
 
 
 def _docs(out: Path) -> dict[str, dict]:
-    return {d["metadata"]["origin"]: d for shard in list_shards(out / "documents") for _, d in iter_documents(shard)}
+    return {d["metadata"].get("origin") or d["metadata"]["url"]: d
+            for shard in list_shards(out / "documents") for _, d in iter_documents(shard)}
 
 
-def test_corpus_sources_ids_licences_and_notes(roots, tmp_path, capsys):
+def test_corpus_code_and_docs_sources_ids_licences(stdlib, tmp_path):
     out = tmp_path / "corpus"
-    assert main(_args(roots, out)) == 0
-    printed = capsys.readouterr().out
-    assert "web" in printed and "not found" in printed  # the missing directory is a note, not an error
+    assert main(["data", "corpus", "--out", str(out), f"--corpus.stdlib_dir={stdlib}",
+                 "--corpus.sources=[code, docs]"]) == 0
     docs = _docs(out)
-    assert set(docs) == {
-        "stdlib/alpha.py", "stdlib/pkg/__init__.py", "stdlib-docstrings/alpha.py",
-        str(roots["doc"] / "frob" / "copyright"), str(roots["doc"] / "frob" / "changelog.Debian.gz"),
-        str(roots["licenses"] / "MIT"), str(roots["man"] / "man1" / "frob.1.gz"),
-        str(roots["man"] / "de" / "man1" / "frob.1.gz"),
-    } | {o for o in docs if o.startswith("pydoc_data.topics/")}
-    assert any(o.startswith("pydoc_data.topics/") for o in docs)
+    assert {o for o in docs if not o.startswith("pydoc_data.topics/")} == {
+        "stdlib/alpha.py", "stdlib/pkg/__init__.py", "stdlib-docstrings/alpha.py"}
     for origin, d in docs.items():
         assert d["id"] == hashlib.sha256(origin.encode()).hexdigest()[:24]
         assert d["added"] == d["created"] == "2026-01-01T00:00:00Z"
+        assert "path" not in d["metadata"]  # no absolute path: it differs between installations
     assert docs["stdlib/alpha.py"]["source"] == "code"
     assert docs["stdlib/alpha.py"]["metadata"]["license"] == "PSF-2.0"
     assert docs["stdlib-docstrings/alpha.py"]["text"] == "Alpha module.\n\nA\nAn A.\n\nA.f\nDo f."
-    assert docs["stdlib-docstrings/alpha.py"]["source"] == "docs"
-    changelog = docs[str(roots["doc"] / "frob" / "changelog.Debian.gz")]
-    assert changelog["source"] == "web" and "Initial release." in changelog["text"]
-    assert changelog["metadata"]["license"] == "GPL-2+, MIT" and changelog["metadata"]["package"] == "frob"
-    assert docs[str(roots["licenses"] / "MIT")]["metadata"]["license"] == "MIT"
-    man = docs[str(roots["man"] / "man1" / "frob.1.gz")]
-    assert man["text"].startswith("NAME\nfrob - frobnicate files\n")
-    assert "frob turns files into \u201cfrobs\u201d \u2014 quickly." in man["text"]
-    assert ".SH" not in man["text"] and "\\f" not in man["text"]
-    assert docs[str(roots["man"] / "de" / "man1" / "frob.1.gz")]["metadata"]["man_lang"] == "de"
-
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["kind"] == "documents"
+    assert manifest["kind"] == "documents" and manifest["metrics"]["docs"] == len(docs)
+    assert manifest["metrics"]["versions"]["python"].startswith("CPython")
+
+
+def test_host_directories_are_no_longer_config_keys(tmp_path, capsys):
+    assert main(["data", "corpus", "--out", str(tmp_path / "x"), "--corpus.doc_dirs=[/usr/share/doc]"]) == 2
+    assert "doc_dirs" in capsys.readouterr().err
+
+
+def test_web_domain_is_a_crawl_of_pinned_package_pages_through_warc_extraction(tmp_path):
+    out = tmp_path / "corpus"
+    assert main(["data", "corpus", "--out", str(out), "--corpus.sources=[web]", "--corpus.max_bytes_web=60000"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
     web = manifest["metrics"]["sources"]["web"]
-    assert web["docs"] == 5 and web["skipped"] == {"man page redirect (.so)": 1}
-    assert web["bytes"] == sum(len(d["text"].encode()) for d in docs.values() if d["source"] == "web")
-    assert manifest["metrics"]["docs"] == len(docs)
-    assert any("nope" in n for n in manifest["metrics"]["notes"])
+    assert web["docs"] > 3 and web["records"] == web["docs"] + web["quarantined"]
+    assert web["pages"]["license"] == web["quarantined"]  # licence files are text/plain: quarantined, counted
+    assert "numpy" in web["distributions"] and "glasslm" not in web["distributions"]
+    assert "warc/web.warc.gz" in manifest["files"]
+    docs = list(_docs(out).values())
+    assert all(d["source"] == "web" and d["metadata"]["url"].startswith("https://docs.glasslm.invalid/") for d in docs)
+    assert not any("Sign in" in d["text"] or "Privacy" in d["text"] for d in docs)  # boilerplate extracted away
+    quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert {q["file"] for q in quarantine} == {"warc/web.warc.gz"}  # relative: the same bytes anywhere
 
 
-def test_corpus_is_byte_identical_and_capped(roots, tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert main(_args(roots, a, "--corpus.sources=[web]")) == 0
-    assert main(_args(roots, b, "--corpus.sources=[web]")) == 0
-    files = sorted(p.name for p in (a / "documents").iterdir())
-    assert files == ["web-0000.jsonl.gz"]
-    assert (a / "documents" / files[0]).read_bytes() == (b / "documents" / files[0]).read_bytes()
+_BLOCK_HOST = """
+import sys
+BLOCKED = ("/usr/share/doc", "/usr/share/man", "/usr/share/common-licenses", "/usr/share/info")
+def hook(event, args):
+    if event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], str) \
+            and args[0].startswith(BLOCKED):
+        raise PermissionError(f"host directory read: {args[0]}")
+sys.addaudithook(hook)
+from glasslm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
-    capped = tmp_path / "capped"
-    assert main(_args(roots, capped, "--corpus.sources=[web]", "--corpus.max_bytes_web=600",
-                      "--corpus.min_room=0", "--corpus.shard_bytes=1")) == 0
-    docs = _docs(capped)
-    assert 0 < sum(len(d["text"].encode()) for d in docs.values()) <= 600
-    assert len(list((capped / "documents").iterdir())) == len(docs)  # one document per shard
+
+def test_default_corpus_is_the_same_with_another_home_and_host_docs_unreadable(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    args = ["data", "corpus", "--corpus.max_bytes_code=40000", "--corpus.max_bytes_docs=40000",
+            "--corpus.max_bytes_web=40000"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    done = subprocess.run([sys.executable, "-c", _BLOCK_HOST, *args, "--out", str(tmp_path / "b")], env=env,
+                          cwd=home, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    files = [json.loads((tmp_path / x / "manifest.json").read_text())["files"] for x in "ab"]
+    assert files[0] == files[1] and any(k.startswith("documents/web-") for k in files[0])
 
 
 def test_corpus_from_the_real_stdlib_small(tmp_path):

@@ -1,9 +1,12 @@
-"""``glasslm data corpus`` (the embedded default corpus) and ``glasslm data tag`` (taggers)."""
+"""``glasslm data corpus`` (the default corpus), ``glasslm data import`` (outside text) and
+``glasslm data tag`` (taggers)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 from glasslm.artifacts import create_artifact
@@ -17,7 +20,8 @@ from glasslm.clitools import (
     resolve_config,
     stage_verbs,
 )
-from glasslm.data.corpus import CorpusRun, build_corpus
+from glasslm.data.corpus import CorpusRun, build_corpus, reader_versions
+from glasslm.data.importers import FORMATS, ImportInput, ImportResult, run_import
 from glasslm.data.tag import TagRun, run_tag
 
 
@@ -29,6 +33,29 @@ def register(sub: Any) -> None:
     add_config_options(p, run_section="corpus", wrap="corpus")
     add_json_flag(p)
     p.epilog = (p.epilog or "") + "\nExample: glasslm data corpus --out runs/demo/corpus --corpus.max_bytes_web=2e6"
+
+    p = add_verb(verbs, "import", _import,
+                 "import outside text as a documents artifact: Dolma JSONL, Parquet, Arrow, HF datasets "
+                 "folders, text/Markdown/code trees, WARC crawls (docs/data-import.md)")
+    p.add_argument("src", nargs="*", metavar="[SOURCE=]PATH",
+                   help="file, directory, glob or URL (s3://, gs://, hf://); 'web=crawl/*.warc.gz' names the "
+                        "domain of that path (default: --source)")
+    p.add_argument("--source", default="", help="domain (Dolma source) of the SRC paths; held-out split and "
+                                                  "bits per byte are per domain (JSONL default: the records' own)")
+    p.add_argument("--format", choices=FORMATS, default="auto", help="input format (default: by file suffix; "
+                                                                    "a directory without data files is a text tree)")
+    p.add_argument("--text-column", default="text", help="Parquet/Arrow/HF: the text column")
+    p.add_argument("--id-column", default="id", help="Parquet/Arrow/HF: the id column (missing ids are derived)")
+    p.add_argument("--link", action="store_true", help="Dolma JSONL: reference the files in place, no copy")
+    p.add_argument("--max-bytes", type=float, default=0, help="stop each SRC after this many bytes of text")
+    p.add_argument("--extend", type=Path, default=None,
+                   help="documents artifact to start from (several imports make one multi-domain corpus)")
+    add_out(p)
+    add_config_options(p, run_section="corpus", wrap="corpus")
+    add_json_flag(p)
+    p.epilog = (p.epilog or "") + (
+        "\nExamples:\n  glasslm data import shards/ --source web --out runs/mine/corpus\n"
+        "  glasslm data import web=crawl/*.warc.gz code=src/ --format text --out runs/mine/corpus")
 
     p = add_verb(verbs, "tag", _tag, "run taggers over documents; writes a Dolma-layout attributes artifact")
     p.add_argument("documents", help="documents artifact, or a run directory holding corpus/")
@@ -56,6 +83,7 @@ def _corpus(args: argparse.Namespace) -> int:
             "sources": {name: r.to_json() for name, r in reports.items()},
             "notes": notes,
             "seconds": round(time.perf_counter() - start, 3),
+            "versions": reader_versions(),
         }
         metrics = w.metrics
     data = {"out": str(args.out), **metrics}
@@ -68,6 +96,53 @@ def _corpus(args: argparse.Namespace) -> int:
                      "shards": sum(r["shards"] for r in rows)})
         lines = [f"wrote {d['out']} in {d['seconds']:.1f} s", format_table(rows)]
         lines += [f"note: {n}" for n in d["notes"]]
+        return "\n".join(lines)
+
+    emit(args, data, render)
+    return 0
+
+
+_NAMED = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
+
+
+def cli_inputs(args: argparse.Namespace) -> list[ImportInput]:
+    """One input group per SRC, with the command line's options; ``NAME=PATH`` names its domain."""
+    out = []
+    for src in args.src:
+        named = _NAMED.match(src)
+        source, path = (named.group(1), named.group(2)) if named else (args.source, src)
+        out.append(ImportInput(path=path, source=source, format=args.format, text_column=args.text_column,
+                               id_column=args.id_column, link=args.link, max_bytes=int(args.max_bytes)))
+    return out
+
+
+def _import(args: argparse.Namespace) -> int:
+    run = resolve_config(CorpusRun, args)
+    run.corpus.inputs = [*run.corpus.inputs, *cli_inputs(args)]  # recorded in the manifest as run
+    run.corpus.validate()
+    start = time.perf_counter()
+    with create_artifact(args.out, "documents", config=run, inputs=[args.extend] if args.extend else []) as w:
+        result: ImportResult = run_import(run.corpus.inputs, w.path, shard_bytes=run.corpus.shard_bytes,
+                                          date=run.corpus.date, extend=args.extend)
+        w.metrics = {**result.metrics(), "seconds": round(time.perf_counter() - start, 3),
+                     "versions": reader_versions()}
+        w.extra["sources"] = result.sources  # lineage outside the artifact (glasslm manifest verify)
+        metrics = w.metrics
+    data = {"out": str(args.out), **metrics}
+
+    def render(d: dict[str, Any]) -> str:
+        rows = [{"domain": name, "docs": s["docs"], "MB": round(s["bytes"] / 1e6, 3), "shards": s["shards"]}
+                for name, s in d["domains"].items()]
+        lines = [f"wrote {d['out']} in {d['seconds']:.1f} s: {d['records']:,} records read = {d['imported']:,} "
+                 f"imported + {d['quarantined']:,} quarantined", format_table(rows)]
+        if d["quarantined"]:
+            lines.append("quarantined (see quarantine.jsonl):")
+            lines.append(format_table([{"reason": k, "records": v} for k, v in d["quarantined_by_reason"].items()]))
+        if d["duplicate_ids"]["count"]:
+            lines.append(f"duplicate ids: {d['duplicate_ids']['count']} (see manifest metrics.duplicate_ids)")
+        lines += [f"note: {n}" for n in d["notes"][:20]]
+        if len(d["notes"]) > 20:
+            lines.append(f"note: … {len(d['notes']) - 20} more in the manifest")
         return "\n".join(lines)
 
     emit(args, data, render)

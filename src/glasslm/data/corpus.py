@@ -1,27 +1,30 @@
-"""The embedded default corpus: real text nobody on this project wrote, built offline on any machine.
+"""The default corpus: real text nobody on this project wrote, the same bytes on every machine.
 
-Three sources (Dolma ``source`` field):
+It reads nothing from the host outside the Python installation and the distributions glasslm pins
+(their versions, and Python's, are recorded in the manifest): the same versions give the same
+shards wherever it is built. Outside text — a host's /usr/share/doc or man pages included — comes
+in through ``glasslm data import`` (importers/), the one door for it.
+
+Three sources (Dolma ``source`` field), named for what they are:
 
 - ``code``: the Python standard library's ``.py`` files (sysconfig's ``stdlib`` path, without
   ``site-packages``/``dist-packages`` and the ``test``/``tests``/``idle_test`` packages, whose files
   are deliberately malformed fixtures), licence PSF-2.0.
 - ``docs``: per stdlib module, its module, class and function docstrings (via ``ast``), one
   document per module; and every ``pydoc_data.topics`` help topic, one document each. PSF-2.0.
-- ``web``: what the machine has under ``/usr/share/doc`` (copyright files, changelogs and NEWS,
-  gzip or not, READMEs), ``/usr/share/common-licenses`` and ``/usr/share/man`` (roff turned into
-  text, every language directory included). Noisy on purpose: licence texts, e-mail addresses, many
-  exact and near duplicates, non-English man pages. Licence: the ``License:`` lines of the
-  package's Debian copyright file for ``/usr/share/doc/<pkg>/…``, the file's own name for
-  ``common-licenses``, unknown for man pages.
+- ``web``: a crawl of documentation pages rendered as HTML from the pinned distributions (project
+  pages from their READMEs, API pages from their docstrings, licence files as text/plain), written
+  to ``warc/web.warc.gz`` with warcio and imported by the same WARC → main-text path as a user's
+  crawl (corpus_web.py): extraction, and quarantine of the non-HTML responses, run in every build.
 
 Determinism: an id is a hash of the document's *origin* (a logical path: ``stdlib/json/decoder.py``,
-``/usr/share/doc/bash/copyright``, ``pydoc_data.topics/assert``), so it is stable across machines
-with the same files. Candidate files are visited in the order of the hash of their origin — a
-fixed pseudo-random order, so a byte cap takes a sample spread over the whole source rather than
-the alphabetically first modules — and written in that order; gzip shards have a zero mtime. The
-same machine and config therefore give byte-identical shards. ``added`` and ``created`` are both
-the configured ``date`` (default 2026-01-01): file modification times change with every package
-reinstall, so they would make the corpus unreproducible.
+``pydoc_data.topics/assert``; a page's WARC record id is derived from its URL), so it is stable across
+machines with the same versions. Candidates are visited in the order of the hash of their origin —
+a fixed pseudo-random order, so a byte cap takes a sample spread over the whole source rather than
+the alphabetically first modules — and written in that order; gzip shards have a zero mtime.
+``added`` and ``created`` are both the configured ``date`` (default 2026-01-01): file modification
+times change with every install, so they would make the corpus unreproducible. No absolute path
+goes into a document (paths differ between installations; the origin is logical).
 
 Sizes: each source stops at its byte cap (UTF-8 bytes of text); documents that would cross the cap
 are skipped and the walk goes on until less than ``min_room`` bytes are left. Defaults (4 MB of code,
@@ -31,7 +34,6 @@ are skipped and the walk goes on until less than ``min_room`` bytes are left. De
 from __future__ import annotations
 
 import ast
-import gzip
 import hashlib
 import os
 import sysconfig
@@ -42,13 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from glasslm.config import ConfigError
-from glasslm.data.documents import write_jsonl
-from glasslm.data.roff import roff_to_text
+from glasslm.data import corpus_web
+from glasslm.data.importers.records import ImportInput
+from glasslm.data.importers.run import Importer, ShardWriter
 
 SOURCES = ("code", "docs", "web")
 PSF = "PSF-2.0"
 _STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-_DOC_PREFIXES = ("copyright", "changelog", "news", "readme")
 
 
 @dataclass
@@ -62,8 +64,9 @@ class CorpusConfig:
     shard_bytes: int = 2_000_000  # a new shard starts after this many bytes of text
     date: str = "2026-01-01T00:00:00Z"  # the `added` and `created` of every document (see module doc)
     stdlib_dir: str = ""  # "" = sysconfig.get_paths()["stdlib"] of the running Python
-    doc_dirs: list[str] = field(default_factory=lambda: ["/usr/share/doc", "/usr/share/common-licenses"])
-    man_dir: str = "/usr/share/man"
+    # Outside text instead of the default corpus (`glasslm data import`; `glasslm pipeline` imports
+    # these when given): [{path: crawl/*.warc.gz, source: web, format: warc}, ...]
+    inputs: list[ImportInput] = field(default_factory=list)
 
     def validate(self) -> None:
         unknown = [s for s in self.sources if s not in SOURCES]
@@ -72,6 +75,8 @@ class CorpusConfig:
         for key in ("max_bytes_code", "max_bytes_docs", "max_bytes_web", "max_doc_bytes", "shard_bytes"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"config key 'corpus.{key}' must be >= 0, got {getattr(self, key)}")
+        for spec in self.inputs:
+            spec.validate()
 
     def cap(self, source: str) -> int:
         return int(getattr(self, f"max_bytes_{source}"))
@@ -106,10 +111,11 @@ class SourceReport:
     shards: int = 0
     candidates: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"docs": self.docs, "bytes": self.bytes, "shards": self.shards, "candidates": self.candidates,
-                "skipped": dict(sorted(self.skipped.items()))}
+                "skipped": dict(sorted(self.skipped.items())), **self.extra}
 
 
 def doc_id(origin: str) -> str:
@@ -161,66 +167,10 @@ def docs_candidates(config: CorpusConfig, notes: list[str]) -> list[Candidate]:
     return out
 
 
-def _package_licenses(pkg_dir: Path, cache: dict[Path, str | None]) -> str | None:
-    """Licences named by ``License:`` lines of a Debian machine-readable copyright file."""
-    if pkg_dir in cache:
-        return cache[pkg_dir]
-    found: list[str] = []
-    try:
-        with open(pkg_dir / "copyright", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("License:"):
-                    name = line[len("License:"):].strip()
-                    if name and name not in found:
-                        found.append(name)
-    except OSError:
-        pass
-    cache[pkg_dir] = ", ".join(found) if found else None
-    return cache[pkg_dir]
-
-
-def web_candidates(config: CorpusConfig, notes: list[str]) -> list[Candidate]:
-    out: list[Candidate] = []
-    licence_cache: dict[Path, str | None] = {}
-    for directory in map(Path, config.doc_dirs):
-        if not directory.is_dir():
-            notes.append(f"web: {directory} not found, skipped")
-            continue
-        licenses_dir = directory.name == "common-licenses"
-        for p in _walk_files(directory):
-            if not p.is_file():
-                continue
-            if licenses_dir:
-                out.append(Candidate(str(p), p, "text", p.name, {"kind": "license"}))
-            elif p.name.lower().startswith(_DOC_PREFIXES):
-                rel = p.relative_to(directory)
-                pkg_dir = directory / rel.parts[0] if len(rel.parts) > 1 else None
-                lic = _package_licenses(pkg_dir, licence_cache) if pkg_dir is not None else None
-                out.append(Candidate(str(p), p, "text", lic, {"kind": p.name.lower().split(".")[0],
-                                                             "package": rel.parts[0] if pkg_dir else None}))
-    man = Path(config.man_dir)
-    if not man.is_dir():
-        notes.append(f"web: {man} not found, man pages skipped")
-        return out
-    for p in _walk_files(man):
-        rel = p.relative_to(man)
-        if not p.is_file() or len(rel.parts) < 2:
-            continue
-        lang = rel.parts[0] if not rel.parts[0].startswith("man") else "en"
-        out.append(Candidate(str(p), p, "man", None, {"kind": "man", "man_lang": lang}))
-    return out
-
-
-_CANDIDATES = {"code": code_candidates, "docs": docs_candidates, "web": web_candidates}
+_CANDIDATES = {"code": code_candidates, "docs": docs_candidates}
 
 
 # Reading a candidate ---------------------------------------------------------------------------
-
-
-def _read_bytes(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        raw = f.read()
-    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
 
 
 def module_docstrings(source: str) -> str | None:
@@ -252,8 +202,8 @@ def read_candidate(c: Candidate) -> tuple[str | None, str | None]:
         return topics[c.extra["topic"]], None
     assert c.path is not None
     try:
-        raw = _read_bytes(c.path)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raw = c.path.read_bytes()
+    except OSError as e:
         return None, f"unreadable: {type(e).__name__}"
     try:
         text = raw.decode("utf-8")
@@ -264,10 +214,6 @@ def read_candidate(c: Candidate) -> tuple[str | None, str | None]:
             text = module_docstrings(text) or ""
         except (SyntaxError, ValueError):
             return None, "not parseable Python"
-    elif c.kind == "man":
-        if text.lstrip().startswith(".so "):
-            return None, "man page redirect (.so)"
-        text = roff_to_text(text)
     if "\x00" in text:
         return None, "binary (NUL bytes)"
     if not text.strip():
@@ -278,38 +224,16 @@ def read_candidate(c: Candidate) -> tuple[str | None, str | None]:
 # Building --------------------------------------------------------------------------------------
 
 
-class ShardWriter:
-    """Writes ``<source>-NNNN.jsonl.gz`` shards of about ``shard_bytes`` of text each."""
-
-    def __init__(self, out_dir: Path, source: str, shard_bytes: int) -> None:
-        self.out_dir, self.source, self.shard_bytes = out_dir, source, shard_bytes
-        self.pending: list[dict[str, Any]] = []
-        self.pending_bytes = 0
-        self.shards = 0
-
-    def add(self, doc: dict[str, Any], nbytes: int) -> None:
-        self.pending.append(doc)
-        self.pending_bytes += nbytes
-        if self.shard_bytes and self.pending_bytes >= self.shard_bytes:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            write_jsonl(self.out_dir / f"{self.source}-{self.shards:04d}.jsonl.gz", self.pending)
-            self.shards += 1
-            self.pending, self.pending_bytes = [], 0
-
-
 def make_document(c: Candidate, source: str, text: str, config: CorpusConfig) -> dict[str, Any]:
     metadata: dict[str, Any] = {"origin": c.origin, "license": c.license}
-    if c.path is not None:
-        metadata["path"] = str(c.path)
     metadata.update({k: v for k, v in c.extra.items() if v is not None})
     return {"id": doc_id(c.origin), "text": text, "source": source, "added": config.date,
             "created": config.date, "metadata": metadata}
 
 
 def build_source(source: str, config: CorpusConfig, out_dir: Path, notes: list[str]) -> SourceReport:
+    if source == "web":
+        return build_web(config, out_dir.parent, notes)
     report = SourceReport()
     candidates = sorted(_CANDIDATES[source](config, notes), key=lambda c: c.order_key)
     report.candidates = len(candidates)
@@ -336,6 +260,37 @@ def build_source(source: str, config: CorpusConfig, out_dir: Path, notes: list[s
     writer.flush()
     report.shards = writer.shards
     return report
+
+
+def build_web(config: CorpusConfig, root: Path, notes: list[str]) -> SourceReport:
+    """Render the pinned distributions' pages into ``root/warc/web.warc.gz`` and import that crawl."""
+    warc = root / "warc" / "web.warc.gz"
+    made = corpus_web.write_warc(warc, config.max_bytes_web, config.max_doc_bytes, config.date, config.min_room)
+    importer = Importer(root, config.shard_bytes, config.date)
+    importer.run_input(ImportInput(path=str(warc), source="web", format="warc"))
+    result = importer.finish()
+    web = result.domains.get("web", {"docs": 0, "bytes": 0, "shards": 0})
+    report = SourceReport(docs=web["docs"], bytes=web["bytes"], shards=web["shards"],
+                          candidates=sum(made["pages"].values()))
+    report.skipped.update({f"quarantined: {k}": v for k, v in result.quarantined_by_reason.items()})
+    report.skipped.update({f"page {k}": v for k, v in made["pages"].items() if k in ("empty", "too large") and v})
+    report.extra = {"pages": made["pages"], "records": result.totals.records,
+                    "quarantined": result.totals.quarantined, "distributions": made["distributions"]}
+    return report
+
+
+def reader_versions() -> dict[str, str]:
+    """Versions that decide the bytes of a corpus: Python's and the readers' and renderers'."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": f"{platform.python_implementation()} {platform.python_version()}"}
+    for name in ("glasslm", "warcio", "resiliparse", "markdown-it-py", "pyarrow", "fsspec", "isal", "orjson"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def build_corpus(config: CorpusConfig, root: Path) -> tuple[dict[str, SourceReport], list[str]]:

@@ -1,0 +1,60 @@
+"""Dolma JSONL (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``) as a stream: one line at a time, hashed as read.
+
+The same reasons as ``documents.iter_documents`` (bad JSON, invalid UTF-8, missing or wrong-typed
+fields); a missing id becomes a content-derived one instead of a quarantine, and a truncated or
+corrupt compressed tail is one quarantine entry after the last good line.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Iterator
+from typing import IO, Any
+
+from isal import igzip, isal_zlib
+
+from glasslm.data.importers.records import Item, ReadOptions, as_document, bad, parse_json_line
+from glasslm.data.importers.sources import SourceFile
+
+SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson")
+_BUFFER = 1 << 20
+
+
+def decompressed(name: str, stream: Any) -> IO[bytes]:
+    """A line-iterable view of ``stream``, decompressed by the file's suffix."""
+    if name.endswith(".gz"):
+        return igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    if name.endswith(".zst"):
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+        return io.BufferedReader(reader, _BUFFER)
+    return io.BufferedReader(stream, _BUFFER)
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, isal_zlib.error)  # type: ignore[assignment]
+    try:
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    except ImportError:
+        pass
+    return errors
+
+
+def read_jsonl(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
+    number = 0
+    try:
+        with decompressed(src.name, src.open()) as f:
+            for number, raw in enumerate(f, start=1):  # noqa: B007 - number is used after the loop
+                line = raw.rstrip(b"\r\n")
+                if not line.strip():
+                    yield bad(number, "empty line", line)
+                    continue
+                obj, reason = parse_json_line(line)
+                doc, reason = (None, reason) if reason is not None else as_document(obj, options.require_id)
+                yield Item(number, doc, None, b"") if doc is not None else bad(number, reason or "unusable", line)
+    except _stream_errors() as e:
+        yield bad(number + 1, f"truncated or corrupt compressed stream after line {number}: {e}")
