@@ -74,7 +74,9 @@ REPO = Path(__file__).resolve().parents[2]
 ATTRIBUTES = ["attributes/tags", "attributes/dedupe", "attributes/decon"]
 
 STAGES: list[Stage] = [
-    Stage("corpus", "corpus", [], lambda r, c, s: ["data", "corpus", "--out", _rel(r, "corpus"), "--config", str(c)]),
+    # corpus.inputs given: your own data through `data import` (the default corpus otherwise).
+    Stage("corpus", "corpus", [], lambda r, c, s: ["data", "import" if s.get("inputs") else "corpus",
+                                                   "--out", _rel(r, "corpus"), "--config", str(c)]),
     Stage("tag", "attributes/tags", ["corpus"],
           lambda r, c, s: ["data", "tag", _rel(r, "corpus"), "--out", _rel(r, "attributes/tags"), "--config", str(c)]),
     Stage("dedupe", "attributes/dedupe", ["corpus"],
