@@ -68,7 +68,7 @@ def test_tag_writes_dolma_layout_quarantine_and_manifest(docs, tmp_path, capsys)
     [ref] = manifest["inputs"]
     assert (ref["kind"], ref["sha256"]) == ("documents", manifest_hash(docs))
     assert (out / ref["path"]).resolve() == docs.resolve()  # absolute, or relative to the artifact
-    assert [t["name"] for t in manifest["config"]["taggers"]] == ["char_length", "pii"]
+    assert [t["name"] for t in manifest["taggers"]] == ["char_length", "pii"]
     assert manifest["config"]["tag"]["experiment"] == "t1"
     assert manifest["metrics"]["docs_per_source"] == {"docs": 2, "web": 2}
     assert not list(out.parent.glob(".t1.work-*"))  # the work directory is removed once published

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -102,6 +103,59 @@ def test_gopher_tagger_writes_document_spans():
     assert attrs["word_count"] == [[0, 13, 3.0]]
 
 
+def test_gopher_duplicate_lines_are_non_empty_lines_unless_dolma_is_asked_for():
+    text = "First paragraph here.\n\nSecond one.\n\nThird one.\nThird one."
+    gopher = gopher_attributes(text)  # the default: non-empty lines (Rae et al. 2021)
+    assert gopher["fraction_of_duplicate_lines"] == pytest.approx(2 / 4)
+    dolma = gopher_attributes(text, "dolma")  # dolma 1.2.1: the two empty lines are duplicates too
+    assert dolma["fraction_of_duplicate_lines"] == pytest.approx(4 / 6)
+    spaced = "A line.\n \nB line.\n\t\nC line."  # whitespace-only lines are blank as well
+    assert gopher_attributes(spaced)["fraction_of_duplicate_lines"] == 0.0
+    # characters in duplicate lines: the blank lines add none either way
+    assert gopher["fraction_of_characters_in_duplicate_lines"] == dolma["fraction_of_characters_in_duplicate_lines"]
+    assert get_tagger("gopher").describe()["options"] == {"duplicate_lines": "gopher"}
+    assert get_tagger("gopher", {"duplicate_lines": "dolma"}).tag(text)["fraction_of_duplicate_lines"][0][2] == \
+        pytest.approx(4 / 6, abs=1e-5)
+    with pytest.raises(ValueError, match="duplicate_lines"):
+        get_tagger("gopher", {"duplicate_lines": "all"})
+
+
+def clean_prose_documents() -> list[str]:
+    """Clean multi-paragraph English prose: paragraphs of the Python reference manual that ships with
+    every Python (``pydoc_data.topics``), no code, 2-4 paragraphs per document separated by blank lines."""
+    from pydoc_data.topics import topics
+
+    paras = []
+    for key in sorted(topics):
+        for block in re.split(r"\n\s*\n", topics[key]):
+            p = " ".join(block.split())
+            if len(p.split()) >= 25 and p[0].isupper() and p.endswith(".") and not set(p) & set("{}[]=#>*|"):
+                paras.append(p)
+    docs, i = [], 0
+    while i + 2 <= len(paras):
+        k = 2 + len(docs) % 3
+        docs.append("\n\n".join(paras[i : i + k]))
+        i += k
+    return docs
+
+
+DUPLICATE_LINE_RULES = {"fraction_of_duplicate_lines", "fraction_of_characters_in_duplicate_lines"}
+
+
+def test_gopher_duplicate_line_rule_false_positives_on_clean_prose():
+    """The figures in docs/data-tagging.md: share of clean documents each definition would remove."""
+    docs = clean_prose_documents()
+    assert len(docs) >= 100
+    rates = {}
+    for mode in ("gopher", "dolma"):
+        failed = [set(failed_gopher_rules(gopher_attributes(d, mode))) for d in docs]
+        rates[mode] = (sum(bool(f & DUPLICATE_LINE_RULES) for f in failed) / len(docs),
+                       sum(bool(f) for f in failed) / len(docs))
+    assert rates["gopher"][0] == 0.0  # default: no clean document fails the duplicate-line rules
+    assert rates["gopher"][1] <= 0.05  # all Gopher rules (a few repeat 5-grams of real manual text)
+    assert rates["dolma"][0] >= 0.5  # every blank line a "duplicate": documents of 3+ paragraphs fail
+
+
 # c4 ---------------------------------------------------------------------------------------------
 
 
@@ -139,6 +193,33 @@ def test_pii_spans_counts_and_doc_score():
     assert text[ip[0] : ip[1]] == "192.168.0.1"
     assert doc_value(attrs, "email_count") == 1 and doc_value(attrs, "ip_count") == 1
     assert doc_value(attrs, "doc") == pytest.approx(round(3 / 10, 5))
+
+
+PHONES = ["+1 (555) 0100-2004", "+1-555-010-2004", "+1 555 010 2004", "+15550102004", "+44 20 7946 0958",
+          "+49 30 1234567", "+33 1 23 45 67 89", "+353 (1) 234 5678", "(555) 010-2004", "(555)010-2004",
+          "555-010-2004", "555.010.2004", "555 0100 2004"]
+NOT_PHONES = ["1234567890", "1700000000", "12345678901234567890", "2026-12-05", "12/05/2026", "05.12.2026",
+              "2026-12-05 10:30:45", "1,234,567", "$1,234.56", "3.11.7", "v2.10.1234", "0.123456789", "1990-2000",
+              "pages 120-135", "192.168.100.200", "+5 points", "+3.5%", "+10 20", "call 911", "in 1999 2000 2001",
+              "order 123-4567-89012", "RFC 2616"]
+
+
+@pytest.mark.parametrize("number", PHONES)
+def test_pii_finds_international_and_north_american_phone_numbers(number):
+    text = f"Reach the office at {number}, any day.\n"
+    (phone,) = get_tagger("pii").tag(text)["PHONE_NUMBER"]
+    assert text[phone[0] : phone[1]] == number
+
+
+def test_pii_numbers_dates_and_versions_are_not_phones():
+    text = "".join(f"Value {n} here.\n" for n in NOT_PHONES)
+    assert "PHONE_NUMBER" not in get_tagger("pii").tag(text)
+    # dolma's pattern (kept for comparisons) takes bare 10-digit runs and misses international numbers
+    dolma = get_tagger("pii", {"phone_pattern": "dolma"})
+    assert len(dolma.tag(text)["PHONE_NUMBER"]) >= 2  # 1234567890, 1700000000, ...
+    assert "PHONE_NUMBER" not in dolma.tag("Reach us at +44 20 7946 0958 now.\n")
+    with pytest.raises(ValueError, match="phone_pattern"):
+        get_tagger("pii", {"phone_pattern": "us"})
 
 
 def test_pii_postprocessing_rules():

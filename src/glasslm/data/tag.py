@@ -206,7 +206,10 @@ def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bo
     shards = shard_names(docs_dir)
     if not shards:
         raise ConfigError(f"{docs_dir}: no document shards under documents/")
-    instances = [get_tagger(name, config.options.get(name)) for name in config.taggers]
+    try:
+        instances = [get_tagger(name, config.options.get(name)) for name in config.taggers]
+    except ValueError as e:  # an unknown option or a bad option value, worded by the tagger
+        raise ConfigError(f"config key 'tag.options': {e}") from None
     described = [t.describe() for t in instances]
     specs = tuple((t.name, json.dumps(t.options, sort_keys=True)) for t in instances)
     fp = fingerprint(to_dict(config), described, manifest_hash(docs_dir))  # + the code version
@@ -244,7 +247,7 @@ def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bo
                             for rec in read_jsonl(work / "quarantine" / f"{_safe(job.name)}.jsonl")]
         write_jsonl(w.path / QUARANTINE_FILE, quarantine_lines)
         w.metrics = metrics
-        w.extra = {"experiment": config.experiment, "documents": str(Path(docs_dir).resolve())}
+        w.extra.update(experiment=config.experiment, documents=str(Path(docs_dir).resolve()))
     shutil.rmtree(work, ignore_errors=True)
     return metrics
 

@@ -7,6 +7,17 @@ word lengths; duplicate n-gram fractions count every occurrence of a repeated n-
 ones included), n-grams are only reported for n ≤ number of words; lines are ``text.split("\\n")``;
 an ellipsis is only "…" (U+2026); required words are matched case-sensitively.
 
+One exception by default, the option ``duplicate_lines``:
+
+- ``"gopher"`` (default): the duplicate-line signals count non-empty lines only, as the Gopher
+  repetition filter means them (Rae et al. 2021, appendix A; datatrove's ``GopherRepetitionFilter``
+  splits lines on ``\\n+`` and so never sees an empty one). A blank line between paragraphs is layout,
+  not repeated content.
+- ``"dolma"``: every ``\\n``-separated line, blank and whitespace-only ones included (dolma 1.2.1
+  ``gopher_v1``, our attribute values equal dolma's then). Every blank line of a multi-paragraph
+  document is a "duplicate" of the others, so a clean three-paragraph document already has 2 of 5
+  lines duplicated (0.4 > 0.3) and fails the rule: measured false positives in docs/data-tagging.md.
+
 The computation is ours and vectorised: words are mapped to integer ids once, and for each n the
 n-grams are 64-bit polynomial hashes of those ids counted with ``numpy.unique``, instead of
 dolma's nine ``Counter``s of word tuples (the slowest part of dolma's tagger, measured in
@@ -105,8 +116,11 @@ def ngram_fractions(ids: np.ndarray, lengths: np.ndarray, total_chars: int) -> d
     return out
 
 
-def gopher_attributes(text: str) -> dict[str, float]:
-    """All gopher_v1 signals of ``text`` by name, in dolma's order."""
+DUPLICATE_LINES = ("gopher", "dolma")  # the choices of the option, explained in the module docstring
+
+
+def gopher_attributes(text: str, duplicate_lines: str = "gopher") -> dict[str, float]:
+    """All gopher_v1 signals of ``text`` by name, in dolma's order (``duplicate_lines``: see module doc)."""
     words = text.split()
     word_count = len(words)
     # Per distinct word: computed once, then weighted by how often the word occurs.
@@ -140,15 +154,16 @@ def gopher_attributes(text: str) -> dict[str, float]:
     ellipsis = sum(1 for line in lines if line.endswith("\u2026"))
     attrs["fraction_of_lines_starting_with_bullet_point"] = bullets / line_count
     attrs["fraction_of_lines_ending_with_ellipsis"] = ellipsis / line_count
+    counted = lines if duplicate_lines == "dolma" else [line for line in lines if line.strip()]
     line_counts: dict[str, int] = {}
-    for line in lines:
+    for line in counted:
         line_counts[line] = line_counts.get(line, 0) + 1
     dup_lines = dup_chars = 0
     for line, count in line_counts.items():
         if count > 1:
             dup_lines += count
             dup_chars += len(line) * count
-    attrs["fraction_of_duplicate_lines"] = dup_lines / line_count
+    attrs["fraction_of_duplicate_lines"] = dup_lines / max(len(counted), 1)
     attrs["fraction_of_characters_in_duplicate_lines"] = dup_chars / max(total_chars, 1)
     return attrs
 
@@ -169,9 +184,18 @@ def failed_gopher_rules(attrs: dict[str, float]) -> list[str]:
 class GopherTagger(Tagger):
     """Dolma gopher_v1 signals, one document-level span each."""
 
+    version = 2  # 2: duplicate lines are non-empty lines by default (duplicate_lines="gopher")
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.options["duplicate_lines"] not in DUPLICATE_LINES:
+            raise ValueError(f"tagger 'gopher': option duplicate_lines must be one of {list(DUPLICATE_LINES)}, "
+                             f"got {self.options['duplicate_lines']!r}")
+
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        return {}
+        return {"duplicate_lines": "gopher"}
 
     def tag(self, text: str) -> Attributes:
-        return {name: doc_span(text, value) for name, value in gopher_attributes(text).items()}
+        attrs = gopher_attributes(text, self.options["duplicate_lines"])
+        return {name: doc_span(text, value) for name, value in attrs.items()}

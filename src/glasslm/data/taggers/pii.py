@@ -11,6 +11,14 @@ Differences, on purpose: a span covers the address or number itself (dolma's spa
 regex match, which includes the delimiters and whitespace around it), so the mixer can mask
 exactly the PII; and next to dolma's attribute names (``EMAIL_ADDRESS``, ``PHONE_NUMBER``,
 ``IP_ADDRESS``, ``doc`` = matches per whitespace word) we add document-level counts.
+
+Phone numbers (option ``phone_pattern``): dolma's pattern only knows North American numbers written
+3-3-4 after whitespace, so it misses international ones (``+1 (555) 0100-2004``, ``+44 20 7946 0958``)
+and flags any 10-digit run (a Unix timestamp such as 1700000000). The default, ``"glasslm"``
+(``PHONE``), takes a number with a ``+`` country code and 8-15 digits in groups, or one without a
+country code written 3-3/4-4 with an area code in parentheses or a separator after it; dates, times,
+versions, amounts and bare digit runs are not phones (tested). ``"dolma"`` keeps dolma's
+(``PHONE_DOLMA``), for comparisons with dolma.
 """
 
 from __future__ import annotations
@@ -21,7 +29,25 @@ from typing import Any
 from glasslm.data.taggers.base import Attributes, Tagger, doc_span, register
 
 EMAIL = re.compile("[.\\s@,?!;:)(]*([^\\s@]+@[^\\s@,?!;:)(]+?)[.\\s@,?!;:)(]?[\\s\n\r]")
-PHONE = re.compile("\\s+\\(?(\\d{3})\\)?[-\\. ]*(\\d{3})[-. ]?(\\d{4})")
+PHONE_DOLMA = re.compile("\\s+\\(?(\\d{3})\\)?[-\\. ]*(\\d{3})[-. ]?(\\d{4})")
+PHONE = re.compile(
+    r"""
+    (?<![\w+])                          # starts a number: not inside a word or another number
+    (?:
+        \+\d{1,3}                        # a country code: +1, +44, +353
+        (?:[ .-]?\(\d{1,4}\))?            #   an area code in parentheses: +1 (555)
+        (?:[ .-]?\d++){1,5}               #   groups: 0100-2004, 20 7946 0958, 1 23 45 67 89
+                                          #   (possessive: a digit run is one group, no backtracking)
+    |
+        (?:\(\d{2,4}\)[ .-]?|\d{3}[ .-])   # no country code: (555) or 555 followed by - . or space
+        \d{3,4}[ .-]?\d{4}                #   then 010-2004 or 0100 2004
+    )
+    (?!\w|[.-]\d)                        # and ends it: not followed by more of a word or number
+    """,
+    re.VERBOSE,
+)
+PHONE_DIGITS = (8, 15)  # E.164: at most 15 digits with the country code; fewer than 8 is not a phone
+PHONE_PATTERNS = ("glasslm", "dolma")
 IP = re.compile("(?:(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\\.){3}(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)")
 WINDOW = 100
 _CONTEXT_STOP = ("isbn", "doi", "#")
@@ -45,14 +71,18 @@ def find_emails(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def find_phones(text: str) -> list[tuple[int, int]]:
+def find_phones(text: str, pattern: str = "glasslm") -> list[tuple[int, int]]:
+    """Spans of phone numbers (``pattern``: see the module docstring)."""
     spans = []
-    for m in PHONE.finditer(text):
+    for m in (PHONE_DOLMA if pattern == "dolma" else PHONE).finditer(text):
         if not _context_ok(text, m.start(), m.end()):
             continue
         start = m.start()
-        while text[start].isspace():  # the match starts with the whitespace before the number
-            start += 1
+        if pattern == "dolma":
+            while text[start].isspace():  # the match starts with the whitespace before the number
+                start += 1
+        elif not PHONE_DIGITS[0] <= sum(c.isdigit() for c in m.group()) <= PHONE_DIGITS[1]:
+            continue
         spans.append((start, m.end()))
     return spans
 
@@ -67,12 +97,21 @@ def find_ips(text: str) -> list[tuple[int, int]]:
 class PiiTagger(Tagger):
     """Spans of e-mail addresses, phone numbers and IP addresses, counts, and dolma's doc score."""
 
+    version = 2  # 2: international phone numbers, no bare digit runs (phone_pattern="glasslm")
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.options["phone_pattern"] not in PHONE_PATTERNS:
+            raise ValueError(f"tagger 'pii': option phone_pattern must be one of {list(PHONE_PATTERNS)}, "
+                             f"got {self.options['phone_pattern']!r}")
+
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        return {}
+        return {"phone_pattern": "glasslm"}
 
     def tag(self, text: str) -> Attributes:
-        found = {"EMAIL_ADDRESS": find_emails(text), "PHONE_NUMBER": find_phones(text), "IP_ADDRESS": find_ips(text)}
+        found = {"EMAIL_ADDRESS": find_emails(text), "PHONE_NUMBER": find_phones(text, self.options["phone_pattern"]),
+                 "IP_ADDRESS": find_ips(text)}
         attrs: Attributes = {name: [[s, e, 1.0] for s, e in spans] for name, spans in found.items() if spans}
         total = sum(len(s) for s in found.values())
         words = len(text.split())
