@@ -34,12 +34,13 @@ PHONE = re.compile(
     r"""
     (?<![\w+])                          # starts a number: not inside a word or another number
     (?:
-        \+\d{1,3}                        # a country code: +1, +44, +353
+        \+[1-9]\d{0,2}                   # a country code (never starts with 0): +1, +44, +353
         (?:[ .-]?\(\d{1,4}\))?            #   an area code in parentheses: +1 (555)
-        (?:[ .-]?\d++){1,5}               #   groups: 0100-2004, 20 7946 0958, 1 23 45 67 89
-                                          #   (possessive: a digit run is one group, no backtracking)
+        [ .-]?\d++                        #   groups: 0100-2004, 20 7946 0958, 1 23 45 67 89;
+        (?:[ .-]?\d{2,}+){0,4}            #   after the first, 2+ digits (+3.5 is no phone), each
+                                          #   possessive (a digit run is one group: no backtracking)
     |
-        (?:\(\d{2,4}\)[ .-]?|\d{3}[ .-])   # no country code: (555) or 555 followed by - . or space
+        (?:\(\d{3}\)[ .-]?|\d{3}[ .-])     # no country code: (555) or 555 followed by - . or space
         \d{3,4}[ .-]?\d{4}                #   then 010-2004 or 0100 2004
     )
     (?!\w|[.-]\d)                        # and ends it: not followed by more of a word or number
