@@ -13,7 +13,10 @@ python="${PYTHON:-python3.11}"
 #   and datatrove declares neither as a core dependency (its pyproject puts them under extras).
 # - xxhash<4: MinhashDedupSignature hashes with xxhash.xxh64_intdigest(str); xxhash 4.x accepts only
 #   bytes-like input (its changelog: "drop str support"), so every signature raises TypeError.
-reqs=("datatrove==0.10.1" orjson spacy regex tokenizers "xxhash<4")
+# - warcio, faust-cchardet, python-magic, trafilatura, lxml_html_clean, pyarrow: WarcReader + its
+#   Trafilatura extractor and ParquetReader (benchmarks/import_throughput.py); datatrove lists them as extras.
+reqs=("datatrove==0.10.1" orjson spacy regex tokenizers "xxhash<4"
+      warcio faust-cchardet python-magic trafilatura lxml_html_clean pyarrow)
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
   "$venv/bin/pip" install --quiet --upgrade pip

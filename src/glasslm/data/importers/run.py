@@ -317,18 +317,18 @@ class Importer:
         hashes = np.frombuffer(self.id_hashes, dtype=np.int64)
         if len(hashes) < 2:
             return {"count": 0, "examples": {}}
-        ordered = np.sort(hashes)
-        repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
-        if not repeated:
+        values, counts = np.unique(hashes, return_counts=True)
+        repeated_total = int((counts - 1).sum())
+        if not repeated_total:
             return {"count": 0, "examples": {}}
+        sample = set(values[counts > 1][:20].tolist())  # examples only: memory stays bounded
         where: dict[str, list[str]] = {}
-        for shard in list_shards(self.docs_dir):  # exact ids, only for the (rare) repeated hashes
+        for shard in list_shards(self.docs_dir):  # exact ids and places, for the sampled hashes
             for line, doc in iter_documents(shard, Quarantine()):
-                if hash(doc["id"]) in repeated:
+                if hash(doc["id"]) in sample:
                     where.setdefault(doc["id"], []).append(f"{shard.relative_to(self.docs_dir)}:{line}")
-        dups = {k: v for k, v in where.items() if len(v) > 1}
-        return {"count": sum(len(v) - 1 for v in dups.values()),
-                "examples": dict(list(sorted(dups.items()))[:20])}
+        dups = {k: v[:10] for k, v in where.items() if len(v) > 1}
+        return {"count": repeated_total, "examples": dict(sorted(dups.items()))}
 
 
 def run_import(inputs: list[ImportInput], root: Path, *, shard_bytes: int = 2_000_000,
