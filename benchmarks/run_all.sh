@@ -36,10 +36,10 @@ run() {  # run NAME CMD...: one benchmark, its output kept and shown
 }
 
 run tag $py benchmarks/tag_throughput.py --workers 2 --mb-per-source 2 --repeat 2
-run dedupe_mix $py benchmarks/dedupe_mix_throughput.py --mb 50 --workers 2 --repeat 3
+run dedupe_mix $py benchmarks/dedupe_mix_throughput.py --mb 150 --workers 2 --repeat 3
 # datatrove's LocalPipelineExecutor hung with 2 workers here (RESULTS.md): one process each.
 run minhash $py benchmarks/minhash_throughput.py --mb 20 --workers 1 --repeat 2
-run tokenize $py benchmarks/tokenize_throughput.py --mb 20 --workers 2 --repeats 2 --train-mb 2 --vocab 8192
+run tokenize $py benchmarks/tokenize_throughput.py --mb 20 --workers 2 --repeats 3 --train-mb 2 --vocab 8192
 run eval_vs_lmeval $py benchmarks/eval_vs_lmeval.py --limit 50 --shots 5 --repeats 2 --threads 1
 run trace_index $py benchmarks/trace_index.py --tokens 5000000 --repeat 2
 # CPU clock, one thread: what a step costs a core; wall time on this shared box swung up to 10x.

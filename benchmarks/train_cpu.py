@@ -16,8 +16,9 @@ the same AdamW (β 0.9/0.95, ε 1e-8, weight decay 0.1, fused where torch has it
   its own loss (``labels=`` / ``shift_labels=``: plain cross-entropy), ``torch.optim.AdamW``.
 - transformers + ``torch.compile`` (``--peer-compile``, on in run_all.sh): the same, with the model
   compiled — its fastest supported CPU training mode (HF's docs, "torch.compile": wrap the model;
-  Trainer's ``torch_compile=True`` does the same). Its compile time (first step minus a steady step)
-  is printed beside the steady state.
+  Trainer's ``torch_compile=True`` does the same). Its compile time (first step minus a steady step,
+  wall clock) is printed beside the steady state. With it comes glasslm + ``torch.compile`` (the
+  trainer's ``trainer.compile`` path: the model compiled, no oneDNN swap), for compiled vs compiled.
 
 Timed blocks of steps alternate between the two models (interleaved repeats) so a load change on
 a shared machine hits both. Three figures: the ratio of the best blocks (best-of-N: load only ever
@@ -129,14 +130,15 @@ def run_shape(name: str, config: ModelConfig, args: argparse.Namespace) -> float
     mode = {"auto": "auto", "on": True, "off": False}[args.onednn]
     ours, choice = glasslm_step(config, x, y, args.compile, args.loss_chunk_tokens, mode)
     steps = {"glasslm": ours, "transformers": hf_step(config, x, y, args.compile)}
-    if args.peer_compile and not args.compile:
+    if args.peer_compile and not args.compile:  # compiled vs compiled too (our trainer.compile path)
         steps["transformers+compile"] = hf_step(config, x, y, True)
+        steps["glasslm+compile"] = glasslm_step(config, x, y, True, args.loss_chunk_tokens, mode)[0]
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     first, first_s = {}, {}
     for k, s in steps.items():  # also the warm-up; for a compiled model, the compile
-        t0 = clock()
+        t0 = time.perf_counter()  # wall time: Inductor compiles C++ in worker processes
         first[k] = s()
-        first_s[k] = clock() - t0
+        first_s[k] = time.perf_counter() - t0
     for _ in range(args.warmup - 1):
         for s in steps.values():
             s()
@@ -165,25 +167,29 @@ def run_shape(name: str, config: ModelConfig, args: argparse.Namespace) -> float
     else:
         print(f"  linear library: {choice.backend} ({choice.how})")
     print("  initial loss: " + "  ".join(f"{k} {v:.4f}" for k, v in first.items()))
-    print("  first step (compile included where compiled): "
+    print("  first step, wall time (compile included where compiled): "
           + ", ".join(f"{k} {v:.1f} s" for k, v in first_s.items()))
     for k in steps:
         blocks = " ".join(f"{v:,.0f}" for v in tps[k])
         print(f"  {k}: {med[k]:,.0f} tokens/s (median of {args.repeats} blocks of {args.steps} steps: {blocks})")
     ratio = 0.0
-    for peer in [k for k in steps if k != "glasslm"]:
+    pairs = [("glasslm", "transformers"), ("glasslm", "transformers+compile"), ("glasslm+compile", "transformers+compile")]
+    for ours, peer in [(a, b) for a, b in pairs if a in steps and b in steps]:
         # Each repeat's blocks ran back to back, so their ratio is the least disturbed by load drift.
-        paired = [a / b for a, b in zip(tps["glasslm"], tps[peer], strict=True)]
-        best = max(tps["glasslm"]) / max(tps[peer])
-        print(f"  ratio glasslm / {peer}: per repeat {fmt_spread(paired)}; best blocks {best:.2f}x; "
-              f"of the medians {med['glasslm'] / med[peer]:.2f}x")
+        paired = [a / b for a, b in zip(tps[ours], tps[peer], strict=True)]
+        best = max(tps[ours]) / max(tps[peer])
+        print(f"  ratio {ours} / {peer}: per repeat {fmt_spread(paired)}; best blocks {best:.2f}x; "
+              f"of the medians {med[ours] / med[peer]:.2f}x")
         ratio = ratio or statistics.median(paired)
-        steady = args.batch * args.seq_len / med[peer]
+        steady = {k: args.batch * args.seq_len / med[k] for k in (ours, peer)}  # clock-time of a steady step
+        compiled = "compile" in ours
         report("train_cpu.py", f"training step, {name} ({counts['total'] / 1e6:.1f}M), {torch.get_num_threads()} "
-               f"thread(s), {args.clock} clock, linears: {choice.backend} ({choice.how})",
+               f"thread(s), {args.clock} clock, " + ("glasslm trainer.compile" if compiled else
+                                                     f"glasslm linears: {choice.backend} ({choice.how})"),
                f"transformers Olmo2ForCausalLM{' + torch.compile' if 'compile' in peer else ''}", paired, goal=1.0,
                onednn_over_mkl=round(choice.mkl_ms / choice.onednn_ms, 3) if choice.mkl_ms and choice.onednn_ms else None,
-               compile_s_peer=round(first_s[peer] - steady, 1) if "compile" in peer else None)
+               compile_s_ours=round(first_s[ours] - steady[ours], 1) if compiled else None,
+               compile_s_peer=round(first_s[peer] - steady[peer], 1) if "compile" in peer else None)
     return ratio
 
 

@@ -84,20 +84,20 @@ def test_trainer_takes_the_fast_paths_on_cpu(tmp_path: Path) -> None:
 
 # -- the library chosen by measurement (issue #23) ---------------------------------------------------
 
-WIDE = ModelConfig(vocab_size=512, d_model=128, n_layers=1, n_heads=4, n_kv_heads=2, mlp_hidden=256)
+WIDE = ModelConfig(vocab_size=512, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=512)
 
 
 def test_choice_is_measured_forced_or_small() -> None:
     model = OLMo2(WIDE)
-    measured = onednn.choose_backend(model, rows=1024)
+    measured = onednn.choose_backend(model, rows=512)
     assert measured.how == "measured" and measured.backend in ("onednn", "mkl")
-    assert measured.mkl_ms is not None and measured.onednn_ms is not None and measured.rows == 1024
+    assert measured.mkl_ms is not None and measured.onednn_ms is not None and measured.rows == 512
     faster = "onednn" if measured.onednn_ms < measured.mkl_ms else "mkl"
     assert measured.backend == faster  # the faster one is kept, whichever it is on this CPU
-    assert onednn.choose_backend(model, rows=1024) is measured  # timed once per process
-    assert onednn.choose_backend(model, rows=1024, mode=True) == onednn.LinearChoice(
+    assert onednn.choose_backend(model, rows=512) is measured  # timed once per process
+    assert onednn.choose_backend(model, rows=512, mode=True) == onednn.LinearChoice(
         "onednn", "forced", threads=torch.get_num_threads())
-    assert onednn.choose_backend(model, rows=1024, mode=False).backend == "mkl"
+    assert onednn.choose_backend(model, rows=512, mode=False).backend == "mkl"
     assert onednn.choose_backend(model, rows=2).how == "small"  # too little work to time
     with pytest.raises(ValueError, match="true, false or 'auto'"):
         onednn.choose_backend(model, rows=8, mode="fast")  # type: ignore[arg-type]

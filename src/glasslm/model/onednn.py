@@ -152,24 +152,26 @@ def linear_shapes(model: nn.Module) -> Counter[tuple[int, int]]:
 
 
 def _pass(kind: Backend, operands: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]], backward: bool) -> float:
-    """Seconds for one pass: each shape's y = x·Wᵀ (and dx = g·W, dW = gᵀ·x), times its count."""
-    t0 = time.perf_counter()
+    """Seconds for one pass: each distinct shape's y = x·Wᵀ (and dx = g·W, dW = gᵀ·x) once, weighted
+    by how many layers have that shape (timing each layer would cost the same information n times)."""
+    total = 0.0
     for count, x, w, g in operands:
-        for _ in range(count):
-            if kind == "onednn":
-                matmul_t(x, w)
-                if backward:
-                    matmul_t(g, w.T)
-                    matmul_t(g.T, x.T)
-            else:
-                torch.mm(x, w.T)
-                if backward:
-                    torch.mm(g, w)
-                    torch.mm(g.T, x)
-    return time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if kind == "onednn":
+            matmul_t(x, w)
+            if backward:
+                matmul_t(g, w.T)
+                matmul_t(g.T, x.T)
+        else:
+            torch.mm(x, w.T)
+            if backward:
+                torch.mm(g, w)
+                torch.mm(g.T, x)
+        total += count * (time.perf_counter() - t0)
+    return total
 
 
-def measure(shapes: Counter[tuple[int, int]], rows: int, backward: bool = True, iters: int = 3) -> tuple[float, float]:
+def measure(shapes: Counter[tuple[int, int]], rows: int, backward: bool = True, iters: int = 2) -> tuple[float, float]:
     """Best-of-``iters`` seconds of one pass over ``shapes`` (``rows`` input rows) with MKL
     (aten::mm) and with oneDNN, the two alternating (ABAB, so a load change hits both), after one
     warm-up pass each. Returns (mkl_s, onednn_s)."""
@@ -192,12 +194,13 @@ def measure(shapes: Counter[tuple[int, int]], rows: int, backward: bool = True, 
 
 def choose_backend(
     model: nn.Module, rows: int, mode: bool | Literal["auto"] = "auto", backward: bool = True,
-    max_rows: int = 4096,
+    max_rows: int = 512,
 ) -> LinearChoice:
     """Pick the library for ``model``'s CPU fp32 linears: ``mode`` True → oneDNN, False → MKL
     (aten::mm), "auto" → time both on the model's own shapes at ``rows`` rows (capped at
-    ``max_rows`` to bound the start-up cost; per-row cost is flat beyond a few thousand) and keep
-    the faster. Cached per process by (shapes, rows, threads, backward)."""
+    ``max_rows`` to bound the start-up cost: ~1 s for a 27M model on one core, whose passes take
+    ~0.1 s each; a GEMM's time per row is near flat from a few hundred rows) and keep the faster. Cached per process by (shapes, rows,
+    threads, backward)."""
     threads = torch.get_num_threads()
     if not available():
         return LinearChoice("mkl", "n/a", threads=threads)

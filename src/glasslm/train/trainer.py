@@ -168,10 +168,11 @@ class Trainer:
         self.linear_choice = onednn.LinearChoice("mkl", "n/a")
         if world.device.type == "cpu" and not self.bf16 and world.strategy != "fsdp" and not tc.compile:
             started = self._resumed_linear_backend()  # FSDP2/inductor (above) bring their own kernels
-            self.linear_choice = (
+            choice = (
                 onednn.LinearChoice(started, "resumed") if started is not None
                 else onednn.choose_backend(model, self.micro_batch * lc.seq_len, tc.onednn_linear)
             )
+            self.linear_choice = cast(onednn.LinearChoice, distributed.broadcast_object(choice, world))  # rank 0's
         self.onednn = onednn.apply_choice(model, self.linear_choice)
         wrapped = distributed.wrap(model, world, config.distributed, self.bf16)
         self.wrapped = wrapped  # DDP/FSDP/plain, before torch.compile: what state dicts are taken from
