@@ -47,7 +47,11 @@ run train_cpu $py benchmarks/train_cpu.py --threads 1 --clock cpu --repeats 5 --
 # A fresh Inductor cache, so both sides' compile times are cold.
 run generate env TORCHINDUCTOR_CACHE_DIR="$out/inductor" $py benchmarks/generate_throughput.py \
   --threads 1 --new-tokens 64 --repeats 3 --batches 1 8 --label 42M
+# The tiny preset's shape, where per-step overhead (what a compiled step removes) dominates.
+run generate_tiny env TORCHINDUCTOR_CACHE_DIR="$out/inductor-tiny" $py benchmarks/generate_throughput.py \
+  --threads 1 --new-tokens 64 --repeats 3 --batches 1 8 --d-model 128 --layers 4 --heads 4 --kv-heads 2 \
+  --mlp 384 --vocab 4096 --label tiny-shape
 
 { date -u +"%Y-%m-%d %H:%M UTC"; uptime; } > "$out/ended"
-rm -rf "$out/inductor"
+rm -rf "$out/inductor" "$out/inductor-tiny"
 $py benchmarks/readme_table.py "$out"
