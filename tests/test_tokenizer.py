@@ -27,7 +27,9 @@ def test_artifact_files_special_tokens_and_metrics(trained: tuple[Path, Path]) -
     docs, tok_dir = trained
     manifest = artifacts.read_manifest(tok_dir)
     assert manifest["kind"] == "tokenizer"
-    assert [i["path"] for i in manifest["inputs"]] == [str(docs.resolve())]
+    # stored relative to the artifact, so a moved run still finds its inputs
+    assert [artifacts.input_location(tok_dir, i) for i in manifest["inputs"]] == [docs.resolve()]
+    assert [i["path"] for i in manifest["inputs"]] == ["../mix"]
     assert (tok_dir / "chat_template.jinja").read_text() == CHAT_TEMPLATE
     tok = Tokenizer.from_file(tok_dir)
     m = manifest["metrics"]

@@ -6,6 +6,15 @@ by hash). Lineage back to the raw documents is a walk over input manifests.
 
 Directories are built in a temporary sibling and renamed into place, so a crash or kill never leaves
 a half-written artifact under the final name.
+
+Safety rules (docs/glass-box.md):
+- ``--out`` never deletes what glasslm did not make: an existing non-empty directory is replaced only
+  when it is an artifact of the same kind (``--force``: of any kind), and never when it holds one of
+  the inputs.
+- Input paths are stored relative to the artifact (with the hash of the input's manifest), so a run
+  directory can be moved, copied or downloaded and still verify; a missing input is an error.
+- Only regular files are artifact content: a symlink, FIFO or device below an artifact is reported by
+  ``verify`` and refused by every verb that reads the artifact, and is never followed.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -66,15 +76,44 @@ def code_version() -> dict[str, Any]:
     return info
 
 
+def walk_tree(root: Path) -> tuple[list[str], list[str]]:
+    """The regular files below ``root`` (relative POSIX paths, sorted) and everything else that is not a
+    directory: symlinks (to files or directories), FIFOs, sockets, devices. Links are never followed."""
+    regular: list[str] = []
+    irregular: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        for name in list(dirnames):
+            if (base / name).is_symlink():  # os.walk lists a link to a directory among the directories
+                dirnames.remove(name)
+                irregular.append((base / name).relative_to(root).as_posix())
+        for name in filenames:
+            mode = os.lstat(base / name).st_mode
+            rel = (base / name).relative_to(root).as_posix()
+            (regular if stat.S_ISREG(mode) else irregular).append(rel)
+    return sorted(regular), sorted(irregular)
+
+
+def check_regular(root: Path) -> None:
+    """Refuse an artifact that holds anything but regular files and directories (a planted symlink to
+    /etc/passwd, a FIFO that would block a reader): cheap, no hashing, done on every input."""
+    _, irregular = walk_tree(root)
+    if irregular:
+        more = f" (+{len(irregular) - 3} more)" if len(irregular) > 3 else ""
+        raise ArtifactError(
+            f"{root}: holds {', '.join(irregular[:3])}{more}, which is not a regular file (a symlink or special "
+            "file); artifacts hold regular files only — remove it, or rebuild the artifact"
+        )
+
+
 def hash_tree(root: Path) -> dict[str, dict[str, Any]]:
-    """sha256 and size of every file below ``root`` except the manifest, keyed by relative path."""
+    """sha256 and size of every regular file below ``root`` except the manifest, keyed by relative path."""
     files = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            rel = path.relative_to(root).as_posix()
-            if rel == MANIFEST:
-                continue
-            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    for rel in walk_tree(root)[0]:
+        if rel == MANIFEST:
+            continue
+        path = root / rel
+        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return files
 
 
@@ -94,33 +133,70 @@ def manifest_hash(path: str | Path) -> str:
 
 
 def input_ref(path: str | Path) -> dict[str, Any]:
-    """How a manifest names one of its inputs: path, kind and the hash of the input's manifest."""
+    """How a manifest names one of its inputs: path, kind and the hash of the input's manifest.
+
+    The path is absolute here; ``write_manifest`` stores it relative to the artifact it writes."""
     path = Path(path)
     manifest = read_manifest(path)
     return {"path": str(path.resolve()), "kind": manifest.get("kind"), "sha256": manifest_hash(path)}
+
+
+def input_location(artifact: str | Path, ref: Mapping[str, Any]) -> Path:
+    """Where an input named in ``artifact``'s manifest is now: relative paths are relative to the artifact
+    (so a moved or copied run finds its own inputs); absolute ones come from manifests written before."""
+    recorded = Path(str(ref.get("path", "")))
+    if recorded.is_absolute():
+        return recorded
+    return Path(os.path.normpath(Path(artifact).resolve() / recorded))
+
+
+def inputs_of(artifact: str | Path) -> list[tuple[dict[str, Any], Path]]:
+    """Each input reference of an artifact's manifest with its current location."""
+    return [(ref, input_location(artifact, ref)) for ref in read_manifest(artifact).get("inputs", [])]
+
+
+def input_of_kind(artifact: str | Path, kind: str) -> Path | None:
+    """The current location of ``artifact``'s first input of ``kind`` (None if it names none)."""
+    return next((where for ref, where in inputs_of(artifact) if ref.get("kind") == kind), None)
+
+
+def _relative_ref(ref: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """``ref`` with an absolute path made relative to ``root`` (the artifact or its temporary sibling:
+    same parent, so the same relative path)."""
+    out = dict(ref)
+    path = Path(str(out.get("path", "")))
+    if path.is_absolute():
+        out["path"] = os.path.relpath(path, root.resolve())
+    return out
 
 
 def find_artifact(path: str | Path, kinds: str | Sequence[str], subdirs: Sequence[str] = ()) -> Path:
     """Resolve ``path`` to an artifact of one of ``kinds``.
 
     ``path`` may be the artifact itself or a run directory (``runs/NAME``) that holds it in one of
-    ``subdirs`` (default: a sub-directory named like the kind).
+    ``subdirs`` (default: a sub-directory named like the kind). The artifact found must hold regular
+    files only (``check_regular``).
     """
     path = Path(path)
     wanted = [kinds] if isinstance(kinds, str) else list(kinds)
+    found: Path | None = None
     if (path / MANIFEST).is_file():
         kind = read_manifest(path).get("kind")
         if kind in wanted:
-            return path
-        if not subdirs:
+            found = path
+        elif not subdirs:
             raise ArtifactError(f"{path}: is a '{kind}' artifact, expected {' or '.join(wanted)}")
-    if not path.exists():
+    if found is None and not path.exists():
         raise ArtifactError(f"{path}: no such directory (expected a {' or '.join(wanted)} artifact)")
-    for sub in list(subdirs) or wanted:
+    for sub in [] if found is not None else list(subdirs) or wanted:
         candidate = path / sub
         if (candidate / MANIFEST).is_file() and read_manifest(candidate).get("kind") in wanted:
-            return candidate
-    raise ArtifactError(f"{path}: no {' or '.join(wanted)} artifact here or in its sub-directories")
+            found = candidate
+            break
+    if found is None:
+        raise ArtifactError(f"{path}: no {' or '.join(wanted)} artifact here or in its sub-directories")
+    check_regular(found)
+    return found
 
 
 @dataclass
@@ -163,8 +239,10 @@ def write_manifest(
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Hash everything under ``root`` and write its manifest (atomically). Returns the manifest."""
-    refs = [dict(i) if isinstance(i, Mapping) else input_ref(i) for i in inputs]
+    """Hash everything under ``root`` and write its manifest (atomically). Returns the manifest.
+
+    ``root`` is the artifact or a temporary sibling of it: input paths are stored relative to it."""
+    refs = [_relative_ref(i if isinstance(i, Mapping) else input_ref(i), root) for i in inputs]
     manifest: dict[str, Any] = {
         "kind": kind,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -207,6 +285,64 @@ def command_line() -> list[str]:
     return argv
 
 
+_FORCE = False
+
+
+@contextlib.contextmanager
+def forcing(force: bool) -> Iterator[None]:
+    """Inside, ``--out`` may replace an artifact of another kind, or one with files its manifest does not
+    list (the verbs' ``--force``). A directory that is not an artifact is never replaced."""
+    global _FORCE
+    previous, _FORCE = _FORCE, bool(force)
+    try:
+        yield
+    finally:
+        _FORCE = previous
+
+
+def check_out(out: Path, kind: str, inputs: Sequence[str | Path | Mapping[str, Any]] = ()) -> None:
+    """Refuse an ``--out`` whose replacement could lose something glasslm did not make.
+
+    Allowed: a path that does not exist, an empty directory, or an artifact of the same kind whose files
+    are exactly those its manifest lists (re-running a verb). ``--force`` also allows another kind and
+    unlisted files. Never allowed: a non-empty directory without a manifest, a file, a symlink, or a
+    directory that is (or holds) one of the inputs."""
+    if str(out) in ("", "."):
+        raise ArtifactError("--out is empty or '.': name a new directory for the artifact")
+    if out.is_symlink():
+        raise ArtifactError(f"{out}: is a symlink; --out must be a directory path (nothing was changed)")
+    if out.exists():
+        if not out.is_dir():
+            raise ArtifactError(f"{out}: exists and is not a directory; choose another --out (nothing was changed)")
+        if any(out.iterdir()):
+            if not (out / MANIFEST).is_file():
+                raise ArtifactError(
+                    f"{out}: exists, is not empty and is not a glasslm artifact; refusing to replace it "
+                    "(nothing was deleted). Choose a new --out, or empty the directory yourself"
+                )
+            existing = read_manifest(out)
+            listed = set(existing.get("files", {})) | {MANIFEST}
+            regular, irregular = walk_tree(out)
+            unlisted = sorted(set(regular) - listed) + irregular
+            if existing.get("kind") != kind and not _FORCE:
+                raise ArtifactError(
+                    f"{out}: holds a '{existing.get('kind')}' artifact, not a '{kind}' one; refusing to replace "
+                    "it (nothing was deleted). Choose another --out, or add --force to replace it"
+                )
+            if unlisted and not _FORCE:
+                raise ArtifactError(
+                    f"{out}: holds files its manifest does not list ({', '.join(unlisted[:3])}"
+                    f"{' …' if len(unlisted) > 3 else ''}); refusing to replace it (nothing was deleted). "
+                    "Move them away, or add --force"
+                )
+    target = out.resolve()
+    for item in inputs:
+        where = Path(str(item.get("path", ""))) if isinstance(item, Mapping) else Path(item)
+        where = where.resolve()
+        if where == target or target in where.parents:
+            raise ArtifactError(f"--out {out} would replace the input {where}; choose another --out")
+
+
 @contextlib.contextmanager
 def create_artifact(
     out: str | Path,
@@ -219,16 +355,22 @@ def create_artifact(
 ) -> Iterator[ArtifactWriter]:
     """Build an artifact in a temporary sibling of ``out``; on success hash, fsync and rename it.
 
-    On an exception the temporary directory is removed and ``out`` is left as it was.
+    ``out`` must pass ``check_out`` (the ``--out`` rule). On an exception the temporary directory is
+    removed and ``out`` is left as it was.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise ArtifactError(f"{out}: already exists")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    check_out(out, kind, inputs)
+    out = out.resolve()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)  # our own leftover: same name, same process id
+        tmp.mkdir()
+    except OSError as e:
+        raise ArtifactError(f"{out}: cannot create the artifact there ({e.strerror or e})") from None
     writer = ArtifactWriter(path=tmp, kind=kind)
     try:
         yield writer
@@ -260,11 +402,15 @@ class VerifyReport:
     changed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
+    irregular: list[str] = field(default_factory=list)  # symlinks and special files: never artifact content
     inputs_changed: list[str] = field(default_factory=list)
+    inputs_missing: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.changed or self.missing or self.added or self.inputs_changed)
+        return not (
+            self.changed or self.missing or self.added or self.irregular or self.inputs_changed or self.inputs_missing
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -273,16 +419,20 @@ class VerifyReport:
             "changed": self.changed,
             "missing": self.missing,
             "added": self.added,
+            "irregular": self.irregular,
             "inputs_changed": self.inputs_changed,
+            "inputs_missing": self.inputs_missing,
         }
 
 
 def verify(path: str | Path, check_inputs: bool = True) -> VerifyReport:
-    """Re-hash an artifact and compare with its manifest (and, optionally, its inputs' manifests)."""
+    """Re-hash an artifact and compare with its manifest (and, optionally, its inputs' manifests, found
+    relative to this artifact: a moved or copied run checks its own copies)."""
     path = Path(path)
     manifest = read_manifest(path)
     report = VerifyReport(path=path)
     recorded: dict[str, dict[str, Any]] = manifest.get("files", {})
+    report.irregular = walk_tree(path)[1]
     actual = hash_tree(path)
     for rel, info in recorded.items():
         if rel not in actual:
@@ -291,9 +441,10 @@ def verify(path: str | Path, check_inputs: bool = True) -> VerifyReport:
             report.changed.append(rel)
     report.added = sorted(set(actual) - set(recorded))
     if check_inputs:
-        for ref in manifest.get("inputs", []):
-            parent = Path(ref.get("path", ""))
-            if (parent / MANIFEST).is_file() and ref.get("sha256") and manifest_hash(parent) != ref["sha256"]:
+        for ref, parent in inputs_of(path):
+            if not (parent / MANIFEST).is_file():
+                report.inputs_missing.append(str(parent))
+            elif ref.get("sha256") and manifest_hash(parent) != ref["sha256"]:
                 report.inputs_changed.append(str(parent))
     return report
 
@@ -316,8 +467,7 @@ def lineage(path: str | Path, _seen: set[str] | None = None) -> dict[str, Any]:
     if key in seen:
         return node
     seen.add(key)
-    for ref in manifest.get("inputs", []):
-        parent = Path(ref.get("path", ""))
+    for ref, parent in inputs_of(path):
         if (parent / MANIFEST).is_file():
             child = lineage(parent, seen)
             child["recorded_sha256"] = ref.get("sha256")

@@ -15,6 +15,8 @@ def register(sub: Any) -> None:
     p = add_verb(verbs, "verify", _verify, "re-hash an artifact's files; exit 1 if anything changed")
     p.add_argument("path", type=Path, help="artifact directory")
     p.add_argument("--recursive", action="store_true", help="also verify every input artifact, back to the raw data")
+    p.add_argument("--no-inputs", action="store_true",
+                   help="check only this artifact's own files (inputs that were not shipped with it are not errors)")
     add_json_flag(p)
     p = add_verb(verbs, "show", _show, "print an artifact's manifest and its lineage")
     p.add_argument("path", type=Path, help="artifact directory")
@@ -27,24 +29,28 @@ def _walk(path: Path, seen: set[str]) -> list[Path]:
         return []
     seen.add(key)
     out = [path]
-    for ref in artifacts.read_manifest(path).get("inputs", []):
-        parent = Path(ref.get("path", ""))
-        if (parent / artifacts.MANIFEST).is_file():
-            out += _walk(parent, seen)
+    for _, parent in artifacts.inputs_of(path):
+        out += _walk(parent, seen) if (parent / artifacts.MANIFEST).is_file() else [parent]
     return out
 
 
 def _verify(args: argparse.Namespace) -> int:
     paths = _walk(args.path, set()) if args.recursive else [args.path]
-    reports = [artifacts.verify(p) for p in paths]
-    data = {"ok": all(r.ok for r in reports), "artifacts": [r.to_json() for r in reports]}
+    reports = []
+    for p in paths:
+        if (p / artifacts.MANIFEST).is_file():
+            reports.append(artifacts.verify(p, check_inputs=not args.no_inputs).to_json())
+        else:  # an input named by a manifest on the walk is gone: that is a failure, never "OK"
+            reports.append({"path": str(p), "ok": False, "gone": True})
+    data = {"ok": all(r["ok"] for r in reports), "artifacts": reports}
 
     def render(d: dict[str, Any]) -> str:
         lines = []
         for r in d["artifacts"]:
-            lines.append(f"{'OK     ' if r['ok'] else 'CHANGED'} {r['path']}")
-            for what in ("changed", "missing", "added", "inputs_changed"):
-                lines += [f"    {what}: {name}" for name in r[what]]
+            status = "OK     " if r["ok"] else "MISSING" if r.get("gone") else "CHANGED"
+            lines.append(f"{status} {r['path']}")
+            for what in ("changed", "missing", "added", "irregular", "inputs_changed", "inputs_missing"):
+                lines += [f"    {what}: {name}" for name in r.get(what, [])]
         return "\n".join(lines)
 
     emit(args, data, render)

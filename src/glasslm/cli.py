@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from glasslm import __version__
-from glasslm.artifacts import ArtifactError, recording_command
+from glasslm.artifacts import ArtifactError, forcing, recording_command
 from glasslm.clitools import split_overrides
 from glasslm.config import ConfigError
 
@@ -59,7 +59,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    argv = list(sys.argv[1:] if argv is None else argv)
     # argparse takes "--key=value with spaces" for a positional argument; such an argument can only
     # be a config override ("--rl.train_families=[a, b]"), so it bypasses argparse.
     spaced = [a for a in argv if a.startswith("--") and "=" in a and " " in a.split("=", 1)[1]]
@@ -77,11 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or overrides)}")
     args.overrides = overrides
     try:
-        with recording_command(["glasslm", *argv]):
+        with recording_command(["glasslm", *argv]), forcing(getattr(args, "force", False) is True):
             return int(args.func(args) or 0)
     except (ConfigError, ArtifactError) as e:
         print(f"glasslm: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only --out, a full disk, a file removed under us: one line, not a traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"glasslm: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("glasslm: interrupted", file=sys.stderr)
         return 130

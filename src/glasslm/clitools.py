@@ -111,5 +111,24 @@ def add_verb(verbs: Any, name: str, handler: Handler, help: str) -> argparse.Arg
     return parser
 
 
-def add_out(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--out", type=Path, required=required, help="artifact directory to write")
+def out_path(text: str) -> Path:
+    """``--out``'s type: ``--out ""`` (an unset shell variable) would otherwise mean the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("--out is empty: name a new directory for the artifact")
+    return Path(text)
+
+
+def add_out(
+    parser: argparse.ArgumentParser,
+    required: bool = True,
+    help: str = "artifact directory to write",
+    default: Path | None = None,
+) -> None:
+    """``--out DIR`` and ``--force``: the output rule of artifacts.check_out (docs/glass-box.md)."""
+    parser.add_argument("--out", type=out_path, required=required, default=default, help=help)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="let --out replace an artifact of another kind, or one holding files its manifest does not "
+        "list (a directory that is not an artifact is never replaced)",
+    )

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,9 @@ import yaml
 
 from glasslm import artifacts
 from glasslm.artifacts import ArtifactError
+
+# Verbs that take their config as a positional argument (the argparse dests).
+CONFIG_POSITIONALS = ("config_pos", "recipe")
 
 
 class RefusedCommand(ArtifactError):
@@ -54,41 +59,60 @@ class ReproduceReport:
     exit_code: int | None = None
     files: list[FileResult] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    recorded_code: dict[str, Any] = field(default_factory=dict)  # the code version that made the artifact
+    code: dict[str, Any] = field(default_factory=dict)  # the code version that re-ran it
     output: str = ""
 
     @property
     def identical(self) -> bool:
-        return self.exit_code == 0 and not self.problems and all(f.status == "identical" for f in self.files)
+        return self.exit_code == 0 and not self.problems and all(f.status in SAME for f in self.files)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["identical"] = self.identical
-        data["differing"] = [f.path for f in self.files if f.status != "identical"]
+        data["differing"] = [f.path for f in self.files if f.status not in SAME]
+        data["measured_fields_ignored"] = sorted(MEASURED_KEYS)
         return data
 
 
-def check_inputs(manifest: dict[str, Any]) -> list[str]:
-    """Problems with the recorded inputs: gone, manifest changed, or files changed under an unchanged manifest."""
+# "same values": a JSON/JSONL file equal once the fields that measure this run's machine are set aside
+SAME = ("identical", "same values")
+# Fields that record how long something took, how fast or with how much memory/energy, and when: they
+# differ between two runs of the same computation, so reproduce compares every other field exactly.
+MEASURED_KEYS = frozenset({
+    "seconds", "seconds_hash", "seconds_total", "shard_seconds", "sa_build_seconds", "bpe_train_seconds",
+    "wall_s", "time", "created", "tokens_per_s", "docs_per_s", "mb_per_s", "examples_per_s", "mfu", "mem_gb",
+    "energy_j", "power_w",
+})
+# What differs by nature between a nested artifact's manifest and its re-run (``created`` is measured):
+# how it was invoked and where its inputs were, relative to an output that now lives elsewhere.
+# Its ``files`` are compared one by one as files of the outer artifact, and the code version once, above.
+_INVOCATION_KEYS = ("command", "cwd", "code", "files")
+
+
+def check_inputs(path: Path, manifest: dict[str, Any]) -> list[str]:
+    """Problems with the recorded inputs (found relative to the artifact): gone, manifest changed, or files
+    changed under an unchanged manifest."""
     problems = []
     for ref in manifest.get("inputs", []):
-        path = Path(ref.get("path", ""))
-        if not (path / artifacts.MANIFEST).is_file():
-            problems.append(f"input {path} ({ref.get('kind')}) is gone")
+        where = artifacts.input_location(path, ref)
+        if not (where / artifacts.MANIFEST).is_file():
+            problems.append(f"input {where} ({ref.get('kind')}) is gone")
             continue
-        if ref.get("sha256") and artifacts.manifest_hash(path) != ref["sha256"]:
-            problems.append(f"input {path} ({ref.get('kind')}) changed since: its manifest hash differs")
+        if ref.get("sha256") and artifacts.manifest_hash(where) != ref["sha256"]:
+            problems.append(f"input {where} ({ref.get('kind')}) changed since: its manifest hash differs")
             continue
-        report = artifacts.verify(path, check_inputs=False)
+        report = artifacts.verify(where, check_inputs=False)
         if not report.ok:
-            changed = report.changed + report.missing + report.added
-            problems.append(f"input {path}: files changed since it was made: {', '.join(changed[:5])}")
+            changed = report.changed + report.missing + report.added + report.irregular
+            problems.append(f"input {where}: files changed since it was made: {', '.join(changed[:5])}")
     return problems
 
 
 def _parse(words: list[str]) -> tuple[argparse.Namespace, list[str]]:
     from glasslm.cli import build_parser
 
-    parser = build_parser()
+    parser = build_parser(words[0] if words and not words[0].startswith("-") else None)
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -100,8 +124,36 @@ def _parse(words: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, unknown
 
 
-def rebuild_command(manifest: dict[str, Any], out: Path, config_file: Path | None) -> list[str]:
-    """The recorded argv with its output, config and relative paths replaced (see module docstring)."""
+@dataclass
+class PathMap:
+    """Where a path of the recorded command is now.
+
+    Paths inside the run are taken relative to the recorded output and re-applied to the artifact's
+    current location, so a moved, copied or downloaded run reproduces from its own files; other paths
+    (a recipe, a task file) are taken as recorded, resolved against the recorded working directory."""
+
+    cwd: Path | None
+    recorded_out: Path | None  # absolute, as recorded
+    artifact: Path  # where the artifact is now
+
+    def __call__(self, word: str) -> str:
+        if not word or word.startswith("-"):
+            return word
+        recorded = Path(word) if Path(word).is_absolute() or self.cwd is None else self.cwd / word
+        recorded = Path(os.path.normpath(recorded))
+        if self.recorded_out is not None:
+            moved = Path(os.path.normpath(self.artifact / os.path.relpath(recorded, self.recorded_out)))
+            if moved.exists():
+                return str(moved)
+        if recorded.exists():
+            return str(recorded)
+        return word
+
+
+def rebuild_command(
+    manifest: dict[str, Any], out: Path, config_file: Path | None, artifact: Path | None = None
+) -> list[str]:
+    """The recorded argv with its output, config and paths replaced (see module docstring)."""
     command = manifest.get("command")
     if not isinstance(command, list) or not command or not all(isinstance(w, str) for w in command):
         raise RefusedCommand(f"the recorded command is not a list of words: {command!r}; refusing to run it")
@@ -115,14 +167,22 @@ def rebuild_command(manifest: dict[str, Any], out: Path, config_file: Path | Non
         raise RefusedCommand(f"'glasslm {args.stage}' does not write one artifact; refusing to reproduce it")
     # None when the verb chose a default output (e.g. `trace index RUN` → RUN/trace_index): --out below.
     out_value = getattr(args, "out", None) or getattr(args, "out_pos", None)
+    where = _path_map(args, manifest, artifact)
+    n_verb_words = 2 if getattr(args, "verb", None) else 1  # `model init` / `train`: names, never paths
     overrides = set(unknown)  # dotted overrides: the resolved config passed below already holds them
-    new: list[str] = []
-    i = 0
+    # A config given as a positional (`train CONFIG`, `data mix RECIPE`) is replaced by the recorded one.
+    config_word = next((str(getattr(args, d)) for d in CONFIG_POSITIONALS if getattr(args, d, None)), None)
+    new: list[str] = list(words[:n_verb_words])
+    i = n_verb_words
     while i < len(words):
         word = words[i]
-        if word in ("--out", "--config"):
+        if config_word is not None and word == config_word and config_file is not None:
+            new.append(str(config_file))
+            config_file = None  # given once, as the positional
+            i += 1
+        elif word in ("--out", "--config"):
             i += 2
-        elif word.startswith(("--out=", "--config=")):
+        elif word.startswith(("--out=", "--config=")) or word == "--force":
             i += 1
         elif word.startswith("--") and word in overrides:
             # "--key=value", or "--key value" as two words (clitools.split_overrides reads them so)
@@ -131,29 +191,23 @@ def rebuild_command(manifest: dict[str, Any], out: Path, config_file: Path | Non
         elif out_value is not None and not word.startswith("-") and str(Path(word)) == str(out_value):
             i += 1  # the positional OUT
         else:
-            new.append(_resolve_path(word, manifest))
+            new.append(where(word))
             i += 1
     new += ["--out", str(out)]
-    if config_file is not None and getattr(args, "accepts_overrides", False):
+    if config_file is not None and hasattr(args, "config"):
         new += ["--config", str(config_file)]
     return new
 
 
-def _resolve_path(word: str, manifest: dict[str, Any]) -> str:
-    """An argument that named a relative path when recorded, made absolute; other words unchanged."""
-    if word.startswith("-") or Path(word).is_absolute():
-        return word
-    cwd = manifest.get("cwd")
-    if cwd and (Path(cwd) / word).exists():
-        return str(Path(cwd) / word)
-    if Path(word).exists():
-        return word
-    tail = Path(word).as_posix().rstrip("/")
-    for ref in manifest.get("inputs", []):  # older manifests without cwd: match an input by its tail
-        path = Path(ref.get("path", "")).as_posix()
-        if tail and (path == tail or path.endswith("/" + tail)):
-            return path
-    return word
+def map_config_paths(config: Any, where: PathMap) -> Any:
+    """The recorded config with path values (tokens, init_from, …) re-pointed like the command's paths."""
+    if isinstance(config, dict):
+        return {k: map_config_paths(v, where) for k, v in config.items()}
+    if isinstance(config, list):
+        return [map_config_paths(v, where) for v in config]
+    if isinstance(config, str) and ("/" in config) and Path(config).is_absolute():
+        return where(config)
+    return config
 
 
 def reproduce(path: str | Path, keep: str | Path | None = None) -> ReproduceReport:
@@ -161,18 +215,25 @@ def reproduce(path: str | Path, keep: str | Path | None = None) -> ReproduceRepo
 
     path = Path(path)
     manifest = artifacts.read_manifest(path)
-    report = ReproduceReport(artifact=str(path), kind=manifest.get("kind"), command=list(manifest.get("command") or []))
-    report.problems += check_inputs(manifest)
+    report = ReproduceReport(artifact=str(path), kind=manifest.get("kind"), command=list(manifest.get("command") or []),
+                             recorded_code=dict(manifest.get("code") or {}), code=artifacts.code_version())
+    report.problems += check_inputs(path, manifest)
     if report.problems:
         return report
+    # A checkpoint written during training is reproduced by re-running the training (the run directory is
+    # what the recorded command made) and comparing the checkpoint of the same step.
+    in_run = manifest.get("kind") == "checkpoint" and manifest.get("step") is not None
+    made = path.parent.parent if in_run else path
+    config = (manifest.get("config") or {}).get("train") if in_run else manifest.get("config")
     work = Path(tempfile.mkdtemp(prefix="glasslm-reproduce-"))
     try:
-        config_file = None
-        if manifest.get("config"):
-            config_file = work / "config.yaml"
-            config_file.write_text(yaml.safe_dump(manifest["config"], sort_keys=False))
-        out = work / "out"
-        report.rerun = ["glasslm", *rebuild_command(manifest, out, config_file)]
+        run_out = work / "out"
+        out = run_out / path.relative_to(made) if in_run else run_out
+        rerun_config = work / "config.yaml" if config else None
+        report.rerun = ["glasslm", *rebuild_command(manifest, run_out, rerun_config, artifact=made)]
+        if rerun_config is not None:
+            where = _path_map(_parse(list(manifest["command"][1:]))[0], manifest, made)
+            rerun_config.write_text(yaml.safe_dump(map_config_paths(config, where), sort_keys=False))
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
             try:
@@ -183,7 +244,7 @@ def reproduce(path: str | Path, keep: str | Path | None = None) -> ReproduceRepo
         if report.exit_code != 0 or not (out / artifacts.MANIFEST).is_file():
             report.problems.append(f"the re-run failed (exit {report.exit_code}); its output is in 'output'")
             return report
-        report.files = compare_files(manifest.get("files", {}), artifacts.hash_tree(out))
+        report.files = compare_files(manifest.get("files", {}), artifacts.hash_tree(out), path, out)
         if keep is not None:
             shutil.copytree(out, Path(keep), dirs_exist_ok=False)
         return report
@@ -191,7 +252,26 @@ def reproduce(path: str | Path, keep: str | Path | None = None) -> ReproduceRepo
         shutil.rmtree(work, ignore_errors=True)
 
 
-def compare_files(recorded: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[FileResult]:
+def _path_map(args: argparse.Namespace, manifest: dict[str, Any], artifact: Path | None) -> PathMap:
+    """The PathMap of a recorded command (``args``: its parse); without the artifact, paths stay as recorded."""
+    out_value = getattr(args, "out", None) or getattr(args, "out_pos", None)
+    cwd = Path(manifest["cwd"]) if manifest.get("cwd") else None
+    if artifact is None:
+        return PathMap(cwd, None, Path.cwd())
+    recorded_out = artifact.resolve()  # a verb's default output: the artifact is where the verb put it
+    if out_value is not None:
+        recorded_out = Path(os.path.normpath(out_value if out_value.is_absolute() or cwd is None else cwd / out_value))
+    return PathMap(cwd, recorded_out, artifact.resolve())
+
+
+def compare_files(
+    recorded: dict[str, dict[str, Any]],
+    new: dict[str, dict[str, Any]],
+    old_root: Path | None = None,
+    new_root: Path | None = None,
+) -> list[FileResult]:
+    """Each file's status: identical (same bytes), same values (JSON equal but for MEASURED_KEYS; only
+    when the recorded file is still the one its manifest hashed), differs, missing, or extra."""
     results = []
     for rel in sorted(set(recorded) | set(new)):
         old_sha = recorded.get(rel, {}).get("sha256")
@@ -200,7 +280,49 @@ def compare_files(recorded: dict[str, dict[str, Any]], new: dict[str, dict[str, 
             status = "extra"
         elif new_sha is None:
             status = "missing"
+        elif old_sha == new_sha:
+            status = "identical"
+        elif (
+            old_root is not None
+            and new_root is not None
+            and (old_root / rel).is_file()
+            and artifacts.sha256_file(old_root / rel) == old_sha
+            and _same_values(old_root / rel, new_root / rel)
+        ):
+            status = "same values"
         else:
-            status = "identical" if old_sha == new_sha else "differs"
+            status = "differs"
         results.append(FileResult(rel, status, old_sha, new_sha))
     return results
+
+
+def _same_values(old: Path, new: Path) -> bool:
+    if old.suffix not in (".json", ".jsonl"):
+        return False
+    try:
+        if old.suffix == ".jsonl":
+            a = [json.loads(line) for line in old.read_text().splitlines() if line.strip()]
+            b = [json.loads(line) for line in new.read_text().splitlines() if line.strip()]
+        else:
+            a, b = json.loads(old.read_text()), json.loads(new.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    if old.name == artifacts.MANIFEST:  # a nested artifact (a checkpoint inside a training run)
+        a, b = _comparable_manifest(a), _comparable_manifest(b)
+    return bool(_without_measured(a) == _without_measured(b))
+
+
+def _comparable_manifest(manifest: Any) -> Any:
+    if not isinstance(manifest, dict):
+        return manifest
+    out = {k: v for k, v in manifest.items() if k not in _INVOCATION_KEYS}
+    out["inputs"] = [{"kind": r.get("kind"), "sha256": r.get("sha256")} for r in manifest.get("inputs", [])]
+    return out
+
+
+def _without_measured(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_measured(v) for k, v in value.items() if k not in MEASURED_KEYS}
+    if isinstance(value, list):
+        return [_without_measured(v) for v in value]
+    return value

@@ -13,6 +13,7 @@ the chosen answer the higher (sum or per-token, per ``dpo.loss_type``) log-proba
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,7 @@ from glasslm.model import checkpoint as model_ckpt
 from glasslm.train import distributed
 
 REFERENCE_CACHE = "reference_logprobs.safetensors"
+CACHE_KEY = "glasslm_cache_key"  # what the cached log-probs were computed from (JSON, sorted keys)
 
 
 @dataclass
@@ -107,7 +109,7 @@ class DPOTrainer(AdaptTrainer):
 
             with safe_open(str(file), "pt") as f:
                 meta = f.metadata() or {}
-            if {k: meta.get(k) for k in key} == key:
+            if meta.get(CACHE_KEY) == json.dumps(key, sort_keys=True):
                 tensors = load_file(str(file))
                 self.ref_train, self.ref_heldout = tensors["train"], tensors["heldout"]
                 return
@@ -125,7 +127,10 @@ class DPOTrainer(AdaptTrainer):
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             tmp = file.with_suffix(".tmp")
-            save_file({"train": self.ref_train, "heldout": self.ref_heldout}, str(tmp), metadata=key)
+            # One metadata entry: safetensors writes several in hash-map order, which differs run to run
+            # (the same reference log-probs must give the same bytes: glasslm reproduce).
+            save_file({"train": self.ref_train, "heldout": self.ref_heldout}, str(tmp),
+                      metadata={CACHE_KEY: json.dumps(key, sort_keys=True)})
             tmp.replace(file)
         distributed.barrier(self.world)
 

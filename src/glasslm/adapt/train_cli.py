@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from glasslm.clitools import add_config_options, add_verb, resolve_config
+from glasslm.clitools import add_config_options, add_out, add_verb, resolve_config
 from glasslm.config import ConfigError
 
 STAGES = {
@@ -32,7 +32,7 @@ def register(verbs: Any) -> None:
                     f"{'train' if stage == 'sft' else 'adapt/sft' if stage == 'dpo' else 'adapt/sft'} "
                     f"--data runs/demo/adapt/data --out runs/demo/adapt/{stage}\n")  # fmt: skip
         p.add_argument("config_pos", nargs="?", type=Path, metavar="CONFIG", help="config YAML (or --config)")
-        p.add_argument("--out", type=Path, required=True, help=f"run directory to write (RUN/adapt/{stage})")
+        add_out(p, help=f"run directory to write (RUN/adapt/{stage})")
         p.add_argument("--model", default=None, help="the model to start from (sets model.init_from)")
         p.add_argument("--data", default=None, help="adapt_data artifact or JSONL file (sets data.path)")
         p.add_argument(

@@ -158,23 +158,23 @@ def find_rows(table: pa.Table, doc_id: str) -> list[dict[str, Any]]:
 
 def story(mix_dir: Path, doc_id: str) -> dict[str, Any]:
     """Everything recorded about one document: ledger row(s) plus its attribute values."""
-    from glasslm.artifacts import read_manifest
+    from glasslm.artifacts import input_of_kind, inputs_of
     from glasslm.data.documents import attributes_path, read_jsonl
 
     rows = find_rows(read(mix_dir), doc_id)
-    manifest = read_manifest(mix_dir)
+    inputs = inputs_of(mix_dir)
+    documents = input_of_kind(mix_dir, "documents")
     for row in rows:
         attributes: dict[str, Any] = {}
-        for ref in manifest.get("inputs", []):
+        for ref, where in inputs:
             if ref.get("kind") != "attributes" or row["id"] is None:
                 continue
-            path = attributes_path(Path(ref["path"]), row["shard"])
+            path = attributes_path(where, row["shard"])
             if path.is_file():
                 for record in read_jsonl(path):
                     if record.get("id") == row["id"]:
                         attributes.update(record.get("attributes") or {})
                         break
         row["attributes"] = attributes
-        documents = next((r["path"] for r in manifest.get("inputs", []) if r.get("kind") == "documents"), None)
         row["input"] = f"{documents}/documents/{row['shard']}:{row['line']}" if documents else None
     return {"id": doc_id, "mix": str(mix_dir), "rows": rows}

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from glasslm.clitools import add_config_options, add_json_flag, emit, format_table, resolve_config
+from glasslm.clitools import add_config_options, add_json_flag, add_out, emit, format_table, resolve_config
 from glasslm.config import ConfigError
 from glasslm.eval.harness import EvalConfig, run_eval, table_rows
 from glasslm.eval.scoring import ScoringError
@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
     p.add_argument("--suite", default=None,
                    help="comma-separated tasks or suites: perplexity, downstream, mmlu, arc_easy, … "
                         "(default: perplexity,downstream)")
-    p.add_argument("--out", type=Path, required=True, help="eval artifact directory to write")
+    add_out(p, help="eval artifact directory to write")
     p.add_argument("--tokens", type=Path, default=None, help="tokens artifact whose held-out shards to score")
     p.add_argument("--documents", type=Path, action="append", default=None,
                    help="JSONL documents to score for perplexity (repeatable)")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from glasslm import artifacts
+from glasslm.clitools import add_out
 
 
 def register(sub: Any) -> None:
@@ -18,7 +19,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("run", type=Path, help="run directory (runs/NAME)")
     p.add_argument("--compare", type=Path, nargs="*", default=[], help="other run directories to overlay")
-    p.add_argument("--out", type=Path, default=None, help="report directory (default RUN/report)")
+    add_out(p, required=False, help="report directory (default RUN/report)")
     p.set_defaults(func=_report)
 
 

@@ -96,8 +96,9 @@ def tag_values(run: Run) -> tuple[dict[str, dict[str, list[float]]], Counter[tup
         tags = next((p for p in candidates if _has_langid(p)), None)
     if tags is None:
         return None
-    documents = next((Path(r["path"]) for r in artifacts.read_manifest(tags).get("inputs", [])
-                      if r.get("kind") == "documents" and Path(r["path"]).is_dir()), run.path / "corpus")
+    documents = artifacts.input_of_kind(tags, "documents")
+    if documents is None or not documents.is_dir():
+        documents = run.path / "corpus"
     values: dict[str, dict[str, list[float]]] = {}
     languages: Counter[tuple[str, str]] = Counter()
     for name, shard in shard_names(documents):

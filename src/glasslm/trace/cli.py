@@ -162,6 +162,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         lines = [f"artifact: {d['artifact']} ({d['kind']})", f"recorded: {' '.join(d['command'])}"]
         if d["rerun"]:
             lines.append(f"re-ran:   {' '.join(d['rerun'])}")
+        if d["recorded_code"] != d["code"]:
+            lines.append(f"code:     made by {d['recorded_code']}, re-run by {d['code']}")
         lines += [f"problem:  {p}" for p in d["problems"]]
         if d["files"]:
             lines.append(format_table([{"file": f["path"], "status": f["status"]} for f in d["files"]]))

@@ -144,11 +144,9 @@ def suffix_array(tokens: np.ndarray) -> np.ndarray:
 
 def find_tokenizer(tokens_dir: Path) -> Path | None:
     """The tokenizer.json of the tokenizer artifact the tokens artifact names among its inputs."""
-    for ref in artifacts.read_manifest(tokens_dir).get("inputs", []):
-        if ref.get("kind") == "tokenizer":
-            candidate = Path(ref.get("path", "")) / TOKENIZER
-            if candidate.is_file():
-                return candidate
+    tokenizer = artifacts.input_of_kind(tokens_dir, "tokenizer")
+    if tokenizer is not None and (tokenizer / TOKENIZER).is_file():
+        return tokenizer / TOKENIZER
     local = tokens_dir / TOKENIZER
     return local if local.is_file() else None
 
@@ -325,7 +323,9 @@ def load_index(path: str | Path, check_stale: bool = True) -> SuffixIndex:
     path = Path(path)
     index = SuffixIndex(path)
     if check_stale:
-        tokens = Path(index.manifest.get("config", {}).get("tokens", ""))
+        # The input reference is relative to the index (a moved run still finds its tokens); the config's
+        # absolute path is the fallback for indexes built before inputs were stored so.
+        tokens = artifacts.input_of_kind(path, "tokens") or Path(index.manifest.get("config", {}).get("tokens", ""))
         recorded = index.manifest.get("tokens_manifest_sha256")
         if not (tokens / artifacts.MANIFEST).is_file():
             index.close()

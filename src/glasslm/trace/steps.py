@@ -44,10 +44,11 @@ def steps_taken(run: Path) -> int:
 
 def steps_lookup(index: SuffixIndex) -> tuple[StepsLookup | None, str]:
     """A function from stream offsets to the training steps that saw them, or None and the reason."""
-    run_name = index.manifest.get("config", {}).get("train_run")
-    if not run_name:
+    if not index.manifest.get("config", {}).get("train_run"):
         return None, "index built from a tokens artifact, not a run: build it from the run directory to see steps"
-    run = Path(run_name)
+    # Inputs are found relative to the index (a moved run still works); the config's absolute paths are
+    # the fallback for indexes built before.
+    run = artifacts.input_of_kind(index.path, "train_run") or Path(index.manifest["config"]["train_run"])
     config_file = run / "config.yaml"
     if not config_file.is_file():
         return None, f"the training run {run} (or its config.yaml) is gone"
@@ -56,7 +57,7 @@ def steps_lookup(index: SuffixIndex) -> tuple[StepsLookup | None, str]:
     except ImportError as e:  # pragma: no cover - the loader ships with glasslm
         return None, f"the data loader is not importable ({e})"
     loader_cfg = (yaml.safe_load(config_file.read_text()) or {}).get("data", {}).get("loader", {})
-    tokens_dir = Path(index.manifest["config"]["tokens"])
+    tokens_dir = artifacts.input_of_kind(index.path, "tokens") or Path(index.manifest["config"]["tokens"])
     loader = TokenLoader(tokens_dir, from_dict(LoaderConfig, loader_cfg, prefix="data.loader."))
     if loader.tokens_manifest_sha256 != index.manifest.get("tokens_manifest_sha256"):
         return None, f"the run {run} trained on other tokens than the index holds"

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.filesystem import FileSystemWriter
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -179,7 +180,7 @@ def save(
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
     with warnings.catch_warnings():  # one process without a process group is a supported DCP mode
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(state, checkpoint_id=tmp / TRAINER_STATE / "dcp")
+        dcp.save(state, storage_writer=ReproducibleWriter(tmp / TRAINER_STATE / "dcp"))
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     rng_file = tmp / TRAINER_STATE / "rng" / f"rank{world.rank:05d}.json"
     rng_file.write_text(json.dumps(rng_state(world.device)))
@@ -205,6 +206,15 @@ def save(
         _retain(run_dir, keep_last, keep_every, newest=step)
     barrier(world)
     return final
+
+
+class ReproducibleWriter(FileSystemWriter):
+    """DCP's file writer without the storage metadata it pickles into ``.metadata`` (a random save id and
+    the temporary directory's absolute path; torch's ``Metadata.storage_meta`` is optional and loading
+    does not need it), so the same training run writes byte-identical checkpoints (``glasslm reproduce``)."""
+
+    def storage_meta(self) -> None:  # type: ignore[override]
+        return None
 
 
 # ---------------------------------------------------------------- loading

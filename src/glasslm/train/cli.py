@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from glasslm.clitools import add_config_options, resolve_config
+from glasslm.clitools import add_config_options, add_out, resolve_config
 from glasslm.config import ConfigError
 
 
@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "config_pos", nargs="?", type=Path, metavar="CONFIG", help="training config YAML (or --config)"
     )
-    p.add_argument("--out", type=Path, required=True, help="run directory to write (RUN/train)")
+    add_out(p, help="run directory to write (RUN/train)")
     p.add_argument(
         "--resume",
         default="never",

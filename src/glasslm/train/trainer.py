@@ -110,10 +110,9 @@ def head_objective(
 
 def tokenizer_of_tokens(tokens_dir: Path) -> Path | None:
     """The tokenizer.json the tokens were made with, if the tokens manifest names it."""
-    for ref in artifacts.read_manifest(tokens_dir).get("inputs", []):
-        candidate = Path(ref.get("path", "")) / model_ckpt.TOKENIZER
-        if ref.get("kind") == "tokenizer" and candidate.is_file():
-            return candidate
+    tokenizer = artifacts.input_of_kind(tokens_dir, "tokenizer")
+    if tokenizer is not None and (tokenizer / model_ckpt.TOKENIZER).is_file():
+        return tokenizer / model_ckpt.TOKENIZER
     return None
 
 
