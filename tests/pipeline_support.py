@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from pathlib import Path
 
 from glasslm.cli import main
@@ -45,13 +47,18 @@ def micro_pipeline(
     tasks = base / "eval_set.jsonl"
     tasks.write_text(json.dumps({"question": "What does the json module do? It encodes and decodes JSON "
                                  "documents from Python objects and back again, with options."}) + "\n")
+    shutil.copyfile(ROOT / "configs/recipes/default.yaml", base / "recipe.yaml")
     config = base / "micro.yaml"
     text = MICRO
-    for key, value in {"RECIPE": ROOT / "configs/recipes/default.yaml", "TASKS": tasks, "EVAL": eval_section,
+    # Paths relative to the config file, and the pipeline run from another directory: as a user would.
+    for key, value in {"RECIPE": "recipe.yaml", "TASKS": "eval_set.jsonl", "EVAL": eval_section,
                        "CODE_BYTES": code_bytes, "WEB_BYTES": web_bytes, "CHECKPOINT_EVERY": checkpoint_every,
                        "LOG_EVERY": log_every}.items():
         text = text.replace(key, str(value))
     config.write_text(text)
     out = base / "run"
-    assert main(["pipeline", "--config", str(config), "--out", str(out)]) == 0
+    elsewhere = base / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    with contextlib.chdir(elsewhere):
+        assert main(["pipeline", "--config", str(config), "--out", str(out)]) == 0
     return config, out

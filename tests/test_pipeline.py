@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pipeline_support import micro_pipeline
 
+from glasslm import artifacts
 from glasslm.cli import main
 
 
@@ -27,7 +28,8 @@ def test_every_stage_writes_an_artifact(run: tuple[Path, Path]) -> None:
                 "train", "eval", "adapt/data", "adapt/sft", "adapt/dpo", "adapt/rl", "hf", "trace_index", "report"]:
         assert (out / rel / "manifest.json").is_file(), rel
     # the exported model is the most adapted one: RL's
-    assert json.loads((out / "hf" / "manifest.json").read_text())["inputs"][0]["path"].startswith(str((out / "adapt/rl").resolve()))
+    ref = json.loads((out / "hf" / "manifest.json").read_text())["inputs"][0]
+    assert str(artifacts.input_location(out / "hf", ref)).startswith(str((out / "adapt/rl").resolve()))
     state = json.loads((out / "pipeline.json").read_text())
     assert all(v["status"] == "done" for v in state.values())
     assert (out / "report" / "index.html").is_file()
@@ -75,3 +77,26 @@ def test_stage_config_typos_fail_before_anything_runs(tmp_path: Path, capsys: py
     assert not (tmp_path / "run" / "corpus").exists()
     config.write_text("stages: [corpus, tran]\n")
     assert main(["pipeline", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+
+
+def test_preflight_names_every_missing_file_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "cfg" / "run.yaml"
+    config.parent.mkdir()
+    config.write_text("mix: {recipe: no-such-recipe.yaml}\ndecon: {tasks: [gone.jsonl]}\n")
+    assert main(["pipeline", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    # relative paths in a run config are relative to the config file, and both problems are named at once
+    assert f"mix.recipe: {tmp_path / 'cfg' / 'no-such-recipe.yaml'} does not exist" in err
+    assert f"decon.tasks: {tmp_path / 'cfg' / 'gone.jsonl'} does not exist" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_pipeline_refuses_a_directory_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    config = tmp_path / "run.yaml"
+    config.write_text("stages: [corpus]\ncorpus: {max_bytes_code: 1000, max_bytes_docs: 1000, max_bytes_web: 1000}\n")
+    assert main(["pipeline", "--config", str(config), "--out", str(home)]) == 2
+    assert "is not a pipeline run" in capsys.readouterr().err
+    assert [p.name for p in home.iterdir()] == ["notes.txt"]

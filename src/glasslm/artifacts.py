@@ -160,6 +160,20 @@ def input_of_kind(artifact: str | Path, kind: str) -> Path | None:
     return next((where for ref, where in inputs_of(artifact) if ref.get("kind") == kind), None)
 
 
+FILE_INPUT = "file"  # an input that is a plain file (an evaluation set), recorded with its own sha256
+
+
+def input_state(ref: Mapping[str, Any], where: Path) -> str:
+    """``ok``, ``missing`` or ``changed``: an artifact input by its manifest hash, a file input by its bytes."""
+    if ref.get("kind") == FILE_INPUT:
+        if not where.is_file():
+            return "missing"
+        return "ok" if not ref.get("sha256") or sha256_file(where) == ref["sha256"] else "changed"
+    if not (where / MANIFEST).is_file():
+        return "missing"
+    return "ok" if not ref.get("sha256") or manifest_hash(where) == ref["sha256"] else "changed"
+
+
 def _relative_ref(ref: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """``ref`` with an absolute path made relative to ``root`` (the artifact or its temporary sibling:
     same parent, so the same relative path)."""
@@ -300,13 +314,28 @@ def forcing(force: bool) -> Iterator[None]:
         _FORCE = previous
 
 
-def check_out(out: Path, kind: str, inputs: Sequence[str | Path | Mapping[str, Any]] = ()) -> None:
+def check_run_out(out: Path) -> None:
+    """The ``--out`` rule for a training run (which a verb continues with ``--resume``): a new or empty
+    directory, or one that holds a run (its manifest, config.yaml or checkpoints/)."""
+    if str(out) in ("", "."):
+        raise ArtifactError("--out is empty or '.': name a new directory for the run")
+    if out.exists() and (not out.is_dir() or out.is_symlink()):
+        raise ArtifactError(f"{out}: exists and is not a directory; choose another --out (nothing was changed)")
+    if out.is_dir() and any(out.iterdir()) and not any((out / n).exists() for n in (MANIFEST, "config.yaml", "checkpoints")):
+        raise ArtifactError(
+            f"{out}: exists, is not empty and is not a training run; refusing to write into it (nothing was "
+            "changed). Choose a new --out"
+        )
+
+
+def check_out(out: Path, kind: str | None, inputs: Sequence[str | Path | Mapping[str, Any]] = ()) -> None:
     """Refuse an ``--out`` whose replacement could lose something glasslm did not make.
 
     Allowed: a path that does not exist, an empty directory, or an artifact of the same kind whose files
     are exactly those its manifest lists (re-running a verb). ``--force`` also allows another kind and
     unlisted files. Never allowed: a non-empty directory without a manifest, a file, a symlink, or a
-    directory that is (or holds) one of the inputs."""
+    directory that is (or holds) one of the inputs. ``kind`` None: everything but the kind (checked before
+    a verb starts its work, so a refusal costs nothing)."""
     if str(out) in ("", "."):
         raise ArtifactError("--out is empty or '.': name a new directory for the artifact")
     if out.is_symlink():
@@ -324,7 +353,7 @@ def check_out(out: Path, kind: str, inputs: Sequence[str | Path | Mapping[str, A
             listed = set(existing.get("files", {})) | {MANIFEST}
             regular, irregular = walk_tree(out)
             unlisted = sorted(set(regular) - listed) + irregular
-            if existing.get("kind") != kind and not _FORCE:
+            if kind is not None and existing.get("kind") != kind and not _FORCE:
                 raise ArtifactError(
                     f"{out}: holds a '{existing.get('kind')}' artifact, not a '{kind}' one; refusing to replace "
                     "it (nothing was deleted). Choose another --out, or add --force to replace it"
@@ -405,11 +434,13 @@ class VerifyReport:
     irregular: list[str] = field(default_factory=list)  # symlinks and special files: never artifact content
     inputs_changed: list[str] = field(default_factory=list)
     inputs_missing: list[str] = field(default_factory=list)
+    sources_changed: list[str] = field(default_factory=list)  # outside data an import read (data import)
 
     @property
     def ok(self) -> bool:
         return not (
             self.changed or self.missing or self.added or self.irregular or self.inputs_changed or self.inputs_missing
+            or self.sources_changed
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -422,6 +453,7 @@ class VerifyReport:
             "irregular": self.irregular,
             "inputs_changed": self.inputs_changed,
             "inputs_missing": self.inputs_missing,
+            "sources_changed": self.sources_changed,
         }
 
 
@@ -442,10 +474,15 @@ def verify(path: str | Path, check_inputs: bool = True) -> VerifyReport:
     report.added = sorted(set(actual) - set(recorded))
     if check_inputs:
         for ref, parent in inputs_of(path):
-            if not (parent / MANIFEST).is_file():
+            state = input_state(ref, parent)
+            if state == "missing":
                 report.inputs_missing.append(str(parent))
-            elif ref.get("sha256") and manifest_hash(parent) != ref["sha256"]:
+            elif state == "changed":
                 report.inputs_changed.append(str(parent))
+        if isinstance(manifest.get("sources"), list):
+            from glasslm.data.importers.sources import changed_sources  # lazy: data imports artifacts
+
+            report.sources_changed = changed_sources(manifest)
     return report
 
 
@@ -468,7 +505,11 @@ def lineage(path: str | Path, _seen: set[str] | None = None) -> dict[str, Any]:
         return node
     seen.add(key)
     for ref, parent in inputs_of(path):
-        if (parent / MANIFEST).is_file():
+        if ref.get("kind") == FILE_INPUT:
+            state = input_state(ref, parent)
+            child: dict[str, Any] = {"path": str(parent), "kind": FILE_INPUT, "manifest_sha256": ref.get("sha256"),
+                     "missing": state == "missing", "matches": state == "ok", "inputs": []}
+        elif (parent / MANIFEST).is_file():
             child = lineage(parent, seen)
             child["recorded_sha256"] = ref.get("sha256")
             child["matches"] = child["manifest_sha256"] == ref.get("sha256")

@@ -29,7 +29,9 @@ def _walk(path: Path, seen: set[str]) -> list[Path]:
         return []
     seen.add(key)
     out = [path]
-    for _, parent in artifacts.inputs_of(path):
+    for ref, parent in artifacts.inputs_of(path):
+        if ref.get("kind") == artifacts.FILE_INPUT:
+            continue  # a plain file: its bytes are checked by the verify of the artifact that names it
         out += _walk(parent, seen) if (parent / artifacts.MANIFEST).is_file() else [parent]
     return out
 
@@ -49,7 +51,8 @@ def _verify(args: argparse.Namespace) -> int:
         for r in d["artifacts"]:
             status = "OK     " if r["ok"] else "MISSING" if r.get("gone") else "CHANGED"
             lines.append(f"{status} {r['path']}")
-            for what in ("changed", "missing", "added", "irregular", "inputs_changed", "inputs_missing"):
+            for what in ("changed", "missing", "added", "irregular", "inputs_changed", "inputs_missing",
+                         "sources_changed"):
                 lines += [f"    {what}: {name}" for name in r.get(what, [])]
         return "\n".join(lines)
 
@@ -68,7 +71,7 @@ def _flatten(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 def _add_key_config(node: dict[str, Any]) -> None:
     """Each lineage node gets a one-line summary of its recorded config (scalars first)."""
-    if not node.get("missing"):
+    if not node.get("missing") and node.get("kind") != artifacts.FILE_INPUT:
         config = artifacts.read_manifest(node["path"]).get("config") or {}
         items = sorted(_flatten(config), key=lambda kv: (isinstance(kv[1], list | dict), kv[0].count(".")))
         text = " ".join(f"{k}={v}" for k, v in items[:KEY_CONFIG_ITEMS])

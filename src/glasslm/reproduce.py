@@ -96,11 +96,14 @@ def check_inputs(path: Path, manifest: dict[str, Any]) -> list[str]:
     problems = []
     for ref in manifest.get("inputs", []):
         where = artifacts.input_location(path, ref)
-        if not (where / artifacts.MANIFEST).is_file():
+        state = artifacts.input_state(ref, where)
+        if state == "missing":
             problems.append(f"input {where} ({ref.get('kind')}) is gone")
             continue
-        if ref.get("sha256") and artifacts.manifest_hash(where) != ref["sha256"]:
-            problems.append(f"input {where} ({ref.get('kind')}) changed since: its manifest hash differs")
+        if state == "changed":
+            problems.append(f"input {where} ({ref.get('kind')}) changed since: its hash differs")
+            continue
+        if ref.get("kind") == artifacts.FILE_INPUT:
             continue
         report = artifacts.verify(where, check_inputs=False)
         if not report.ok:

@@ -291,7 +291,7 @@ def train_tokenizer_artifact(docs: str | Path, out: str | Path, config: Tokenize
     with artifacts.create_artifact(out, "tokenizer", config=config, inputs=refs) as art:
         # The config is exactly what `--config` takes (glasslm reproduce re-runs with it); where the
         # documents came from is in `inputs`, and here too when they were a plain folder.
-        art.extra["sources"] = {"docs": str(Path(docs).resolve()),
+        art.extra["read_from"] = {"docs": str(Path(docs).resolve()),
                                 "heldout": str(inputs.heldout_root) if inputs.heldout_root else None}
         hf.save(str(art.path / "tokenizer.json"))
         (art.path / CHAT_TEMPLATE_FILE).write_text(CHAT_TEMPLATE)

@@ -328,7 +328,7 @@ def tokenize(
     with artifacts.create_artifact(out, "tokens", config={"tokenize": config}, inputs=refs) as art:
         # The config is exactly what `--config` takes (glasslm reproduce re-runs with it); the sources are
         # in `inputs`, and here too when the documents were a plain folder.
-        art.extra["sources"] = {"docs": str(inputs.root.resolve()), "tokenizer": str(file),
+        art.extra["read_from"] = {"docs": str(inputs.root.resolve()), "tokenizer": str(file),
                                 "heldout": str(inputs.heldout_root) if inputs.heldout_root else None}
         splits = _assemble(art.path, [*held_results, *train_results])
         quarantine = Quarantine()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from glasslm.artifacts import ArtifactError, create_artifact, input_ref, sha256_file
+from glasslm.artifacts import FILE_INPUT, ArtifactError, create_artifact, input_ref, sha256_file
 from glasslm.config import ConfigError
 from glasslm.eval import perplexity as ppl
 from glasslm.eval.scoring import Scored, Scorer, bits_per_byte, encode_pairs
@@ -282,7 +282,7 @@ def run_eval(model_path: Path, out: Path, config: EvalConfig, tokenizer_path: Pa
     if config.tokens:
         inputs.append(input_ref(config.tokens))
     for path in [*config.documents, *config.data.values()]:
-        inputs.append({"path": str(Path(path).resolve()), "kind": "file", "sha256": sha256_file(Path(path))})
+        inputs.append({"path": str(Path(path).resolve()), "kind": FILE_INPUT, "sha256": sha256_file(Path(path))})
     with create_artifact(out, "eval", config=config, inputs=inputs) as art:
         (art.path / "tasks").mkdir()
         (art.path / "predictions").mkdir()

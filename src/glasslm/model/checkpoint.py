@@ -88,8 +88,16 @@ def is_hf_folder(path: Path) -> bool:
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """The directory holding the weights that ``path`` names (see module docstring)."""
-    path = Path(path)
+    """The directory holding the weights that ``path`` names (see module docstring). A glasslm artifact
+    must hold regular files only (a planted tokenizer.json symlink is refused); a plain Hugging Face
+    folder may use links, as the hub cache does."""
+    found = _model_dir(Path(path))
+    if (found / artifacts.MANIFEST).is_file():
+        artifacts.check_regular(found)
+    return found
+
+
+def _model_dir(path: Path) -> Path:
     if not path.exists():
         raise artifacts.ArtifactError(f"{path}: no such model (expected a checkpoint, training run, run or HF folder)")
     if (path / LATEST).is_file():
@@ -106,7 +114,7 @@ def resolve_model_dir(path: str | Path) -> Path:
     for sub in RUN_MODEL_DIRS:
         if (path / sub).exists():
             try:
-                return resolve_model_dir(path / sub)
+                return _model_dir(path / sub)
             except artifacts.ArtifactError:
                 continue
     raise artifacts.ArtifactError(

@@ -1,0 +1,169 @@
+"""Glass-box integrity (#21): --out never loses a user's files, verify sees links and moved runs,
+and `glasslm reproduce` gives identical outputs for every artifact kind a pipeline makes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from pipeline_support import micro_pipeline
+
+from glasslm import artifacts
+from glasslm.cli import main
+
+TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.n_kv_heads=1",
+        "--model.mlp_hidden=64", "--model.vocab_size=128", "--model.max_seq_len=64"]
+
+
+def _init(out: Path, seed: int = 0) -> int:
+    return main(["model", "init", "--preset", "tiny", *TINY, "--seed", str(seed), "--out", str(out)])
+
+
+# ---------------------------------------------------------------- the --out rule
+
+
+def test_out_never_replaces_a_directory_glasslm_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    mine = tmp_path / "mine"
+    (mine / "src").mkdir(parents=True)
+    (mine / "src" / "code.py").write_text("precious")
+    assert _init(mine) == 2
+    assert "is not a glasslm artifact; refusing to replace it (nothing was deleted)" in capsys.readouterr().err
+    assert (mine / "src" / "code.py").read_text() == "precious"
+    # the refusal comes before the work, and the current directory is protected the same way
+    cwd = Path.cwd()
+    os.chdir(mine)
+    try:
+        assert _init(Path(".")) == 2
+    finally:
+        os.chdir(cwd)
+    assert (mine / "src" / "code.py").read_text() == "precious"
+    with pytest.raises(SystemExit):  # --out "" (an unset shell variable) is an argparse error
+        main(["model", "init", "--preset", "tiny", "--out", ""])
+    assert "--out is empty" in capsys.readouterr().err
+
+
+def test_out_replaces_only_an_artifact_of_its_kind_and_never_an_input(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    ckpt = tmp_path / "ckpt"
+    assert _init(ckpt, seed=1) == 0 and _init(ckpt, seed=2) == 0  # re-running a verb replaces its artifact
+    assert artifacts.read_manifest(ckpt)["config"]["seed"] == 2
+    # an artifact holding a file its manifest does not list is not replaced without --force
+    (ckpt / "notes.txt").write_text("mine")
+    assert _init(ckpt) == 2 and (ckpt / "notes.txt").is_file()
+    (ckpt / "notes.txt").unlink()
+    hf = tmp_path / "hf"
+    assert main(["convert", "to-hf", str(ckpt), "--out", str(hf)]) == 0
+    capsys.readouterr()
+    assert _init(hf) == 2  # another kind: refused...
+    assert "holds a 'hf_model' artifact, not a 'checkpoint' one" in capsys.readouterr().err
+    assert main(["model", "init", "--preset", "tiny", *TINY, "--out", str(hf), "--force"]) == 0  # ...unless --force
+    assert artifacts.read_manifest(hf)["kind"] == "checkpoint"
+    assert main(["convert", "to-hf", str(hf), "--out", str(hf), "--force"]) == 2  # never the input itself
+    assert "would replace the input" in capsys.readouterr().err
+    assert (hf / "model.safetensors").is_file()
+
+
+def test_unwritable_out_is_one_line_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _init(blocker / "below") in (1, 2)  # a path under a regular file cannot be created
+    err = capsys.readouterr().err
+    assert err.startswith("glasslm: error:") and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- verify: links, special files, moved runs
+
+
+def test_links_and_special_files_are_changes_and_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt = tmp_path / "ckpt"
+    assert _init(ckpt) == 0
+    (ckpt / "tokenizer.json").symlink_to("/etc/passwd")
+    capsys.readouterr()
+    assert main(["manifest", "verify", str(ckpt), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)["artifacts"][0]
+    assert report["irregular"] == ["tokenizer.json"] and not report["ok"]
+    # a verb reading the artifact refuses it rather than following the link
+    assert main(["convert", "to-hf", str(ckpt), "--out", str(tmp_path / "hf")]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    (ckpt / "tokenizer.json").unlink()
+    os.mkfifo(ckpt / "pipe")
+    assert main(["manifest", "verify", str(ckpt)]) == 1
+    assert "irregular: pipe" in capsys.readouterr().out
+
+
+def test_a_copied_run_verifies_its_own_copy_and_missing_inputs_fail(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert _init(run / "ckpt") == 0
+    assert main(["convert", "to-hf", str(run / "ckpt"), "--out", str(run / "hf")]) == 0
+    capsys.readouterr()
+    assert json.loads((run / "hf" / "manifest.json").read_text())["inputs"][0]["path"] == "../ckpt"
+    copy = tmp_path / "downloaded"
+    shutil.copytree(run, copy)
+    assert main(["manifest", "verify", str(copy / "hf"), "--recursive"]) == 0
+    capsys.readouterr()
+    # tampering with the copy is found in the copy (the original is fine and is not what is checked)
+    with open(copy / "ckpt" / "config.yaml", "a") as f:
+        f.write("# edited\n")
+    capsys.readouterr()
+    assert main(["manifest", "verify", str(copy / "hf"), "--recursive", "--json"]) == 1
+    reports = json.loads(capsys.readouterr().out)["artifacts"]
+    assert [r["path"] for r in reports if not r["ok"]] == [str(copy / "ckpt")]
+    assert main(["manifest", "verify", str(run / "hf"), "--recursive"]) == 0
+    # a missing input is an error, never OK; --no-inputs checks the artifact's own files only
+    shutil.rmtree(copy / "ckpt")
+    capsys.readouterr()
+    assert main(["manifest", "verify", str(copy / "hf")]) == 1
+    assert "inputs_missing" in capsys.readouterr().out
+    assert main(["manifest", "verify", str(copy / "hf"), "--recursive"]) == 1
+    assert "MISSING" in capsys.readouterr().out
+    assert main(["manifest", "verify", str(copy / "hf"), "--no-inputs"]) == 0
+
+
+# ---------------------------------------------------------------- reproduce every artifact kind
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("glassbox")
+    return micro_pipeline(base, "{suite: [perplexity], ppl_max_docs: 3}", code_bytes=120_000, web_bytes=150_000,
+                          checkpoint_every=3, log_every=1)[1]
+
+
+EVERY_ARTIFACT = ["corpus", "attributes/tags", "attributes/dedupe", "attributes/decon", "mix", "tokenizer", "tokens",
+                  "train", "train/checkpoints/step000003", "eval", "adapt/data", "adapt/sft", "adapt/dpo", "adapt/rl",
+                  "hf", "trace_index", "report"]
+
+
+@pytest.mark.parametrize("rel", EVERY_ARTIFACT)
+def test_reproduce_gives_identical_outputs(run: Path, rel: str, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    code = main(["reproduce", str(run / rel), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["identical"], (data["problems"], data["differing"], data["output"][-2000:])
+    statuses = {f["status"] for f in data["files"]}
+    assert statuses <= {"identical", "same values"}
+    # "same values" is only for JSON whose measured fields (times, speeds) differ: the rest is byte-equal
+    same_values = [f["path"] for f in data["files"] if f["status"] == "same values"]
+    assert all(p.endswith((".json", ".jsonl")) for p in same_values)
+    if rel in ("corpus", "mix", "tokenizer", "tokens", "hf", "trace_index", "report"):
+        assert statuses == {"identical"}, same_values
+
+
+def test_reproduce_a_moved_run_uses_the_moved_inputs(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    capsys.readouterr()
+    assert main(["reproduce", str(moved / "tokens"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["identical"]
+    assert str(moved / "mix") in data["rerun"] and str(run / "mix") not in data["rerun"]
+    # the moved copy's input is what is checked: change it and reproduce refuses before running
+    with open(moved / "mix" / "quarantine.jsonl", "a") as f:
+        f.write("\n")
+    assert main(["reproduce", str(moved / "tokens"), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["rerun"] == [] and any(str(moved / "mix") in p for p in data["problems"])
