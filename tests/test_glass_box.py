@@ -167,3 +167,38 @@ def test_reproduce_a_moved_run_uses_the_moved_inputs(run: Path, tmp_path: Path, 
     assert main(["reproduce", str(moved / "tokens"), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["rerun"] == [] and any(str(moved / "mix") in p for p in data["problems"])
+
+
+# ---------------------------------------------------------------- energy, report, config edges
+
+
+def test_energy_of_a_pipeline_run_counts_every_stage(run: Path, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["energy", str(run), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    state = json.loads((run / "pipeline.json").read_text())
+    assert [s["stage"] for s in data["stages"]] == list(state)  # data stages too, not only pretraining
+    assert data["kwh"] == pytest.approx(sum(s["kwh"] for s in data["stages"])) and data["kwh"] > 0
+    assert {s["method"] for s in data["stages"] if s["stage"] in ("corpus", "tag", "mix")} == {"tdp-estimate"}
+    assert main(["energy", str(run / "train"), "--json"]) == 0  # one training run: that run only
+    assert "stages" not in json.loads(capsys.readouterr().out)
+
+
+def test_report_counts_skipped_steps_between_logged_rows(tmp_path: Path) -> None:
+    from glasslm.report.base import Run
+    from glasslm.report.model_sections import training_section
+
+    (tmp_path / "train").mkdir()
+    rows = [{"step": s, "tokens": 64 * s, "loss": 5.0 - s / 10, "lr": 1e-3, "tokens_per_s": 100.0,
+             "skipped": False, "skipped_total": 1 if s > 3 else 0} for s in (2, 4, 6)]  # step 3 skipped, unlogged
+    (tmp_path / "train" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    section = training_section([Run(tmp_path, "r")])
+    summary = next(table for title, table in section.tables if title.startswith("Last logged step"))
+    assert summary[0]["skipped_steps"] == 1
+
+
+@pytest.mark.parametrize("steps", ["0", "-5"])
+def test_a_run_of_no_steps_is_a_config_error(tmp_path: Path, steps: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--out", str(tmp_path / "t"), f"--trainer.max_steps={steps}",
+                 "--data.tokens=" + str(tmp_path)]) == 2
+    assert f"trainer.max_steps must be >= 1, got {steps}" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from glasslm import artifacts
 from glasslm import config as cfg
 from glasslm.clitools import add_config_options, resolve_config
 from glasslm.config import ConfigError
+from glasslm.trace.energy import this_cpu
 
 # The checkout's configs/ (scripts/install.sh installs glasslm editable, so this is the repository).
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
@@ -359,7 +360,8 @@ def run_pipeline(config: PipelineConfig, run: Path, force: list[str] | None = No
         if rc != 0:
             raise artifacts.ArtifactError(f"stage '{name}' failed (exit {rc}): glasslm {' '.join(argv)}; fix what it "
                                           f"said above and run the pipeline again (finished stages are kept)")
-        state[name].update(status="done", seconds=round(seconds, 2))
+        # the CPU it ran on: `glasslm energy RUN` estimates the non-training stages' energy from it
+        state[name].update(status="done", seconds=round(seconds, 2), cpu=this_cpu())
         _save_state(run, state)
         ran.append(name)
         print(f"[pipeline] {name:<10} done in {seconds:.1f} s", flush=True)

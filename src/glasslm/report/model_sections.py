@@ -64,7 +64,8 @@ def training_section(runs: list[Run]) -> Section:
         row["median tokens/s"] = float(np.median(speeds)) if speeds else None
         row["wall_s"] = last.get("wall_s")
         row["mfu"] = last.get("mfu")
-        row["skipped_steps"] = sum(1 for r in rows if r.get("skipped"))
+        # skipped_total counts every skipped step; rows are logged every log_every steps and would miss some
+        row["skipped_steps"] = last.get("skipped_total", sum(1 for r in rows if r.get("skipped")))
         row["unigram baseline"] = unigram.get(run.name)
         summary += with_run(run, [row], runs)
     section.tables.append(("Last logged step (loss and baseline in nats/token)", summary))
@@ -156,8 +157,11 @@ def _downstream_tables(section: Section, runs: list[Run], results: dict[str, Any
             row["acc" + suffix] = t.get("acc")
             row["stderr" + suffix] = t.get("acc_stderr")
             row["gold bpb" + suffix] = t.get("gold_bpb")
+            # only "OLMES" figures are comparable with published OLMES/OLMo numbers (eval/tasks/standard.py)
+            row["setting" + suffix] = (t.get("setting") or {}).get("label") or "not OLMES" if t else None
         rows.append(row)
-    section.tables.append(("Downstream tasks: accuracy, chance and bits per byte of the gold answer", rows))
+    section.tables.append(("Downstream tasks: accuracy, chance and bits per byte of the gold answer "
+                           "(setting: OLMES = exactly OLMES's requests, comparable with published numbers)", rows))
     for key, label, stem in (("acc", "accuracy", "eval_downstream_acc"), ("gold_bpb", "gold-answer bits per byte",
                                                                            "eval_downstream_gold_bpb")):
         fig, ax = new_fig(7.5, 3.8)
@@ -219,6 +223,22 @@ def energy_section(runs: list[Run]) -> Section:
     notes: list[str] = []
     for run in runs:
         per_run: list[dict[str, Any]] = []
+        if (run.path / "pipeline.json").is_file():  # every stage, data stages included
+            from glasslm.trace.energy import pipeline_energy
+
+            try:
+                whole = pipeline_energy(run.path, EnergyConfig())
+            except artifacts.ArtifactError as err:
+                rows += with_run(run, [{"stage": "all", "method": f"unavailable: {err}"}], runs)
+                continue
+            per_run = [{"stage": s["stage"], "device": s["device"], "wall_s": s["wall_s"], "method": s["method"],
+                        "kWh": s["kwh"], "kg CO2e": s["kg_co2e"]} for s in whole["stages"]]
+            per_run.append({"stage": "total", "wall_s": whole["wall_s"], "kWh": whole["kwh"],
+                            "kg CO2e": whole["kg_co2e"]})
+            if run is runs[0]:
+                notes = [*whole["assumptions"], f"PUE {whole['pue']}, grid {whole['grid_gco2e_per_kwh']} gCO2e/kWh"]
+            rows += with_run(run, per_run, runs)
+            continue
         for rel in ("train", *(f"adapt/{s}" for s in ADAPT_STAGES)):
             d = run.path / rel
             if not (d / "metrics.jsonl").is_file():
@@ -240,8 +260,9 @@ def energy_section(runs: list[Run]) -> Section:
     if not rows:
         section.missing = "no training metrics (train/metrics.jsonl) to account energy for"
         return section
-    section.text = "How pretraining's figure was made: " + _esc("; ".join(notes)) + "."
-    section.tables.append(("Energy and emissions per training stage", rows))
+    section.text = "How the figures were made: " + _esc("; ".join(notes)) + "."
+    section.tables.append(("Energy and emissions per stage (data stages included when the run has pipeline.json)",
+                           rows))
     return section
 
 

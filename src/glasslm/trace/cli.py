@@ -41,10 +41,11 @@ def register(sub: Any) -> None:
     p.add_argument("--max-docs", type=int, default=span_mod.MAX_DOCS, help="documents listed per span")
     add_json_flag(p)
 
-    p = sub.add_parser("energy", help="energy (kWh) and carbon (kg CO2e) of a training run",
-                       description="energy (kWh) and carbon (kg CO2e) of a training run, with the method stated")
+    p = sub.add_parser("energy", help="energy (kWh) and carbon (kg CO2e) of a pipeline run or a training run",
+                       description="energy (kWh) and carbon (kg CO2e), with the method stated: of every stage of "
+                       "a pipeline run (RUN with pipeline.json; data stages included), or of one training run")
     p.set_defaults(func=_energy)
-    p.add_argument("run", type=Path, help="training run, or run directory holding train/")
+    p.add_argument("run", type=Path, help="pipeline run directory (every stage), or a training run")
     add_config_options(p)
     p.epilog = (p.epilog or "") + "\nKeys: energy.pue, energy.grid_gco2e_per_kwh, energy.cpu_watts_per_core, " \
         "energy.tdp_watts.<GPU name>"
@@ -138,6 +139,18 @@ def _render_spans(d: dict[str, Any]) -> str:
 
 def _energy(args: argparse.Namespace) -> int:
     config = resolve_config(_EnergySection, args).energy
+    if (args.run / "pipeline.json").is_file():  # a pipeline run: every stage, data stages included
+        data = energy_mod.pipeline_energy(args.run, config)
+
+        def render_all(d: dict[str, Any]) -> str:
+            rows = [{k: s.get(k) for k in ("stage", "wall_s", "method", "kwh", "kg_co2e", "device")} for s in d["stages"]]
+            rows.append({"stage": "total", "wall_s": d["wall_s"], "kwh": d["kwh"], "kg_co2e": d["kg_co2e"]})
+            text = f"{d['run']}: every stage of the pipeline\n" + format_table(rows)
+            text += f"\nPUE {d['pue']}, grid {d['grid_gco2e_per_kwh']} gCO2e/kWh"
+            return text + "".join(f"\nassumes: {a}" for a in d["assumptions"])
+
+        emit(args, data, render_all)
+        return 0
     report = energy_mod.run_energy(args.run, config)
 
     def render(d: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Energy (kWh) and carbon (kg CO₂e) of a training run, from what the run recorded, with the method stated.
+"""Energy (kWh) and carbon (kg CO₂e) of a training run — or of every stage of a pipeline run, data stages
+included (``pipeline_energy``) — from what the run recorded, with the method stated.
 
 Inputs, all read from the run directory:
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -226,3 +228,59 @@ def run_energy(run_dir: str | Path, config: EnergyConfig | None = None) -> Energ
         sources_kwh={k: v / 3.6e6 for k, v in sorted(per_source.items())},
         assumptions=assumptions,
     )
+
+
+# The pipeline stages that are training runs (their own metrics.jsonl, measured power where readable).
+TRAINING_STAGES = {"train": "train", "sft": "adapt/sft", "dpo": "adapt/dpo", "rl": "adapt/rl"}
+
+
+def this_cpu() -> str:
+    """This machine's CPU as the trainer names it ("cpu: MODEL (N cores)"), without importing torch."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def pipeline_energy(run_dir: str | Path, config: EnergyConfig | None = None) -> dict[str, Any]:
+    """Energy of every stage of a ``glasslm pipeline`` run (``RUN/pipeline.json`` holds each stage's time).
+
+    Training stages: ``run_energy`` of their run directory. The other stages (data curation, tokenizer,
+    eval, export, index, report) ran on the CPU: TDP estimate over the stage's wall time on the CPU the
+    pipeline recorded (this machine's when an older pipeline.json has none — said in the assumptions)."""
+    config = config or EnergyConfig()
+    run = Path(run_dir)
+    state_file = run / "pipeline.json"
+    if not state_file.is_file():
+        raise ArtifactError(f"{run}: not a pipeline run (no pipeline.json); `glasslm energy` on a training run "
+                            "counts that training only")
+    state = json.loads(state_file.read_text())
+    stages: list[dict[str, Any]] = []
+    assumptions: list[str] = []
+    for name, info in state.items():
+        if not isinstance(info, dict) or info.get("status") != "done":
+            continue
+        if name in TRAINING_STAGES and (run / TRAINING_STAGES[name] / "metrics.jsonl").is_file():
+            e = run_energy(run / TRAINING_STAGES[name], config)
+            stages.append({"stage": name, "device": e.device, "wall_s": e.wall_s, "method": e.method,
+                           "kwh": e.kwh, "kg_co2e": e.kg_co2e})
+            continue
+        device = info.get("cpu")
+        if device is None:
+            device = this_cpu()
+            note = "stages without a recorded CPU were assumed to have run on this machine's CPU"
+            if note not in assumptions:
+                assumptions.append(note)
+        seconds = float(info.get("seconds") or 0.0)
+        joules, _ = tdp_estimate(device, 1, seconds, config)
+        kwh = joules / 3.6e6 * config.pue
+        stages.append({"stage": name, "device": device, "wall_s": seconds, "method": "tdp-estimate",
+                       "kwh": kwh, "kg_co2e": kwh * config.grid_gco2e_per_kwh / 1000})
+    assumptions.append(f"non-training stages: {config.cpu_watts_per_core:g} W/core x cores x the stage's wall time")
+    total_kwh = sum(s["kwh"] for s in stages)
+    return {"run": str(run), "stages": stages, "wall_s": sum(s["wall_s"] for s in stages), "kwh": total_kwh,
+            "kg_co2e": total_kwh * config.grid_gco2e_per_kwh / 1000, "pue": config.pue,
+            "grid_gco2e_per_kwh": config.grid_gco2e_per_kwh, "assumptions": assumptions}

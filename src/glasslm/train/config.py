@@ -161,6 +161,9 @@ class TrainerConfig:
             raise ConfigError(
                 "set only one of trainer.max_steps and trainer.max_tokens (unset the other with =null)"
             )
+        for name in ("max_steps", "max_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("checkpoint_every", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
