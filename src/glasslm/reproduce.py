@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,7 @@ def reproduce(path: str | Path, keep: str | Path | None = None) -> ReproduceRepo
             where = _path_map(_parse(list(manifest["command"][1:]))[0], manifest, made)
             rerun_config.write_text(yaml.safe_dump(map_config_paths(config, where), sort_keys=False))
         captured = io.StringIO()
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), _replaying(made):
             try:
                 report.exit_code = main(report.rerun[1:])
             except SystemExit as e:  # argparse errors
@@ -253,6 +254,24 @@ def reproduce(path: str | Path, keep: str | Path | None = None) -> ReproduceRepo
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _replaying(made: Path) -> Iterator[None]:
+    """Choices the recorded run made by timing on its machine, replayed as recorded (a training run's
+    MKL-or-oneDNN linears: the libraries round differently)."""
+    chosen = _manifest_metrics(made).get("linear_backend")
+    if not isinstance(chosen, dict):
+        yield
+        return
+    from glasslm.model import onednn
+
+    with onednn.replaying(chosen):
+        yield
+
+
+def _manifest_metrics(path: Path) -> dict[str, Any]:
+    return (artifacts.read_manifest(path).get("metrics") or {}) if (path / artifacts.MANIFEST).is_file() else {}
 
 
 def _path_map(args: argparse.Namespace, manifest: dict[str, Any], artifact: Path | None) -> PathMap:

@@ -21,8 +21,10 @@ Only the arithmetic changes: parameters, their names, state dicts and checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -208,6 +210,8 @@ def choose_backend(
         raise ValueError(f"onednn_linear must be true, false or 'auto', got {mode!r}")
     if mode is True or mode is False:
         return LinearChoice("onednn" if mode else "mkl", "forced", threads=threads)
+    if _REPLAY is not None:  # glasslm reproduce: the choice the recorded run made on its machine
+        return _REPLAY
     shapes = linear_shapes(model)
     if not shapes:
         return LinearChoice("mkl", "n/a", threads=threads)
@@ -223,6 +227,27 @@ def choose_backend(
             round(mkl_s * 1e3, 3), round(onednn_s * 1e3, 3), rows, threads,
         )
     return _CHOICES[key]
+
+
+_REPLAY: LinearChoice | None = None
+
+
+@contextlib.contextmanager
+def replaying(recorded: Mapping[str, Any] | None) -> Iterator[None]:
+    """Inside, "auto" returns the ``recorded`` choice (``LinearChoice.as_dict()`` from a run's manifest)
+    instead of timing: the two libraries round differently, so a re-run (``glasslm reproduce``) must use
+    the library the recorded run measured as faster on its machine, and record the same choice."""
+    global _REPLAY
+    previous = _REPLAY
+    if recorded and recorded.get("backend") in ("onednn", "mkl"):
+        _REPLAY = LinearChoice(
+            recorded["backend"], recorded.get("how") or "measured", recorded.get("mkl_ms"), recorded.get("onednn_ms"),
+            recorded.get("rows"), recorded.get("threads"),
+        )
+    try:
+        yield
+    finally:
+        _REPLAY = previous
 
 
 def apply_choice(model: nn.Module, choice: LinearChoice) -> bool:
