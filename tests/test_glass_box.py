@@ -126,6 +126,22 @@ def test_a_copied_run_verifies_its_own_copy_and_missing_inputs_fail(tmp_path: Pa
 # ---------------------------------------------------------------- reproduce every artifact kind
 
 
+def test_reproduce_leaves_verb_words_alone_when_the_cwd_has_such_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    for name in ("model", "init", "convert", "to-hf", "tiny"):  # directories named like the command's words
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["model", "init", "--preset", "tiny", *TINY, "--out", "ckpt"]) == 0
+    assert main(["convert", "to-hf", "ckpt", "hf"]) == 0
+    capsys.readouterr()
+    for artifact in ("ckpt", "hf"):
+        assert main(["reproduce", artifact, "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["identical"] and data["rerun"][1:3] in (["model", "init"], ["convert", "to-hf"])
+
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("glassbox")

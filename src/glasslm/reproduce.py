@@ -139,6 +139,7 @@ class PathMap:
     cwd: Path | None
     recorded_out: Path | None  # absolute, as recorded
     artifact: Path  # where the artifact is now
+    inputs: list[Path] = field(default_factory=list)  # where the recorded inputs are now
 
     def __call__(self, word: str) -> str:
         if not word or word.startswith("-"):
@@ -173,6 +174,7 @@ def rebuild_command(
     out_value = getattr(args, "out", None) or getattr(args, "out_pos", None)
     where = _path_map(args, manifest, artifact)
     n_verb_words = 2 if getattr(args, "verb", None) else 1  # `model init` / `train`: names, never paths
+    paths = _path_arguments(words, args)
     overrides = set(unknown)  # dotted overrides: the resolved config passed below already holds them
     # A config given as a positional (`train CONFIG`, `data mix RECIPE`) is replaced by the recorded one.
     config_word = next((str(getattr(args, d)) for d in CONFIG_POSITIONALS if getattr(args, d, None)), None)
@@ -195,12 +197,42 @@ def rebuild_command(
         elif out_value is not None and not word.startswith("-") and str(Path(word)) == str(out_value):
             i += 1  # the positional OUT
         else:
-            new.append(where(word))
+            new.append(where(word) if _names_a_path(word, paths, where) else word)
             i += 1
     new += ["--out", str(out)]
     if config_file is not None and hasattr(args, "config"):
         new += ["--config", str(config_file)]
     return new
+
+
+def _path_arguments(words: list[str], args: argparse.Namespace) -> set[str]:
+    """The values the verb's parser reads as paths (arguments typed Path): `--preset tiny` is a name even
+    when the working directory holds a folder `tiny`."""
+    from glasslm.cli import build_parser
+    from glasslm.clitools import out_path
+
+    parser: Any = build_parser(words[0])
+    for word in words[: 2 if getattr(args, "verb", None) else 1]:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or word not in sub.choices:
+            break
+        parser = sub.choices[word]
+    values: set[str] = set()
+    for action in parser._actions:
+        if action.type in (Path, out_path):
+            value = getattr(args, action.dest, None)
+            values |= {str(v) for v in (value if isinstance(value, list) else [value]) if v is not None}
+    return values
+
+
+def _names_a_path(word: str, typed: set[str], where: PathMap) -> bool:
+    """A word to re-point: a Path-typed argument, or (for arguments the parser keeps as text, such as
+    `--model`) one that contains a directory separator or that names one of the recorded inputs."""
+    if str(Path(word)) in typed or "/" in word:
+        return True
+    return where(word) != word and any(
+        Path(where(word)) == loc or Path(where(word)) in loc.parents for loc in where.inputs
+    )
 
 
 def map_config_paths(config: Any, where: PathMap) -> Any:
@@ -283,7 +315,8 @@ def _path_map(args: argparse.Namespace, manifest: dict[str, Any], artifact: Path
     recorded_out = artifact.resolve()  # a verb's default output: the artifact is where the verb put it
     if out_value is not None:
         recorded_out = Path(os.path.normpath(out_value if out_value.is_absolute() or cwd is None else cwd / out_value))
-    return PathMap(cwd, recorded_out, artifact.resolve())
+    inputs = [loc for _, loc in artifacts.inputs_of(artifact)] if (artifact / artifacts.MANIFEST).is_file() else []
+    return PathMap(cwd, recorded_out, artifact.resolve(), inputs)
 
 
 def compare_files(
