@@ -110,7 +110,8 @@ def raw_encode_batch(texts: list[str], tokenizer: Path, threads: int) -> float:
 
 
 def train_direct(texts: list[str], vocab: int) -> float:
-    from glasslm.tokenizer import BPEConfig, bpe_trainer, new_bpe
+    from glasslm.tokenizer import BPEConfig, new_bpe
+    from glasslm.tokenizer_train import bpe_trainer
 
     tok = new_bpe()
     started = time.perf_counter()

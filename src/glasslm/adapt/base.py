@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from glasslm import artifacts
+from glasslm.adapt.builders import find_data_file
 from glasslm.config import ConfigError
 from glasslm.model import checkpoint as model_ckpt
 from glasslm.tokenizer import Tokenizer
@@ -131,7 +132,6 @@ class AdaptTrainer(Trainer):
             )
         self.tok = Tokenizer.from_file(tok_file)
         self.tokenizer = tok_file
-        from glasslm.adapt.cli import find_data_file
 
         self.train_path = find_data_file(config.data.path, self.data_file)
         heldout = config.data.heldout

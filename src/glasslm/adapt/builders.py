@@ -24,8 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glasslm import artifacts
 from glasslm.adapt.formats import Messages, Preference, RLTask
 from glasslm.config import ConfigError
+
+ADAPT_DATA = "adapt_data"  # the artifact kind `glasslm adapt data` writes
 
 TASK_FAMILIES = ("arithmetic", "reverse", "upper", "count", "first_letter", "length", "passage")
 DEFAULT_MODULES = [
@@ -422,3 +425,15 @@ def build(config: AdaptDataConfig) -> AdaptData:
         rl_heldout=[t.task for t in held_tasks],
         counts=counts,
     )
+
+
+def find_data_file(path: str | Path, name: str) -> Path:
+    """A JSONL file given directly, or ``name`` inside an adapt_data artifact (or a run's adapt/data)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    directory = artifacts.find_artifact(path, ADAPT_DATA, subdirs=("adapt/data", "data"))
+    file = directory / name
+    if not file.is_file():
+        raise artifacts.ArtifactError(f"{directory}: no {name} in this adapt_data artifact")
+    return file

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from glasslm import artifacts
-from glasslm.adapt.builders import AdaptDataConfig, build
+from glasslm.adapt.builders import ADAPT_DATA, AdaptDataConfig, build
 from glasslm.clitools import add_config_options, add_out, add_verb, resolve_config, stage_verbs
 from glasslm.data.documents import write_jsonl
-
-ADAPT_DATA = "adapt_data"
 
 
 @dataclass
@@ -45,15 +42,3 @@ def _data(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in data.counts.items() if isinstance(v, int))
     print(f"wrote {args.out}: {counts}")
     return 0
-
-
-def find_data_file(path: str | Path, name: str) -> Path:
-    """A JSONL file given directly, or ``name`` inside an adapt_data artifact (or a run's adapt/data)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    directory = artifacts.find_artifact(path, ADAPT_DATA, subdirs=("adapt/data", "data"))
-    file = directory / name
-    if not file.is_file():
-        raise artifacts.ArtifactError(f"{directory}: no {name} in this adapt_data artifact")
-    return file

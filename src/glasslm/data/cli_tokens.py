@@ -19,7 +19,8 @@ from glasslm.clitools import (
 )
 from glasslm.config import ConfigError
 from glasslm.data.tokenize import TokenizeConfig, tokenize
-from glasslm.tokenizer import Tokenizer, TokenizerTrainConfig, train_tokenizer_artifact
+from glasslm.tokenizer import Tokenizer, TokenizerTrainConfig
+from glasslm.tokenizer_train import train_tokenizer_artifact
 
 
 @dataclass

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from glasslm import artifacts
 from glasslm.config import from_dict, to_dict
+from glasslm.model.hf_format import read_hf_folder
 from glasslm.model.olmo2 import ModelConfig, OLMo2
 from glasslm.tokenizer import CHAT_TEMPLATE_FILE
 
@@ -148,9 +149,7 @@ def load_model(
 ) -> LoadedModel:
     directory = resolve_model_dir(path)
     if is_hf_folder(directory) and not (directory / CONFIG).is_file():
-        from glasslm.model import hf
-
-        config, state = hf.read_hf_folder(directory)
+        config, state = read_hf_folder(directory)
     else:
         config = read_model_config(directory)
         state = load_file(str(directory / WEIGHTS))
