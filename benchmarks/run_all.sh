@@ -43,7 +43,9 @@ run tokenize $py benchmarks/tokenize_throughput.py --mb 20 --workers 2 --repeats
 run eval_vs_lmeval $py benchmarks/eval_vs_lmeval.py --limit 50 --shots 5 --repeats 2 --threads 1
 run trace_index $py benchmarks/trace_index.py --tokens 5000000 --repeat 2
 # CPU clock, one thread: what a step costs a core; wall time on this shared box swung up to 10x.
-run train_cpu $py benchmarks/train_cpu.py --threads 1 --clock cpu --repeats 5 --steps 2 --peer-compile
+# A fresh Inductor cache (as for generate below), so both sides' compile times are cold.
+run train_cpu env TORCHINDUCTOR_CACHE_DIR="$out/inductor-train" $py benchmarks/train_cpu.py --threads 1 --clock cpu \
+  --repeats 5 --steps 2 --peer-compile
 # A fresh Inductor cache, so both sides' compile times are cold.
 run generate env TORCHINDUCTOR_CACHE_DIR="$out/inductor" $py benchmarks/generate_throughput.py \
   --threads 1 --new-tokens 64 --repeats 3 --batches 1 8 --label 42M
@@ -53,5 +55,5 @@ run generate_tiny env TORCHINDUCTOR_CACHE_DIR="$out/inductor-tiny" $py benchmark
   --mlp 384 --vocab 4096 --label tiny-shape
 
 { date -u +"%Y-%m-%d %H:%M UTC"; uptime; } > "$out/ended"
-rm -rf "$out/inductor" "$out/inductor-tiny"
+rm -rf "$out/inductor" "$out/inductor-tiny" "$out/inductor-train"
 $py benchmarks/readme_table.py "$out"

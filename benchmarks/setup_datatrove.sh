@@ -17,11 +17,7 @@ python="${PYTHON:-python3.11}"
 #   Trafilatura extractor and ParquetReader (benchmarks/import_throughput.py); datatrove lists them as extras.
 reqs=("datatrove==0.10.1" orjson spacy regex tokenizers "xxhash<4"
       warcio faust-cchardet python-magic trafilatura lxml_html_clean pyarrow)
-if [ ! -x "$venv/bin/python" ]; then
-  "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --upgrade pip
-fi
-"$venv/bin/pip" install --quiet "${reqs[@]}"
+check() {
 "$venv/bin/python" - <<'PY'
 import datatrove
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
@@ -32,3 +28,12 @@ shingles = sig.get_shingles("the quick brown fox jumps over the lazy dog " * 4)
 assert len(shingles) and sig.get_signature(shingles), "datatrove produced no MinHash signature"
 print("datatrove ready:", datatrove.__file__)
 PY
+}
+if ! check 2>/dev/null; then  # a no-op when the venv already works
+  if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --upgrade pip
+  fi
+  "$venv/bin/pip" install --quiet "${reqs[@]}"
+  check
+fi
