@@ -299,7 +299,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 # stage's config. A verb given a whole run config reads its own section (see ``load``).
 RUN_SECTIONS = (
     "stages", "corpus", "tag", "dedupe", "decon", "mix", "tokenizer", "tokenize", "train", "eval",
-    "adapt_data", "sft", "dpo", "rl", "hf", "trace", "report",
+    "adapt_data", "sft", "dpo", "rl", "hf", "trace", "report", "release",
 )
 
 

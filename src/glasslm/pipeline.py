@@ -53,6 +53,9 @@ class PipelineConfig:
     hf: dict[str, Any] = field(default_factory=dict)
     trace: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    # The default corpus's web pages carry no per-document licence (data/corpus_web.py records none), so the
+    # tiny run's release needs the override; it is stated in the card, the datasheet and the manifest.
+    release: dict[str, Any] = field(default_factory=lambda: {"allow_license_issues": True})
 
 
 @dataclass
@@ -120,6 +123,9 @@ STAGES: list[Stage] = [
           lambda r, c, s: ["trace", "index", str(r), "--out", _rel(r, "trace_index")]),
     # Its real inputs are every artifact of the run (see _report_stage); this is the minimum.
     Stage("report", "report", ["train"], lambda r, c, s: ["report", str(r)]),
+    # After the report, which it ships; its manifest is in release/glasslm/ (the folder is a git repository).
+    Stage("release", "release/glasslm", ["report"],
+          lambda r, c, s: ["release", str(r), "--out", _rel(r, "release"), "--config", str(c)]),
 ]
 DEFAULT_STAGES = [s.name for s in STAGES]  # rl included: ~50 s of the tiny run on two cores
 MODEL_STAGES = [("rl", "adapt/rl"), ("dpo", "adapt/dpo"), ("sft", "adapt/sft"), ("train", "train")]
@@ -138,7 +144,7 @@ def _export_stage(names: list[str]) -> Stage:
 def _report_stage(names: list[str], known: dict[str, Stage]) -> Stage:
     """The report reads the whole run (funnel, curves, evals, adaptation, trace samples), so any stage
     that ran before it makes it stale, not only training."""
-    inputs = [known[n].out for n in names if n != "report" and n in known]
+    inputs = [known[n].out for n in names if n not in ("report", "release") and n in known]
     return Stage("report", "report", inputs, lambda r, c, s: ["report", str(r)])
 
 
@@ -157,6 +163,7 @@ SECTION_CLASSES: dict[str, tuple[str, str, str | None]] = {
     "sft": ("glasslm.adapt.sft_trainer", "SFTConfig", None),
     "dpo": ("glasslm.adapt.dpo_trainer", "DPOConfig", None),
     "rl": ("glasslm.adapt.rl_trainer", "RLConfig", None),
+    "release": ("glasslm.release.build", "ReleaseConfig", None),
 }
 
 

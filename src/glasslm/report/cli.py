@@ -43,7 +43,7 @@ def make_report(run: Path, compare: list[Path], out: Path) -> Path:
                 continue
             if d.parent != r.path and d.parent.parent != r.path:  # only the run's stage artifacts
                 continue
-            if artifacts.read_manifest(d).get("kind") == "report":  # an earlier report is not a source
+            if artifacts.read_manifest(d).get("kind") in ("report", "release"):  # made from the report, not its source
                 continue
             inputs.append(d)
     title = f"glasslm run {run.name}" + (f" compared with {', '.join(r.name for r in runs[1:])}" if compare else "")

@@ -295,5 +295,10 @@ def lineage_section(runs: list[Run]) -> Section:
 
     walk(artifacts.lineage(final), 0)
     section.text = f"The final model (<code>{_esc(final)}</code>) and every artifact it was made from, with manifest hashes."
+    # The release (glasslm release) runs after the report and ships it, so the card may not exist yet.
+    card = run.path / "release" / "README.md"
+    section.text += (" Model card: <a href='../release/README.md'>release/README.md</a>." if card.is_file() else
+                     f" Model card: made by <code>glasslm release {_esc(run.path)}</code> (the pipeline's last stage) "
+                     "at <code>release/README.md</code>.")
     section.tables.append(("Lineage of the final model", rows))
     return section

@@ -49,7 +49,15 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _markdown(text: str) -> str:
+def markdown_table(caption: str, rows: list[dict[str, Any]]) -> list[str]:
+    """One table as Markdown lines (a bold caption, then the table): the report's and the model card's."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [f"**{caption}**", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
+    return [*lines, ""]
+
+
+def markdown_text(text: str) -> str:
     """Section text (a little HTML) as Markdown: marks in bold, code in backticks, breaks as lines."""
     text = re.sub(r"<code class='sample'>(.*?)</code>", lambda m: "\n\n    " + m.group(1).replace("\n", "\n    ") + "\n",
                   text, flags=re.S)
@@ -86,7 +94,7 @@ def render(sections: list[Section], title: str, out: Path) -> list[str]:
         if section.text:
             # Section text may carry <mark>/<code>/<br>; everything else in it is escaped by its builder.
             html_parts.append(f"<div class='text'>{section.text}</div>")
-            md_parts += [_markdown(section.text), ""]
+            md_parts += [markdown_text(section.text), ""]
         for caption, rows in section.tables:
             if not rows:
                 continue
@@ -102,9 +110,7 @@ def render(sections: list[Section], title: str, out: Path) -> list[str]:
                     html_parts.append(f"<td{cls}>{html.escape(_cell(v))}</td>")
                 html_parts.append("</tr>")
             html_parts.append("</table>")
-            md_parts += [f"**{caption}**", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-            md_parts += ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
-            md_parts.append("")
+            md_parts += markdown_table(caption, rows)
         for stem, fig in section.figures:
             data = _png(fig)
             name = f"{stem}.png"
