@@ -260,3 +260,13 @@ def test_errors_name_what_to_do(tmp_path, capsys):
     (tmp_path / "d" / "x.bin").write_bytes(b"1")
     assert run_import(str(tmp_path / "d"), "--format", "jsonl", "--out", str(tmp_path / "o")) != 0
     assert "no jsonl files found" in capsys.readouterr().err
+
+
+def test_page_licence_from_meta_or_rel_license_link() -> None:
+    from glasslm.data.importers.warc import page_license
+
+    assert page_license(b'<html><head><meta name="license" content="Apache-2.0 OR MIT"></head>') == "Apache-2.0 OR MIT"
+    cc = b'<head><link rel="license" href="https://creativecommons.org/licenses/by-sa/4.0/"></head>'
+    assert page_license(cc) == "CC-BY-SA-4.0"
+    assert page_license(b'<link rel="license" href="https://example.org/terms">') == "https://example.org/terms"
+    assert page_license(b"<html><body>no licence here</body></html>") is None

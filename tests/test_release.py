@@ -65,7 +65,7 @@ def test_card_has_metadata_and_every_section_from_real_figures(run: Path) -> Non
     assert f"{train['params']:,} parameters" in text
     bpb = json.loads((run / "eval" / "perplexity.json").read_text())["macro"]["bits_per_byte"]
     assert f"{bpb:.4g}" in text
-    assert "**Overridden** with `--allow-license-issues`" in text  # the default corpus's web pages
+    assert "has a licence that allows release under `apache-2.0`" in text  # every default source is licensed
     mix_hash = repo.git(run / "release", "show", "main:glasslm/manifests/mix/manifest.json")
     import hashlib
 
@@ -95,20 +95,59 @@ def test_datasheet_numbers_equal_the_ledger(run: Path) -> None:
         assert int(r["input docs"].replace(",", "")) == len(mine)
         assert int(r["input bytes"].replace(",", "")) == sum(x["bytes"] for x in mine)
         assert int(r["train docs"].replace(",", "")) == sum(1 for x in mine if x["split"] == "train")
-    # documents without a licence are counted and listed by source
-    unlicensed = [json.loads(line) for line in
-                  (run / "release" / "glasslm" / "data" / "unlicensed_documents.jsonl").read_text().splitlines()]
-    assert unlicensed and all(d["source"] == "web" for d in unlicensed)
-    assert f"Documents without a licence: {len(unlicensed):,} — web {len(unlicensed):,}" in text
-    assert f"`{unlicensed[0]['id']}`" in text
+    # every document of the default corpus carries its licence (the unlicensed case: the refusal test)
+    assert "Documents without a licence: 0." in text
+    assert (run / "release" / "glasslm" / "data" / "unlicensed_documents.jsonl").read_text() == ""
 
 
-def test_licence_check_refuses_an_unknown_licence(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(scope="module")
+def unlicensed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short run on imported JSONL that says nothing of its licence (the default corpus's sources all
+    carry one: the stdlib's PSF-2.0 and each pinned distribution's own licence)."""
+    import random
+
+    from tests.test_import_pipeline import prose
+
+    base = tmp_path_factory.mktemp("unlicensed")
+    rng = random.Random(0)
+    (base / "notes").mkdir()
+    (base / "notes" / "a.jsonl").write_text("".join(
+        json.dumps({"id": f"n{i}", "text": prose(rng, 240)}) + "\n" for i in range(40)))
+    (base / "recipe.yaml").write_text("documents: ''\nattributes: []\nseed: 0\nsources:\n"
+                                      "  - {name: notes, match: [notes], heldout: {count: 4}}\n")
+    (base / "tasks.jsonl").write_text(json.dumps({"question": "An unrelated question about chemistry."}) + "\n")
+    (base / "run.yaml").write_text(
+        "stages: [corpus, tag, dedupe, decon, mix, tokenizer, tokenize, train, report]\n"
+        "corpus: {inputs: [{path: notes, source: notes}]}\ntag: {taggers: [stats]}\ndecon: {tasks: [tasks.jsonl]}\n"
+        "mix: {recipe: recipe.yaml}\ntokenizer: {vocab_size: 300}\n"
+        "train: {model: {preset: tiny, n_layers: 1}, data: {loader: {seq_len: 64, global_batch_size: 4}},"
+        " trainer: {max_steps: 2, checkpoint_every: 2}}\n")
+    assert main(["pipeline", "--config", str(base / "run.yaml"), "--out", str(base / "run")]) == 0
+    return base / "run"
+
+
+def test_licence_check_refuses_an_unknown_licence(unlicensed_run: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "refused"
-    assert main(["release", str(run), "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert main(["release", str(unlicensed_run), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "licence check failed" in err and "source 'web'" in err
+    assert "licence check failed" in err and "source 'notes'" in err
     assert not out.exists()
+    # overridden: the release is made, and says so in the card and the manifest
+    assert main(["release", str(unlicensed_run), "--out", str(out), "--allow-license-issues"]) == 0
+    assert "**Overridden** with `--allow-license-issues`" in (out / "README.md").read_text()
+    manifest = json.loads((out / "glasslm" / "manifest.json").read_text())
+    assert manifest["metrics"]["license_overridden"] is True and manifest["config"]["allow_license_issues"] is True
+    unlicensed = [json.loads(line) for line in (out / "glasslm" / "data" / "unlicensed_documents.jsonl").read_text().splitlines()]
+    assert unlicensed and all(d["source"] == "notes" for d in unlicensed)
+    text = (out / "DATASHEET.md").read_text()
+    assert f"Documents without a licence: {len(unlicensed):,} — notes {len(unlicensed):,}" in text
+    assert f"`{unlicensed[0]['id']}`" in text
+    # a licence expression passes when one choice (OR) or every part (AND) is allowed
+    assert licenses.verdict("MPL-2.0 AND (Apache-2.0 OR MIT)", "apache-2.0") is None
+    assert licenses.verdict("GPL-3.0 OR MIT", "apache-2.0") is None
+    assert licenses.verdict("GPL-3.0 AND MIT", "apache-2.0") is not None
     assert licenses.verdict("(none)", "apache-2.0") == "no licence recorded"
     assert licenses.verdict("PSF-2.0", "apache-2.0") is None
     assert licenses.verdict("GPL-3.0", "apache-2.0") is not None and licenses.verdict("GPL-3.0", "gpl-3.0") is None
@@ -120,8 +159,7 @@ def test_release_is_reproducible_and_verify_catches_changes(run: Path, tmp_path:
     first, second = repo.branches(run / "release"), repo.branches(out)
     assert {k: v for k, v in first.items() if k != "main"} == {k: v for k, v in second.items() if k != "main"}
     manifest = json.loads((out / "glasslm" / "manifest.json").read_text())
-    assert manifest["kind"] == "release" and manifest["metrics"]["license_overridden"] is True
-    assert manifest["config"]["allow_license_issues"] is True
+    assert manifest["kind"] == "release" and manifest["metrics"]["license_overridden"] is False
     # run again onto the same folder: an earlier release is replaced
     assert main(["release", str(run), "--out", str(out), "--allow-license-issues"]) == 0
     card = out / "README.md"

@@ -53,9 +53,7 @@ class PipelineConfig:
     hf: dict[str, Any] = field(default_factory=dict)
     trace: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
-    # The default corpus's web pages carry no per-document licence (data/corpus_web.py records none), so the
-    # tiny run's release needs the override; it is stated in the card, the datasheet and the manifest.
-    release: dict[str, Any] = field(default_factory=lambda: {"allow_license_issues": True})
+    release: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

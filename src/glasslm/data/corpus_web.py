@@ -49,7 +49,42 @@ def _dist(d: Distribution) -> Dist:
     if not isinstance(description, str) or not description.strip():
         description = str(meta.get("Summary") or "")
     return Dist(str(meta["Name"]), d.version, description, str(meta.get("Description-Content-Type") or "").lower(),
-                str(meta.get("License-Expression") or meta.get("License") or "")[:80], tuple(d.files or ()))
+                distribution_license(d), tuple(d.files or ()))
+
+
+# Trove classifiers → SPDX ids.
+_CLASSIFIERS = {
+    "MIT License": "MIT", "Apache Software License": "Apache-2.0", "ISC License (ISCL)": "ISC",
+    "Python Software Foundation License": "PSF-2.0", "Mozilla Public License 2.0 (MPL 2.0)": "MPL-2.0",
+    "The Unlicense (Unlicense)": "Unlicense", "GNU General Public License v3 (GPLv3)": "GPL-3.0",
+    "GNU General Public License v2 (GPLv2)": "GPL-2.0", "Zope Public License": "ZPL-2.1",
+    "GNU Lesser General Public License v3 (LGPLv3)": "LGPL-3.0",
+    "BSD License": "BSD",  # the family (2- or 3-clause): every member permits redistribution with notice
+}
+_SPDX_ID = re.compile(r"^[A-Za-z0-9.+-]+(?: (?:AND|OR|WITH) [A-Za-z0-9.+()-]+)*$")
+
+
+def distribution_license(d: Distribution) -> str:
+    """The distribution's licence as an SPDX expression ("" when nothing says): its License-Expression
+    (PEP 639); else a License field that is an SPDX id ("MIT", "MIT License"); else its trove classifiers;
+    else its licence file's text (or a License field holding a licence text) recognised by the import's
+    fingerprints (importers/text.py). Pages carry it, so the release's licence check can read it."""
+    from glasslm.data.importers.text import LICENSE_FILES, identify_license
+
+    meta: Any = d.metadata
+    if meta.get("License-Expression"):
+        return str(meta["License-Expression"]).strip()
+    field_value = str(meta.get("License") or "").strip()
+    short = field_value.removesuffix(" License").removesuffix(" license")
+    if short and _SPDX_ID.match(short) and len(short) < 60:
+        return short
+    found = sorted({_CLASSIFIERS[c.split(" :: ")[-1]] for c in meta.get_all("Classifier") or []
+                    if c.startswith("License ::") and c.split(" :: ")[-1] in _CLASSIFIERS})
+    if found:
+        return " OR ".join(found)  # several licence classifiers: a choice of licences (dual licensing)
+    texts = [field_value] + [str(f.locate().read_text(errors="replace")) for f in d.files or ()
+                             if LICENSE_FILES.match(f.name) and f.locate().is_file()]
+    return next((spdx for text in texts if text and (spdx := identify_license(text))), "")
 
 
 def pinned_distributions(root: str = "glasslm") -> list[Dist]:
@@ -167,9 +202,11 @@ def page_html(title: str, dist: Dist, body: str, siblings: list[str]) -> str:
     name, version = html.escape(dist.name), html.escape(dist.version)
     nav = "".join(f'<li><a href="{html.escape(u)}">{html.escape(u.rsplit("/", 2)[-2 if u.endswith("/") else -1])}'
                   "</a></li>" for u in siblings)
-    license_name = html.escape(dist.license)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} — {name} '
-            f"{version}</title></head>\n<body><header><nav><a href=\"/\">Package docs</a> | <a href=\"/search\">"
+    license_name = html.escape(dist.license or "unknown")
+    # <meta name="license">: the import records it as the page's licence (importers/warc.py)
+    license_meta = f'<meta name="license" content="{license_name}">' if dist.license else ""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{license_meta}<title>{html.escape(title)} '
+            f"— {name} {version}</title></head>\n<body><header><nav><a href=\"/\">Package docs</a> | <a href=\"/search\">"
             "Search</a> | <a href=\"/about\">About</a> | <a href=\"/login\">Sign in</a></nav></header>\n"
             f'<div class="layout"><aside class="sidebar"><h4>{name} {version}</h4><ul>{nav}</ul>'
             f"<h4>Meta</h4><p>License: {license_name}</p></aside>\n"

@@ -24,6 +24,8 @@ UNKNOWN = "(none)"
 PERMISSIVE = {
     "mit", "mit-0", "bsd-2-clause", "bsd-3-clause", "0bsd", "isc", "apache-2.0", "psf-2.0", "python-2.0",
     "unlicense", "cc0-1.0", "cc-by-4.0", "cc-by-3.0", "zlib", "mpl-2.0", "bsl-1.0", "odc-by",
+    "mit-cmu", "cnri-python", "zpl-2.1", "hpnd",
+    "bsd",  # a trove classifier's "BSD License": the family; every member permits redistribution with notice
 }
 SHARE_ALIKE = {
     "gpl-2.0", "gpl-2.0-only", "gpl-2.0-or-later", "gpl-3.0", "gpl-3.0-only", "gpl-3.0-or-later", "lgpl-2.1",
@@ -37,11 +39,55 @@ def _family(spdx: str) -> str:
 
 
 def verdict(document_license: str, model_license: str) -> str | None:
-    """None when documents under ``document_license`` may train a model published under ``model_license``;
-    otherwise why not."""
-    lic = document_license.lower()
+    """None when documents under ``document_license`` — an SPDX id or expression ("MIT", "Apache-2.0 OR
+    MIT", "MPL-2.0 AND (Apache-2.0 OR MIT)") — may train a model published under ``model_license``;
+    otherwise why not. OR: one allowed choice is enough; AND: every part must be allowed."""
     if document_license == UNKNOWN:
         return "no licence recorded"
+    if any(op in document_license for op in (" OR ", " AND ", " WITH ", "(")):
+        return _expression_verdict(document_license, model_license)
+    return _single_verdict(document_license, model_license)
+
+
+def _expression_verdict(expression: str, model_license: str) -> str | None:
+    tokens = expression.replace("(", " ( ").replace(")", " ) ").split()
+    position = 0
+
+    def term() -> str | None:  # an id (WITH an exception: the exception only adds permissions) or ( expr )
+        nonlocal position
+        if position >= len(tokens):
+            return f"malformed licence expression '{expression}'"
+        token = tokens[position]
+        position += 1
+        if token == "(":
+            why = either()
+            position += 1  # ")"
+            return why
+        if position < len(tokens) and tokens[position] == "WITH":
+            position += 2
+        return _single_verdict(token, model_license)
+
+    def both() -> str | None:
+        nonlocal position
+        whys = [term()]
+        while position < len(tokens) and tokens[position] == "AND":
+            position += 1
+            whys.append(term())
+        return next((w for w in whys if w), None)
+
+    def either() -> str | None:
+        nonlocal position
+        whys = [both()]
+        while position < len(tokens) and tokens[position] == "OR":
+            position += 1
+            whys.append(both())
+        return None if any(w is None for w in whys) else whys[0]
+
+    return either()
+
+
+def _single_verdict(document_license: str, model_license: str) -> str | None:
+    lic = document_license.lower()
     if lic in PERMISSIVE:
         return None
     if lic in SHARE_ALIKE:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -101,8 +102,32 @@ def page_item(index: int, record: Any, body: bytes, options: ReadOptions) -> Ite
         "id": record_id or content_id(url or "", text), "text": text, "added": options.date,
         "created": date or options.date,
         "metadata": {"url": url, "warc_date": date, "warc_record_id": record_id, "content_type": content_type,
-                     **options.extra},
+                     "license": page_license(body), **options.extra},
     }, None, b"")
+
+
+_LICENSE_META = re.compile(rb"""<meta\s+name=["']license["']\s+content=["']([^"'<>]{1,200})["']""", re.IGNORECASE)
+_LICENSE_LINK = re.compile(rb"""<link\s+[^>]*rel=["']license["'][^>]*href=["']([^"'<>]{1,300})["']""", re.IGNORECASE)
+_CC_URL = re.compile(r"creativecommons\.org/(licenses|publicdomain)/([a-z-]+)/(\d\.\d)", re.IGNORECASE)
+
+
+def page_license(body: bytes) -> str | None:
+    """The licence a page declares in its head: ``<meta name="license" content="SPDX">`` or the HTML
+    ``rel="license"`` link (Creative Commons URLs become their SPDX ids, e.g. CC-BY-SA-4.0; another
+    URL is kept as is). None when the page says nothing."""
+    head = body[:65536]
+    meta = _LICENSE_META.search(head)
+    if meta:
+        return meta.group(1).decode("utf-8", "replace").strip()
+    link = _LICENSE_LINK.search(head)
+    if not link:
+        return None
+    url = link.group(1).decode("utf-8", "replace").strip()
+    cc = _CC_URL.search(url)
+    if cc:
+        kind, name, version = cc.groups()
+        return "CC0-1.0" if kind.lower() == "publicdomain" else f"CC-{name.upper()}-{version}"
+    return url
 
 
 def read_warc(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
