@@ -23,7 +23,9 @@ positives; at 190 MB of text the whole index is a few tens of MB (reported as ``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from glasslm.data.dedupe_partitions import (
+    PartitionTask,
+    cluster_numbers,
+    first_occurrence,
+    index_partition,
+    merge_decisions,
+    write_key_files,
+)
 from glasslm.data.documents import (
     QUARANTINE_FILE,
     Quarantine,
@@ -41,7 +51,7 @@ from glasslm.data.documents import (
     shard_names,
     write_jsonl,
 )
-from glasslm.data.executors import STATE_SUFFIX, executor_name, map_shards, resumable
+from glasslm.data.executors import STATE_SUFFIX, executor_name, load_state, map_shards, resumable
 from glasslm.data.minhash import MinHasher, lsh_clusters
 
 DUPLICATES_FILE = "duplicates.parquet"
@@ -66,6 +76,9 @@ class DedupeJob:
     experiment: str = "dedupe"
     workers: int = 0  # 0: one per CPU
     executor: str = "process"
+    # 1: the index step in the driver (decide); N > 1: N hash-range partitions, one task each
+    # (dedupe_partitions.py), same output bytes, ~1/N of the index per task.
+    partitions: int = 1
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
 
 
@@ -173,14 +186,6 @@ class DedupeResult:
     index_bytes: int
 
 
-def first_occurrence(hashes: np.ndarray) -> np.ndarray:
-    """For each item, the position of the first item with the same hash (itself if it is first)."""
-    if len(hashes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    return first[inverse.reshape(-1)].astype(np.int64)
-
-
 def decide(parts: list[dict[str, Any]], config: DedupeConfig) -> DedupeResult:
     """The sequential index step over all shards' hashes (see module docstring for why)."""
     doc_hash = np.concatenate([p["doc_hash"] for p in parts]) if parts else np.zeros(0, np.uint64)
@@ -215,85 +220,145 @@ def decide(parts: list[dict[str, Any]], config: DedupeConfig) -> DedupeResult:
     )
 
 
-def write_outputs(root: Path, parts: list[dict[str, Any]], result: DedupeResult, job: DedupeJob) -> dict[str, int]:
-    """Attribute files (one per shard) and ``duplicates.parquet``; returns counts for the manifest."""
+@dataclass
+class ShardDecisions:
+    """One shard's duplicates, sparse: local positions and the global number of what they repeat.
+
+    Both index paths (single driver and partitioned) produce these, and :func:`write_shard` turns
+    them into bytes, so the two paths share every line of output code.
+    """
+
+    exact: tuple[np.ndarray, np.ndarray]  # (local doc, global doc it repeats)
+    near: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # (local doc, survivor, cluster size, cluster number)
+    para: tuple[np.ndarray, np.ndarray]  # (local paragraph, global doc holding the first occurrence)
+    ids: dict[int, str]  # id of every global doc named above
+
+
+def split_decisions(parts: list[dict[str, Any]], result: DedupeResult) -> list[ShardDecisions]:
+    """Per-shard sparse decisions from the single driver's dense arrays."""
+    all_ids = [i for p in parts for i in p["ids"]]
+    near_docs = np.flatnonzero(result.near_of >= 0)
+    numbers = np.full(len(result.near_of), -1, dtype=np.int64)
+    numbers[near_docs] = cluster_numbers(result.near_of[near_docs])
+    out = []
+    g = p_global = 0
+    for part in parts:
+        n, m = len(part["ids"]), len(part["para_doc"])
+        exact_of = result.exact_of[g : g + n] if len(result.exact_of) else np.full(n, -1, np.int64)
+        near_of = result.near_of[g : g + n] if len(result.near_of) else np.full(n, -1, np.int64)
+        para_of = result.para_of[p_global : p_global + m] if len(result.para_of) else np.full(m, -1, np.int64)
+        e, k, q = np.flatnonzero(exact_of >= 0), np.flatnonzero(near_of >= 0), np.flatnonzero(para_of >= 0)
+        named = np.concatenate([exact_of[e], near_of[k], para_of[q]])
+        out.append(ShardDecisions(
+            exact=(e, exact_of[e]),
+            near=(k, near_of[k], result.cluster_size[g : g + n][k], numbers[g : g + n][k]),
+            para=(q, para_of[q]),
+            ids={int(i): all_ids[int(i)] for i in np.unique(named)},
+        ))
+        g += n
+        p_global += m
+    return out
+
+
+DUPLICATE_COLUMNS = ("shard", "line", "id", "kind", "duplicate_of", "cluster", "cluster_size", "start", "end")
+COUNT_KEYS = ("exact_doc", "near_doc", "paragraphs", "exact_doc_bytes", "paragraph_chars")
+
+
+def write_shard(root: Path, part: dict[str, Any], dec: ShardDecisions, job: DedupeJob) -> tuple[dict[str, list[Any]], dict[str, int]]:
+    """Write one shard's attribute file; returns its ``duplicates.parquet`` rows and counts."""
     exp = job.experiment
     cfg = job.dedupe
-    all_ids = [i for p in parts for i in p["ids"]]
-    rows: dict[str, list[Any]] = {k: [] for k in ("shard", "line", "id", "kind", "duplicate_of", "cluster",
-                                                   "cluster_size", "start", "end")}
-    counts = {"exact_doc": 0, "near_doc": 0, "paragraphs": 0, "exact_doc_bytes": 0, "paragraph_chars": 0}
-    clusters: dict[int, int] = {}
+    n, m = len(part["ids"]), len(part["para_doc"])
 
-    def add(shard: str, line: int, doc_id: str, kind: str, of: int, cluster: int | None, size: int | None,
+    def dense(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+        array = np.full(size, -1, dtype=np.int64)
+        array[np.asarray(index, dtype=np.int64)] = values
+        return array
+
+    exact_of, para_of = dense(*dec.exact, n), dense(*dec.para, m)
+    near_of, cluster_size, cluster_no = (dense(dec.near[0], v, n) for v in dec.near[1:])
+    rows: dict[str, list[Any]] = {k: [] for k in DUPLICATE_COLUMNS}
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+
+    def add(line: int, doc_id: str, kind: str, of: int, cluster: int | None, size: int | None,
             start: int | None, end: int | None) -> None:
-        for key, value in zip(rows, (shard, line, doc_id, kind, all_ids[of], cluster, size, start, end), strict=True):
+        values = (part["name"], line, doc_id, kind, dec.ids[of], cluster, size, start, end)
+        for key, value in zip(rows, values, strict=True):
             rows[key].append(value)
 
-    g = 0
-    p_global = 0
-    for part in parts:
-        records = []
-        para_cursor = 0
-        for i, doc_id in enumerate(part["ids"]):
-            length = int(part["lengths"][i])
-            line = int(part["lines"][i])
-            attrs: dict[str, list[list[float]]] = {}
-            if cfg.exact_docs:
-                of = int(result.exact_of[g])
-                attrs[f"{exp}__dedupe__exact_doc"] = [[0, length, 1.0]] if of >= 0 else []
+    records = []
+    para_cursor = 0
+    for i, doc_id in enumerate(part["ids"]):
+        length = int(part["lengths"][i])
+        line = int(part["lines"][i])
+        attrs: dict[str, list[list[float]]] = {}
+        if cfg.exact_docs:
+            of = int(exact_of[i])
+            attrs[f"{exp}__dedupe__exact_doc"] = [[0, length, 1.0]] if of >= 0 else []
+            if of >= 0:
+                counts["exact_doc"] += 1
+                counts["exact_doc_bytes"] += int(part["bytes"][i])
+                add(line, doc_id, "exact_doc", of, None, None, None, None)
+        if cfg.near:
+            of = int(near_of[i])
+            attrs[f"{exp}__dedupe__near_doc"] = [[0, length, 1.0]] if of >= 0 else []
+            if of >= 0:
+                counts["near_doc"] += 1
+                add(line, doc_id, "near_doc", of, int(cluster_no[i]), int(cluster_size[i]), None, None)
+        if cfg.paragraphs:
+            spans = []
+            while para_cursor < m and part["para_doc"][para_cursor] == i:
+                of = int(para_of[para_cursor])
                 if of >= 0:
-                    counts["exact_doc"] += 1
-                    counts["exact_doc_bytes"] += int(part["bytes"][i])
-                    add(part["name"], line, doc_id, "exact_doc", of, None, None, None, None)
-            if cfg.near:
-                of = int(result.near_of[g])
-                attrs[f"{exp}__dedupe__near_doc"] = [[0, length, 1.0]] if of >= 0 else []
-                if of >= 0:
-                    counts["near_doc"] += 1
-                    cluster = clusters.setdefault(of, len(clusters))
-                    add(part["name"], line, doc_id, "near_doc", of, cluster, int(result.cluster_size[g]), None, None)
-            if cfg.paragraphs:
-                spans = []
-                while para_cursor < len(part["para_doc"]) and part["para_doc"][para_cursor] == i:
-                    of = int(result.para_of[p_global + para_cursor])
-                    if of >= 0:
-                        start, end = int(part["para_start"][para_cursor]), int(part["para_end"][para_cursor])
-                        spans.append([start, end, 1.0])
-                        counts["paragraphs"] += 1
-                        counts["paragraph_chars"] += end - start
-                        add(part["name"], line, doc_id, "paragraph", of, None, None, start, end)
-                    para_cursor += 1
-                attrs[f"{exp}__dedupe__paragraphs"] = spans
-            records.append({"id": doc_id, "attributes": attrs})
-            g += 1
-        p_global += len(part["para_doc"])
-        write_jsonl(attributes_path(root, part["name"]), records)
+                    start, end = int(part["para_start"][para_cursor]), int(part["para_end"][para_cursor])
+                    spans.append([start, end, 1.0])
+                    counts["paragraphs"] += 1
+                    counts["paragraph_chars"] += end - start
+                    add(line, doc_id, "paragraph", of, None, None, start, end)
+                para_cursor += 1
+            attrs[f"{exp}__dedupe__paragraphs"] = spans
+        records.append({"id": doc_id, "attributes": attrs})
+    write_jsonl(attributes_path(root, part["name"]), records)
+    return rows, counts
+
+
+def write_duplicates(root: Path, pieces: list[tuple[dict[str, list[Any]], dict[str, int]]]) -> dict[str, int]:
+    """``duplicates.parquet`` from the shards' rows, in shard order; returns the summed counts."""
+    rows = {k: [v for piece, _ in pieces for v in piece[k]] for k in DUPLICATE_COLUMNS}
     schema = pa.schema([
         ("shard", pa.string()), ("line", pa.int64()), ("id", pa.string()), ("kind", pa.string()),
         ("duplicate_of", pa.string()), ("cluster", pa.int64()), ("cluster_size", pa.int64()),
         ("start", pa.int64()), ("end", pa.int64()),
     ])
     pq.write_table(pa.table(rows, schema=schema), root / DUPLICATES_FILE)
-    return counts
+    return {k: sum(c[k] for _, c in pieces) for k in COUNT_KEYS}
+
+
+def write_outputs(root: Path, parts: list[dict[str, Any]], result: DedupeResult, job: DedupeJob) -> dict[str, int]:
+    """Attribute files (one per shard) and ``duplicates.parquet``; returns counts for the manifest."""
+    decisions = split_decisions(parts, result)
+    return write_duplicates(root, [write_shard(root, p, d, job) for p, d in zip(parts, decisions, strict=True)])
 
 
 def run(documents: Path, root: Path, job: DedupeJob, scratch: Path | None = None) -> dict[str, Any]:
     """Deduplicate the ``documents`` artifact into the attributes directory ``root``; returns metrics."""
     started = time.perf_counter()
-    tasks = [ShardTask(name, path, job.dedupe, scratch) for name, path in shard_names(documents)]
-    parts = map_shards(hash_shard, tasks, workers=job.workers or None, executor=executor_name(job.executor),
-                       desc="dedupe: hash")
-    hashed = time.perf_counter()
-    result = decide(parts, job.dedupe)
-    counts = write_outputs(root, parts, result, job)
+    if job.partitions < 1:
+        raise ValueError(f"dedupe: partitions must be at least 1, got {job.partitions}")
+    if job.partitions == 1:
+        summary, index = _run_single(documents, root, job, scratch)
+    else:
+        with contextlib.ExitStack() as stack:
+            if scratch is None:  # the partitioned path passes keys through files
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="glasslm-dedupe-")))
+            summary, index = _run_partitioned(documents, root, job, scratch)
+    counts, shards, quarantine = summary
     elapsed = time.perf_counter() - started
-    total_bytes = int(sum(int(p["bytes"].sum()) for p in parts))
-    quarantine = Quarantine.of(r for p in parts for r in p["quarantine"])
+    total_bytes = int(sum(s["bytes"] for s in shards))
     quarantine.write(root / QUARANTINE_FILE)
     return {
-        "shards": len(parts),
-        "documents": int(sum(len(p["ids"]) for p in parts)),
+        "shards": len(shards),
+        "documents": int(sum(s["documents"] for s in shards)),
         "bytes": total_bytes,
         "quarantined_lines": quarantine.total,
         "quarantined_by_reason": dict(sorted(quarantine.counts.items())),
@@ -302,9 +367,115 @@ def run(documents: Path, root: Path, job: DedupeJob, scratch: Path | None = None
         "near_duplicate_docs": counts["near_doc"],
         "duplicate_paragraphs": counts["paragraphs"],
         "duplicate_paragraph_chars": counts["paragraph_chars"],
-        "index_bytes": result.index_bytes,
-        "seconds_hash": round(hashed - started, 3),
+        **index,
         "seconds_total": round(elapsed, 3),
         "mb_per_s": round(total_bytes / 1e6 / elapsed, 3) if elapsed > 0 else None,
     }
 
+
+_Summary = tuple[dict[str, int], list[dict[str, Any]], Quarantine]
+
+
+def _size(part: dict[str, Any]) -> dict[str, Any]:
+    return {"name": part["name"], "documents": len(part["ids"]), "paragraphs": len(part["para_doc"]),
+            "bytes": int(np.asarray(part["bytes"]).sum()), "quarantine": part["quarantine"]}
+
+
+def _summary(counts: dict[str, int], shards: list[dict[str, Any]]) -> _Summary:
+    return counts, shards, Quarantine.of(r for s in shards for r in s["quarantine"])
+
+
+def _run_single(documents: Path, root: Path, job: DedupeJob, scratch: Path | None) -> tuple[_Summary, dict[str, Any]]:
+    started = time.perf_counter()
+    tasks = [ShardTask(name, path, job.dedupe, scratch) for name, path in shard_names(documents)]
+    parts = map_shards(hash_shard, tasks, workers=job.workers or None, executor=executor_name(job.executor),
+                       desc="dedupe: hash")
+    hashed = time.perf_counter()
+    result = decide(parts, job.dedupe)
+    counts = write_outputs(root, parts, result, job)
+    return _summary(counts, [_size(p) for p in parts]), {
+        "index_bytes": result.index_bytes, "seconds_hash": round(hashed - started, 3)}
+
+
+# --- the partitioned path: shard tasks, partition tasks, shard tasks (see dedupe_partitions.py) ---
+
+@dataclass
+class PartitionedShardTask:
+    shard: ShardTask
+    partitions: int
+
+
+def hash_and_partition(task: PartitionedShardTask) -> dict[str, Any]:
+    """Hash one shard (resumable), write its keys split by partition; return only its sizes."""
+    part = hash_shard(task.shard)
+    assert task.shard.scratch is not None
+    write_key_files(part, task.shard.scratch, task.partitions)
+    return _size(part)
+
+
+def _state(scratch: Path, name: str) -> dict[str, Any]:
+    part = load_state(scratch / f"hash-{_safe(name)}{STATE_SUFFIX}")  # what hash_shard saved
+    if part is None:
+        raise FileNotFoundError(f"dedupe: the hashed state of shard {name} is missing from {scratch}; rerun")
+    return part
+
+
+@dataclass
+class IdsTask:
+    name: str
+    scratch: Path
+    positions: np.ndarray  # local document positions whose ids are wanted
+
+
+def shard_ids(task: IdsTask) -> list[str]:
+    ids = _state(task.scratch, task.name)["ids"]
+    return [str(ids[int(i)]) for i in task.positions]
+
+
+@dataclass
+class WriteTask:
+    root: Path
+    name: str
+    scratch: Path
+    decisions: ShardDecisions
+    job: DedupeJob
+
+
+def write_partitioned_shard(task: WriteTask) -> tuple[dict[str, list[Any]], dict[str, int]]:
+    return write_shard(task.root, _state(task.scratch, task.name), task.decisions, task.job)
+
+
+def _run_partitioned(documents: Path, root: Path, job: DedupeJob, scratch: Path) -> tuple[_Summary, dict[str, Any]]:
+    started = time.perf_counter()
+    cfg, p = job.dedupe, job.partitions
+    run_on: dict[str, Any] = {"workers": job.workers or None, "executor": executor_name(job.executor)}
+    names = shard_names(documents)
+    sizes = map_shards(hash_and_partition, [PartitionedShardTask(ShardTask(n, path, cfg, scratch), p)
+                                            for n, path in names], desc="dedupe: hash", **run_on)
+    hashed = time.perf_counter()
+    doc_offsets = np.cumsum([0] + [s["documents"] for s in sizes])
+    para_offsets = np.cumsum([0] + [s["paragraphs"] for s in sizes])
+    shard_list = [s["name"] for s in sizes]
+    indexed = map_shards(index_partition, [
+        PartitionTask(k, p, scratch, shard_list, doc_offsets[:-1].tolist(), para_offsets[:-1].tolist(),
+                      exact_docs=cfg.exact_docs, paragraphs=cfg.paragraphs, near=cfg.near)
+        for k in range(p)], desc="dedupe: index", **run_on)
+    per_shard, named = merge_decisions(indexed, doc_offsets, para_offsets)
+    owner = np.searchsorted(doc_offsets, named, side="right") - 1
+    id_lists = map_shards(shard_ids, [IdsTask(n, scratch, named[owner == s] - doc_offsets[s])
+                                      for s, n in enumerate(shard_list)], desc="dedupe: ids", **run_on)
+    ids = dict(zip(named.tolist(), (i for chunk in id_lists for i in chunk), strict=True))
+    writes = []
+    for name, d in zip(shard_list, per_shard, strict=True):
+        wanted = np.concatenate([d["exact_of"], d["root"], d["para_of"]])
+        decisions = ShardDecisions(exact=(d["exact"], d["exact_of"]), near=(d["near"], d["root"], d["size"], d["number"]),
+                                   para=(d["para"], d["para_of"]), ids={int(i): ids[int(i)] for i in np.unique(wanted)})
+        writes.append(WriteTask(root, name, scratch, decisions, job))
+    counts = write_duplicates(root, map_shards(write_partitioned_shard, writes, desc="dedupe: write", **run_on))
+    return _summary(counts, sizes), {
+        "index_bytes": int(max((r["index_bytes"] for r in indexed), default=0)),
+        "index_bytes_total": int(sum(r["index_bytes"] for r in indexed)),
+        "partitions": p,
+        "peak_rss_per_partition_task": int(max((r["peak_rss"] for r in indexed), default=0)),
+        "seconds_hash": round(hashed - started, 3),
+    }
