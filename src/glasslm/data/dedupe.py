@@ -76,9 +76,9 @@ class DedupeJob:
     experiment: str = "dedupe"
     workers: int = 0  # 0: one per CPU
     executor: str = "process"
-    # 1: the index step in the driver (decide); N > 1: N hash-range partitions, one task each
+    # 0: the index step in the driver (decide); N >= 1: N hash-range partitions, one task each
     # (dedupe_partitions.py), same output bytes, ~1/N of the index per task.
-    partitions: int = 1
+    partitions: int = 0
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
 
 
@@ -343,9 +343,9 @@ def write_outputs(root: Path, parts: list[dict[str, Any]], result: DedupeResult,
 def run(documents: Path, root: Path, job: DedupeJob, scratch: Path | None = None) -> dict[str, Any]:
     """Deduplicate the ``documents`` artifact into the attributes directory ``root``; returns metrics."""
     started = time.perf_counter()
-    if job.partitions < 1:
-        raise ValueError(f"dedupe: partitions must be at least 1, got {job.partitions}")
-    if job.partitions == 1:
+    if job.partitions < 0:
+        raise ValueError(f"dedupe: partitions must be 0 (index in the driver) or more, got {job.partitions}")
+    if job.partitions == 0:
         summary, index = _run_single(documents, root, job, scratch)
     else:
         with contextlib.ExitStack() as stack:

@@ -63,7 +63,18 @@ def partition_of(hashes: np.ndarray, partitions: int) -> np.ndarray:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident set size.
+
+    Linux: ``VmHWM`` of this address space, because ``ru_maxrss`` survives ``exec`` and would report
+    the parent's peak in a freshly spawned worker. Elsewhere ``ru_maxrss`` (macOS bytes, BSD KiB).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
