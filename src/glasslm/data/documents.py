@@ -25,7 +25,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 import orjson
 from isal import igzip, isal_zlib
@@ -39,24 +42,58 @@ _STRING_FIELDS = ("id", "text", "source", "added", "created")
 MAX_DEPTH = 100
 
 
-def list_shards(directory: str | Path) -> list[Path]:
+# A shard's place: a local path, or an object-store URL (s3://, gs://, any fsspec protocol) as a
+# universal_pathlib UPath, which has the same interface (name, /, rglob, open), so every reader
+# below works on both. Credentials come from each store's usual environment/config (boto, gcloud).
+Location: TypeAlias = "Path | UPath"
+
+
+def is_url(path: object) -> bool:
+    """Whether ``path`` names an object in a store other than the local file system."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def location(path: str | os.PathLike[str] | Location) -> Location:
+    """A local ``Path``, or a ``UPath`` for a URL (needs the ``s3`` extra: universal-pathlib, s3fs)."""
+    if is_url(path):
+        try:
+            from upath import UPath
+        except ImportError as e:
+            raise ImportError(f"{path}: object-store paths need `pip install 'glasslm[s3]'` ({e})") from None
+        return path if isinstance(path, UPath) else UPath(str(path))
+    return path if isinstance(path, Path) else Path(path)  # type: ignore[arg-type]
+
+
+def list_shards(directory: str | Path | Location) -> list[Location]:
     """Document shards below ``directory`` in a stable (sorted) order."""
-    directory = Path(directory)
+    directory = location(directory)
     if directory.is_file():
         return [directory]
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name.endswith(SHARD_SUFFIXES))
+    return sorted((p for p in directory.rglob("*") if p.name.endswith(SHARD_SUFFIXES) and p.is_file()), key=str)
 
 
-def open_binary(path: Path) -> IO[bytes]:
+def list_local_shards(directory: str | Path) -> list[Path]:
+    """:func:`list_shards` for a directory that must be local (our own artifacts, being written)."""
+    if is_url(directory):
+        raise ValueError(f"{directory}: expected a local directory here, not an object-store URL")
+    return list_shards(directory)  # type: ignore[return-value]  # local in, Paths out
+
+
+def open_binary(path: Location) -> IO[bytes]:
     if path.name.endswith(".gz"):
         # ISA-L's gzip reader: same stream semantics and errors as the stdlib's (EOFError on a
         # truncated member, BadGzipFile), ~5x faster inflate on our shards (benchmarks/dedupe_mix_throughput.py).
-        return igzip.open(path, "rb")  # type: ignore[return-value]
+        return igzip.open(_raw(path), "rb")  # type: ignore[return-value]
     if path.name.endswith(".zst"):
         import zstandard  # optional: only needed for .zst shards
 
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))  # type: ignore[return-value]
-    return open(path, "rb")
+        return zstandard.ZstdDecompressor().stream_reader(_raw(path))  # type: ignore[return-value]
+    return _raw(path)
+
+
+def _raw(path: Location) -> IO[bytes]:
+    return open(path, "rb") if isinstance(path, Path) else path.open("rb")
 
 
 @dataclass
@@ -67,7 +104,7 @@ class Quarantine:
     counts: Counter[str] = field(default_factory=Counter)
     records: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, file: Path | str, line: int, reason: str, raw: bytes) -> None:
+    def add(self, file: Location | str, line: int, reason: str, raw: bytes) -> None:
         try:
             text, encoding = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
@@ -125,7 +162,7 @@ def validate(obj: Any) -> str | None:
     return None
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
+def read_lines(path: Location) -> Iterator[tuple[int, bytes | None, str | None]]:
     """(line number from 1, raw bytes, error); a truncated/corrupt compressed tail is one error entry."""
     number = 0
     try:
@@ -139,7 +176,7 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
         # ISA-L inflates in large blocks and can stop short of lines that zlib still recovers from a
         # damaged tail: read on with the stdlib so both give the same lines and the same reason.
         try:
-            with gzip.open(path, "rb") as f:
+            with gzip.open(_raw(path), "rb") as f:
                 for k, raw in enumerate(f, start=1):
                     if k > number:
                         number = k
@@ -150,7 +187,7 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
 
 
 def iter_documents(
-    path: str | Path,
+    path: str | Path | Location,
     quarantine: Quarantine | None = None,
     seen_ids: set[str] | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -158,7 +195,7 @@ def iter_documents(
 
     ``seen_ids``: ids already read (shared across shards) to quarantine duplicates.
     """
-    path = Path(path)
+    path = location(path)
     q = quarantine if quarantine is not None else Quarantine()
     for number, raw, error in read_lines(path):
         if error is not None or raw is None:
@@ -353,7 +390,7 @@ def loads(raw: bytes) -> Any:
 
 def read_jsonl(path: str | Path) -> Iterator[Any]:
     """Plain JSONL reading for files we wrote ourselves (attributes, indexes): errors are bugs."""
-    with open_binary(Path(path)) as f:
+    with open_binary(location(path)) as f:
         for line in f:
             if line.strip():
                 yield loads(line)
@@ -378,15 +415,15 @@ def json_objects(path: str | Path, error: type[Exception]) -> Iterator[tuple[int
             yield number, obj
 
 
-def shard_names(documents_root: str | Path) -> list[tuple[str, Path]]:
+def shard_names(documents_root: str | Path | Location) -> list[tuple[str, Location]]:
     """(name, path) of every shard of a ``documents`` artifact, in the defined order (sorted names).
 
     ``name`` is the path relative to ``<artifact>/documents``; an ``attributes`` artifact stores the
     attributes of that shard under the same relative name.
     """
-    root = Path(documents_root)
+    root = location(documents_root)
     base = root / "documents" if (root / "documents").is_dir() else root
-    return [(p.relative_to(base).as_posix() if p != base else p.name, p) for p in list_shards(base)]
+    return [(p.relative_to(base).as_posix() if p != base else p.name, p) for p in list_shards(base)]  # type: ignore[arg-type]
 
 
 def attributes_path(attributes_root: str | Path, name: str) -> Path:

@@ -40,6 +40,7 @@ from glasslm.data import decon, ledger
 from glasslm.data.dedupe import DUPLICATES_FILE
 from glasslm.data.documents import (
     QUARANTINE_FILE,
+    Location,
     Quarantine,
     attributes_path,
     category,
@@ -289,7 +290,7 @@ def apply_edits(text: str, edits: list[tuple[int, int, str]]) -> str:
 class ShardJob:
     index: int
     name: str
-    path: Path
+    path: Location
     recipe: Recipe
     attribute_roots: list[Path]
     scratch: Path

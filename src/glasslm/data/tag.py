@@ -38,6 +38,7 @@ from glasslm.artifacts import create_artifact, find_artifact, input_ref, manifes
 from glasslm.config import ConfigError, to_dict
 from glasslm.data.documents import (
     QUARANTINE_FILE,
+    Location,
     Quarantine,
     attributes_path,
     iter_documents,
@@ -101,7 +102,7 @@ class TagRun:
 @dataclass(frozen=True)
 class ShardJob:
     name: str  # relative to documents/
-    path: Path
+    path: Location
     work: Path
     experiment: str
     taggers: tuple[tuple[str, str], ...]  # (name, options as canonical JSON): hashable, picklable

@@ -44,7 +44,7 @@ from glasslm import artifacts
 from glasslm.artifacts import ArtifactError
 from glasslm.config import ConfigError
 from glasslm.data import executors
-from glasslm.data.documents import QUARANTINE_FILE, Quarantine, iter_documents, list_shards, shard_names
+from glasslm.data.documents import QUARANTINE_FILE, Quarantine, iter_documents, list_local_shards
 from glasslm.tokenizer import Tokenizer, find_tokenizer_file
 
 UINT16_VOCAB = 65_536
@@ -148,9 +148,9 @@ def find_inputs(path: str | Path, heldout: str | Path | None = None) -> Inputs:
         artifact = None
     root = artifact or path
     if (root / "documents").is_dir():
-        train = [p for _, p in shard_names(root)]
+        train = list_local_shards(root / "documents")  # tokenize writes beside a local artifact
     else:
-        train = [p for p in list_shards(root) if "heldout" not in p.relative_to(root).parts[:1]]
+        train = [p for p in list_local_shards(root) if "heldout" not in p.relative_to(root).parts[:1]]
     if not train:
         raise ArtifactError(f"{root}: no document shards (*.jsonl, *.jsonl.gz, *.jsonl.zst) for the train split")
     held_root = Path(heldout) if heldout is not None else (root / "heldout" if (root / "heldout").is_dir() else None)
@@ -160,7 +160,7 @@ def find_inputs(path: str | Path, heldout: str | Path | None = None) -> Inputs:
             raise ArtifactError(f"--heldout {held_root}: no such file or directory")
         if (held_root / "heldout").is_dir():  # a mix artifact given as --heldout
             held_root = held_root / "heldout"
-        for shard in list_shards(held_root):
+        for shard in list_local_shards(held_root):
             rel = shard.relative_to(held_root).parts if held_root.is_dir() else (shard.name,)
             held.append((shard, f"heldout/{rel[0]}" if len(rel) > 1 else None))
     return Inputs(path, artifact, train, held, held_root)

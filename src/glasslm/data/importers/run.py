@@ -28,7 +28,14 @@ from fsspec.implementations.local import LocalFileSystem
 
 from glasslm.artifacts import read_manifest
 from glasslm.config import ConfigError
-from glasslm.data.documents import Quarantine, dumps_bytes, iter_documents, list_shards, write_jsonl
+from glasslm.data.documents import (
+    Location,
+    Quarantine,
+    dumps_bytes,
+    iter_documents,
+    list_local_shards,
+    write_jsonl,
+)
 from glasslm.data.importers import arrow, jsonl, text, warc
 from glasslm.data.importers.records import ImportInput, Item, ReadOptions
 from glasslm.data.importers.sources import SourceFile, expand, source_file
@@ -72,7 +79,7 @@ class QuarantineFile(Quarantine):
         super().__init__(path=path)
         self._file: Any = None
 
-    def add(self, file: Path | str, line: int, reason: str, raw: bytes) -> None:
+    def add(self, file: Location | str, line: int, reason: str, raw: bytes) -> None:
         super().add(file, line, reason, raw)
         self._open().write(dumps_bytes(self.records.pop()) + b"\n")
 
@@ -274,7 +281,7 @@ class Importer:
         manifest = read_manifest(artifact)
         if manifest.get("kind") != "documents":
             raise ConfigError(f"{artifact}: --extend needs a documents artifact, got {manifest.get('kind')!r}")
-        for shard in list_shards(artifact / "documents"):
+        for shard in list_local_shards(artifact / "documents"):
             target = self.docs_dir / shard.relative_to(artifact / "documents")
             target.parent.mkdir(parents=True, exist_ok=True)
             if shard.is_symlink():
@@ -308,7 +315,7 @@ class Importer:
         domains = {}
         for name, c in sorted(self.domains.items()):
             domains[name] = {"docs": c["docs"], "bytes": c["bytes"],
-                             "shards": len([p for p in list_shards(self.docs_dir) if p.name.startswith(f"{name}-")])}
+                             "shards": len([p for p in list_local_shards(self.docs_dir) if p.name.startswith(f"{name}-")])}
         return ImportResult(t, self.inputs, self.sources, domains, dict(sorted(self.quarantine.counts.items())),
                             self.duplicate_ids(), self.notes)
 
@@ -323,7 +330,7 @@ class Importer:
             return {"count": 0, "examples": {}}
         sample = set(values[counts > 1][:20].tolist())  # examples only: memory stays bounded
         where: dict[str, list[str]] = {}
-        for shard in list_shards(self.docs_dir):  # exact ids and places, for the sampled hashes
+        for shard in list_local_shards(self.docs_dir):  # exact ids and places, for the sampled hashes
             for line, doc in iter_documents(shard, Quarantine()):
                 if hash(doc["id"]) in sample:
                     where.setdefault(doc["id"], []).append(f"{shard.relative_to(self.docs_dir)}:{line}")
