@@ -109,7 +109,7 @@ def main() -> None:
     for p in args.partitions:
         out, scratch = tmp / f"p{p}", work_dir(tmp / f"p{p}", f"p{p}")
         started = time.perf_counter()
-        metrics = dedupe.run(docs, out, dedupe.DedupeJob(workers=args.workers, partitions=p), scratch=scratch)
+        metrics = dedupe.run(docs, out, dedupe.DedupeJob(workers=args.workers, dedupe=dedupe.DedupeConfig(partitions=p)), scratch=scratch)
         seconds = time.perf_counter() - started
         same = outputs(out) == reference
         names = [n for n, _ in dedupe.shard_names(docs)]

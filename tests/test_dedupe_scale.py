@@ -60,7 +60,7 @@ def test_partitioned_output_is_byte_identical(single: tuple[Path, dict[str, byte
     docs, expected, metrics = single
     assert metrics["exact_duplicate_docs"] > 5 and metrics["near_duplicate_docs"] > 5
     assert metrics["duplicate_paragraphs"] > 5 and metrics["quarantined_lines"] == 5
-    job = dedupe.DedupeJob(workers=2, executor="process", partitions=partitions)
+    job = dedupe.DedupeJob(workers=2, executor="process", dedupe=dedupe.DedupeConfig(partitions=partitions))
     scratch = work_dir(tmp_path / "out", "fp")
     got = dedupe.run(docs, tmp_path / "out", job, scratch=scratch)
     assert outputs(tmp_path / "out") == expected

@@ -68,7 +68,7 @@ def test_import_and_dedupe_read_s3(s3: object, tmp_path: Path) -> None:
     assert names == [n for n, _ in shard_names(local)]
     dedupe.run(local, tmp_path / "local", dedupe.DedupeJob(workers=1, executor="local"))
     dedupe.run(f"s3://{BUCKET}/docs", tmp_path / "remote",  # type: ignore[arg-type]
-               dedupe.DedupeJob(workers=2, executor="process", partitions=2))
+               dedupe.DedupeJob(workers=2, executor="process", dedupe=dedupe.DedupeConfig(partitions=2)))
     expected = {p.relative_to(tmp_path / "local"): p.read_bytes() for p in (tmp_path / "local").rglob("*") if p.is_file()}
     got = {p.relative_to(tmp_path / "remote"): p.read_bytes() for p in (tmp_path / "remote").rglob("*") if p.is_file()}
     assert got == expected and any(b"dedupe" in v for v in got.values())

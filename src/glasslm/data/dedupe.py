@@ -70,6 +70,9 @@ class DedupeConfig:
     seed: int = 1
     backend: str = "rensa"  # MinHash backend: rensa (fastest measured) or numpy
     batch_docs: int = 256  # documents per MinHash batch (bounds scratch memory)
+    # 0: the index step in the driver (decide); N >= 1: N hash-range partitions, one task each
+    # (dedupe_partitions.py): the same output bytes, ~1/N of the index per task.
+    partitions: int = 0
 
 
 @dataclass
@@ -77,9 +80,6 @@ class DedupeJob:
     experiment: str = "dedupe"
     workers: int = 0  # 0: one per CPU
     executor: str = "process"
-    # 0: the index step in the driver (decide); N >= 1: N hash-range partitions, one task each
-    # (dedupe_partitions.py), same output bytes, ~1/N of the index per task.
-    partitions: int = 0
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
 
 
@@ -344,9 +344,9 @@ def write_outputs(root: Path, parts: list[dict[str, Any]], result: DedupeResult,
 def run(documents: Path, root: Path, job: DedupeJob, scratch: Path | None = None) -> dict[str, Any]:
     """Deduplicate the ``documents`` artifact into the attributes directory ``root``; returns metrics."""
     started = time.perf_counter()
-    if job.partitions < 0:
-        raise ValueError(f"dedupe: partitions must be 0 (index in the driver) or more, got {job.partitions}")
-    if job.partitions == 0:
+    if job.dedupe.partitions < 0:
+        raise ValueError(f"dedupe: partitions must be 0 (index in the driver) or more, got {job.dedupe.partitions}")
+    if job.dedupe.partitions == 0:
         summary, index = _run_single(documents, root, job, scratch)
     else:
         with contextlib.ExitStack() as stack:
@@ -448,7 +448,7 @@ def write_partitioned_shard(task: WriteTask) -> tuple[dict[str, list[Any]], dict
 
 def _run_partitioned(documents: Path, root: Path, job: DedupeJob, scratch: Path) -> tuple[_Summary, dict[str, Any]]:
     started = time.perf_counter()
-    cfg, p = job.dedupe, job.partitions
+    cfg, p = job.dedupe, job.dedupe.partitions
     run_on: dict[str, Any] = {"workers": job.workers or None, "executor": executor_name(job.executor)}
     names = shard_names(documents)
     sizes = map_shards(hash_and_partition, [PartitionedShardTask(ShardTask(n, path, cfg, scratch), p)
