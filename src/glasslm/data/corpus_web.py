@@ -82,8 +82,8 @@ def distribution_license(d: Distribution) -> str:
                     if c.startswith("License ::") and c.split(" :: ")[-1] in _CLASSIFIERS})
     if found:
         return " OR ".join(found)  # several licence classifiers: a choice of licences (dual licensing)
-    texts = [field_value] + [str(f.locate().read_text(errors="replace")) for f in d.files or ()
-                             if LICENSE_FILES.match(f.name) and f.locate().is_file()]
+    licence_files = [Path(f.locate()) for f in d.files or () if LICENSE_FILES.match(f.name)]
+    texts = [field_value] + [p.read_text(errors="replace") for p in licence_files if p.is_file()]
     return next((spdx for text in texts if text and (spdx := identify_license(text))), "")
 
 

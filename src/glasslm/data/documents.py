@@ -388,7 +388,7 @@ def loads(raw: bytes) -> Any:
     return json.loads(raw) if obj is _NOT_FAST else obj
 
 
-def read_jsonl(path: str | Path) -> Iterator[Any]:
+def read_jsonl(path: str | Path | Location) -> Iterator[Any]:
     """Plain JSONL reading for files we wrote ourselves (attributes, indexes): errors are bugs."""
     with open_binary(location(path)) as f:
         for line in f:
