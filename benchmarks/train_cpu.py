@@ -5,7 +5,7 @@ micro-batch of random tokens. Both sides get the same shape, micro-batch, sequen
 the same AdamW (β 0.9/0.95, ε 1e-8, weight decay 0.1, fused where torch has it):
 
 - glasslm: ``OLMo2`` + the trainer's own pieces — ``train.optim.build_optimizer`` (OLMo-2's decay
-  groups, fused AdamW), the trainer's loss: ``train.trainer.head_objective`` (the model returns its
+  groups, fused AdamW), the trainer's loss: ``model.loss.head_objective`` (the model returns its
   final hidden states; LM head + cross-entropy + z-loss 1e-5 a chunk of ``trainer.loss_chunk_tokens``
   tokens at a time, never materialising the whole batch's logits), summed and divided by the token
   count as ``Trainer.train_step`` does, foreach clipping, and on CPU in fp32 the linear layers' and the
@@ -48,11 +48,12 @@ from _bench import fmt_spread, report
 
 from glasslm.model import onednn
 from glasslm.model.hf import hf_config
-from glasslm.model.olmo2 import ModelConfig, OLMo2, lm_loss, param_counts
+from glasslm.model.loss import head_objective, lm_loss
+from glasslm.model.olmo2 import ModelConfig, OLMo2, param_counts
 from glasslm.model.presets import preset
 from glasslm.train.config import OptimConfig, TrainerConfig
+from glasslm.train.distributed import HiddenStates
 from glasslm.train.optim import build_optimizer
-from glasslm.train.trainer import head_objective
 
 SHAPES: dict[str, ModelConfig] = {
     "tiny": preset("tiny"),
@@ -79,13 +80,15 @@ def glasslm_step(
         choice = onednn.choose_backend(model, x.numel(), mode)  # type: ignore[arg-type]
     use_onednn = onednn.apply_choice(model, choice)
     opt = build_optimizer(model, OPTIM, torch.device("cpu"))
-    fwd = torch.compile(model) if compile_model else model
+    # The trainer's forward: the hidden states with the chunked head (HiddenStates), else the logits.
+    forward = HiddenStates(model) if chunk > 0 else model
+    fwd = torch.compile(forward) if compile_model else forward
 
     def step() -> float:
         # Trainer.train_step: summed objective scaled by 1 / (label tokens of the global batch).
         n_tokens = torch.tensor(float((y != -100).sum()))
         if chunk > 0:  # Trainer._forward_loss with the chunked head (the default)
-            hidden = fwd(x, return_hidden=True)
+            hidden = fwd(x)
             objective, terms = head_objective(hidden, model.lm_head.weight, y, Z_LOSS, chunk, None, use_onednn)
             ce = terms["ce"]
         else:  # Trainer._loss on the logits

@@ -9,7 +9,7 @@ config in the same process, with the ratio between them.
     python benchmarks/train_step.py --preset tiny --seq-len 256 --batch 4   # runs on a CPU
 
 glasslm's side is the trainer's loss path: the model returns its final hidden states and
-``train.trainer.head_objective`` runs the LM head + cross-entropy a chunk of ``trainer.loss_chunk_tokens``
+``model.loss.head_objective`` runs the LM head + cross-entropy a chunk of ``trainer.loss_chunk_tokens``
 tokens at a time, and on CPU in fp32 its linear layers' matmuls go through oneDNN (model/onednn.py);
 transformers' side computes its logits and the same ``lm_loss`` (mean, no z-loss).
 
@@ -28,11 +28,12 @@ from typing import cast
 import torch
 
 from glasslm.model.hf import hf_config
-from glasslm.model.olmo2 import ModelConfig, OLMo2, flops_per_token, lm_loss
+from glasslm.model.loss import head_objective, lm_loss
+from glasslm.model.olmo2 import ModelConfig, OLMo2, flops_per_token
 from glasslm.model.onednn import use_onednn_linears
 from glasslm.model.presets import preset
 from glasslm.train.config import TrainerConfig
-from glasslm.train.trainer import head_objective
+from glasslm.train.distributed import HiddenStates
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # bf16 dense
 
@@ -128,7 +129,7 @@ def main() -> None:
 
     def glasslm_loss(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            hidden = m(x, return_hidden=True)
+            hidden = m(x)  # m: HiddenStates(model), compiled with --compile
         dtype = torch.bfloat16 if bf16 else None
         objective, _ = head_objective(hidden, model.lm_head.weight, y, 0.0, chunk, dtype, fast)
         return objective / y.numel()
@@ -138,7 +139,7 @@ def main() -> None:
             logits = m(input_ids=x).logits
         return lm_loss(logits, y)[0]
 
-    ours = measure("glasslm", model, glasslm_loss, args, config, device)
+    ours = measure("glasslm", HiddenStates(model), glasslm_loss, args, config, device)
     if args.peer == "hf":
         torch.manual_seed(0)
         theirs = measure("hf", hf_model(config), hf_loss, args, config, device)

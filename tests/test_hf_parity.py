@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from glasslm.cli import main
 from glasslm.model.checkpoint import load_model, save_checkpoint
-from glasslm.model.olmo2 import KVCache, ModelConfig, OLMo2
+from glasslm.model.olmo2 import ModelConfig, OLMo2, StaticKVCache
 
 transformers = pytest.importorskip("transformers")
 
@@ -76,7 +76,7 @@ def test_kv_cache_matches_hf_incremental_decoding(tmp_path: Path) -> None:
             out = hf(rest[:, t : t + 1], past_key_values=past, use_cache=True)
             past = out.past_key_values
             hf_steps.append(out.logits)
-        cache = KVCache(ours.config, batch=2, max_len=64, device="cpu", dtype=torch.float32)
+        cache = StaticKVCache(ours.config, batch=2, max_len=64, device="cpu", dtype=torch.float32)
         our_steps = [ours(prompt, cache=cache)]
         # two tokens at once, then one at a time: both cached code paths
         our_steps.append(ours(rest[:, :2], cache=cache))
@@ -107,7 +107,7 @@ def test_glasslm_to_hf_logits_match(tmp_path: Path) -> None:
         assert (hf(ids).logits - model.eval()(ids)).abs().max().item() < 1e-4
         # and with transformers' own KV cache, through generate
         greedy_hf = hf.generate(ids[:1, :8], max_new_tokens=6, do_sample=False)
-    cache = KVCache(SMALL, 1, 32, "cpu", torch.float32)
+    cache = StaticKVCache(SMALL, 1, 32, "cpu", torch.float32)
     seq = ids[:1, :8]
     with torch.no_grad():
         logits = model(seq, cache=cache)

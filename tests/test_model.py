@@ -11,12 +11,12 @@ import torch
 
 from glasslm.cli import main
 from glasslm.model.checkpoint import load_model
+from glasslm.model.loss import lm_loss
 from glasslm.model.olmo2 import (
     ModelConfig,
     OLMo2,
     document_mask,
     flops_per_token,
-    lm_loss,
     matmul_params,
     param_counts,
     positions_from_doc_ids,

@@ -14,10 +14,11 @@ import json
 import pytest
 import torch
 
+from glasslm.model.loss import head_objective
 from glasslm.model.memory import MemoryPlan, estimate_memory, layer_bytes_per_token
 from glasslm.model.olmo2 import ModelConfig, OLMo2, param_counts
 from glasslm.model.presets import preset
-from glasslm.train.trainer import head_objective
+from glasslm.train.distributed import apply_ac
 
 CONFIG = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=192, max_seq_len=64)
 B, T = 2, 32
@@ -28,7 +29,8 @@ def saved_bytes(config: ModelConfig, bf16: bool, checkpointing: bool = False) ->
     bf16 weight casts). Each storage is counted once."""
     torch.manual_seed(0)
     model = OLMo2(config).train()
-    model.activation_checkpointing = checkpointing
+    if checkpointing:
+        apply_ac(model)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
     casts: dict[int, int] = {}
@@ -45,7 +47,7 @@ def saved_bytes(config: ModelConfig, bf16: bool, checkpointing: bool = False) ->
     ids = torch.randint(0, config.vocab_size, (B, T))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            hidden = model(ids, return_hidden=True)
+            hidden = model.hidden(ids)
         head_objective(hidden, model.lm_head.weight, ids, 0.0, 256, torch.bfloat16 if bf16 else None)
     return sum(seen.values()), sum(casts.values())
 

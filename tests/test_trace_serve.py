@@ -29,7 +29,7 @@ from glasslm import artifacts
 from glasslm.cli import main
 from glasslm.model.checkpoint import load_model, save_checkpoint
 from glasslm.model.generate import Engine, SamplingParams
-from glasslm.model.olmo2 import lm_loss
+from glasslm.model.loss import lm_loss
 from glasslm.serve.app import create_app
 from glasslm.serve.chat import ChatSession, run_chat
 from glasslm.serve.tracing import Tracer

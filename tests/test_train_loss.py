@@ -15,7 +15,8 @@ import torch
 from test_train_support import make_tokens, write_config
 
 from glasslm.cli import main
-from glasslm.model.olmo2 import ModelConfig, OLMo2, linear_lm_loss, lm_loss
+from glasslm.model.loss import linear_lm_loss, lm_loss
+from glasslm.model.olmo2 import ModelConfig, OLMo2
 from glasslm.train.metrics import read_metrics
 
 Z = 1e-2  # large enough that a wrong z-loss gradient shows
@@ -105,7 +106,7 @@ def test_model_hidden_path_gives_the_same_parameter_grads() -> None:
     (ce + z).backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    hidden = model(x, return_hidden=True)
+    hidden = model.hidden(x)
     assert hidden.shape == (2, 9, 32)
     objective, _, _ = linear_lm_loss(hidden, model.lm_head.weight, y, z_loss=Z, chunk_tokens=4)
     objective.backward()

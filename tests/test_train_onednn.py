@@ -15,7 +15,8 @@ from test_train_support import make_tokens, write_config
 
 from glasslm.config import from_dict
 from glasslm.model import onednn
-from glasslm.model.olmo2 import ModelConfig, OLMo2, lm_loss
+from glasslm.model.loss import lm_loss
+from glasslm.model.olmo2 import ModelConfig, OLMo2
 from glasslm.train import distributed
 from glasslm.train.config import TrainConfig
 from glasslm.train.trainer import Trainer

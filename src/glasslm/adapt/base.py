@@ -26,6 +26,7 @@ from glasslm import artifacts
 from glasslm.adapt.builders import find_data_file
 from glasslm.config import ConfigError
 from glasslm.model import checkpoint as model_ckpt
+from glasslm.model.modes import eval_mode
 from glasslm.tokenizer import Tokenizer
 from glasslm.train import distributed
 from glasslm.train.config import TrainConfig, TrainerConfig
@@ -273,19 +274,16 @@ def generate(
 ) -> list[Any]:
     """Completions from the current policy with the generation engine (``model/generate.py``).
 
-    The engine puts the model in eval mode; training mode is restored afterwards.
+    The model is in eval mode while it generates; its training mode is restored afterwards.
     """
     from glasslm.model.generate import Engine
 
     model = trainer.policy  # type: ignore[attr-defined]
-    was_training = model.training
     tok = trainer.tok  # type: ignore[attr-defined]
     new = max(p.max_new_tokens for p in params) if isinstance(params, list) else params.max_new_tokens
     longest = max(len(p) for p in prompts) + new + 1
-    engine = Engine(
-        model, tok, max_batch=min(max_batch, len(prompts)), max_len=min(longest, model.config.max_seq_len)
-    )
-    try:
+    with eval_mode(model):
+        engine = Engine(
+            model, tok, max_batch=min(max_batch, len(prompts)), max_len=min(longest, model.config.max_seq_len)
+        )
         return engine.generate([list(p) for p in prompts], params)
-    finally:
-        model.train(was_training)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from glasslm.adapt.formats import Preference
 from glasslm.adapt.sft import IGNORE, Example, tokenize_conversation
+from glasslm.model.modes import eval_mode
 from glasslm.tokenizer import Tokenizer
 
 LossType = Literal["dpo", "dpo_norm"]
@@ -130,18 +131,16 @@ def reference_logprobs(
     Computed once before training and cached (DPO's reference never changes), which halves the
     forward passes per step and lets the reference model leave memory.
     """
-    was_training = model.training
-    model.eval()
-    out = torch.zeros(len(pairs), 4, dtype=torch.float64)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        batch = collate_pairs(chunk, pad_id)
-        logits = model(batch["input_ids"].to(device))
-        sums, n = sequence_logprobs(logits, batch["labels"].to(device))
-        k = len(chunk)
-        out[start : start + k, 0] = sums[:k].double().cpu()
-        out[start : start + k, 1] = sums[k:].double().cpu()
-        out[start : start + k, 2] = n[:k].double().cpu()
-        out[start : start + k, 3] = n[k:].double().cpu()
-    model.train(was_training)
+    with eval_mode(model):
+        out = torch.zeros(len(pairs), 4, dtype=torch.float64)
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            batch = collate_pairs(chunk, pad_id)
+            logits = model(batch["input_ids"].to(device))
+            sums, n = sequence_logprobs(logits, batch["labels"].to(device))
+            k = len(chunk)
+            out[start : start + k, 0] = sums[:k].double().cpu()
+            out[start : start + k, 1] = sums[k:].double().cpu()
+            out[start : start + k, 2] = n[:k].double().cpu()
+            out[start : start + k, 3] = n[k:].double().cpu()
     return out

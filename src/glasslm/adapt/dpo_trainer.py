@@ -37,6 +37,7 @@ from glasslm.adapt.formats import load_preferences
 from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
 from glasslm.model import checkpoint as model_ckpt
+from glasslm.model.modes import eval_mode
 from glasslm.train import distributed
 
 REFERENCE_CACHE = "reference_logprobs.safetensors"
@@ -186,20 +187,18 @@ class DPOTrainer(AdaptTrainer):
         if not self.heldout_pairs:
             return {}
         model = self.policy
-        was_training = model.training
-        model.eval()
-        acc = margin = logp_acc = 0.0
-        bs = self.config.dpo.reference_batch_size
-        for part in split_micro(len(self.heldout_pairs), bs):
-            idx = list(part)
-            batch = collate_pairs([self.heldout_pairs[i] for i in idx], self.tok.pad_id)
-            logits = model(batch["input_ids"].to(self.world.device))
-            out, chosen, rejected = self._pair_terms(logits, batch["labels"].to(self.world.device),
-                                                     self.ref_heldout[idx].to(self.world.device))  # fmt: skip
-            acc += float((out.chosen_rewards > out.rejected_rewards).float().sum())
-            margin += float((out.chosen_rewards - out.rejected_rewards).sum())
-            logp_acc += float((chosen > rejected).float().sum())
-        model.train(was_training)
+        with eval_mode(model):
+            acc = margin = logp_acc = 0.0
+            bs = self.config.dpo.reference_batch_size
+            for part in split_micro(len(self.heldout_pairs), bs):
+                idx = list(part)
+                batch = collate_pairs([self.heldout_pairs[i] for i in idx], self.tok.pad_id)
+                logits = model(batch["input_ids"].to(self.world.device))
+                out, chosen, rejected = self._pair_terms(logits, batch["labels"].to(self.world.device),
+                                                         self.ref_heldout[idx].to(self.world.device))  # fmt: skip
+                acc += float((out.chosen_rewards > out.rejected_rewards).float().sum())
+                margin += float((out.chosen_rewards - out.rejected_rewards).sum())
+                logp_acc += float((chosen > rejected).float().sum())
         n = len(self.heldout_pairs)
         return {"reward_accuracy": acc / n, "reward_margin": margin / n, "logp_accuracy": logp_acc / n,
                 "heldout_pairs": n}  # fmt: skip

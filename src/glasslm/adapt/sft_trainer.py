@@ -28,6 +28,7 @@ from glasslm.adapt.formats import load_sft
 from glasslm.adapt.sft import IGNORE, collate, pack, sft_loss, tokenize_all
 from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
+from glasslm.model.modes import eval_mode
 
 
 @dataclass
@@ -93,15 +94,13 @@ class SFTTrainer(AdaptTrainer):
         if not self.heldout:
             return {}
         model = self.policy
-        was_training = model.training
-        model.eval()
-        examples, _ = tokenize_all(self.tok, self.heldout, self.config.data.loader.seq_len)
-        total, n = 0.0, 0
-        for ex in examples:
-            logits = model(torch.tensor([ex.input_ids], device=self.world.device))
-            total += float(sft_loss(logits, torch.tensor([ex.labels], device=self.world.device), "sum"))
-            n += ex.n_targets
-        model.train(was_training)
+        with eval_mode(model):
+            examples, _ = tokenize_all(self.tok, self.heldout, self.config.data.loader.seq_len)
+            total, n = 0.0, 0
+            for ex in examples:
+                logits = model(torch.tensor([ex.input_ids], device=self.world.device))
+                total += float(sft_loss(logits, torch.tensor([ex.labels], device=self.world.device), "sum"))
+                n += ex.n_targets
         from glasslm.model.generate import SamplingParams
 
         prompts = [self.tok.encode_chat(_prompt_of(c), add_generation_prompt=True) for c in self.heldout]

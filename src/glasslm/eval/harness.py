@@ -30,6 +30,7 @@ from glasslm.eval.scoring import Scored, Scorer, bits_per_byte, encode_pairs
 from glasslm.eval.stats import mean_stderr
 from glasslm.eval.tasks import Instance, Setting, TaskError, build_task, expand, get_task
 from glasslm.eval.tasks.base import NORMALISATIONS, Request
+from glasslm.model.modes import eval_mode
 from glasslm.model.olmo2 import OLMo2
 from glasslm.tokenizer import Tokenizer
 
@@ -211,12 +212,10 @@ def evaluate_model(
     check_tokenizer(model, tokenizer, where)
     if config.format not in ("rc", "mc"):
         raise ConfigError(f"config key 'format': expected 'rc' or 'mc', got {config.format!r}")
-    was_training = model.training
-    model.eval()
     names = expand(config.suite)
     results: dict[str, Any] = {"tasks": [], "perplexity": None}
     predictions: dict[str, list[dict[str, Any]]] = {}
-    try:
+    with eval_mode(model):
         if "perplexity" in names:
             results["perplexity"] = run_perplexity(model, tokenizer, config)
         tasks = [n for n in names if n != "perplexity"]
@@ -234,8 +233,6 @@ def evaluate_model(
         if mmlu:
             results["tasks"].append(group_average(results["tasks"], "mmlu"))
         results["forward_tokens"] = scorer.forward_tokens
-    finally:
-        model.train(was_training)
     return results, predictions
 
 

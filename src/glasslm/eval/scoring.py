@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from glasslm.model.olmo2 import KVCache, OLMo2
+from glasslm.model.olmo2 import OLMo2, StaticKVCache
 from glasslm.tokenizer import Tokenizer
 
 
@@ -148,8 +148,9 @@ def _batch_mask(seg: torch.Tensor) -> torch.Tensor:
     return (causal & visible)[:, None]
 
 
-class _PrefixCache(KVCache):
-    """The keys and values of one prefix (batch 1), shared by every row of a batch.
+class _PrefixCache:
+    """The keys and values of one prefix (batch 1), shared by every row of a batch (a ``KVCache``:
+    ``length`` counts the prefix, then this batch's tokens once its forward is done).
 
     ``update`` broadcasts the prefix over the batch (a stride-0 ``expand``) and joins the new tokens'
     keys and values to it. Attention takes one key tensor, so that join writes the prefix's keys and
@@ -167,6 +168,9 @@ class _PrefixCache(KVCache):
         B = k.shape[0]
         pk, pv = self.k[layer].expand(B, -1, -1, -1), self.v[layer].expand(B, -1, -1, -1)
         return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+
+    def advance(self, tokens: int) -> None:
+        self.length += tokens
 
 
 class Scorer:
@@ -256,10 +260,9 @@ class Scorer:
 
     @torch.inference_mode()
     def _prefix_cache(self, prefix: list[int]) -> _PrefixCache:
-        cache = KVCache(self.model.config, 1, len(prefix), self.device, self.dtype)
+        cache = StaticKVCache(self.model.config, 1, len(prefix), self.device, self.dtype)
         ids = torch.tensor([prefix], device=self.device)
-        # logits_index: the head runs on one position only; the logits are not used.
-        self.model(ids, cache=cache, logits_index=torch.tensor([len(prefix) - 1], device=self.device))
+        self.model.hidden(ids, cache=cache)  # fills the cache; the head is not needed
         self.forward_tokens += len(prefix)
         return _PrefixCache(cache.k, cache.v)
 
@@ -294,7 +297,7 @@ class Scorer:
             mask = mask.to(dev)
         cache = prefix.for_batch() if prefix is not None else None
         position_ids = pos.to(dev) if mask is not None else None  # causal rows: P, P+1, … (the model's default)
-        hidden = self.model(ids.to(dev), position_ids=position_ids, attn_mask=mask, cache=cache, return_hidden=True)
+        hidden = self.model.hidden(ids.to(dev), position_ids=position_ids, attn_mask=mask, cache=cache)
         # Only the positions that predict continuation tokens go through the head and the fp32
         # log-softmax.
         sel = self.model.lm_head(hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]).float()

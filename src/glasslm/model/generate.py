@@ -193,11 +193,13 @@ class IncrementalDetokenizer:
 
 
 class SlotCache:
-    """Keys and values for ``slots`` independent sequences; duck-types ``olmo2.KVCache`` for the forward.
+    """Keys and values for ``slots`` independent sequences (a ``olmo2.KVCache``).
 
-    ``OLMo2.forward`` reads and bumps one shared ``length``; here every slot has its own, kept by the
-    engine, which passes positions and masks explicitly. ``length`` therefore always reads 0 (so the
-    forward never builds a mask of its own) and ignores writes.
+    Every slot has its own length, kept by the engine (``_Request.cached``), which passes positions
+    and masks explicitly. A prefill writes fresh sequences, so the length common to its rows is 0; a
+    decode step's rows have different lengths, so there is none, and ``length`` refuses to answer
+    (the model asks only where positions or the mask are left to it). ``advance`` has nothing to do:
+    the engine advances each request's slot.
     """
 
     def __init__(self, config: ModelConfig, slots: int, max_len: int, device: torch.device, dtype: torch.dtype):
@@ -214,11 +216,12 @@ class SlotCache:
 
     @property
     def length(self) -> int:
-        return 0
+        if self._positions is not None:
+            raise ValueError("SlotCache: decode rows have per-slot lengths; pass position_ids and attn_mask")
+        return 0  # prefill: fresh sequences
 
-    @length.setter
-    def length(self, value: int) -> None:
-        pass
+    def advance(self, tokens: int) -> None:
+        pass  # each slot's length is its request's ``cached``, kept by the engine
 
     def for_prefill(self, slots: torch.Tensor) -> SlotCache:
         self._slots, self._positions = slots, None
@@ -448,7 +451,10 @@ class Engine:
         positions = torch.arange(T, device=self.device).expand(len(admitted), T)
         last = torch.tensor(lengths, device=self.device) - 1
         # Right padding + plain causal attention: a real token never attends to a later pad token.
-        logits = self.model(ids, position_ids=positions, cache=self.cache.for_prefill(slots), logits_index=last)
+        hidden = self.model.hidden(ids, position_ids=positions, cache=self.cache.for_prefill(slots))
+        # The head only at each prompt's last position: over every prompt position it would cost
+        # seq·d·vocab for nothing.
+        logits = self.model.lm_head(hidden[torch.arange(len(admitted), device=self.device), last][:, None])
         for r in admitted:
             if r.params.repetition_penalty != 1.0:
                 self.seen[r.slot] = False

@@ -8,15 +8,17 @@ which normalises the output of attention and of the MLP before it is added to th
 ``architecture: llama`` switches those two back (pre-norm, no QK-norm), so the same code also reads and
 evaluates small Hugging Face Llama folders; everything else (SwiGLU, RoPE, GQA, no biases) is shared.
 
-This file knows nothing of sharding, checkpoints or tokenizers: parallelism is applied from outside
-(``train/distributed.py``), loading lives in ``model/checkpoint.py``.
+This file knows nothing of sharding, checkpoints, losses or tokenizers, nor of speed tricks for one
+caller: parallelism and activation checkpointing are applied from outside (``train/distributed.py``),
+the CPU linear library too (``model/onednn.py``), the losses live in ``model/loss.py`` and loading in
+``model/checkpoint.py``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -121,8 +123,29 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
 
 
-class KVCache:
-    """Pre-allocated keys and values for all layers; ``length`` tokens are filled."""
+class KVCache(Protocol):
+    """What the model asks of a key/value cache, in one forward: ``length`` (only where the caller gave
+    no positions or no mask), ``update`` once per layer, ``advance`` once at the end. Implemented by
+    ``StaticKVCache`` (below), the generation engine's ``SlotCache`` and the scorer's ``_PrefixCache``."""
+
+    @property
+    def length(self) -> int:
+        """Positions filled before this forward, the same for every row: the new tokens' default
+        positions start there, and the default mask lets them see those cached keys."""
+        ...
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new tokens' keys and values (batch, kv heads, new, head dim) of ``layer``; return
+        the keys and values their attention runs over."""
+        ...
+
+    def advance(self, tokens: int) -> None:
+        """The forward of ``tokens`` new tokens is done (every layer updated)."""
+        ...
+
+
+class StaticKVCache:
+    """Pre-allocated keys and values for all layers; ``length`` tokens are filled (a ``KVCache``)."""
 
     def __init__(self, config: ModelConfig, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype):
         shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
@@ -138,6 +161,9 @@ class KVCache:
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, tokens: int) -> None:
+        self.length += tokens
 
 
 class Attention(nn.Module):
@@ -200,7 +226,15 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.pre_norm = config.architecture == "llama"
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0):  # type: ignore[no-untyped-def]
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         if self.pre_norm:
             h = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
             return h + self.mlp(self.mlp_norm(h))
@@ -220,7 +254,6 @@ class OLMo2(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
-        self.activation_checkpointing = False
         self.init_weights()
 
     @torch.no_grad()
@@ -240,29 +273,34 @@ class OLMo2(nn.Module):
         doc_ids: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        logits_index: torch.Tensor | None = None,
-        return_hidden: bool = False,
     ) -> torch.Tensor:
-        """Logits of shape (batch, seq, vocab).
+        """Logits of shape (batch, seq, vocab): the LM head over ``hidden``'s output."""
+        return self.lm_head(self.hidden(input_ids, position_ids, doc_ids, attn_mask, cache))
+
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The final-norm hidden states (batch, seq, d_model): what the LM head reads.
 
         - ``doc_ids`` (batch, seq): intra-document attention; a token attends only to earlier tokens
           of its own document. Pair it with ``position_ids`` that restart at each document.
         - ``attn_mask``: an explicit boolean mask (batch, 1, seq, keys), True = may attend; used by the
           generation engine for left-padded batches.
-        - ``cache``: a KVCache; the new tokens are appended after ``cache.length`` filled positions.
-        - ``logits_index`` (batch,): compute logits only at this position of each row, giving
-          (batch, 1, vocab); the generation engine's prefill needs only the last prompt position, and
-          the LM head over every prompt position would cost seq·d·vocab for nothing.
-        - ``return_hidden``: return the final-norm hidden states (batch, seq, d_model) instead of the
-          logits, for ``linear_lm_loss`` (the trainer's chunked head + loss).
+        - ``cache``: a ``KVCache``; the new tokens come after ``cache.length`` filled positions.
         """
-        B, T = input_ids.shape
-        past = cache.length if cache is not None else 0
+        T = input_ids.shape[1]
         if position_ids is None and doc_ids is not None:
             position_ids = positions_from_doc_ids(doc_ids)
         mask = attn_mask
         if mask is None and doc_ids is not None:
             mask = document_mask(doc_ids)
+        needs_past = cache is not None and (mask is None or position_ids is None)
+        past = cache.length if cache is not None and needs_past else 0
         if mask is None and past > 0:
             # New tokens attend to every cached token and causally among themselves.
             mask = torch.ones(T, past + T, dtype=torch.bool, device=input_ids.device).tril(past)[None, None]
@@ -272,16 +310,10 @@ class OLMo2(nn.Module):
             cos, sin = self.rope(position_ids)
         x = self.embed(input_ids)
         for i, block in enumerate(self.blocks):
-            if self.activation_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, mask, cache, i)
+            x = block(x, cos, sin, mask, cache, i)
         if cache is not None:
-            cache.length += T
-        if logits_index is not None:
-            x = x[torch.arange(B, device=x.device), logits_index][:, None]
-        x = self.norm(x)
-        return x if return_hidden else self.lm_head(x)
+            cache.advance(T)
+        return self.norm(x)
 
 
 def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -300,194 +332,6 @@ def positions_from_doc_ids(doc_ids: torch.Tensor) -> torch.Tensor:
     starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
     start_pos = torch.where(starts, idx, torch.zeros_like(idx))
     return idx - torch.cummax(start_pos, dim=1).values
-
-
-def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-class _CrossEntropyZLoss(torch.autograd.Function):
-    """Summed cross-entropy and summed logsumexp² (the caller applies the z-loss coefficient) over the
-    rows of ``logits`` whose label is not ignored.
-
-    One logsumexp serves both terms, and the backward writes the gradient in one buffer,
-    ``softmax · (g_ce + 2·g_z·lse) - g_ce·onehot``, instead of autograd's separate log-softmax,
-    masked-copy (``logits[valid]``), logsumexp and index-put passes over the (tokens × vocab) logits.
-    Measured with benchmarks/train_cpu.py (see benchmarks/RESULTS.md). Inputs of any float dtype;
-    the arithmetic is fp32 and bf16 logits are upcast again in backward rather than kept as an fp32 copy.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        ignore_index: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        valid = labels != ignore_index
-        safe = torch.where(valid, labels, torch.zeros_like(labels))
-        lf = _at_least_fp32(logits)
-        lse = torch.logsumexp(lf, dim=-1)
-        target = lf.gather(1, safe[:, None]).squeeze(1)
-        weight = valid.to(lf.dtype)
-        ctx.save_for_backward(logits, safe, lse, weight)
-        return ((lse - target) * weight).sum(), (lse * lse * weight).sum()
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, g_ce: torch.Tensor, g_z: torch.Tensor
-    ) -> tuple[torch.Tensor, None, None]:
-        logits, safe, lse, weight = ctx.saved_tensors  # type: ignore[attr-defined]
-        row = (g_ce + 2.0 * g_z * lse) * weight  # d(loss)/d(lse) per row
-        grad = _logits_grad_(torch.sub(_at_least_fp32(logits), lse[:, None]), row, safe, g_ce * weight)
-        return grad.to(logits.dtype), None, None
-
-
-def _logits_grad_(shifted: torch.Tensor, row: torch.Tensor, safe: torch.Tensor, g_target: torch.Tensor) -> torch.Tensor:
-    """d(loss)/d(logits) = softmax · row − onehot(target) · g_target, written into ``shifted``
-    (fp32 logits − logsumexp, per row): one (tokens × vocab) buffer, no temporaries of that size."""
-    grad = shifted.exp_().mul_(row[:, None])
-    grad.scatter_add_(1, safe[:, None], -g_target[:, None])
-    return grad
-
-
-def lm_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    z_loss: float = 0.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy (fp32) and the z-loss term ``z_loss * logsumexp(logits)²`` over unmasked tokens.
-
-    Returns (ce, z); the training objective is ce + z. ``reduction`` is "mean" over unmasked tokens or
-    "sum" (for open-instruct's sum-of-tokens normalisation and for gradient accumulation).
-    """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"lm_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
-    flat = logits.reshape(-1, logits.shape[-1])
-    labels = labels.reshape(-1)
-    ce, lse_sq = _CrossEntropyZLoss.apply(flat, labels, ignore_index)
-    z = z_loss * lse_sq if z_loss > 0 else torch.zeros((), device=logits.device)
-    if reduction == "mean":
-        n = (labels != ignore_index).sum().clamp(min=1)
-        ce = ce / n
-        z = z / n
-    return ce, z
-
-
-class _LinearCrossEntropyZLoss(torch.autograd.Function):
-    """LM head + cross-entropy + z-loss, a chunk of tokens at a time, with the gradients computed in
-    the forward pass (as Liger-Kernel's fused linear cross-entropy does).
-
-    The (tokens × vocab) fp32 logits are never held for the whole batch: each chunk's logits are made,
-    reduced to their loss, turned in place into their gradient and multiplied into the gradients of
-    the hidden states and of the head weight, then dropped. The matmuls are the plain path's three
-    (logits, d hidden, d weight); what goes is the full-size logits buffer, its gradient buffer and
-    the passes over them, and with them most of the head's memory. Rows whose label is ignored are
-    dropped before the head, so they cost no matmul at all.
-
-    Outputs (objective = ce + z_loss·Σlse², ce, Σlse²); only the objective carries a gradient, which
-    is why the gradients can be made in the forward: backward only scales them by the incoming grad.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        hidden: torch.Tensor,
-        weight: torch.Tensor,
-        labels: torch.Tensor,
-        z_loss: float,
-        ignore_index: int,
-        chunk_tokens: int,
-        compute_dtype: torch.dtype | None,
-        want_grad: bool,
-        matmul_t: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        valid = labels != ignore_index
-        # All-valid batches (pretraining) skip the gather: the hidden states are used as they are.
-        idx = None if bool(valid.all()) else valid.nonzero().squeeze(1)
-        h = hidden if idx is None else hidden.index_select(0, idx)
-        y = labels if idx is None else labels.index_select(0, idx)
-        dtype = compute_dtype or hidden.dtype  # the head's matmul dtype (bf16 under autocast)
-        hc, wc = h.to(dtype), weight.to(dtype)
-        # Sums in fp32, or fp64 for fp64 inputs (as lm_loss keeps them).
-        acc = torch.promote_types(dtype, torch.float32)
-        ce = torch.zeros((), dtype=acc, device=hidden.device)
-        lse_sq = torch.zeros_like(ce)
-        grad_h = torch.empty_like(hc) if want_grad else None
-        # The head's gradient sums over chunks: accumulated in fp32 even when the matmuls are bf16.
-        grad_w = torch.zeros_like(wc, dtype=acc) if want_grad else None
-        for start in range(0, hc.shape[0], chunk_tokens):
-            hs, ys = hc[start : start + chunk_tokens], y[start : start + chunk_tokens]
-            logits = _at_least_fp32(matmul_t(hs, wc))
-            lse = torch.logsumexp(logits, dim=-1)
-            ce += (lse - logits.gather(1, ys[:, None]).squeeze(1)).sum()
-            lse_sq += (lse * lse).sum()
-            if grad_h is not None and grad_w is not None:
-                grad = _logits_grad_(logits.sub_(lse[:, None]), 1.0 + 2.0 * z_loss * lse, ys, torch.ones_like(lse))
-                grad = grad.to(dtype)
-                grad_h[start : start + chunk_tokens] = matmul_t(grad, wc.T)
-                grad_w += matmul_t(grad.T, hs.T)
-        ctx.mark_non_differentiable(ce, lse_sq)
-        ctx.save_for_backward(grad_h, grad_w, idx)  # type: ignore[arg-type]
-        ctx.shapes = (hidden.shape, hidden.dtype, weight.dtype)  # type: ignore[attr-defined]
-        return ce + z_loss * lse_sq, ce, lse_sq
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor, *_unused: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None, None, None, None, None]:
-        grad_h, grad_w, idx = ctx.saved_tensors  # type: ignore[attr-defined]
-        if grad_h is None or grad_w is None:
-            raise RuntimeError("linear_lm_loss: backward through a loss computed with want_grad=False")
-        shape, h_dtype, w_dtype = ctx.shapes  # type: ignore[attr-defined]
-        gh = grad_h.to(h_dtype).mul_(g) if grad_h.dtype != h_dtype else grad_h * g
-        if idx is not None:  # ignored rows get zero gradient
-            gh = torch.zeros(shape, dtype=h_dtype, device=gh.device).index_copy_(0, idx, gh)
-        return gh, (grad_w * g).to(w_dtype), None, None, None, None, None, None, None
-
-
-def _matmul_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a @ b.T
-
-
-def linear_lm_loss(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    z_loss: float = 0.0,
-    ignore_index: int = -100,
-    reduction: str = "sum",
-    chunk_tokens: int = 1024,
-    compute_dtype: torch.dtype | None = None,
-    matmul_t: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``lm_loss`` of ``hidden @ weight.T`` without materialising the logits of the whole batch.
-
-    ``hidden``: the final-norm output (``OLMo2.forward(..., return_hidden=True)``), (..., d);
-    ``weight``: the LM head (vocab, d). Returns (objective, ce, z) with objective = ce + z, the same
-    values as ``lm_loss`` on the logits; only ``objective`` is differentiable (ce and z are for
-    reporting). ``chunk_tokens``: tokens per head matmul (their fp32 logits are chunk × vocab × 4
-    bytes). ``compute_dtype``: dtype of the head's matmuls (bf16 to match autocast; default: the
-    hidden states' dtype); the softmax and the sums are fp32 either way. ``matmul_t(a, b)`` computes
-    ``a @ b.T`` for the three head matmuls (the trainer passes oneDNN's on CPU: model/onednn.py).
-    """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"linear_lm_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
-    if chunk_tokens < 1:
-        raise ValueError(f"linear_lm_loss: chunk_tokens must be >= 1, got {chunk_tokens}")
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    labels = labels.reshape(-1)
-    want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    objective, ce, lse_sq = _LinearCrossEntropyZLoss.apply(
-        flat, weight, labels, z_loss, ignore_index, chunk_tokens, compute_dtype, want_grad, matmul_t or _matmul_t
-    )
-    z = z_loss * lse_sq
-    if reduction == "mean":
-        n = (labels != ignore_index).sum().clamp(min=1)
-        objective, ce, z = objective / n, ce / n, z / n
-    return objective, ce, z
 
 
 def matmul_params(config: ModelConfig) -> int:

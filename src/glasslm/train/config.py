@@ -8,21 +8,55 @@ model's every field filled in, is saved as ``RUN/config.yaml``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast, get_type_hints
 
 from glasslm.config import ConfigError, from_dict, to_dict
 from glasslm.data.loader import LoaderConfig
 from glasslm.model.olmo2 import ModelConfig
 from glasslm.model.presets import preset
 
+S = TypeVar("S")
 
+SPEC_OWN_FIELDS = ("preset", "init_from", "load_optimizer")
+
+
+def overrides_of(config_cls: type[Any], own: tuple[str, ...]) -> Callable[[type[S]], type[S]]:
+    """Class decorator: check, when the class is defined, that its fields besides ``own`` are exactly
+    ``config_cls``'s, each ``<its type> | None`` defaulting to None (keep the preset's value). The
+    override fields stay written out (typed, documented, seen by mypy and ``--help``), but cannot
+    drift from the config they override: a field added to ``ModelConfig`` and not here, a renamed
+    one or a changed type stops the import."""
+
+    def check(cls: type[S]) -> type[S]:
+        target = get_type_hints(config_cls)
+        hints = get_type_hints(cls)
+        mine = {f.name: f for f in dataclasses.fields(cast(Any, cls)) if f.name not in own}
+        wanted = [f.name for f in dataclasses.fields(config_cls)]
+        if set(mine) != set(wanted):
+            raise TypeError(
+                f"{cls.__name__}: override fields {sorted(mine)} differ from {config_cls.__name__}'s {sorted(wanted)}"
+            )
+        for name, f in mine.items():
+            if hints[name] != target[name] | None or f.default is not None:
+                raise TypeError(
+                    f"{cls.__name__}.{name}: expected `{name}: {target[name]} | None = None` "
+                    f"(as {config_cls.__name__}.{name}: {target[name]})"
+                )
+        return cls
+
+    return check
+
+
+@overrides_of(ModelConfig, SPEC_OWN_FIELDS)
 @dataclass
 class ModelSpec:
     """A preset plus per-field overrides, or a model to start from (``init_from``).
 
     Every architecture field is optional: None keeps the preset's value. ``vocab_size`` left at None
-    is sized from the tokens artifact (padded to a multiple of 128).
+    is sized from the tokens artifact (padded to a multiple of 128). The override fields are
+    ``ModelConfig``'s; ``overrides_of`` checks that when this module is imported.
     """
 
     preset: str = "tiny"

@@ -5,6 +5,9 @@ module reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and never lau
 - ``ddp``: torch DistributedDataParallel, full replicas, gradients all-reduced.
 - ``fsdp``: FSDP2 ``fully_shard`` per transformer block and on the root; parameters are DTensors
   sharded over ranks, gathered for compute (ZeRO-3 when ``reshard_after_forward``).
+
+Also applied from outside, before either: activation checkpointing (``apply_ac``, as torchtitan's) and,
+for the chunked LM head + loss, a forward that stops at the final hidden states (``HiddenStates``).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.utils.checkpoint
 from torch import nn
 
 from glasslm.config import ConfigError
+from glasslm.model.olmo2 import Block, KVCache, OLMo2
 from glasslm.train.config import DistributedConfig
 
 
@@ -63,6 +68,53 @@ def init(config: DistributedConfig, device_request: str) -> World:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     return World(rank, world_size, local_rank, device, config.strategy)
+
+
+class CheckpointedBlock(Block):
+    """A ``Block`` whose activations are recomputed in backward instead of kept (in training mode):
+    only the block's input is saved. Same parameters, names and state dict as ``Block``."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x, cos, sin, mask, cache, layer)
+        return torch.utils.checkpoint.checkpoint(  # type: ignore[no-any-return]
+            super().forward, x, cos, sin, mask, cache, layer, use_reentrant=False
+        )
+
+
+def apply_ac(model: OLMo2) -> int:
+    """Activation checkpointing on every transformer block of ``model`` (in place: the class of each
+    block changes, its parameters and hooks stay; apply before DDP/FSDP). Returns how many."""
+    for block in model.blocks:
+        block.__class__ = CheckpointedBlock
+    return len(model.blocks)
+
+
+class HiddenStates(nn.Module):
+    """``model.hidden`` as a module's forward: the model up to its final norm, for the chunked LM head
+    + loss (model/loss.py: head_objective), which applies the head itself. DDP and ``torch.compile``
+    wrap this module, as they would the model, so that they run (DDP's gradient hooks, the compiled
+    graph) around the forward the step actually calls. State dicts are taken from the model itself."""
+
+    def __init__(self, model: OLMo2):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.model.hidden(input_ids, position_ids=position_ids, doc_ids=doc_ids)
 
 
 def wrap(model: nn.Module, world: World, config: DistributedConfig, bf16: bool) -> nn.Module:

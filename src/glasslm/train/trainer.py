@@ -30,7 +30,8 @@ from glasslm.config import ConfigError, from_dict, to_dict
 from glasslm.data.loader import TokenLoader
 from glasslm.model import checkpoint as model_ckpt
 from glasslm.model import onednn
-from glasslm.model.olmo2 import ModelConfig, OLMo2, flops_per_token, linear_lm_loss, lm_loss
+from glasslm.model.loss import head_objective, lm_objective
+from glasslm.model.olmo2 import ModelConfig, OLMo2, flops_per_token
 from glasslm.train import checkpoint as ckpt
 from glasslm.train import distributed
 from glasslm.train.config import RESUMABLE_CHANGES, TrainConfig, config_differences
@@ -88,26 +89,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def head_objective(
-    hidden: torch.Tensor,
-    head_weight: torch.Tensor,
-    labels: torch.Tensor,
-    z_loss: float,
-    chunk_tokens: int,
-    compute_dtype: torch.dtype | None = None,
-    use_onednn: bool = False,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The pretraining objective from the final hidden states (``Trainer._loss``'s, through the
-    chunked LM head): summed cross-entropy + z-loss, and the named sums the step reports. The head's
-    matmuls go through oneDNN with ``use_onednn`` (as the linear layers, where usable: model/onednn.py)."""
-    fast = use_onednn and compute_dtype in (None, torch.float32) and onednn.usable(hidden, head_weight)
-    objective, ce, z = linear_lm_loss(
-        hidden, head_weight, labels, z_loss=z_loss, reduction="sum",
-        chunk_tokens=chunk_tokens, compute_dtype=compute_dtype, matmul_t=onednn.matmul_t if fast else None,
-    )
-    return objective, {"loss": objective, "ce": ce, "z_loss": z}
-
-
 def tokenizer_of_tokens(tokens_dir: Path) -> Path | None:
     """The tokenizer.json the tokens were made with, if the tokens manifest names it."""
     tokenizer = artifacts.input_of_kind(tokens_dir, "tokenizer")
@@ -158,7 +139,8 @@ class Trainer:
             self._check_resumable(self.resume_from)
 
         self.bf16 = world.device.type == "cuda" if tc.precision == "auto" else tc.precision == "bf16"
-        model.activation_checkpointing = tc.activation_checkpointing
+        if tc.activation_checkpointing:
+            distributed.apply_ac(model)  # from outside the model, as FSDP below
         model.to(world.device)
         # CPU fp32 linears through MKL (aten::mm) or oneDNN, whichever is faster on this CPU: timed once
         # on this model's shapes at one micro-batch's rows (model/onednn.py: MKL wins on Intel Xeon,
@@ -173,17 +155,23 @@ class Trainer:
             )
             self.linear_choice = cast(onednn.LinearChoice, distributed.broadcast_object(choice, world))  # rank 0's
         self.onednn = onednn.apply_choice(model, self.linear_choice)
-        wrapped = distributed.wrap(model, world, config.distributed, self.bf16)
-        self.wrapped = wrapped  # DDP/FSDP/plain, before torch.compile: what state dicts are taken from
-        self.optimizer = build_optimizer(wrapped, config.optim, world.device)
-        self.model: nn.Module = cast(nn.Module, torch.compile(wrapped)) if tc.compile else wrapped
-        # The chunked head + loss (head_objective) uses the head weight outside the model's forward:
-        # fine in one process and under DDP (the weight's gradient hook fires when its gradient
-        # arrives), not under FSDP2, whose root parameters are sharded DTensors outside forward.
-        # Subclasses that override _loss (adaptation: SFT, DPO, GRPO) get logits, as their losses expect.
+        # The chunked head + loss (model/loss.py: head_objective) applies the head weight outside the
+        # model's forward: the step's forward is then ``model.hidden`` (distributed.HiddenStates, which
+        # DDP and torch.compile wrap in the model's place). Fine in one process and under DDP (the
+        # weight's gradient hook fires when its gradient arrives), not under FSDP2, whose root
+        # parameters are sharded DTensors outside forward. Subclasses that override _loss
+        # (adaptation: SFT, DPO, GRPO) get logits, as their losses expect.
         self.chunked_head = (
             tc.loss_chunk_tokens > 0 and world.strategy != "fsdp" and type(self)._loss is Trainer._loss
         )
+        self.plain_model = model
+        forward = distributed.HiddenStates(model) if self.chunked_head else model
+        step_forward = distributed.wrap(forward, world, config.distributed, self.bf16)
+        # What state dicts are taken from: DDP/FSDP/plain, before torch.compile (the model itself
+        # when the step's forward is HiddenStates: same names and tensors as DDP's).
+        self.wrapped = model if self.chunked_head else step_forward
+        self.optimizer = build_optimizer(self.wrapped, config.optim, world.device)
+        self.model: nn.Module = cast(nn.Module, torch.compile(step_forward)) if tc.compile else step_forward
         self.schedule = build_schedule(
             config.schedule, config.optim.lr, self.total_steps, self.tokens_per_step
         )
@@ -192,13 +180,13 @@ class Trainer:
         self.last_loss: float | None = None
 
         if self.resume_from is not None:
-            state = ckpt.load(self.resume_from, wrapped, self.optimizer, world=world)
+            state = ckpt.load(self.resume_from, self.wrapped, self.optimizer, world=world)
             self._restore(state)
             _log(world, f"resumed from {self.resume_from} at step {self.step}")
         elif config.model.init_from is not None and config.model.load_optimizer:
             assert self.init_dir is not None
             ckpt.load(
-                self.init_dir, wrapped, self.optimizer, world=world, load_model=False, restore_rng=False
+                self.init_dir, self.wrapped, self.optimizer, world=world, load_model=False, restore_rng=False
             )
             self._reapply_hyperparameters()
         self.inputs = list(self.data_inputs)
@@ -241,22 +229,17 @@ class Trainer:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(objective summed over the micro-batch, named sums to report); the step divides both by
         the global ``_count``. The names must include "loss"."""
-        ce, z = lm_loss(logits, micro["labels"], z_loss=self.config.trainer.z_loss, reduction="sum")
-        return ce + z, {"loss": ce + z, "ce": ce, "z_loss": z}
+        return lm_objective(logits, micro["labels"], self.config.trainer.z_loss)
 
     def _forward_loss(self, micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward one micro-batch and return ``_loss``'s (objective, named sums); with the chunked
         head, the same values from the hidden states without materialising the logits."""
-        extra = {"return_hidden": True} if self.chunked_head else {}
         with self._autocast():
-            out = self.model(
-                micro["input_ids"], position_ids=micro.get("position_ids"), doc_ids=micro.get("doc_ids"), **extra
-            )
+            out = self.model(micro["input_ids"], position_ids=micro.get("position_ids"), doc_ids=micro.get("doc_ids"))
         if not self.chunked_head:
             return self._loss(out, micro)
-        head = cast(nn.Linear, distributed.unwrap(self.wrapped).lm_head)
         return head_objective(
-            out, head.weight, micro["labels"], self.config.trainer.z_loss,
+            out, self.plain_model.lm_head.weight, micro["labels"], self.config.trainer.z_loss,
             self.config.trainer.loss_chunk_tokens, torch.bfloat16 if self.bf16 else None, self.onednn,
         )
 
