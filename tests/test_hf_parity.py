@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from glasslm.cli import main
 from glasslm.model.checkpoint import load_model, save_checkpoint
-from glasslm.model.olmo2 import ModelConfig, OLMo2, StaticKVCache
+from glasslm.model.kv_cache import StaticKVCache
+from glasslm.model.olmo2 import ModelConfig, OLMo2
 
 transformers = pytest.importorskip("transformers")
 

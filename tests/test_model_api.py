@@ -10,9 +10,10 @@ import torch
 
 from glasslm.eval.scoring import _PrefixCache
 from glasslm.model.generate import SlotCache
+from glasslm.model.kv_cache import KVCache, StaticKVCache
 from glasslm.model.loss import lm_loss
 from glasslm.model.modes import eval_mode
-from glasslm.model.olmo2 import KVCache, ModelConfig, OLMo2, StaticKVCache
+from glasslm.model.olmo2 import ModelConfig, OLMo2
 from glasslm.train.config import SPEC_OWN_FIELDS, ModelSpec, overrides_of
 from glasslm.train.distributed import CheckpointedBlock, HiddenStates, apply_ac
 

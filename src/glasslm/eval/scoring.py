@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from glasslm.model.olmo2 import OLMo2, StaticKVCache
+from glasslm.model.kv_cache import StaticKVCache
+from glasslm.model.olmo2 import OLMo2
 from glasslm.tokenizer import Tokenizer
 
 

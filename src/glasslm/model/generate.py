@@ -193,7 +193,7 @@ class IncrementalDetokenizer:
 
 
 class SlotCache:
-    """Keys and values for ``slots`` independent sequences (a ``olmo2.KVCache``).
+    """Keys and values for ``slots`` independent sequences (a ``model.kv_cache.KVCache``).
 
     Every slot has its own length, kept by the engine (``_Request.cached``), which passes positions
     and masks explicitly. A prefill writes fresh sequences, so the length common to its rows is 0; a

@@ -10,19 +10,22 @@ evaluates small Hugging Face Llama folders; everything else (SwiGLU, RoPE, GQA, 
 
 This file knows nothing of sharding, checkpoints, losses or tokenizers, nor of speed tricks for one
 caller: parallelism and activation checkpointing are applied from outside (``train/distributed.py``),
-the CPU linear library too (``model/onednn.py``), the losses live in ``model/loss.py`` and loading in
-``model/checkpoint.py``.
+the CPU linear library too (``model/onednn.py``), the losses live in ``model/loss.py``, the KV-cache
+protocol in ``model/kv_cache.py`` and loading in ``model/checkpoint.py``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:  # model/kv_cache.py builds its caches from ModelConfig
+    from glasslm.model.kv_cache import KVCache
 
 ARCHITECTURES = ("olmo2", "llama")
 
@@ -121,49 +124,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     xf = x.float()
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
-
-
-class KVCache(Protocol):
-    """What the model asks of a key/value cache, in one forward: ``length`` (only where the caller gave
-    no positions or no mask), ``update`` once per layer, ``advance`` once at the end. Implemented by
-    ``StaticKVCache`` (below), the generation engine's ``SlotCache`` and the scorer's ``_PrefixCache``."""
-
-    @property
-    def length(self) -> int:
-        """Positions filled before this forward, the same for every row: the new tokens' default
-        positions start there, and the default mask lets them see those cached keys."""
-        ...
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new tokens' keys and values (batch, kv heads, new, head dim) of ``layer``; return
-        the keys and values their attention runs over."""
-        ...
-
-    def advance(self, tokens: int) -> None:
-        """The forward of ``tokens`` new tokens is done (every layer updated)."""
-        ...
-
-
-class StaticKVCache:
-    """Pre-allocated keys and values for all layers; ``length`` tokens are filled (a ``KVCache``)."""
-
-    def __init__(self, config: ModelConfig, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype):
-        shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
-        self.max_len = max_len
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} tokens > {self.max_len}")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def advance(self, tokens: int) -> None:
-        self.length += tokens
 
 
 class Attention(nn.Module):

@@ -21,7 +21,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from glasslm.config import ConfigError
-from glasslm.model.olmo2 import Block, KVCache, OLMo2
+from glasslm.model.kv_cache import KVCache
+from glasslm.model.olmo2 import Block, OLMo2
 from glasslm.train.config import DistributedConfig
 
 
