@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from glasslm import artifacts
 from glasslm.cli import main
 from glasslm.model.checkpoint import load_model, save_checkpoint
 from glasslm.model.kv_cache import StaticKVCache
@@ -203,4 +204,4 @@ def test_eval_reads_a_hugging_face_llama_folder(tmp_path: Path, capsys) -> None:
     results = json.loads(capsys.readouterr().out)
     assert results["tasks"][0]["n"] == 6 and results["perplexity"]["macro"]["bits_per_byte"] > 0
     manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
-    assert manifest["inputs"][0]["path"] == str((tmp_path / "hf").resolve())
+    assert artifacts.input_location(tmp_path / "e", manifest["inputs"][0]) == (tmp_path / "hf").resolve()
