@@ -295,10 +295,9 @@ def lineage_section(runs: list[Run]) -> Section:
 
     walk(artifacts.lineage(final), 0)
     section.text = f"The final model (<code>{_esc(final)}</code>) and every artifact it was made from, with manifest hashes."
-    # The release (glasslm release) runs after the report and ships it, so the card may not exist yet.
-    card = run.path / "release" / "README.md"
-    section.text += (" Model card: <a href='../release/README.md'>release/README.md</a>." if card.is_file() else
-                     f" Model card: made by <code>glasslm release {_esc(run.path)}</code> (the pipeline's last stage) "
-                     "at <code>release/README.md</code>.")
+    # The release (glasslm release) runs after the report and ships it: the link is the same whether or not
+    # the card exists yet, so the report does not change when the release is made (glasslm reproduce).
+    section.text += (" Model card: <a href='../release/README.md'>release/README.md</a> (made by <code>glasslm "
+                     "release RUN</code>, the pipeline's last stage, which ships this report).")
     section.tables.append(("Lineage of the final model", rows))
     return section
