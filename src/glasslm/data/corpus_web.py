@@ -61,6 +61,7 @@ _CLASSIFIERS = {
     "GNU Lesser General Public License v3 (LGPLv3)": "LGPL-3.0",
     "BSD License": "BSD",  # the family (2- or 3-clause): every member permits redistribution with notice
 }
+_BARE_IDS = {"MIT", "ISC", "BSD", "0BSD", "Unlicense", "Zlib", "WTFPL", "PostgreSQL"}
 _SPDX_ID = re.compile(r"^[A-Za-z0-9.+-]+(?: (?:AND|OR|WITH) [A-Za-z0-9.+()-]+)*$")
 
 
@@ -74,14 +75,15 @@ def distribution_license(d: Distribution) -> str:
     meta: Any = d.metadata
     if meta.get("License-Expression"):
         return str(meta["License-Expression"]).strip()
-    field_value = str(meta.get("License") or "").strip()
-    short = field_value.removesuffix(" License").removesuffix(" license")
-    if short and _SPDX_ID.match(short) and len(short) < 60:
-        return short
     found = sorted({_CLASSIFIERS[c.split(" :: ")[-1]] for c in meta.get_all("Classifier") or []
                     if c.startswith("License ::") and c.split(" :: ")[-1] in _CLASSIFIERS})
     if found:
         return " OR ".join(found)  # several licence classifiers: a choice of licences (dual licensing)
+    field_value = str(meta.get("License") or "").strip()
+    short = field_value.removesuffix(" License").removesuffix(" license")
+    # an SPDX-looking License field ("MIT", "BSD-3-Clause"), not a word such as "Dual" or "Other"
+    if short and _SPDX_ID.match(short) and len(short) < 60 and (short in _BARE_IDS or any(c.isdigit() for c in short)):
+        return short
     licence_files = [Path(f.locate()) for f in d.files or () if LICENSE_FILES.match(f.name)]
     texts = [field_value] + [p.read_text(errors="replace") for p in licence_files if p.is_file()]
     return next((spdx for text in texts if text and (spdx := identify_license(text))), "")
