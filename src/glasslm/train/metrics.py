@@ -33,13 +33,9 @@ def device_peak_flops(device: torch.device) -> float | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"cpu ({os.cpu_count()} cores)"
+    from glasslm.trace.energy import this_cpu  # one description of the CPU for the trainer and the pipeline
+
+    return this_cpu()
 
 
 def memory_gb(device: torch.device) -> float:
