@@ -108,13 +108,12 @@ def check_regular(root: Path) -> None:
 
 def hash_tree(root: Path) -> dict[str, dict[str, Any]]:
     """sha256 and size of every regular file below ``root`` except the manifest, keyed by relative path."""
-    files = {}
-    for rel in walk_tree(root)[0]:
-        if rel == MANIFEST:
-            continue
-        path = root / rel
-        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    return files
+    return _hash_files(root, walk_tree(root)[0])
+
+
+def _hash_files(root: Path, regular: Sequence[str]) -> dict[str, dict[str, Any]]:
+    return {rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
+            for rel in regular if rel != MANIFEST}
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -464,8 +463,8 @@ def verify(path: str | Path, check_inputs: bool = True) -> VerifyReport:
     manifest = read_manifest(path)
     report = VerifyReport(path=path)
     recorded: dict[str, dict[str, Any]] = manifest.get("files", {})
-    report.irregular = walk_tree(path)[1]
-    actual = hash_tree(path)
+    regular, report.irregular = walk_tree(path)
+    actual = _hash_files(path, regular)
     for rel, info in recorded.items():
         if rel not in actual:
             report.missing.append(rel)

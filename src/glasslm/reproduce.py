@@ -113,7 +113,8 @@ def check_inputs(path: Path, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _parse(words: list[str]) -> tuple[argparse.Namespace, list[str]]:
+def _parse(words: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
+    """(the parser, the parsed words, the words it left: dotted overrides)."""
     from glasslm.cli import build_parser
 
     parser = build_parser(words[0] if words and not words[0].startswith("-") else None)
@@ -125,7 +126,7 @@ def _parse(words: list[str]) -> tuple[argparse.Namespace, list[str]]:
         raise RefusedCommand(
             f"not a glasslm command line this version understands ({err.getvalue().strip()}); refusing to run it"
         ) from None
-    return args, unknown
+    return parser, args, unknown
 
 
 @dataclass
@@ -157,15 +158,16 @@ class PathMap:
 
 def rebuild_command(
     manifest: dict[str, Any], out: Path, config_file: Path | None, artifact: Path | None = None
-) -> list[str]:
-    """The recorded argv with its output, config and paths replaced (see module docstring)."""
+) -> tuple[list[str], PathMap]:
+    """The recorded argv with its output, config and paths replaced (see module docstring), and the map
+    that re-pointed its paths (for the config's paths too)."""
     command = manifest.get("command")
     if not isinstance(command, list) or not command or not all(isinstance(w, str) for w in command):
         raise RefusedCommand(f"the recorded command is not a list of words: {command!r}; refusing to run it")
     if Path(command[0]).name != "glasslm":
         raise RefusedCommand(f"the recorded command is not a glasslm command ({command[0]!r}); refusing to run it")
     words = command[1:]
-    args, unknown = _parse(words)
+    parser, args, unknown = _parse(words)
     if not hasattr(args, "func"):
         raise RefusedCommand(f"the recorded command names no glasslm verb: {' '.join(command)}; refusing to run it")
     if args.stage in ("reproduce", "pipeline") or not (hasattr(args, "out") or hasattr(args, "out_pos")):
@@ -174,7 +176,7 @@ def rebuild_command(
     out_value = getattr(args, "out", None) or getattr(args, "out_pos", None)
     where = _path_map(args, manifest, artifact)
     n_verb_words = 2 if getattr(args, "verb", None) else 1  # `model init` / `train`: names, never paths
-    paths = _path_arguments(words, args)
+    paths = _path_arguments(parser, words, args)
     overrides = set(unknown)  # dotted overrides: the resolved config passed below already holds them
     # A config given as a positional (`train CONFIG`, `data mix RECIPE`) is replaced by the recorded one.
     config_word = next((str(getattr(args, d)) for d in CONFIG_POSITIONALS if getattr(args, d, None)), None)
@@ -202,16 +204,15 @@ def rebuild_command(
     new += ["--out", str(out)]
     if config_file is not None and hasattr(args, "config"):
         new += ["--config", str(config_file)]
-    return new
+    return new, where
 
 
-def _path_arguments(words: list[str], args: argparse.Namespace) -> set[str]:
+def _path_arguments(top: argparse.ArgumentParser, words: list[str], args: argparse.Namespace) -> set[str]:
     """The values the verb's parser reads as paths (arguments typed Path): `--preset tiny` is a name even
     when the working directory holds a folder `tiny`."""
-    from glasslm.cli import build_parser
     from glasslm.clitools import out_path
 
-    parser: Any = build_parser(words[0])
+    parser: Any = top
     for word in words[: 2 if getattr(args, "verb", None) else 1]:
         sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
         if sub is None or word not in sub.choices:
@@ -266,9 +267,9 @@ def reproduce(path: str | Path, keep: str | Path | None = None) -> ReproduceRepo
         run_out = work / "out"
         out = run_out / path.relative_to(made) if in_run else run_out
         rerun_config = work / "config.yaml" if config else None
-        report.rerun = ["glasslm", *rebuild_command(manifest, run_out, rerun_config, artifact=made)]
+        rerun, where = rebuild_command(manifest, run_out, rerun_config, artifact=made)
+        report.rerun = ["glasslm", *rerun]
         if rerun_config is not None:
-            where = _path_map(_parse(list(manifest["command"][1:]))[0], manifest, made)
             rerun_config.write_text(yaml.safe_dump(map_config_paths(config, where), sort_keys=False))
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), _replaying(made):
