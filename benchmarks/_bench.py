@@ -44,12 +44,29 @@ def fmt_spread(values: Sequence[float], unit: str = "×") -> str:
     return f"{s['median']:.2f}{unit} ({s['min']:.2f}–{s['max']:.2f}, n={s['n']})"
 
 
-def report(benchmark: str, figure: str, peer: str, ratio_values: Sequence[float], *, goal: float | None = None,
-           note: str = "", **extra: Any) -> None:
+def report(
+    benchmark: str,
+    figure: str,
+    peer: str,
+    ratio_values: Sequence[float],
+    *,
+    goal: float | None = None,
+    note: str = "",
+    **extra: Any,
+) -> None:
     """Print the machine-readable line for one figure: ours/peer (>1: we are faster), the median of
     the per-repeat ratios with their min–max, the goal if the issue set one, and free-form details."""
     s = spread(list(ratio_values))
-    line = {"benchmark": benchmark, "figure": figure, "peer": peer, "ratio": round(s["median"], 3),
-            "ratio_min": round(s["min"], 3), "ratio_max": round(s["max"], 3), "n": s["n"],
-            "goal": goal, "note": note, **extra}
+    line = {
+        "benchmark": benchmark,
+        "figure": figure,
+        "peer": peer,
+        "ratio": round(s["median"], 3),
+        "ratio_min": round(s["min"], 3),
+        "ratio_max": round(s["max"], 3),
+        "n": s["n"],
+        "goal": goal,
+        "note": note,
+        **extra,
+    }
     print(MARK + json.dumps(line), flush=True)

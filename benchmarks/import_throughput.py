@@ -26,7 +26,59 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 DATATROVE = HERE / ".venv-datatrove" / "bin" / "python"
 
-WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "her", "which", "an", "be", "this", "are", "have", "had", "not", "river", "stone", "garden", "window", "letter", "morning", "market", "bridge", "lantern", "harbor", "meadow", "candle", "orchard", "village", "story", "bread", "evening", "winter", "summer", "forest", "mountain", "valley", "teacher", "student", "music", "paper"]
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "his",
+    "her",
+    "which",
+    "an",
+    "be",
+    "this",
+    "are",
+    "have",
+    "had",
+    "not",
+    "river",
+    "stone",
+    "garden",
+    "window",
+    "letter",
+    "morning",
+    "market",
+    "bridge",
+    "lantern",
+    "harbor",
+    "meadow",
+    "candle",
+    "orchard",
+    "village",
+    "story",
+    "bread",
+    "evening",
+    "winter",
+    "summer",
+    "forest",
+    "mountain",
+    "valley",
+    "teacher",
+    "student",
+    "music",
+    "paper",
+]
 
 
 def make_inputs(root: Path, docs: int, pages: int) -> dict[str, Path]:
@@ -40,27 +92,47 @@ def make_inputs(root: Path, docs: int, pages: int) -> dict[str, Path]:
     jdir = root / "jsonl"
     per = max(1, docs // 4)
     for k in range(0, docs, per):
-        write_jsonl(jdir / f"{k // per:03d}.jsonl.gz", ({"id": f"d{i}", "text": texts[i], "source": "bench"}
-                                                        for i in range(k, min(docs, k + per))), isal_level=1)
+        write_jsonl(
+            jdir / f"{k // per:03d}.jsonl.gz",
+            ({"id": f"d{i}", "text": texts[i], "source": "bench"} for i in range(k, min(docs, k + per))),
+            isal_level=1,
+        )
     (root / "parquet").mkdir(parents=True)
-    pq.write_table(pa.table({"id": [f"d{i}" for i in range(docs)], "text": texts}), root / "parquet" / "docs.parquet",
-                   row_group_size=2048)
+    pq.write_table(
+        pa.table({"id": [f"d{i}" for i in range(docs)], "text": texts}),
+        root / "parquet" / "docs.parquet",
+        row_group_size=2048,
+    )
     from html_extraction import SETS
 
-    bodies = [p.read_bytes() for _, folder, pattern, _ in SETS if folder.is_dir()
-              for p in sorted(folder.glob(pattern))][:pages]
+    bodies = [
+        p.read_bytes()
+        for _, folder, pattern, _ in SETS
+        if folder.is_dir()
+        for p in sorted(folder.glob(pattern))
+    ][:pages]
     import io
 
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
+
     (root / "warc").mkdir()
     with open(root / "warc" / "pages.warc.gz", "wb") as f:
         w = WARCWriter(f, gzip=True)
         for i, body in enumerate(bodies):
-            headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
-            w.write_record(w.create_warc_record(f"https://docs.example/{i}", "response", payload=io.BytesIO(body),
-                                                http_headers=headers))
-    return {"jsonl": jdir, "parquet": root / "parquet" / "docs.parquet", "warc": root / "warc" / "pages.warc.gz"}
+            headers = StatusAndHeaders(
+                "200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1"
+            )
+            w.write_record(
+                w.create_warc_record(
+                    f"https://docs.example/{i}", "response", payload=io.BytesIO(body), http_headers=headers
+                )
+            )
+    return {
+        "jsonl": jdir,
+        "parquet": root / "parquet" / "docs.parquet",
+        "warc": root / "warc" / "pages.warc.gz",
+    }
 
 
 def ours(path: Path, fmt: str, out: Path, extractor: str = "resiliparse") -> dict[str, float]:
@@ -71,8 +143,15 @@ def ours(path: Path, fmt: str, out: Path, extractor: str = "resiliparse") -> dic
 
         from glasslm.data.importers import html
 
-        html.extract_main_text = lambda body, charset=None: trafilatura.extract(  # type: ignore[assignment]
-            html.decode_html(body, charset), favor_precision=True, include_comments=False, deduplicate=True) or ""
+        html.extract_main_text = lambda body, charset=None: (
+            trafilatura.extract(  # type: ignore[assignment]
+                html.decode_html(body, charset),
+                favor_precision=True,
+                include_comments=False,
+                deduplicate=True,
+            )
+            or ""
+        )
     start = time.perf_counter()
     result = run_import([ImportInput(path=str(path), source="bench", format=fmt)], out)
     return {"seconds": time.perf_counter() - start, "docs": result.totals.imported}
@@ -109,8 +188,9 @@ def datatrove(path: Path, fmt: str, out: Path) -> dict[str, float] | None:
     if not DATATROVE.exists():
         return None
     target = str(path.parent if path.is_file() else path)  # each input has its own folder
-    done = subprocess.run([str(DATATROVE), "-c", DT_SCRIPT, fmt, target, str(out)], capture_output=True, text=True,
-                          timeout=1800)
+    done = subprocess.run(
+        [str(DATATROVE), "-c", DT_SCRIPT, fmt, target, str(out)], capture_output=True, text=True, timeout=1800
+    )
     if done.returncode != 0:
         print(done.stderr[-2000:], file=sys.stderr)
         return None
@@ -119,11 +199,13 @@ def datatrove(path: Path, fmt: str, out: Path) -> dict[str, float] | None:
 
 def peak_rss(path: Path, out: Path) -> float:
     """Peak RSS (MB) of a fresh process importing ``path``."""
-    code = ("from pathlib import Path; from glasslm.data.importers import ImportInput, run_import;"
-            f"run_import([ImportInput(path={str(path)!r}, source='bench')], Path({str(out)!r}));"
-            # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork+exec, so a child would report the
-            # parent's peak (this script's, after building the inputs); VmHWM belongs to the new image.
-            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)")
+    code = (
+        "from pathlib import Path; from glasslm.data.importers import ImportInput, run_import;"
+        f"run_import([ImportInput(path={str(path)!r}, source='bench')], Path({str(out)!r}));"
+        # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork+exec, so a child would report the
+        # parent's peak (this script's, after building the inputs); VmHWM belongs to the new image.
+        "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
 
@@ -142,24 +224,37 @@ def main() -> None:
             path = inputs[fmt]
             mb = sum(p.stat().st_size for p in ([path] if path.is_file() else path.iterdir())) / 1e6
             extractor = "trafilatura" if fmt == "warc" else "resiliparse"
-            code = (f"import json, sys; sys.path.insert(0, {str(HERE)!r}); from pathlib import Path; "
-                    "from import_throughput import ours; "
-                    f"print(json.dumps(ours(Path({str(path)!r}), {fmt!r}, Path({str(root / ('o-' + fmt))!r}), "
-                    f"{extractor!r})))")
-            mine = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                             check=True).stdout.strip().splitlines()[-1])
+            code = (
+                f"import json, sys; sys.path.insert(0, {str(HERE)!r}); from pathlib import Path; "
+                "from import_throughput import ours; "
+                f"print(json.dumps(ours(Path({str(path)!r}), {fmt!r}, Path({str(root / ('o-' + fmt))!r}), "
+                f"{extractor!r})))"
+            )
+            mine = json.loads(
+                subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             peer = datatrove(path, fmt, root / f"dt-{fmt}")
             label = f"{fmt} ({'same extractor: trafilatura' if fmt == 'warc' else 'read + write gzip JSONL'})"
             rows.append((label, mb, mine, peer))
         warc_default = ours(inputs["warc"], "warc", root / "o-warc-resiliparse")
-        print(f"inputs: {args.docs:,} documents (JSONL, Parquet), {args.pages} real HTML pages (WARC); one process each")
-        print(f"{'input':<46} {'MB in':>7} {'ours s':>8} {'docs':>7} {'datatrove s':>12} {'docs':>7} {'ours/dt':>8}")
+        print(
+            f"inputs: {args.docs:,} documents (JSONL, Parquet), {args.pages} real HTML pages (WARC); one process each"
+        )
+        print(
+            f"{'input':<46} {'MB in':>7} {'ours s':>8} {'docs':>7} {'datatrove s':>12} {'docs':>7} {'ours/dt':>8}"
+        )
         for label, mb, mine, peer in rows:
             ratio = f"{peer['seconds'] / mine['seconds']:.2f}x" if peer else "n/a"
-            print(f"{label:<46} {mb:7.1f} {mine['seconds']:8.2f} {mine['docs']:7,} "
-                  f"{(peer or {}).get('seconds', float('nan')):12.2f} {int((peer or {}).get('docs', 0)):7,} {ratio:>8}")
-        print(f"warc with our default extractor (resiliparse): {warc_default['seconds']:.2f} s, "
-              f"{warc_default['docs']} docs")
+            print(
+                f"{label:<46} {mb:7.1f} {mine['seconds']:8.2f} {mine['docs']:7,} "
+                f"{(peer or {}).get('seconds', float('nan')):12.2f} {int((peer or {}).get('docs', 0)):7,} {ratio:>8}"
+            )
+        print(
+            f"warc with our default extractor (resiliparse): {warc_default['seconds']:.2f} s, "
+            f"{warc_default['docs']} docs"
+        )
         if not args.skip_rss:
             big = root / "big"
             big.mkdir()

@@ -69,8 +69,20 @@ def main() -> None:
 
     attrs = work / "g_near"
     recipe = work / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"decon_heldout": False, "sources": [
-        {"name": "all", "match": ["*"], "rules": [{"attribute": "dedupe__near_doc", "op": "exists"}]}]}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "decon_heldout": False,
+                "sources": [
+                    {
+                        "name": "all",
+                        "match": ["*"],
+                        "rules": [{"attribute": "dedupe__near_doc", "op": "exists"}],
+                    }
+                ],
+            }
+        )
+    )
     script = work / "datatrove_minhash.py"
     script.write_text(DATATROVE_SCRIPT)
     parts: list[tuple[float, float]] = []
@@ -78,16 +90,44 @@ def main() -> None:
     def run_ours() -> float:
         shutil.rmtree(attrs, ignore_errors=True)
         shutil.rmtree(work / "g_mix", ignore_errors=True)
-        t_dedupe = timed([str(GLASSLM), "data", "dedupe", str(corpus), "--out", str(attrs), "--workers",
-                          str(args.workers), "--dedupe.exact_docs=false", "--dedupe.paragraphs=false"])
-        t_mix = timed([str(GLASSLM), "data", "mix", str(recipe), "--documents", str(corpus), "--attributes",
-                       str(attrs), "--out", str(work / "g_mix"), "--workers", str(args.workers)])
+        t_dedupe = timed(
+            [
+                str(GLASSLM),
+                "data",
+                "dedupe",
+                str(corpus),
+                "--out",
+                str(attrs),
+                "--workers",
+                str(args.workers),
+                "--dedupe.exact_docs=false",
+                "--dedupe.paragraphs=false",
+            ]
+        )
+        t_mix = timed(
+            [
+                str(GLASSLM),
+                "data",
+                "mix",
+                str(recipe),
+                "--documents",
+                str(corpus),
+                "--attributes",
+                str(attrs),
+                "--out",
+                str(work / "g_mix"),
+                "--workers",
+                str(args.workers),
+            ]
+        )
         parts.append((t_dedupe, t_mix))
         return t_dedupe + t_mix
 
     def run_peer() -> float:
         shutil.rmtree(work / "dt", ignore_errors=True)
-        return timed([str(DATATROVE_PY), str(script), str(corpus / "documents"), str(work / "dt"), str(args.workers)])
+        return timed(
+            [str(DATATROVE_PY), str(script), str(corpus / "documents"), str(work / "dt"), str(args.workers)]
+        )
 
     runs = interleave({"glasslm": run_ours, "datatrove": run_peer}, args.repeat)
     g_kept = count_docs(sorted((work / "g_mix" / "documents").glob("*.gz")))
@@ -96,13 +136,24 @@ def main() -> None:
     ours_s, peer_s = spread(runs["glasslm"])["median"], spread(runs["datatrove"])["median"]
     ours, peer = mb / ours_s / args.workers, mb / peer_s / args.workers
     print(f"kept documents: glasslm {g_kept:,}, datatrove {d_kept:,}")
-    print(f"runs (s): glasslm {', '.join(f'{d:.1f}+{m:.1f}' for d, m in parts)} (dedupe+mix); datatrove "
-          + ", ".join(f"{t:.1f}" for t in runs["datatrove"]))
-    print(f"minhash end to end: glasslm {ours:.2f} MB/s per core (median {ours_s:.1f} s), datatrove {peer:.2f} "
-          f"MB/s per core ({peer_s:.1f} s), ratio glasslm / datatrove {spread(per_repeat)['median']:.2f}")
-    report("minhash_throughput.py", f"MinHash dedupe end to end, {mb:.0f} MB, {args.workers} process(es)",
-           "datatrove 0.10.1 (xxhash<4, setup_datatrove.sh)", per_repeat, goal=3.0,
-           ours=round(ours, 2), theirs=round(peer, 2), kept=[g_kept, d_kept])
+    print(
+        f"runs (s): glasslm {', '.join(f'{d:.1f}+{m:.1f}' for d, m in parts)} (dedupe+mix); datatrove "
+        + ", ".join(f"{t:.1f}" for t in runs["datatrove"])
+    )
+    print(
+        f"minhash end to end: glasslm {ours:.2f} MB/s per core (median {ours_s:.1f} s), datatrove {peer:.2f} "
+        f"MB/s per core ({peer_s:.1f} s), ratio glasslm / datatrove {spread(per_repeat)['median']:.2f}"
+    )
+    report(
+        "minhash_throughput.py",
+        f"MinHash dedupe end to end, {mb:.0f} MB, {args.workers} process(es)",
+        "datatrove 0.10.1 (xxhash<4, setup_datatrove.sh)",
+        per_repeat,
+        goal=3.0,
+        ours=round(ours, 2),
+        theirs=round(peer, 2),
+        kept=[g_kept, d_kept],
+    )
 
 
 if __name__ == "__main__":

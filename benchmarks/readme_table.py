@@ -55,11 +55,15 @@ def parse_run(out: Path) -> list[Bench]:
         name = log.stem
         rc_file, cmd_file, load_file = out / f"{name}.rc", out / f"{name}.cmd", out / f"{name}.load"
         rc = int(rc_file.read_text().strip()) if rc_file.is_file() and rc_file.read_text().strip() else None
-        bench = Bench(name, cmd_file.read_text().strip() if cmd_file.is_file() else "?", rc,
-                      load_file.read_text().splitlines() if load_file.is_file() else [])
+        bench = Bench(
+            name,
+            cmd_file.read_text().strip() if cmd_file.is_file() else "?",
+            rc,
+            load_file.read_text().splitlines() if load_file.is_file() else [],
+        )
         for line in log.read_text(errors="replace").splitlines():
             if line.startswith(MARK):
-                bench.results.append(json.loads(line[len(MARK):]))
+                bench.results.append(json.loads(line[len(MARK) :]))
         benches.append(bench)
     return benches
 
@@ -86,16 +90,23 @@ def versions(git: str | None = None) -> dict[str, str]:
     for venv, pkg in PEER_VENVS.items():
         py = HERE / f".venv-{venv}" / "bin" / "python"
         if py.is_file():
-            proc = subprocess.run([str(py), "-c", f"from importlib.metadata import version; print(version('{pkg}'))"],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [str(py), "-c", f"from importlib.metadata import version; print(version('{pkg}'))"],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode == 0:
                 out[f"{pkg} (peer venv)"] = proc.stdout.strip()
     if git:
         out["git"] = git
         return out
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        out["git"] = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
-                                    capture_output=True, text=True, check=True).stdout.strip()
+        out["git"] = subprocess.run(
+            ["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     return out
 
 
@@ -126,7 +137,8 @@ def render(benches: list[Bench], meta: dict[str, Any]) -> str:
         f"Latest `benchmarks/run_all.sh` run: {meta['date']} on **{meta['cpu']}** ({meta['cores']} cores), "
         f"load average {meta['load_start']} at the start, {meta['load_end']} at the end (other jobs share "
         "this box: compare ratios, not absolute figures). Versions: "
-        + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        + ", ".join(f"{k} {val}" for k, val in v.items())
+        + ".",
         "Ratio = ours / peer (> 1: glasslm is faster), the median of per-repeat ratios with their min–max; "
         "each repeat ran both sides back to back, alternating which goes first (ABAB). Peers are "
         "configured as their maintainers recommend (settings in the peer column and in each script's docstring).",
@@ -141,8 +153,10 @@ def render(benches: list[Bench], meta: dict[str, Any]) -> str:
             lines.append(f"| `{b.name}` | — | — | failed ({why}; see its log) | — | {load} | |")
             continue
         for r in b.results:
-            lines.append(f"| `{r['benchmark']}` | {r['figure']} | {r['peer']} | {ratio_cell(r)} | {goal_cell(r)} "
-                         f"| {load} | {details(r)} |")
+            lines.append(
+                f"| `{r['benchmark']}` | {r['figure']} | {r['peer']} | {ratio_cell(r)} | {goal_cell(r)} "
+                f"| {load} | {details(r)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -156,9 +170,11 @@ def replace_between_markers(text: str, table: str) -> str:
 
 def results_section(benches: list[Bench], meta: dict[str, Any], table: str) -> str:
     cmds = "\n".join(f"  - `{b.name}`: `{b.command}` (exit {b.rc})" for b in benches)
-    return (f"\n## run_all.sh, {meta['date']}\n- Command: `bash benchmarks/run_all.sh` (output: `{meta['out']}`)\n"
-            f"- Machine: {meta['cpu']}, {meta['cores']} cores, {platform.system()} {platform.release()}; load "
-            f"average {meta['load_start']} → {meta['load_end']}\n- Benchmarks:\n{cmds}\n\n{table}")
+    return (
+        f"\n## run_all.sh, {meta['date']}\n- Command: `bash benchmarks/run_all.sh` (output: `{meta['out']}`)\n"
+        f"- Machine: {meta['cpu']}, {meta['cores']} cores, {platform.system()} {platform.release()}; load "
+        f"average {meta['load_start']} → {meta['load_end']}\n- Benchmarks:\n{cmds}\n\n{table}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,12 +185,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-versions", action="store_true", help=argparse.SUPPRESS)  # tests: no subprocesses
     args = ap.parse_args(argv)
     benches = parse_run(args.out)
-    started = (args.out / "started").read_text().splitlines() if (args.out / "started").is_file() else ["?", ""]
+    started = (
+        (args.out / "started").read_text().splitlines() if (args.out / "started").is_file() else ["?", ""]
+    )
     ended = (args.out / "ended").read_text().splitlines() if (args.out / "ended").is_file() else ["", ""]
-    meta = {"date": started[0], "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
-            "load_start": load_average(started[1] if len(started) > 1 else ""),
-            "load_end": load_average(ended[1] if len(ended) > 1 else ""),
-            "versions": {} if args.no_versions else versions(started[2] if len(started) > 2 else None), "out": str(args.out)}
+    meta = {
+        "date": started[0],
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),
+        "load_start": load_average(started[1] if len(started) > 1 else ""),
+        "load_end": load_average(ended[1] if len(ended) > 1 else ""),
+        "versions": {} if args.no_versions else versions(started[2] if len(started) > 2 else None),
+        "out": str(args.out),
+    }
     table = render(benches, meta)
     args.readme.write_text(replace_between_markers(args.readme.read_text(), table))
     with args.results.open("a") as f:

@@ -50,12 +50,24 @@ def build_model(root: Path, d_model: int, layers: int) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(SENTENCES * 4, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=list(SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        SENTENCES * 4,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tok.save(str(root / "tokenizer.json"))
     heads = max(1, d_model // 32)
-    config = ModelConfig(vocab_size=pad_vocab(tok.get_vocab_size()), d_model=d_model, n_layers=layers,
-                         n_heads=heads, mlp_hidden=3 * d_model, max_seq_len=1024)
+    config = ModelConfig(
+        vocab_size=pad_vocab(tok.get_vocab_size()),
+        d_model=d_model,
+        n_layers=layers,
+        n_heads=heads,
+        mlp_hidden=3 * d_model,
+        max_seq_len=1024,
+    )
     torch.manual_seed(0)
     save_checkpoint(OLMo2(config), root / "ckpt", tokenizer=root / "tokenizer.json", stage="init")
     return root / "ckpt"
@@ -73,9 +85,27 @@ def start_server(model: Path, max_batch: int, threads: int | None) -> tuple[subp
     env.pop("GLASSLM_API_KEY", None)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.Popen([sys.executable, "-m", "glasslm", "serve", str(model), "--port", str(port),
-                             "--model-name", "bench", "--max-batch", str(max_batch), "--max-queue", "256",
-                             "--log-level", "warning"], env=env, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "glasslm",
+            "serve",
+            str(model),
+            "--port",
+            str(port),
+            "--model-name",
+            "bench",
+            "--max-batch",
+            str(max_batch),
+            "--max-queue",
+            "256",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -90,13 +120,22 @@ def start_server(model: Path, max_batch: int, threads: int | None) -> tuple[subp
     raise RuntimeError("server did not start in 120 s")
 
 
-async def client_loop(url: str, idx: int, stop_at: float, max_tokens: int, records: list[dict[str, Any]]) -> None:
+async def client_loop(
+    url: str, idx: int, stop_at: float, max_tokens: int, records: list[dict[str, Any]]
+) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=120) as http:
         n = 0
         while time.monotonic() < stop_at:
-            body = {"model": "bench", "prompt": PROMPTS[(idx + n) % len(PROMPTS)], "max_tokens": max_tokens,
-                    "temperature": 0.8, "seed": idx * 1000 + n, "stream": True, "ignore_eos": True,
-                    "stream_options": {"include_usage": True}}
+            body = {
+                "model": "bench",
+                "prompt": PROMPTS[(idx + n) % len(PROMPTS)],
+                "max_tokens": max_tokens,
+                "temperature": 0.8,
+                "seed": idx * 1000 + n,
+                "stream": True,
+                "ignore_eos": True,
+                "stream_options": {"include_usage": True},
+            }
             n += 1
             t0, first, tokens, error = time.monotonic(), None, 0, None
             try:
@@ -123,7 +162,9 @@ async def client_loop(url: str, idx: int, stop_at: float, max_tokens: int, recor
                             error = "stream ended without [DONE]"
             except httpx.HTTPError as e:
                 error = f"{type(e).__name__}: {e}"
-            records.append({"start": t0, "end": time.monotonic(), "first": first, "tokens": tokens, "error": error})
+            records.append(
+                {"start": t0, "end": time.monotonic(), "first": first, "tokens": tokens, "error": error}
+            )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -139,7 +180,9 @@ def run_load(url: str, clients: int, duration: float, max_tokens: int) -> dict[s
     t0 = time.monotonic()
 
     async def all_clients() -> None:
-        await asyncio.gather(*(client_loop(url, i, t0 + duration, max_tokens, records) for i in range(clients)))
+        await asyncio.gather(
+            *(client_loop(url, i, t0 + duration, max_tokens, records) for i in range(clients))
+        )
 
     asyncio.run(all_clients())
     elapsed = time.monotonic() - t0  # includes finishing the requests in flight at the deadline
@@ -147,13 +190,16 @@ def run_load(url: str, clients: int, duration: float, max_tokens: int) -> dict[s
     latencies = [r["end"] - r["start"] for r in ok]
     ttft = [r["first"] - r["start"] for r in ok if r["first"] is not None]
     return {
-        "requests": len(records), "errors": len(records) - len(ok),
+        "requests": len(records),
+        "errors": len(records) - len(ok),
         "error_examples": sorted({r["error"] for r in records if r["error"]})[:3],
         "elapsed_s": round(elapsed, 1),
         "requests_per_s": round(len(ok) / elapsed, 2),
         "output_tokens_per_s": round(sum(r["tokens"] for r in ok) / elapsed, 1),
-        "latency_p50_s": round(pct(latencies, 50), 3), "latency_p99_s": round(pct(latencies, 99), 3),
-        "ttft_p50_s": round(pct(ttft, 50), 3), "ttft_p99_s": round(pct(ttft, 99), 3),
+        "latency_p50_s": round(pct(latencies, 50), 3),
+        "latency_p99_s": round(pct(latencies, 99), 3),
+        "ttft_p50_s": round(pct(ttft, 50), 3),
+        "ttft_p99_s": round(pct(ttft, 99), 3),
     }
 
 
@@ -178,17 +224,31 @@ def main() -> None:
         for name, batch in configs:
             proc, url = start_server(model, batch, args.threads)
             try:
-                results[name] = {"max_batch": batch, **run_load(url, args.clients, args.duration, args.max_tokens)}
+                results[name] = {
+                    "max_batch": batch,
+                    **run_load(url, args.clients, args.duration, args.max_tokens),
+                }
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
-    print(json.dumps({"clients": args.clients, "duration_s": args.duration, "max_tokens": args.max_tokens,
-                      "model": str(args.model or f"random d_model={args.d_model} layers={args.layers}"),
-                      "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "clients": args.clients,
+                "duration_s": args.duration,
+                "max_tokens": args.max_tokens,
+                "model": str(args.model or f"random d_model={args.d_model} layers={args.layers}"),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     if len(results) == 2:
         a, b = results.values()
-        print(f"output tokens/s: batched {a['output_tokens_per_s']} vs one-at-a-time {b['output_tokens_per_s']} → "
-              f"{a['output_tokens_per_s'] / max(b['output_tokens_per_s'], 1e-9):.2f}×; errors {a['errors']} / {b['errors']}")
+        print(
+            f"output tokens/s: batched {a['output_tokens_per_s']} vs one-at-a-time {b['output_tokens_per_s']} → "
+            f"{a['output_tokens_per_s'] / max(b['output_tokens_per_s'], 1e-9):.2f}×; errors {a['errors']} / {b['errors']}"
+        )
 
 
 if __name__ == "__main__":

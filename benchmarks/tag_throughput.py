@@ -38,8 +38,19 @@ TAGGER_MAP = {"gopher": "gopher_v1", "c4": "c4_v1", "pii": "pii_regex_v1", "char
 
 def build_corpus(out: Path, mb: float) -> None:
     cap = str(int(mb * 1e6))
-    subprocess.run([str(GLASSLM), "data", "corpus", "--out", str(out), f"--corpus.max_bytes_code={cap}",
-                    f"--corpus.max_bytes_docs={cap}", f"--corpus.max_bytes_web={cap}"], check=True)
+    subprocess.run(
+        [
+            str(GLASSLM),
+            "data",
+            "corpus",
+            "--out",
+            str(out),
+            f"--corpus.max_bytes_code={cap}",
+            f"--corpus.max_bytes_docs={cap}",
+            f"--corpus.max_bytes_web={cap}",
+        ],
+        check=True,
+    )
 
 
 def text_bytes(docs: Path) -> tuple[int, int]:
@@ -59,8 +70,25 @@ DOLMA_OPTIONS = ["--tag.options.gopher.duplicate_lines=dolma", "--tag.options.pi
 
 def run_ours(docs: Path, out: Path, workers: int) -> float:
     start = time.perf_counter()
-    subprocess.run([str(GLASSLM), "data", "tag", str(docs), "--taggers", OURS, "--experiment", "bench",
-                    *DOLMA_OPTIONS, "--workers", str(workers), "--out", str(out), "--no-progress"], check=True)
+    subprocess.run(
+        [
+            str(GLASSLM),
+            "data",
+            "tag",
+            str(docs),
+            "--taggers",
+            OURS,
+            "--experiment",
+            "bench",
+            *DOLMA_OPTIONS,
+            "--workers",
+            str(workers),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        check=True,
+    )
     return time.perf_counter() - start
 
 
@@ -71,9 +99,24 @@ def run_dolma(docs: Path, work: Path, workers: int) -> float:
         os.symlink(shard, work / "documents" / shard.name)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
-    subprocess.run([str(DOLMA), "tag", "--documents", str(work / "documents" / "*.jsonl.gz"),
-                    "--experiment", "bench", "--taggers", *THEIRS, "--processes", str(workers)],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(DOLMA),
+            "tag",
+            "--documents",
+            str(work / "documents" / "*.jsonl.gz"),
+            "--experiment",
+            "bench",
+            "--taggers",
+            *THEIRS,
+            "--processes",
+            str(workers),
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
@@ -85,8 +128,10 @@ def _read(path: Path) -> list[dict]:
 def _close(a: list, b: list) -> bool:
     if len(a) != len(b):
         return False
-    return all(s1[0] == s2[0] and s1[1] == s2[1] and math.isclose(s1[2], s2[2], abs_tol=2e-5)
-               for s1, s2 in zip(a, b, strict=True))
+    return all(
+        s1[0] == s2[0] and s1[1] == s2[1] and math.isclose(s1[2], s2[2], abs_tol=2e-5)
+        for s1, s2 in zip(a, b, strict=True)
+    )
 
 
 def compare(ours: Path, theirs: Path) -> dict[str, int]:
@@ -99,11 +144,21 @@ def compare(ours: Path, theirs: Path) -> dict[str, int]:
             docs += 1
             assert mine["id"] == dolma["id"]
             for tagger, dtagger in TAGGER_MAP.items():
-                a = {k.split("__", 2)[2]: v for k, v in mine["attributes"].items() if k.split("__")[1] == tagger}
-                b = {k.split("__", 2)[2]: v for k, v in dolma["attributes"].items() if k.split("__")[1] == dtagger}
+                a = {
+                    k.split("__", 2)[2]: v
+                    for k, v in mine["attributes"].items()
+                    if k.split("__")[1] == tagger
+                }
+                b = {
+                    k.split("__", 2)[2]: v
+                    for k, v in dolma["attributes"].items()
+                    if k.split("__")[1] == dtagger
+                }
                 if tagger == "pii":
-                    same = all(len(a.get(t, [])) == len(b.get(t, []))
-                               for t in ("EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS"))
+                    same = all(
+                        len(a.get(t, [])) == len(b.get(t, []))
+                        for t in ("EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS")
+                    )
                     same = same and _close(a["doc"], b["doc"])
                 else:
                     same = set(a) == set(b) and all(_close(a[k], b[k]) for k in a)
@@ -134,14 +189,18 @@ def main() -> None:
             build_corpus(docs, args.mb_per_source)
         n_docs, n_bytes = text_bytes(docs)
         mb = n_bytes / 1e6
+
         def fresh(name: str) -> Path:
             shutil.rmtree(tmp / name, ignore_errors=True)
             return tmp / name
 
-        runs = interleave({  # ABAB, fresh output directories each time
-            "glasslm": lambda: run_ours(docs, fresh("ours"), args.workers),
-            "dolma": lambda: run_dolma(docs, fresh("dolma"), args.workers),
-        }, args.repeat)
+        runs = interleave(
+            {  # ABAB, fresh output directories each time
+                "glasslm": lambda: run_ours(docs, fresh("ours"), args.workers),
+                "dolma": lambda: run_dolma(docs, fresh("dolma"), args.workers),
+            },
+            args.repeat,
+        )
         ours_s, dolma_s = min(runs["glasslm"]), min(runs["dolma"])
         agreement = compare(tmp / "ours", tmp / "dolma" / "attributes" / "bench")
         ours_rate = mb / ours_s / args.workers
@@ -150,10 +209,17 @@ def main() -> None:
         print(f"glasslm tag ({OURS}): {ours_s:.1f} s, {ours_rate:.3f} MB/s per core")
         print(f"dolma 1.2.1 tag ({' '.join(THEIRS)}): {dolma_s:.1f} s, {dolma_rate:.3f} MB/s per core")
         per_repeat = ratios(runs["glasslm"], runs["dolma"], higher_is_better=False)
-        print(f"ratio glasslm/dolma: {ours_rate / dolma_rate:.2f}x (best runs); per repeat {fmt_spread(per_repeat)}")
+        print(
+            f"ratio glasslm/dolma: {ours_rate / dolma_rate:.2f}x (best runs); per repeat {fmt_spread(per_repeat)}"
+        )
         print("documents whose attributes differ from dolma's:", json.dumps(agreement))
-        report("tag_throughput.py", f"Gopher + C4 + PII + length, {mb:.1f} MB, {args.workers} workers, MB/s per core",
-               "dolma 1.2.1 `tag`", per_repeat, note=f"documents differing: {json.dumps(agreement)}")
+        report(
+            "tag_throughput.py",
+            f"Gopher + C4 + PII + length, {mb:.1f} MB, {args.workers} workers, MB/s per core",
+            "dolma 1.2.1 `tag`",
+            per_repeat,
+            note=f"documents differing: {json.dumps(agreement)}",
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -46,7 +46,11 @@ def collect(mb: float, seed: int = 0) -> list[dict[str, str]]:
     pools = {
         "man": sorted(Path("/usr/share/man").glob("man*/*.gz")),
         "code": sorted(Path(sys.prefix, "lib").rglob("*.py")),
-        "docs": sorted(p for p in Path("/usr/share/doc").rglob("*") if p.is_file() and p.suffix in ("", ".gz", ".txt", ".md")),
+        "docs": sorted(
+            p
+            for p in Path("/usr/share/doc").rglob("*")
+            if p.is_file() and p.suffix in ("", ".gz", ".txt", ".md")
+        ),
     }
     rng = random.Random(seed)
     budget = mb * 1e6 / len(pools)
@@ -102,8 +106,13 @@ def raw_encode_batch(texts: list[str], tokenizer: Path, threads: int) -> float:
         json.dump(texts, f)
     env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"}
     try:
-        out = subprocess.run([sys.executable, "-c", code, str(tokenizer), f.name], capture_output=True, text=True,
-                             env=env, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tokenizer), f.name],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
     finally:
         os.unlink(f.name)
     return float(out.stdout.strip())
@@ -115,17 +124,23 @@ def train_direct(texts: list[str], vocab: int) -> float:
 
     tok = new_bpe()
     started = time.perf_counter()
-    tok.train_from_iterator((texts[i : i + 1000] for i in range(0, len(texts), 1000)),
-                            trainer=bpe_trainer(BPEConfig(vocab_size=vocab)))
+    tok.train_from_iterator(
+        (texts[i : i + 1000] for i in range(0, len(texts), 1000)),
+        trainer=bpe_trainer(BPEConfig(vocab_size=vocab)),
+    )
     return time.perf_counter() - started
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mb", type=float, default=40.0, help="MB of text to tokenize")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--train-mb", type=float, default=10.0, help="MB of text for the BPE training comparison")
+    parser.add_argument(
+        "--train-mb", type=float, default=10.0, help="MB of text for the BPE training comparison"
+    )
     parser.add_argument("--vocab", type=int, default=16_384)
     parser.add_argument("--repeats", type=int, default=2, help="runs per tool, interleaved (ABAB)")
     parser.add_argument("--skip-dolma", action="store_true")
@@ -136,12 +151,24 @@ def main() -> None:
         docs = collect(args.mb)
         total = sum(len(d["text"].encode("utf-8")) for d in docs)
         write_shards(docs, work / "docs" / "documents", args.shards)
-        print(f"{len(docs)} documents, {total / 1e6:.1f} MB in {args.shards} shards; {args.workers} processes")
+        print(
+            f"{len(docs)} documents, {total / 1e6:.1f} MB in {args.shards} shards; {args.workers} processes"
+        )
         tokenizer = olmo_tokenizer()
         if tokenizer is None:
             print("ai2-olmo-eval not installed: training a tokenizer on the same documents instead")
-            subprocess.run([*GLASSLM, "tokenizer", "train", str(work / "docs"), "--out", str(work / "tok"),
-                            "--tokenizer.vocab_size=50000"], check=True)
+            subprocess.run(
+                [
+                    *GLASSLM,
+                    "tokenizer",
+                    "train",
+                    str(work / "docs"),
+                    "--out",
+                    str(work / "tok"),
+                    "--tokenizer.vocab_size=50000",
+                ],
+                check=True,
+            )
             tokenizer = work / "tok" / "tokenizer.json"
         print(f"tokenizer: {tokenizer}")
         from glasslm.tokenizer import Tokenizer
@@ -153,20 +180,53 @@ def main() -> None:
         def run_ours() -> float:
             out = work / "tokens"
             shutil.rmtree(out, ignore_errors=True)
-            s = timed([*GLASSLM, "data", "tokenize", str(work / "docs"), "--tokenizer", str(tokenizer), "--out", str(out),
-                       "--workers", str(args.workers), "--tokenize.progress=false"])
-            counts["glasslm"] = json.loads((out / "manifest.json").read_text())["metrics"]["splits"]["train"]["tokens"]
+            s = timed(
+                [
+                    *GLASSLM,
+                    "data",
+                    "tokenize",
+                    str(work / "docs"),
+                    "--tokenizer",
+                    str(tokenizer),
+                    "--out",
+                    str(out),
+                    "--workers",
+                    str(args.workers),
+                    "--tokenize.progress=false",
+                ]
+            )
+            counts["glasslm"] = json.loads((out / "manifest.json").read_text())["metrics"]["splits"]["train"][
+                "tokens"
+            ]
             return s
 
         def run_dolma() -> float:
             out = work / "dolma"
             shutil.rmtree(out, ignore_errors=True)
-            s = timed([str(DOLMA), "tokens", "--documents", str(work / "docs" / "documents" / "*.jsonl.gz"),
-                       "--destination", str(out), "--tokenizer.name_or_path", str(tokenizer),
-                       "--tokenizer.eos_token_id", str(tok.eos_id), "--tokenizer.pad_token_id", str(tok.pad_id),
-                       "--processes", str(args.workers), "--dtype", "uint16" if tok.vocab_size <= 65536 else "uint32"])
+            s = timed(
+                [
+                    str(DOLMA),
+                    "tokens",
+                    "--documents",
+                    str(work / "docs" / "documents" / "*.jsonl.gz"),
+                    "--destination",
+                    str(out),
+                    "--tokenizer.name_or_path",
+                    str(tokenizer),
+                    "--tokenizer.eos_token_id",
+                    str(tok.eos_id),
+                    "--tokenizer.pad_token_id",
+                    str(tok.pad_id),
+                    "--processes",
+                    str(args.workers),
+                    "--dtype",
+                    "uint16" if tok.vocab_size <= 65536 else "uint32",
+                ]
+            )
             # dolma writes headerless memmaps named *.npy: same documents, same EOS, so same count
-            counts["dolma"] = sum(p.stat().st_size for p in out.rglob("*.npy")) // (2 if tok.vocab_size <= 65536 else 4)
+            counts["dolma"] = sum(p.stat().st_size for p in out.rglob("*.npy")) // (
+                2 if tok.vocab_size <= 65536 else 4
+            )
             return s
 
         runners = {"glasslm": run_ours}
@@ -179,20 +239,34 @@ def main() -> None:
         if "dolma" in runs:
             # dolma strips leading/trailing whitespace from every text (we keep texts byte-exact), so its
             # count is a little lower; on a 254-document sample all differences vanished after .strip().
-            print(f"tokens written: glasslm {counts['glasslm']:,}, dolma {counts['dolma']:,} (dolma strips each text first)")
+            print(
+                f"tokens written: glasslm {counts['glasslm']:,}, dolma {counts['dolma']:,} (dolma strips each text first)"
+            )
             per_repeat = ratios(runs["glasslm"], runs["dolma"], higher_is_better=False)
             print(f"glasslm / dolma per repeat: {fmt_spread(per_repeat)}")
-            report("tokenize_throughput.py", f"tokenize end to end, {total / 1e6:.0f} MB, {args.workers} processes",
-                   "dolma 1.2.1 `tokens`", per_repeat, goal=2.0)
+            report(
+                "tokenize_throughput.py",
+                f"tokenize end to end, {total / 1e6:.0f} MB, {args.workers} processes",
+                "dolma 1.2.1 `tokens`",
+                per_repeat,
+                goal=2.0,
+            )
         texts = [d["text"] for d in docs]
-        results["encode_batch"] = min(raw_encode_batch(texts, tokenizer, args.workers) for _ in range(args.repeats))
+        results["encode_batch"] = min(
+            raw_encode_batch(texts, tokenizer, args.workers) for _ in range(args.repeats)
+        )
 
         rows = {k: total / 1e6 / v for k, v in results.items()}
         print(f"\n{'tokenize':<34}{'seconds':>9}{'MB/s':>9}{'MB/s/core':>11}{'glasslm ×':>11}")
-        label = {"glasslm": "glasslm data tokenize (end to end)", "dolma": "dolma tokens 1.2.1 (end to end)",
-                 "encode_batch": "tokenizers encode_batch (only)"}
+        label = {
+            "glasslm": "glasslm data tokenize (end to end)",
+            "dolma": "dolma tokens 1.2.1 (end to end)",
+            "encode_batch": "tokenizers encode_batch (only)",
+        }
         for k, v in results.items():
-            print(f"{label[k]:<34}{v:>9.2f}{rows[k]:>9.2f}{rows[k] / args.workers:>11.2f}{rows['glasslm'] / rows[k]:>11.2f}")
+            print(
+                f"{label[k]:<34}{v:>9.2f}{rows[k]:>9.2f}{rows[k] / args.workers:>11.2f}{rows['glasslm'] / rows[k]:>11.2f}"
+            )
 
         # BPE training on the same text: our verb (its own timer and end to end) vs the trainer directly.
         budget, train_docs = args.train_mb * 1e6, []
@@ -204,14 +278,31 @@ def main() -> None:
         write_shards(train_docs, work / "train" / "documents", 4)
         train_mb = sum(len(d["text"].encode("utf-8")) for d in train_docs) / 1e6
         started = time.perf_counter()
-        subprocess.run([*GLASSLM, "tokenizer", "train", str(work / "train"), "--out", str(work / "trained"),
-                        f"--tokenizer.vocab_size={args.vocab}"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *GLASSLM,
+                "tokenizer",
+                "train",
+                str(work / "train"),
+                "--out",
+                str(work / "trained"),
+                f"--tokenizer.vocab_size={args.vocab}",
+            ],
+            check=True,
+            capture_output=True,
+        )
         verb_total = time.perf_counter() - started
-        verb_bpe = json.loads((work / "trained" / "manifest.json").read_text())["metrics"]["bpe_train_seconds"]
+        verb_bpe = json.loads((work / "trained" / "manifest.json").read_text())["metrics"][
+            "bpe_train_seconds"
+        ]
         direct = train_direct([d["text"] for d in train_docs], args.vocab)
         print(f"\nBPE training, {train_mb:.1f} MB, vocab {args.vocab}:")
-        print(f"  glasslm tokenizer train: {verb_bpe:.2f} s training (reading included), {verb_total:.2f} s end to end")
-        print(f"  tokenizers trainer directly (texts in memory): {direct:.2f} s; ratio {verb_bpe / direct:.2f}")
+        print(
+            f"  glasslm tokenizer train: {verb_bpe:.2f} s training (reading included), {verb_total:.2f} s end to end"
+        )
+        print(
+            f"  tokenizers trainer directly (texts in memory): {direct:.2f} s; ratio {verb_bpe / direct:.2f}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

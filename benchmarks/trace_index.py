@@ -54,8 +54,11 @@ def make_stream(n_tokens: int, work: Path) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=8192, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=8192,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts[:200], trainer)
     with artifacts.create_artifact(work / "tokenizer", "tokenizer") as art:
         tok.save(str(art.path / "tokenizer.json"))
@@ -77,9 +80,18 @@ def make_stream(n_tokens: int, work: Path) -> Path:
     with artifacts.create_artifact(work / "tokens", "tokens", inputs=[work / "tokenizer"]) as art:
         (art.path / "train").mkdir()
         np.save(art.path / "train" / "part-00000.npy", stream)
-        pq.write_table(pa.table({"doc_id": [f"doc{i}" for i in range(len(docs))], "source": ["stdlib"] * len(docs),
-                                 "part": [0] * len(docs), "start": ends - [len(d) for d in docs], "end": ends}),
-                       art.path / "train" / "index.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "doc_id": [f"doc{i}" for i in range(len(docs))],
+                    "source": ["stdlib"] * len(docs),
+                    "part": [0] * len(docs),
+                    "start": ends - [len(d) for d in docs],
+                    "end": ends,
+                }
+            ),
+            art.path / "train" / "index.parquet",
+        )
         art.metrics.update(vocab_size=8192, eos_id=eos, passes=passes)
     return work / "tokens"
 
@@ -113,8 +125,15 @@ def child_build(which: str, stream_npy: str) -> None:
     else:
         sa = numpy_prefix_doubling(tokens)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "maxrss_mb": peak_rss_mb(),
-                      "checksum": int(sa[:: max(1, len(sa) // 1000)].astype(np.int64).sum())}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "maxrss_mb": peak_rss_mb(),
+                "checksum": int(sa[:: max(1, len(sa) // 1000)].astype(np.int64).sum()),
+            }
+        )
+    )
 
 
 def peak_rss_mb() -> float:
@@ -179,12 +198,19 @@ def ours_queries(index_dir: Path, queries: dict, min_len: int) -> dict:
         span_docs_t.append(time.perf_counter() - t0)
         spans.append([[s, e, m.count] for (s, e), m in zip(found, matches, strict=True)])
     index.close()
-    return {"count": pct(count_t), "span": pct(span_t), "span_with_docs": pct(span_docs_t),
-            "counts": counts, "spans": spans}
+    return {
+        "count": pct(count_t),
+        "span": pct(span_t),
+        "span_with_docs": pct(span_docs_t),
+        "counts": counts,
+        "spans": spans,
+    }
 
 
 # ---------------------------------------------------------------------------------------- infini-gram
-def peer_worker(stream_npy: str, doc_ends_npy: str, queries_json: str, index_dir: str, eos: int, min_len: int) -> None:
+def peer_worker(
+    stream_npy: str, doc_ends_npy: str, queries_json: str, index_dir: str, eos: int, min_len: int
+) -> None:
     """Runs in infini-gram's virtualenv: write its input files, build with its Rust tool, query its engine."""
     stream = np.load(stream_npy)
     ends = np.load(doc_ends_npy)
@@ -203,10 +229,27 @@ def peer_worker(stream_npy: str, doc_ends_npy: str, queries_json: str, index_dir
     data_dir = out / "empty-data"
     data_dir.mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    build = subprocess.run([sys.executable, "-m", "infini_gram.indexing", "--data_dir", str(data_dir),
-                            "--save_dir", str(out), "--token_dtype", "u16", "--cpus", str(os.cpu_count()),
-                            "--mem", "8", "--ulimit", str(resource.getrlimit(resource.RLIMIT_NOFILE)[1])],
-                           capture_output=True, text=True)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infini_gram.indexing",
+            "--data_dir",
+            str(data_dir),
+            "--save_dir",
+            str(out),
+            "--token_dtype",
+            "u16",
+            "--cpus",
+            str(os.cpu_count()),
+            "--mem",
+            "8",
+            "--ulimit",
+            str(resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
+        ],
+        capture_output=True,
+        text=True,
+    )
     build_s = time.perf_counter() - t0
     if build.returncode != 0:
         raise SystemExit(build.stdout[-2000:] + build.stderr[-2000:])
@@ -227,16 +270,31 @@ def peer_worker(stream_npy: str, doc_ends_npy: str, queries_json: str, index_dir
         r = engine.attribute(input_ids=q, delim_ids=[], min_len=min_len, max_cnt=1_000_000, enforce_bow=False)
         span_t.append(time.perf_counter() - t0)
         spans.append([[s["l"], s["r"], s.get("count", len(s.get("docs", [])))] for s in r.get("spans", [])])
-    print(json.dumps({"build": {"seconds": build_s, "maxrss_mb": maxrss}, "count": pct(count_t), "span": pct(span_t),
-                      "counts": counts, "spans": spans}))
+    print(
+        json.dumps(
+            {
+                "build": {"seconds": build_s, "maxrss_mb": maxrss},
+                "count": pct(count_t),
+                "span": pct(span_t),
+                "counts": counts,
+                "spans": spans,
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=20_000_000)
-    parser.add_argument("--numpy-max-tokens", type=int, default=5_000_000,
-                        help="run the numpy builder on the first N tokens only (it is far slower)")
+    parser.add_argument(
+        "--numpy-max-tokens",
+        type=int,
+        default=5_000_000,
+        help="run the numpy builder on the first N tokens only (it is far slower)",
+    )
     parser.add_argument("--count-queries", type=int, default=1000)
     parser.add_argument("--span-queries", type=int, default=100)
     parser.add_argument("--min-len", type=int, default=8)
@@ -280,29 +338,47 @@ def main() -> None:
     build_index(tokens, work / "index")
     result["glasslm_build_index_s"] = round(time.perf_counter() - t0, 2)
     result["glasslm_index_bytes_per_token"] = round(
-        sum(f.stat().st_size for f in (work / "index").iterdir()) / n, 2)
+        sum(f.stat().st_size for f in (work / "index").iterdir()) / n, 2
+    )
 
     eos = json.loads((tokens / "manifest.json").read_text())["metrics"]["eos_id"]
     queries = make_queries(stream, eos, args.count_queries, args.span_queries)
     (work / "queries.json").write_text(json.dumps(queries))
     ours = ours_queries(work / "index", queries, args.min_len)
-    result["glasslm"] = {"build": builds["pydivsufsort"], "count": ours["count"], "span": ours["span"],
-                         "span_with_docs": ours["span_with_docs"]}
+    result["glasslm"] = {
+        "build": builds["pydivsufsort"],
+        "count": ours["count"],
+        "span": ours["span"],
+        "span_with_docs": ours["span_with_docs"],
+    }
     result["numpy_doubling"] = builds["numpy_doubling_small"]
     result["pydivsufsort_same_size_as_numpy"] = builds["pydivsufsort_small"]
 
     if PEER_PYTHON.is_file():
         per: dict[str, list[float]] = {"build": [], "count p50": [], "span p50": []}
-        for r in range(args.repeat):  # ABAB: ours (build + queries), then infini-gram, reversed every other repeat
+        for r in range(
+            args.repeat
+        ):  # ABAB: ours (build + queries), then infini-gram, reversed every other repeat
+
             def ours_run() -> dict:
                 b = run_child(["--worker", "pydivsufsort", str(work / "stream.npy")])
                 return {"build": b, **ours_queries(work / "index", queries, args.min_len)}
 
             def peer_run() -> dict:
                 shutil.rmtree(work / "infinigram", ignore_errors=True)
-                return run_child(["--worker", "peer", str(work / "stream.npy"), str(work / "ends.npy"),
-                                  str(work / "queries.json"), str(work / "infinigram"), str(eos), str(args.min_len)],
-                                 python=str(PEER_PYTHON))
+                return run_child(
+                    [
+                        "--worker",
+                        "peer",
+                        str(work / "stream.npy"),
+                        str(work / "ends.npy"),
+                        str(work / "queries.json"),
+                        str(work / "infinigram"),
+                        str(eos),
+                        str(args.min_len),
+                    ],
+                    python=str(PEER_PYTHON),
+                )
 
             if r % 2 == 0:
                 mine, peer = ours_run(), peer_run()
@@ -318,16 +394,22 @@ def main() -> None:
             peer["build"]["mb_per_mtok"] = round(peer["build"]["maxrss_mb"] / (n / 1e6), 1)
             result["counts_agree"] = peer.pop("counts") == ours["counts"]
             peer_spans = peer.pop("spans")
-            result["span_boundaries_agree"] = [[s[:2] for s in x] for x in peer_spans] == \
-                [[s[:2] for s in x] for x in ours["spans"]]
+            result["span_boundaries_agree"] = [[s[:2] for s in x] for x in peer_spans] == [
+                [s[:2] for s in x] for x in ours["spans"]
+            ]
             result["ratio_build"] = round(builds["pydivsufsort"]["seconds"] / peer["build"]["seconds"], 2)
             result["ratio_count_p50"] = round(ours["count"]["p50_ms"] / peer["count"]["p50_ms"], 2)
             result["ratio_span_p50"] = round(ours["span"]["p50_ms"] / peer["span"]["p50_ms"], 2)
             result["times_faster_per_repeat"] = {k: [round(x, 2) for x in v] for k, v in per.items()}
             agree = f"counts agree: {result['counts_agree']}, span boundaries agree: {result['span_boundaries_agree']}"
             for k, v in per.items():
-                report("trace_index.py", f"suffix-array {k}, {n / 1e6:.1f}M tokens" + (" (time)" if k == "build" else ""),
-                       "infini-gram 2.6.0 (setup_infinigram.sh)", v, note=agree)
+                report(
+                    "trace_index.py",
+                    f"suffix-array {k}, {n / 1e6:.1f}M tokens" + (" (time)" if k == "build" else ""),
+                    "infini-gram 2.6.0 (setup_infinigram.sh)",
+                    v,
+                    note=agree,
+                )
         result["infinigram"] = peer
     else:
         result["infinigram"] = {"error": f"{PEER_PYTHON} missing: run benchmarks/setup_infinigram.sh"}

@@ -55,13 +55,19 @@ def make_tokens(source: Path, n_tokens: int, out: Path) -> Path:
                         rows.append((f"{d}~{c}", "tiled", 0, offset + int(s), offset + int(e)))
                 offset += length
         np.save(art.path / "train" / "part-00000.npy", stream)
-        table = pa.table({
-            "doc_id": [r[0] for r in rows], "source": [r[1] for r in rows],
-            "part": pa.array([r[2] for r in rows], pa.int32()),
-            "start": pa.array([r[3] for r in rows], pa.int64()), "end": pa.array([r[4] for r in rows], pa.int64()),
-        })
+        table = pa.table(
+            {
+                "doc_id": [r[0] for r in rows],
+                "source": [r[1] for r in rows],
+                "part": pa.array([r[2] for r in rows], pa.int32()),
+                "start": pa.array([r[3] for r in rows], pa.int64()),
+                "end": pa.array([r[4] for r in rows], pa.int64()),
+            }
+        )
         pq.write_table(table, art.path / "train" / "index.parquet")
-        art.metrics.update({**manifest["metrics"], "splits": {"train": {"tokens": int(len(stream)), "docs": len(rows)}}})
+        art.metrics.update(
+            {**manifest["metrics"], "splits": {"train": {"tokens": int(len(stream)), "docs": len(rows)}}}
+        )
     return out
 
 
@@ -95,12 +101,21 @@ def main() -> None:
             latencies[kind].append(1000 * (time.perf_counter() - s))
             found += bool(spans) and kind == "training text"
     result = {
-        "tokens": n, "prepare_s": round(t1 - t0, 1), "index_build_s": round(t2 - t1, 1),
-        "index_bytes_per_token": round(sum(f.stat().st_size for f in (work / "index").rglob("*") if f.is_file()) / n, 2),
-        "queries_per_kind": args.queries, "training_text_queries_with_spans": found,
-        **{f"span_ms_{k.replace(' ', '_')}": {"p50": round(float(np.percentile(v, 50)), 3),
-                                              "p99": round(float(np.percentile(v, 99)), 3)}
-           for k, v in latencies.items()},
+        "tokens": n,
+        "prepare_s": round(t1 - t0, 1),
+        "index_build_s": round(t2 - t1, 1),
+        "index_bytes_per_token": round(
+            sum(f.stat().st_size for f in (work / "index").rglob("*") if f.is_file()) / n, 2
+        ),
+        "queries_per_kind": args.queries,
+        "training_text_queries_with_spans": found,
+        **{
+            f"span_ms_{k.replace(' ', '_')}": {
+                "p50": round(float(np.percentile(v, 50)), 3),
+                "p99": round(float(np.percentile(v, 99)), 3),
+            }
+            for k, v in latencies.items()
+        },
     }
     print(json.dumps(result, indent=2))
     if args.work is None:

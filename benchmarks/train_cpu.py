@@ -70,7 +70,11 @@ Step = Callable[[], float]
 
 
 def glasslm_step(
-    config: ModelConfig, x: torch.Tensor, y: torch.Tensor, compile_model: bool, chunk: int,
+    config: ModelConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    compile_model: bool,
+    chunk: int,
     mode: bool | str,
 ) -> tuple[Step, onednn.LinearChoice]:
     model = OLMo2(config).train()
@@ -89,7 +93,9 @@ def glasslm_step(
         n_tokens = torch.tensor(float((y != -100).sum()))
         if chunk > 0:  # Trainer._forward_loss with the chunked head (the default)
             hidden = fwd(x)
-            objective, terms = head_objective(hidden, model.lm_head.weight, y, Z_LOSS, chunk, None, use_onednn)
+            objective, terms = head_objective(
+                hidden, model.lm_head.weight, y, Z_LOSS, chunk, None, use_onednn
+            )
             ce = terms["ce"]
         else:  # Trainer._loss on the logits
             ce, z = lm_loss(fwd(x), y, z_loss=Z_LOSS, reduction="sum")
@@ -109,7 +115,11 @@ def hf_step(config: ModelConfig, x: torch.Tensor, y: torch.Tensor, compile_model
     hf_cfg = Olmo2Config.from_dict(hf_config(config, torch.float32, {}), attn_implementation="sdpa")
     model = Olmo2ForCausalLM(hf_cfg).train()
     opt = torch.optim.AdamW(
-        model.parameters(), lr=OPTIM.lr, betas=OPTIM.betas, eps=OPTIM.eps, weight_decay=OPTIM.weight_decay,
+        model.parameters(),
+        lr=OPTIM.lr,
+        betas=OPTIM.betas,
+        eps=OPTIM.eps,
+        weight_decay=OPTIM.weight_decay,
         fused=True,
     )
     fwd = torch.compile(model) if compile_model else model
@@ -164,35 +174,56 @@ def run_shape(name: str, config: ModelConfig, args: argparse.Namespace) -> float
     )
     if choice.how == "measured":
         assert choice.mkl_ms and choice.onednn_ms
-        print(f"  linear library (trainer start-up measurement, this model's shapes at {choice.rows} rows): "
-              f"MKL {choice.mkl_ms:.1f} ms, oneDNN {choice.onednn_ms:.1f} ms a pass → {choice.backend} "
-              f"(oneDNN / MKL speed {choice.mkl_ms / choice.onednn_ms:.2f}x)")
+        print(
+            f"  linear library (trainer start-up measurement, this model's shapes at {choice.rows} rows): "
+            f"MKL {choice.mkl_ms:.1f} ms, oneDNN {choice.onednn_ms:.1f} ms a pass → {choice.backend} "
+            f"(oneDNN / MKL speed {choice.mkl_ms / choice.onednn_ms:.2f}x)"
+        )
     else:
         print(f"  linear library: {choice.backend} ({choice.how})")
     print("  initial loss: " + "  ".join(f"{k} {v:.4f}" for k, v in first.items()))
-    print("  first step, wall time (compile included where compiled): "
-          + ", ".join(f"{k} {v:.1f} s" for k, v in first_s.items()))
+    print(
+        "  first step, wall time (compile included where compiled): "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in first_s.items())
+    )
     for k in steps:
         blocks = " ".join(f"{v:,.0f}" for v in tps[k])
-        print(f"  {k}: {med[k]:,.0f} tokens/s (median of {args.repeats} blocks of {args.steps} steps: {blocks})")
+        print(
+            f"  {k}: {med[k]:,.0f} tokens/s (median of {args.repeats} blocks of {args.steps} steps: {blocks})"
+        )
     ratio = 0.0
-    pairs = [("glasslm", "transformers"), ("glasslm", "transformers+compile"), ("glasslm+compile", "transformers+compile")]
+    pairs = [
+        ("glasslm", "transformers"),
+        ("glasslm", "transformers+compile"),
+        ("glasslm+compile", "transformers+compile"),
+    ]
     for ours, peer in [(a, b) for a, b in pairs if a in steps and b in steps]:
         # Each repeat's blocks ran back to back, so their ratio is the least disturbed by load drift.
         paired = [a / b for a, b in zip(tps[ours], tps[peer], strict=True)]
         best = max(tps[ours]) / max(tps[peer])
-        print(f"  ratio {ours} / {peer}: per repeat {fmt_spread(paired)}; best blocks {best:.2f}x; "
-              f"of the medians {med[ours] / med[peer]:.2f}x")
+        print(
+            f"  ratio {ours} / {peer}: per repeat {fmt_spread(paired)}; best blocks {best:.2f}x; "
+            f"of the medians {med[ours] / med[peer]:.2f}x"
+        )
         ratio = ratio or statistics.median(paired)
         steady = {k: args.batch * args.seq_len / med[k] for k in (ours, peer)}  # clock-time of a steady step
         compiled = "compile" in ours
-        report("train_cpu.py", f"training step, {name} ({counts['total'] / 1e6:.1f}M), {torch.get_num_threads()} "
-               f"thread(s), {args.clock} clock, " + ("glasslm trainer.compile" if compiled else
-                                                     f"glasslm linears: {choice.backend} ({choice.how})"),
-               f"transformers Olmo2ForCausalLM{' + torch.compile' if 'compile' in peer else ''}", paired, goal=1.0,
-               onednn_over_mkl=round(choice.mkl_ms / choice.onednn_ms, 3) if choice.mkl_ms and choice.onednn_ms else None,
-               compile_s_ours=round(first_s[ours] - steady[ours], 1) if compiled else None,
-               compile_s_peer=round(first_s[peer] - steady[peer], 1) if "compile" in peer else None)
+        report(
+            "train_cpu.py",
+            f"training step, {name} ({counts['total'] / 1e6:.1f}M), {torch.get_num_threads()} "
+            f"thread(s), {args.clock} clock, "
+            + (
+                "glasslm trainer.compile" if compiled else f"glasslm linears: {choice.backend} ({choice.how})"
+            ),
+            f"transformers Olmo2ForCausalLM{' + torch.compile' if 'compile' in peer else ''}",
+            paired,
+            goal=1.0,
+            onednn_over_mkl=round(choice.mkl_ms / choice.onednn_ms, 3)
+            if choice.mkl_ms and choice.onednn_ms
+            else None,
+            compile_s_ours=round(first_s[ours] - steady[ours], 1) if compiled else None,
+            compile_s_peer=round(first_s[peer] - steady[peer], 1) if "compile" in peer else None,
+        )
     return ratio
 
 
@@ -206,15 +237,28 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
-    p.add_argument("--onednn", choices=["auto", "on", "off"], default="auto",
-                   help="glasslm's trainer.onednn_linear: auto (measure, the default), on (oneDNN), off (aten::mm/MKL)")
-    p.add_argument("--no-onednn", dest="onednn", action="store_const", const="off", help="= --onednn off")
-    p.add_argument("--peer-compile", action="store_true",
-                   help="also time transformers with torch.compile (its fastest CPU training mode)")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="time blocks by wall time or by this process's CPU time (use with --threads 1)")
     p.add_argument(
-        "--loss-chunk-tokens", type=int, default=TrainerConfig().loss_chunk_tokens,
+        "--onednn",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="glasslm's trainer.onednn_linear: auto (measure, the default), on (oneDNN), off (aten::mm/MKL)",
+    )
+    p.add_argument("--no-onednn", dest="onednn", action="store_const", const="off", help="= --onednn off")
+    p.add_argument(
+        "--peer-compile",
+        action="store_true",
+        help="also time transformers with torch.compile (its fastest CPU training mode)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="time blocks by wall time or by this process's CPU time (use with --threads 1)",
+    )
+    p.add_argument(
+        "--loss-chunk-tokens",
+        type=int,
+        default=TrainerConfig().loss_chunk_tokens,
         help="glasslm's trainer.loss_chunk_tokens (default: the trainer's; 0 = logits, then lm_loss)",
     )
     args = p.parse_args()

@@ -63,7 +63,9 @@ def measure(
 ) -> float:
     model.to(device).train()
     fused = device.type in ("cuda", "cpu")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=fused)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=fused
+    )
     step_model = cast(torch.nn.Module, torch.compile(model)) if args.compile else model
     use_bf16 = args.dtype == "bfloat16"
     gen = torch.Generator().manual_seed(0)
@@ -109,9 +111,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument(
+        "--dtype", choices=["bfloat16", "float32"], default=None, help="default: bf16 on GPU, fp32 on CPU"
+    )
     p.add_argument("--peer", choices=["hf", "none"], default="hf")
-    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)"
+    )
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")

@@ -48,7 +48,9 @@ def main() -> None:
     model.to(device).train()
     if args.compile:
         model.apply_compile()  # OLMo-core compiles block by block
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True
+    )
     tokens = torch.randint(0, OLMO2_VOCAB, (args.batch, args.seq_len + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
 

@@ -16,6 +16,7 @@ if [ "${GLASSLM_SKIP_LMEVAL:-0}" != 1 ]; then
   bash benchmarks/setup_lmeval.sh || echo "could not install lm-eval: the agreement test will be skipped"
 fi
 .venv/bin/ruff check src tests benchmarks || exit 1
+.venv/bin/ruff format --check src tests benchmarks scripts || exit 1
 .venv/bin/mypy || exit 1
 .venv/bin/python -m pytest -q "$@"
 rc=$?

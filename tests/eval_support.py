@@ -14,12 +14,62 @@ from glasslm.model.checkpoint import save_checkpoint
 from glasslm.model.olmo2 import ModelConfig, OLMo2
 from glasslm.tokenizer import SPECIAL_TOKENS
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "far", "away", "from", "home", "because", "rain", "fell", "all", "day", "long", "and", "birds", "sang", "in", "green", "trees", "near", "old", "stone", "walls", "where", "children", "played", "games", "with", "bright", "red", "balls", "question", "answer", "science", "water", "ice", "heat", "light", "energy", "plant", "animal"]
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "dogs",
+    "ran",
+    "far",
+    "away",
+    "from",
+    "home",
+    "because",
+    "rain",
+    "fell",
+    "all",
+    "day",
+    "long",
+    "and",
+    "birds",
+    "sang",
+    "in",
+    "green",
+    "trees",
+    "near",
+    "old",
+    "stone",
+    "walls",
+    "where",
+    "children",
+    "played",
+    "games",
+    "with",
+    "bright",
+    "red",
+    "balls",
+    "question",
+    "answer",
+    "science",
+    "water",
+    "ice",
+    "heat",
+    "light",
+    "energy",
+    "plant",
+    "animal",
+]
 
 
 def sentences(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + "." for _ in range(n)]
+    return [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + "." for _ in range(n)
+    ]
 
 
 def build_tokenizer(path: Path, vocab_size: int = 400, byte_merges: bool = True) -> Path:
@@ -39,10 +89,13 @@ def build_tokenizer(path: Path, vocab_size: int = 400, byte_merges: bool = True)
     return path
 
 
-def build_model(out: Path, tokenizer: Path, vocab_size: int = 512, seed: int = 0, max_seq_len: int = 512) -> Path:
+def build_model(
+    out: Path, tokenizer: Path, vocab_size: int = 512, seed: int = 0, max_seq_len: int = 512
+) -> Path:
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=2, mlp_hidden=64,
-                         max_seq_len=max_seq_len)
+    config = ModelConfig(
+        vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=2, mlp_hidden=64, max_seq_len=max_seq_len
+    )
     model = OLMo2(config)
     # A larger init spread than OLMo-2's 0.02 makes the log-likelihoods differ clearly between choices.
     with torch.no_grad():
@@ -63,8 +116,14 @@ def arc_rows(n: int = 12) -> list[dict]:
     rows = []
     for i in range(n):
         texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4))) for _ in range(4)]
-        rows.append({"id": f"q{i}", "question": sentences(1, seed=100 + i)[0].rstrip(".") + "?",
-                     "choices": {"text": texts, "label": list("ABCD")}, "answerKey": "ABCD"[i % 4]})
+        rows.append(
+            {
+                "id": f"q{i}",
+                "question": sentences(1, seed=100 + i)[0].rstrip(".") + "?",
+                "choices": {"text": texts, "label": list("ABCD")},
+                "answerKey": "ABCD"[i % 4],
+            }
+        )
     return rows
 
 
@@ -72,8 +131,14 @@ def winogrande_rows(n: int = 8) -> list[dict]:
     rows = []
     for i in range(n):
         a, b = WORDS[i], WORDS[i + 10]
-        rows.append({"sentence": f"The {a} was bigger than the {b} so _ sat on the mat.",
-                     "option1": a, "option2": b, "answer": "1" if i % 2 else "2"})
+        rows.append(
+            {
+                "sentence": f"The {a} was bigger than the {b} so _ sat on the mat.",
+                "option1": a,
+                "option2": b,
+                "answer": "1" if i % 2 else "2",
+            }
+        )
     return rows
 
 

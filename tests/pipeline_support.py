@@ -45,15 +45,28 @@ def micro_pipeline(
     """Write the micro config (and an evaluation set to decontaminate against, since the bundled one
     is slow), run `glasslm pipeline` with it; returns (config file, run directory)."""
     tasks = base / "eval_set.jsonl"
-    tasks.write_text(json.dumps({"question": "What does the json module do? It encodes and decodes JSON "
-                                 "documents from Python objects and back again, with options."}) + "\n")
+    tasks.write_text(
+        json.dumps(
+            {
+                "question": "What does the json module do? It encodes and decodes JSON "
+                "documents from Python objects and back again, with options."
+            }
+        )
+        + "\n"
+    )
     shutil.copyfile(ROOT / "configs/recipes/default.yaml", base / "recipe.yaml")
     config = base / "micro.yaml"
     text = MICRO
     # Paths relative to the config file, and the pipeline run from another directory: as a user would.
-    for key, value in {"RECIPE": "recipe.yaml", "TASKS": "eval_set.jsonl", "EVAL": eval_section,
-                       "CODE_BYTES": code_bytes, "WEB_BYTES": web_bytes, "CHECKPOINT_EVERY": checkpoint_every,
-                       "LOG_EVERY": log_every}.items():
+    for key, value in {
+        "RECIPE": "recipe.yaml",
+        "TASKS": "eval_set.jsonl",
+        "EVAL": eval_section,
+        "CODE_BYTES": code_bytes,
+        "WEB_BYTES": web_bytes,
+        "CHECKPOINT_EVERY": checkpoint_every,
+        "LOG_EVERY": log_every,
+    }.items():
         text = text.replace(key, str(value))
     config.write_text(text)
     out = base / "run"

@@ -54,7 +54,11 @@ def test_verify_names_changed_missing_added(tmp_path: Path, capsys: pytest.Captu
     capsys.readouterr()
     assert main(["manifest", "verify", str(child), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)["artifacts"][0]
-    assert report["changed"] == ["data.txt"] and report["missing"] == ["sub/more.bin"] and report["added"] == ["extra"]
+    assert (
+        report["changed"] == ["data.txt"]
+        and report["missing"] == ["sub/more.bin"]
+        and report["added"] == ["extra"]
+    )
     # a change in a parent is found with --recursive, and the child notices the parent's manifest changed
     clean = _make(tmp_path, "child2", [parent])
     (parent / "data.txt").write_text("changed parent\n")

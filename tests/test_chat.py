@@ -57,10 +57,13 @@ def test_history_reset_and_exit(engine: Engine) -> None:
 def test_chat_replies_match_generate(engine: Engine) -> None:
     session = ChatSession(engine, SamplingParams(max_new_tokens=10, ignore_eos=True))
     reply = session.reply("Hello there", io.StringIO())
-    prompt = engine.tokenizer.encode_chat([{"role": "user", "content": "Hello there"}], add_generation_prompt=True)
+    prompt = engine.tokenizer.encode_chat(
+        [{"role": "user", "content": "Hello there"}], add_generation_prompt=True
+    )
     role_ids = session.params.stop_token_ids
-    expected = engine.generate([prompt], SamplingParams(max_new_tokens=10, ignore_eos=True,
-                                                        stop_token_ids=role_ids))[0]
+    expected = engine.generate(
+        [prompt], SamplingParams(max_new_tokens=10, ignore_eos=True, stop_token_ids=role_ids)
+    )[0]
     assert reply == expected.text
 
 
@@ -71,16 +74,34 @@ def test_typed_markers_stay_text_in_the_history(engine: Engine) -> None:
     tok = engine.tokenizer
     ids = session.prompt_ids()  # user turn, assistant turn, and the generation prompt of a next reply
     roles = {tok.hf.token_to_id(t): t for t in ("<|endoftext|>", "<|user|>", "<|assistant|>")}
-    assert [roles[i] for i in ids if i in roles] == ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|endoftext|>",
-                                                      "<|assistant|>"]
+    assert [roles[i] for i in ids if i in roles] == [
+        "<|endoftext|>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|endoftext|>",
+        "<|assistant|>",
+    ]
     assert tok.decode(ids).startswith("<|endoftext|><|user|>\nhi<|assistant|>\nsure<|endoftext|><|user|>\n")
 
 
 def test_chat_cli_through_stdin(ckpt: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "glasslm", "chat", str(ckpt), "--max-new-tokens", "6", "--temperature", "0",
-         "--ignore-eos"],
-        input="Hello there\n/reset\n/bogus\nHi\n/exit\n", capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "glasslm",
+            "chat",
+            str(ckpt),
+            "--max-new-tokens",
+            "6",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+        ],
+        input="Hello there\n/reset\n/bogus\nHi\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -35,8 +35,19 @@ class Run:
 def test_yaml_then_overrides(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  n_layers: 6\noptim:\n  lr: 3e-4\nname: base\n")
-    run = cfg.load(Run, f, ["--model.n_layers=4", "--optim.lr=1e-2", "--compile=true", "--mode=fsdp",
-                            "--init_from=/tmp/x", "--mixture={web: 0.5, code: 2}", "--optim.betas=[0.8, 0.99]"])
+    run = cfg.load(
+        Run,
+        f,
+        [
+            "--model.n_layers=4",
+            "--optim.lr=1e-2",
+            "--compile=true",
+            "--mode=fsdp",
+            "--init_from=/tmp/x",
+            "--mixture={web: 0.5, code: 2}",
+            "--optim.betas=[0.8, 0.99]",
+        ],
+    )
     assert run.model.n_layers == 4 and run.model.d_model == ModelConfig().d_model
     assert run.optim.lr == 1e-2 and run.name == "base"  # "3e-4" from YAML 1.1 is a string: still a float
     assert run.compile is True and run.mode == "fsdp" and run.init_from == Path("/tmp/x")
@@ -45,11 +56,15 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
 
 
 def test_unknown_key_suggests_closest(tmp_path: Path) -> None:
-    with pytest.raises(cfg.ConfigError, match=r"unknown config key 'model.n_layer' \(did you mean 'model.n_layers'\?\)"):
+    with pytest.raises(
+        cfg.ConfigError, match=r"unknown config key 'model.n_layer' \(did you mean 'model.n_layers'\?\)"
+    ):
         cfg.load(Run, None, ["--model.n_layer=4"])
     f = tmp_path / "c.yaml"
     f.write_text("optim:\n  lrr: 0.1\n")
-    with pytest.raises(cfg.ConfigError, match=r"c.yaml: unknown config key 'optim.lrr' \(did you mean 'optim.lr'\?\)"):
+    with pytest.raises(
+        cfg.ConfigError, match=r"c.yaml: unknown config key 'optim.lrr' \(did you mean 'optim.lr'\?\)"
+    ):
         cfg.load(Run, f)
 
 
@@ -108,6 +123,19 @@ def test_cli_override_with_spaces_is_not_a_positional(tmp_path: Path) -> None:
     from glasslm.model.checkpoint import load_model
 
     out = tmp_path / "m"
-    assert main(["model", "init", "--preset", "tiny", "--out", str(out), "--model.n_layers=2",
-                 "--model.d_model= 64"]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "init",
+                "--preset",
+                "tiny",
+                "--out",
+                str(out),
+                "--model.n_layers=2",
+                "--model.d_model= 64",
+            ]
+        )
+        == 0
+    )
     assert load_model(out).config.d_model == 64

@@ -17,7 +17,9 @@ from glasslm.data.roff import roff_to_text
 def stdlib(tmp_path: Path) -> Path:
     stdlib = tmp_path / "stdlib"
     (stdlib / "pkg").mkdir(parents=True)
-    (stdlib / "alpha.py").write_text('"""Alpha module."""\n\n\nclass A:\n    """An A."""\n\n    def f(self):\n        """Do f."""\n')
+    (stdlib / "alpha.py").write_text(
+        '"""Alpha module."""\n\n\nclass A:\n    """An A."""\n\n    def f(self):\n        """Do f."""\n'
+    )
     (stdlib / "pkg" / "__init__.py").write_text("x = 1\n")
     (stdlib / "test").mkdir()
     (stdlib / "test" / "bad.py").write_text("this is a deliberately broken fixture (\n")
@@ -27,17 +29,34 @@ def stdlib(tmp_path: Path) -> Path:
 
 
 def _docs(out: Path) -> dict[str, dict]:
-    return {d["metadata"].get("origin") or d["metadata"]["url"]: d
-            for shard in list_shards(out / "documents") for _, d in iter_documents(shard)}
+    return {
+        d["metadata"].get("origin") or d["metadata"]["url"]: d
+        for shard in list_shards(out / "documents")
+        for _, d in iter_documents(shard)
+    }
 
 
 def test_corpus_code_and_docs_sources_ids_licences(stdlib, tmp_path):
     out = tmp_path / "corpus"
-    assert main(["data", "corpus", "--out", str(out), f"--corpus.stdlib_dir={stdlib}",
-                 "--corpus.sources=[code, docs]"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "corpus",
+                "--out",
+                str(out),
+                f"--corpus.stdlib_dir={stdlib}",
+                "--corpus.sources=[code, docs]",
+            ]
+        )
+        == 0
+    )
     docs = _docs(out)
     assert {o for o in docs if not o.startswith("pydoc_data.topics/")} == {
-        "stdlib/alpha.py", "stdlib/pkg/__init__.py", "stdlib-docstrings/alpha.py"}
+        "stdlib/alpha.py",
+        "stdlib/pkg/__init__.py",
+        "stdlib-docstrings/alpha.py",
+    }
     for origin, d in docs.items():
         assert d["id"] == hashlib.sha256(origin.encode()).hexdigest()[:24]
         assert d["added"] == d["created"] == "2026-01-01T00:00:00Z"
@@ -57,7 +76,10 @@ def test_host_directories_are_no_longer_config_keys(tmp_path, capsys):
 
 def test_web_domain_is_a_crawl_of_pinned_package_pages_through_warc_extraction(tmp_path):
     out = tmp_path / "corpus"
-    assert main(["data", "corpus", "--out", str(out), "--corpus.sources=[web]", "--corpus.max_bytes_web=60000"]) == 0
+    assert (
+        main(["data", "corpus", "--out", str(out), "--corpus.sources=[web]", "--corpus.max_bytes_web=60000"])
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     web = manifest["metrics"]["sources"]["web"]
     assert web["docs"] > 3 and web["records"] == web["docs"] + web["quarantined"]
@@ -65,8 +87,13 @@ def test_web_domain_is_a_crawl_of_pinned_package_pages_through_warc_extraction(t
     assert "numpy" in web["distributions"] and "glasslm" not in web["distributions"]
     assert "warc/web.warc.gz" in manifest["files"]
     docs = list(_docs(out).values())
-    assert all(d["source"] == "web" and d["metadata"]["url"].startswith("https://docs.glasslm.invalid/") for d in docs)
-    assert not any("Sign in" in d["text"] or "Privacy" in d["text"] for d in docs)  # boilerplate extracted away
+    assert all(
+        d["source"] == "web" and d["metadata"]["url"].startswith("https://docs.glasslm.invalid/")
+        for d in docs
+    )
+    assert not any(
+        "Sign in" in d["text"] or "Privacy" in d["text"] for d in docs
+    )  # boilerplate extracted away
     quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     assert {q["file"] for q in quarantine} == {"warc/web.warc.gz"}  # relative: the same bytes anywhere
 
@@ -89,14 +116,25 @@ def test_default_corpus_is_the_same_with_another_home_and_host_docs_unreadable(t
     import subprocess
     import sys
 
-    args = ["data", "corpus", "--corpus.max_bytes_code=40000", "--corpus.max_bytes_docs=40000",
-            "--corpus.max_bytes_web=40000"]
+    args = [
+        "data",
+        "corpus",
+        "--corpus.max_bytes_code=40000",
+        "--corpus.max_bytes_docs=40000",
+        "--corpus.max_bytes_web=40000",
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home)}
-    done = subprocess.run([sys.executable, "-c", _BLOCK_HOST, *args, "--out", str(tmp_path / "b")], env=env,
-                          cwd=home, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _BLOCK_HOST, *args, "--out", str(tmp_path / "b")],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     files = [json.loads((tmp_path / x / "manifest.json").read_text())["files"] for x in "ab"]
     assert files[0] == files[1] and any(k.startswith("documents/web-") for k in files[0])
@@ -104,8 +142,21 @@ def test_default_corpus_is_the_same_with_another_home_and_host_docs_unreadable(t
 
 def test_corpus_from_the_real_stdlib_small(tmp_path):
     out = tmp_path / "corpus"
-    assert main(["data", "corpus", "--out", str(out), "--corpus.sources=[code, docs]",
-                 "--corpus.max_bytes_code=150000", "--corpus.max_bytes_docs=100000", "--json"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "corpus",
+                "--out",
+                str(out),
+                "--corpus.sources=[code, docs]",
+                "--corpus.max_bytes_code=150000",
+                "--corpus.max_bytes_docs=100000",
+                "--json",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     sources = manifest["metrics"]["sources"]
     assert 100_000 < sources["code"]["bytes"] <= 150_000 and sources["code"]["docs"] > 3
@@ -121,6 +172,6 @@ def test_unknown_source_is_a_config_error(tmp_path, capsys):
 
 
 def test_roff_escapes_and_macros():
-    source = ".TH X 1\n.SH \"SEE ALSO\"\n.BR ls (1),\n\\(:Uber \\[u00E9]t\\('e \\-\\-help\\ now\n.de XX\nignored\n..\n"
+    source = '.TH X 1\n.SH "SEE ALSO"\n.BR ls (1),\n\\(:Uber \\[u00E9]t\\(\'e \\-\\-help\\ now\n.de XX\nignored\n..\n'
     text = roff_to_text(source)
     assert text == "SEE ALSO\nls(1),\n\u00dcber \u00e9t\u00e9 --help now\n"

@@ -47,23 +47,30 @@ def test_lsh_union_is_transitive_and_keeps_first() -> None:
 
 def test_dedupe_cli_attributes_and_sidecar(tmp_path: Path) -> None:
     para = "A shared paragraph that appears twice."
-    docs = make_docs(tmp_path / "docs", {
-        "a.jsonl.gz": [
-            {"id": "a1", "text": f"{BASE}\n{para}\n", "source": "web"},
-            {"id": "a2", "text": "something else entirely\n" + para, "source": "web"},
-            "broken line",  # quarantined: no attribute line for it
-        ],
-        "b.jsonl.gz": [
-            {"id": "b1", "text": f"{BASE}\n{para}\n", "source": "web"},  # exact copy of a1
-            {"id": "b2", "text": BASE.replace("w5 ", "five ") + "\n", "source": "web"},  # near copy of a1
-        ],
-    })
+    docs = make_docs(
+        tmp_path / "docs",
+        {
+            "a.jsonl.gz": [
+                {"id": "a1", "text": f"{BASE}\n{para}\n", "source": "web"},
+                {"id": "a2", "text": "something else entirely\n" + para, "source": "web"},
+                "broken line",  # quarantined: no attribute line for it
+            ],
+            "b.jsonl.gz": [
+                {"id": "b1", "text": f"{BASE}\n{para}\n", "source": "web"},  # exact copy of a1
+                {"id": "b2", "text": BASE.replace("w5 ", "five ") + "\n", "source": "web"},  # near copy of a1
+            ],
+        },
+    )
     out = tmp_path / "dd"
     assert main(["data", "dedupe", str(docs), "--experiment", "x", "--out", str(out), "--workers", "2"]) == 0
     a = list(read_jsonl(out / "a.jsonl.gz"))
     b = list(read_jsonl(out / "b.jsonl.gz"))
     assert [r["id"] for r in a] == ["a1", "a2"] and [r["id"] for r in b] == ["b1", "b2"]
-    assert a[0]["attributes"] == {"x__dedupe__exact_doc": [], "x__dedupe__near_doc": [], "x__dedupe__paragraphs": []}
+    assert a[0]["attributes"] == {
+        "x__dedupe__exact_doc": [],
+        "x__dedupe__near_doc": [],
+        "x__dedupe__paragraphs": [],
+    }
     text_a2 = "something else entirely\n" + para
     assert a[1]["attributes"]["x__dedupe__paragraphs"] == [[24, len(text_a2), 1.0]]
     assert b[0]["attributes"]["x__dedupe__exact_doc"] == [[0, len(BASE) + len(para) + 2, 1.0]]
@@ -81,8 +88,10 @@ def test_dedupe_cli_attributes_and_sidecar(tmp_path: Path) -> None:
 
 
 def test_dedupe_resumes_from_finished_shards(tmp_path: Path) -> None:
-    docs = make_docs(tmp_path / "docs", {"a.jsonl.gz": [{"id": "a", "text": "one two"}],
-                                         "b.jsonl.gz": [{"id": "b", "text": "one two"}]})
+    docs = make_docs(
+        tmp_path / "docs",
+        {"a.jsonl.gz": [{"id": "a", "text": "one two"}], "b.jsonl.gz": [{"id": "b", "text": "one two"}]},
+    )
     from glasslm.data import dedupe
     from glasslm.data.executors import work_dir
 
@@ -95,4 +104,6 @@ def test_dedupe_resumes_from_finished_shards(tmp_path: Path) -> None:
     (docs / "documents" / "a.jsonl.gz").write_bytes(b"garbage")
     metrics = dedupe.run(docs, tmp_path, job, scratch=scratch)
     assert metrics["exact_duplicate_docs"] == 1
-    assert next(read_jsonl(tmp_path / "b.jsonl.gz"))["attributes"]["dedupe__dedupe__exact_doc"] == [[0, 7, 1.0]]
+    assert next(read_jsonl(tmp_path / "b.jsonl.gz"))["attributes"]["dedupe__dedupe__exact_doc"] == [
+        [0, 7, 1.0]
+    ]

@@ -32,8 +32,10 @@ def corpus(root: Path, shards: int = 5, docs: int = 40, seed: int = 0) -> Path:
                 words[rng.randrange(len(words))] = "changed"  # near repeat
                 text = " ".join(words)
             else:
-                text = "\n".join(rng.choice(paragraphs) if rng.random() < 0.3 else " ".join(rng.choices(vocab, k=60))
-                                 for _ in range(rng.randint(1, 4)))
+                text = "\n".join(
+                    rng.choice(paragraphs) if rng.random() < 0.3 else " ".join(rng.choices(vocab, k=60))
+                    for _ in range(rng.randint(1, 4))
+                )
             pool.append(text)
             rows.append({"id": f"s{s}-d{i}", "text": text})
         rows.insert(3, {"id": f"bad-{s}"})  # quarantined: no text
@@ -55,8 +57,9 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, by
 
 
 @pytest.mark.parametrize("partitions", [1, 16])
-def test_partitioned_output_is_byte_identical(single: tuple[Path, dict[str, bytes], dict], tmp_path: Path,
-                                              partitions: int) -> None:
+def test_partitioned_output_is_byte_identical(
+    single: tuple[Path, dict[str, bytes], dict], tmp_path: Path, partitions: int
+) -> None:
     docs, expected, metrics = single
     assert metrics["exact_duplicate_docs"] > 5 and metrics["near_duplicate_docs"] > 5
     assert metrics["duplicate_paragraphs"] > 5 and metrics["quarantined_lines"] == 5
@@ -64,7 +67,12 @@ def test_partitioned_output_is_byte_identical(single: tuple[Path, dict[str, byte
     scratch = work_dir(tmp_path / "out", "fp")
     got = dedupe.run(docs, tmp_path / "out", job, scratch=scratch)
     assert outputs(tmp_path / "out") == expected
-    for key in ("exact_duplicate_docs", "near_duplicate_docs", "duplicate_paragraphs", "quarantined_by_reason"):
+    for key in (
+        "exact_duplicate_docs",
+        "near_duplicate_docs",
+        "duplicate_paragraphs",
+        "quarantined_by_reason",
+    ):
         assert got[key] == metrics[key]
     # each task holds its share of the keys (with positions: ~2.5x the driver's 8 bytes per key)
     assert got["partitions"] == partitions and got["index_bytes_total"] < 3 * metrics["index_bytes"]

@@ -24,7 +24,9 @@ def make_run(root: Path, rows: list[dict[str, Any]], raw_tail: str = "", **metri
 
 def test_trainer_energy_counter_is_used_when_recorded(tmp_path: Path) -> None:
     rows = [{"step": s, "wall_s": 10.0 * s, "cpu_w": 40.0, "energy_j": 400.0 * s} for s in (1, 2, 3)]
-    run = make_run(tmp_path, rows, wall_s=30.0, device="cpu: Test CPU (2 cores)", world_size=1, energy_j=36_000.0)
+    run = make_run(
+        tmp_path, rows, wall_s=30.0, device="cpu: Test CPU (2 cores)", world_size=1, energy_j=36_000.0
+    )
     report = run_energy(run)
     assert report.method == "measured" and "energy counter" in report.method_detail
     assert report.device_kwh == pytest.approx(0.01)
@@ -55,8 +57,18 @@ def test_power_samples_are_integrated_and_scaled_to_all_gpus(tmp_path: Path) -> 
 def test_tdp_estimate_without_power_samples_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rows = [{"step": s, "wall_s": 900.0 * s, "loss": 3.0} for s in (1, 2, 3, 4)]
     make_run(tmp_path, rows, wall_s=3600.0, device="NVIDIA H100 80GB HBM3", world_size=4)
-    assert main(["energy", str(tmp_path / "runs" / "demo"), "--energy.pue=1.2",
-                 "--energy.grid_gco2e_per_kwh=200", "--json"]) == 0
+    assert (
+        main(
+            [
+                "energy",
+                str(tmp_path / "runs" / "demo"),
+                "--energy.pue=1.2",
+                "--energy.grid_gco2e_per_kwh=200",
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["method"] == "tdp-estimate" and "700 W (H100) × 4 device(s)" in data["method_detail"]
     assert data["device_kwh"] == pytest.approx(700 * 4 * 3600 / 3.6e6)
@@ -69,24 +81,40 @@ def test_tdp_estimate_without_power_samples_via_cli(tmp_path: Path, capsys: pyte
 
 def test_cpu_tdp_and_gpu_without_nvml(tmp_path: Path) -> None:
     # A CPU run with no RAPL: watts per core × cores; a half-written last line is skipped.
-    run = make_run(tmp_path / "a", [{"step": 1, "wall_s": 100.0}], raw_tail='{"step": 2, "wall',
-                   wall_s=100.0, device="cpu: Some CPU (8 cores)", world_size=2)
+    run = make_run(
+        tmp_path / "a",
+        [{"step": 1, "wall_s": 100.0}],
+        raw_tail='{"step": 2, "wall',
+        wall_s=100.0,
+        device="cpu: Some CPU (8 cores)",
+        world_size=2,
+    )
     report = run_energy(run, EnergyConfig(cpu_watts_per_core=5.0))
     assert report.method == "tdp-estimate"
     assert report.device_kwh == pytest.approx(5.0 * 8 * 100 / 3.6e6)  # cores counted once, not per process
     # A GPU run where only RAPL was readable: the GPUs are added at TDP, and the output says so.
-    run = make_run(tmp_path / "b", [{"step": 1, "wall_s": 100.0, "cpu_w": 60.0}],
-                   wall_s=100.0, device="NVIDIA A100-SXM4-40GB", world_size=1)
+    run = make_run(
+        tmp_path / "b",
+        [{"step": 1, "wall_s": 100.0, "cpu_w": 60.0}],
+        wall_s=100.0,
+        device="NVIDIA A100-SXM4-40GB",
+        world_size=1,
+    )
     report = run_energy(run)
     assert report.method == "measured+tdp-estimate"
     assert report.device_kwh == pytest.approx((60.0 * 100 + 400.0 * 100) / 3.6e6)
 
 
 def test_unknown_gpu_and_missing_run_give_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    make_run(tmp_path, [{"step": 1, "wall_s": 10.0}], wall_s=10.0, device="Mystery Accelerator 9000", world_size=1)
+    make_run(
+        tmp_path, [{"step": 1, "wall_s": 10.0}], wall_s=10.0, device="Mystery Accelerator 9000", world_size=1
+    )
     assert main(["energy", str(tmp_path / "runs" / "demo")]) == 2
     assert "no TDP known" in capsys.readouterr().err
-    assert main(["energy", str(tmp_path / "runs" / "demo"), "--energy.tdp_watts={'Mystery': 250}", "--json"]) == 0
+    assert (
+        main(["energy", str(tmp_path / "runs" / "demo"), "--energy.tdp_watts={'Mystery': 250}", "--json"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["device_kwh"] == pytest.approx(250 * 10 / 3.6e6)
     assert main(["energy", str(tmp_path / "nowhere")]) == 2
     assert "not a training run" in capsys.readouterr().err

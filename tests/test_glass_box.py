@@ -14,8 +14,15 @@ from pipeline_support import micro_pipeline
 from glasslm import artifacts
 from glasslm.cli import main
 
-TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.n_kv_heads=1",
-        "--model.mlp_hidden=64", "--model.vocab_size=128", "--model.max_seq_len=64"]
+TINY = [
+    "--model.d_model=32",
+    "--model.n_layers=1",
+    "--model.n_heads=2",
+    "--model.n_kv_heads=1",
+    "--model.mlp_hidden=64",
+    "--model.vocab_size=128",
+    "--model.max_seq_len=64",
+]
 
 
 def _init(out: Path, seed: int = 0) -> int:
@@ -25,12 +32,16 @@ def _init(out: Path, seed: int = 0) -> int:
 # ---------------------------------------------------------------- the --out rule
 
 
-def test_out_never_replaces_a_directory_glasslm_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_out_never_replaces_a_directory_glasslm_did_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     mine = tmp_path / "mine"
     (mine / "src").mkdir(parents=True)
     (mine / "src" / "code.py").write_text("precious")
     assert _init(mine) == 2
-    assert "is not a glasslm artifact; refusing to replace it (nothing was deleted)" in capsys.readouterr().err
+    assert (
+        "is not a glasslm artifact; refusing to replace it (nothing was deleted)" in capsys.readouterr().err
+    )
     assert (mine / "src" / "code.py").read_text() == "precious"
     # the refusal comes before the work, and the current directory is protected the same way
     cwd = Path.cwd()
@@ -45,8 +56,9 @@ def test_out_never_replaces_a_directory_glasslm_did_not_make(tmp_path: Path, cap
     assert "--out is empty" in capsys.readouterr().err
 
 
-def test_out_replaces_only_an_artifact_of_its_kind_and_never_an_input(tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture) -> None:
+def test_out_replaces_only_an_artifact_of_its_kind_and_never_an_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     ckpt = tmp_path / "ckpt"
     assert _init(ckpt, seed=1) == 0 and _init(ckpt, seed=2) == 0  # re-running a verb replaces its artifact
     assert artifacts.read_manifest(ckpt)["config"]["seed"] == 2
@@ -59,7 +71,9 @@ def test_out_replaces_only_an_artifact_of_its_kind_and_never_an_input(tmp_path: 
     capsys.readouterr()
     assert _init(hf) == 2  # another kind: refused...
     assert "holds a 'hf_model' artifact, not a 'checkpoint' one" in capsys.readouterr().err
-    assert main(["model", "init", "--preset", "tiny", *TINY, "--out", str(hf), "--force"]) == 0  # ...unless --force
+    assert (
+        main(["model", "init", "--preset", "tiny", *TINY, "--out", str(hf), "--force"]) == 0
+    )  # ...unless --force
     assert artifacts.read_manifest(hf)["kind"] == "checkpoint"
     assert main(["convert", "to-hf", str(hf), "--out", str(hf), "--force"]) == 2  # never the input itself
     assert "would replace the input" in capsys.readouterr().err
@@ -77,7 +91,9 @@ def test_unwritable_out_is_one_line_not_a_traceback(tmp_path: Path, capsys: pyte
 # ---------------------------------------------------------------- verify: links, special files, moved runs
 
 
-def test_links_and_special_files_are_changes_and_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_links_and_special_files_are_changes_and_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     ckpt = tmp_path / "ckpt"
     assert _init(ckpt) == 0
     (ckpt / "tokenizer.json").symlink_to("/etc/passwd")
@@ -94,8 +110,9 @@ def test_links_and_special_files_are_changes_and_are_refused(tmp_path: Path, cap
     assert "irregular: pipe" in capsys.readouterr().out
 
 
-def test_a_copied_run_verifies_its_own_copy_and_missing_inputs_fail(tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_a_copied_run_verifies_its_own_copy_and_missing_inputs_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     run = tmp_path / "run"
     assert _init(run / "ckpt") == 0
     assert main(["convert", "to-hf", str(run / "ckpt"), "--out", str(run / "hf")]) == 0
@@ -141,17 +158,38 @@ def test_reproduce_leaves_verb_words_alone_when_the_cwd_has_such_directories(
         assert data["identical"] and data["rerun"][1:3] in (["model", "init"], ["convert", "to-hf"])
 
 
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("glassbox")
-    return micro_pipeline(base, "{suite: [perplexity], ppl_max_docs: 3}", code_bytes=120_000, web_bytes=150_000,
-                          checkpoint_every=3, log_every=1)[1]
+    return micro_pipeline(
+        base,
+        "{suite: [perplexity], ppl_max_docs: 3}",
+        code_bytes=120_000,
+        web_bytes=150_000,
+        checkpoint_every=3,
+        log_every=1,
+    )[1]
 
 
-EVERY_ARTIFACT = ["corpus", "attributes/tags", "attributes/dedupe", "attributes/decon", "mix", "tokenizer", "tokens",
-                  "train", "train/checkpoints/step000003", "eval", "adapt/data", "adapt/sft", "adapt/dpo", "adapt/rl",
-                  "hf", "trace_index", "report"]
+EVERY_ARTIFACT = [
+    "corpus",
+    "attributes/tags",
+    "attributes/dedupe",
+    "attributes/decon",
+    "mix",
+    "tokenizer",
+    "tokens",
+    "train",
+    "train/checkpoints/step000003",
+    "eval",
+    "adapt/data",
+    "adapt/sft",
+    "adapt/dpo",
+    "adapt/rl",
+    "hf",
+    "trace_index",
+    "report",
+]
 
 
 @pytest.mark.parametrize("rel", EVERY_ARTIFACT)
@@ -169,7 +207,9 @@ def test_reproduce_gives_identical_outputs(run: Path, rel: str, capsys: pytest.C
         assert statuses == {"identical"}, same_values
 
 
-def test_reproduce_a_moved_run_uses_the_moved_inputs(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_reproduce_a_moved_run_uses_the_moved_inputs(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     moved = tmp_path / "moved"
     shutil.copytree(run, moved)
     capsys.readouterr()
@@ -205,8 +245,18 @@ def test_report_counts_skipped_steps_between_logged_rows(tmp_path: Path) -> None
     from glasslm.report.model_sections import training_section
 
     (tmp_path / "train").mkdir()
-    rows = [{"step": s, "tokens": 64 * s, "loss": 5.0 - s / 10, "lr": 1e-3, "tokens_per_s": 100.0,
-             "skipped": False, "skipped_total": 1 if s > 3 else 0} for s in (2, 4, 6)]  # step 3 skipped, unlogged
+    rows = [
+        {
+            "step": s,
+            "tokens": 64 * s,
+            "loss": 5.0 - s / 10,
+            "lr": 1e-3,
+            "tokens_per_s": 100.0,
+            "skipped": False,
+            "skipped_total": 1 if s > 3 else 0,
+        }
+        for s in (2, 4, 6)
+    ]  # step 3 skipped, unlogged
     (tmp_path / "train" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     section = training_section([Run(tmp_path, "r")])
     summary = next(table for title, table in section.tables if title.startswith("Last logged step"))
@@ -214,7 +264,19 @@ def test_report_counts_skipped_steps_between_logged_rows(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("steps", ["0", "-5"])
-def test_a_run_of_no_steps_is_a_config_error(tmp_path: Path, steps: str, capsys: pytest.CaptureFixture) -> None:
-    assert main(["train", "--out", str(tmp_path / "t"), f"--trainer.max_steps={steps}",
-                 "--data.tokens=" + str(tmp_path)]) == 2
+def test_a_run_of_no_steps_is_a_config_error(
+    tmp_path: Path, steps: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(tmp_path / "t"),
+                f"--trainer.max_steps={steps}",
+                "--data.tokens=" + str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert f"trainer.max_steps must be >= 1, got {steps}" in capsys.readouterr().err

@@ -39,8 +39,12 @@ pytestmark = pytest.mark.gpu
 
 # Big enough on a GPU that the fused kernels (flash / memory-efficient attention, cuBLAS bf16) run;
 # tiny on CPU so the dry run takes seconds.
-GPU_SHAPE = dict(vocab_size=8192, d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_hidden=1536, max_seq_len=1024)
-CPU_SHAPE = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=128, max_seq_len=128)
+GPU_SHAPE = dict(
+    vocab_size=8192, d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_hidden=1536, max_seq_len=1024
+)
+CPU_SHAPE = dict(
+    vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=128, max_seq_len=128
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +65,19 @@ def record(request: pytest.FixtureRequest) -> Callable[..., bool]:
         path = os.environ.get("GLASSLM_GPU_CHECK_RECORD")
         if path:
             with open(path, "a") as f:
-                f.write(json.dumps({"test": request.node.name, "metric": metric, "value": float(value),
-                                    "limit": limit, "passed": ok, "note": note}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "test": request.node.name,
+                            "metric": metric,
+                            "value": float(value),
+                            "limit": limit,
+                            "passed": ok,
+                            "note": note,
+                        }
+                    )
+                    + "\n"
+                )
         return ok
 
     return _record
@@ -92,13 +107,17 @@ def model_pair(config: ModelConfig, device: torch.device, std: float = 0.02) -> 
                 p.copy_(1 + 0.1 * torch.randn_like(p))
             elif std != 0.02:
                 p.normal_(0.0, std)
-    hf = Olmo2ForCausalLM(Olmo2Config.from_dict(hf_config(config, torch.float32, {}), attn_implementation="sdpa"))
+    hf = Olmo2ForCausalLM(
+        Olmo2Config.from_dict(hf_config(config, torch.float32, {}), attn_implementation="sdpa")
+    )
     hf.load_state_dict(to_hf_state(ours.state_dict()), strict=False)
     return ours.to(device).eval(), hf.to(device).eval()
 
 
 def tokens(config: ModelConfig, device: torch.device, batch: int, seq: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed)).to(device)
+    return torch.randint(
+        0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed)
+    ).to(device)
 
 
 # ---------------------------------------------------------------- parity with transformers
@@ -116,8 +135,12 @@ def test_hf_parity_fp32_and_bf16(device: torch.device, record: Callable[..., boo
         lo, lh = ours_bf(ids).float(), hf_bf(input_ids=ids).logits.float()
     ok &= record("bf16 logits rel err vs transformers bf16", rel(lo, lh), 3e-2)
     ours_err, hf_err = rel(lo, ref_hf), rel(lh, ref_hf)
-    ok &= record("bf16 rel err vs fp32, ours / transformers'", ours_err / hf_err, 1.5,
-                 note=f"ours {ours_err:.2e}, transformers {hf_err:.2e}")
+    ok &= record(
+        "bf16 rel err vs fp32, ours / transformers'",
+        ours_err / hf_err,
+        1.5,
+        note=f"ours {ours_err:.2e}, transformers {hf_err:.2e}",
+    )
     assert ok
 
 
@@ -130,10 +153,20 @@ def test_greedy_decode_equals_transformers_fp32(device: torch.device, record: Ca
     prompts = tokens(config, device, 4, 16)
     new = 32 if device.type == "cuda" else 8
     engine = Engine(ours, max_batch=4, max_len=16 + new + 1)
-    got = [c.token_ids for c in engine.generate(prompts.tolist(), SamplingParams(max_new_tokens=new, ignore_eos=True))]
+    got = [
+        c.token_ids
+        for c in engine.generate(prompts.tolist(), SamplingParams(max_new_tokens=new, ignore_eos=True))
+    ]
     with torch.no_grad():
-        out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new, min_new_tokens=new,
-                          do_sample=False, eos_token_id=None, pad_token_id=0)
+        out = hf.generate(
+            prompts,
+            attention_mask=torch.ones_like(prompts),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
     want = out[:, 16:].tolist()
     differing = sum(a != b for ga, wa in zip(got, want, strict=True) for a, b in zip(ga, wa, strict=True))
     assert record("greedy tokens differing from transformers (fp32)", differing, 0)
@@ -142,8 +175,15 @@ def test_greedy_decode_equals_transformers_fp32(device: torch.device, record: Ca
 # ---------------------------------------------------------------- training step
 
 
-def _train_losses(model: torch.nn.Module, config: ModelConfig, device: torch.device, steps: int, bf16: bool,
-                  chunked: bool = True, params: torch.nn.Module | None = None) -> list[float]:
+def _train_losses(
+    model: torch.nn.Module,
+    config: ModelConfig,
+    device: torch.device,
+    steps: int,
+    bf16: bool,
+    chunked: bool = True,
+    params: torch.nn.Module | None = None,
+) -> list[float]:
     """``steps`` AdamW steps on fixed random batches through the trainer's loss path."""
     owner = params or model
     opt = torch.optim.AdamW(owner.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
@@ -179,8 +219,11 @@ def test_compiled_step_equals_eager(device: torch.device, record: Callable[..., 
         step_model = torch.compile(hidden, backend=backend) if compiled else hidden
         runs.append(_train_losses(step_model, config, device, 3, bf16, params=model))  # type: ignore[arg-type]
     worst = max(abs(a - b) / abs(b) for a, b in zip(runs[1], runs[0], strict=True))
-    assert record(f"compiled vs eager loss rel diff ({'bf16' if bf16 else 'fp32'}, {backend})", worst,
-                  1e-2 if bf16 else 1e-4)
+    assert record(
+        f"compiled vs eager loss rel diff ({'bf16' if bf16 else 'fp32'}, {backend})",
+        worst,
+        1e-2 if bf16 else 1e-4,
+    )
 
 
 def _free_port() -> int:
@@ -193,14 +236,20 @@ def _free_port() -> int:
 def process_group(device: torch.device) -> Iterator[None]:
     """A one-rank process group (NCCL on GPU, gloo on CPU), as torchrun would make with one process."""
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://127.0.0.1:{_free_port()}",
+        rank=0,
+        world_size=1,
+        device_id=device if device.type == "cuda" else None,
+    )
     yield
     dist.destroy_process_group()
 
 
-def test_fsdp2_one_rank_equals_ddp_and_plain(device: torch.device, record: Callable[..., bool],
-                                              process_group: None) -> None:
+def test_fsdp2_one_rank_equals_ddp_and_plain(
+    device: torch.device, record: Callable[..., bool], process_group: None
+) -> None:
     from glasslm.train import distributed
     from glasslm.train.config import DistributedConfig
 
@@ -230,7 +279,9 @@ def test_exact_resume(device: torch.device, record: Callable[..., bool], tmp_pat
     from glasslm.train.metrics import read_metrics
 
     tok = make_tokens(tmp_path / "tokens")
-    cfg = write_config(tmp_path / "c.yaml", tok, trainer={"max_steps": 8, "checkpoint_every": 4, "device": device.type})
+    cfg = write_config(
+        tmp_path / "c.yaml", tok, trainer={"max_steps": 8, "checkpoint_every": 4, "device": device.type}
+    )
 
     def losses(run: Path) -> list[float]:
         return [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
@@ -247,7 +298,9 @@ def test_exact_resume(device: torch.device, record: Callable[..., bool], tmp_pat
     assert len(b) == len(a) == 8
     spread = max(abs(x - y) for x, y in zip(a, a2, strict=True))
     diff = max(abs(x - y) for x, y in zip(a, b, strict=True))
-    note = "bitwise" if diff == 0 else f"nondeterministic kernels: two uninterrupted runs differ by {spread:.2e}"
+    note = (
+        "bitwise" if diff == 0 else f"nondeterministic kernels: two uninterrupted runs differ by {spread:.2e}"
+    )
     assert record("resumed vs uninterrupted max |loss diff|", diff, 2 * spread, note=note)
 
 
@@ -255,19 +308,27 @@ def test_exact_resume(device: torch.device, record: Callable[..., bool], tmp_pat
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_document_mask_equals_per_document(device: torch.device, record: Callable[..., bool],
-                                           dtype: torch.dtype) -> None:
+def test_document_mask_equals_per_document(
+    device: torch.device, record: Callable[..., bool], dtype: torch.dtype
+) -> None:
     config = shape(device)
     torch.manual_seed(0)
     model = OLMo2(config).to(device).eval()
     seq, batch = seq_batch(device)
     lengths = [seq // 2, seq // 4, seq - seq // 2 - seq // 4]  # three documents packed in each row
     ids = tokens(config, device, batch, seq)
-    doc_ids = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(lengths)]).expand(batch, seq)
+    doc_ids = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(lengths)]).expand(
+        batch, seq
+    )
     with torch.no_grad():
-        reference = torch.cat([model(part) for part in ids.split(lengths, dim=1)], dim=1).float()  # fp32, alone
+        reference = torch.cat(
+            [model(part) for part in ids.split(lengths, dim=1)], dim=1
+        ).float()  # fp32, alone
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             packed = model(ids, doc_ids=doc_ids).float()
     limit = 3e-2 if dtype == torch.bfloat16 else 1e-5
-    assert record(f"packed with doc mask vs per-document ({'bf16' if dtype == torch.bfloat16 else 'fp32'})",
-                  rel(packed, reference), limit)
+    assert record(
+        f"packed with doc mask vs per-document ({'bf16' if dtype == torch.bfloat16 else 'fp32'})",
+        rel(packed, reference),
+        limit,
+    )

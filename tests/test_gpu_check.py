@@ -21,8 +21,22 @@ import gpu_check  # noqa: E402
 
 
 def _dry_run(out: Path, parts: str) -> dict:
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--cpu-dry-run", "--out", str(out),
-                           "--parts", parts, "--budget", "400"], capture_output=True, text=True, timeout=500)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "benchmarks/gpu_check.sh"),
+            "--cpu-dry-run",
+            "--out",
+            str(out),
+            "--parts",
+            parts,
+            "--budget",
+            "400",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert (out / "gpu_check.md").read_text().startswith("# GPU check (CPU dry run)")
@@ -36,9 +50,14 @@ def test_cpu_dry_run_runs_every_step(tmp_path: Path) -> None:
     assert steps["env"]["env"]["torch"]
     # Every GPU test ran (on CPU) and recorded its measured error against its limit.
     tests = {c["test"].split("[")[0] for c in report["checks"]}
-    assert {"test_hf_parity_fp32_and_bf16", "test_greedy_decode_equals_transformers_fp32",
-            "test_compiled_step_equals_eager", "test_fsdp2_one_rank_equals_ddp_and_plain", "test_exact_resume",
-            "test_document_mask_equals_per_document"} <= tests
+    assert {
+        "test_hf_parity_fp32_and_bf16",
+        "test_greedy_decode_equals_transformers_fp32",
+        "test_compiled_step_equals_eager",
+        "test_fsdp2_one_rank_equals_ddp_and_plain",
+        "test_exact_resume",
+        "test_document_mask_equals_per_document",
+    } <= tests
     names = [c["name"] for c in steps["train"]["contestants"]]
     assert names == ["glasslm", "hf"] and steps["train"]["memory_estimate"]["peak"] > 0
     assert steps["decode"]["decode"]["rows"][0]["batch"] == 1
@@ -52,10 +71,14 @@ def test_cpu_dry_run_with_eval(tmp_path: Path) -> None:
 
 
 def test_train_line_parse_and_missing_peer_skip() -> None:
-    step = gpu_check.Step("train", "x", ["python", "train_step.py"], 10, meta={"preset": "olmo2-1b", "seq": 4096, "batch": 4})
-    out = ("glasslm: 57,012 tokens/s  483.51 TFLOP/s  MFU 48.9%  peak memory 41.2 GiB\n"
-           "      hf: 46,417 tokens/s  393.66 TFLOP/s  MFU 39.8%  peak memory 60.0 GiB\n"
-           "ratio glasslm / transformers: 1.23x\n")
+    step = gpu_check.Step(
+        "train", "x", ["python", "train_step.py"], 10, meta={"preset": "olmo2-1b", "seq": 4096, "batch": 4}
+    )
+    out = (
+        "glasslm: 57,012 tokens/s  483.51 TFLOP/s  MFU 48.9%  peak memory 41.2 GiB\n"
+        "      hf: 46,417 tokens/s  393.66 TFLOP/s  MFU 39.8%  peak memory 60.0 GiB\n"
+        "ratio glasslm / transformers: 1.23x\n"
+    )
     res = gpu_check.parse(step, out)
     assert [c["tokens_per_s"] for c in res["contestants"]] == [57012.0, 46417.0]
     assert res["contestants"][0]["peak_gib"] == 41.2 and res["contestants"][1]["mfu"] == "39.8%"

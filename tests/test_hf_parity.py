@@ -17,7 +17,9 @@ from glasslm.model.olmo2 import ModelConfig, OLMo2
 
 transformers = pytest.importorskip("transformers")
 
-SMALL = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=160, max_seq_len=128)
+SMALL = ModelConfig(
+    vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=160, max_seq_len=128
+)
 
 
 def _hf_model(config: ModelConfig, tie: bool = False) -> torch.nn.Module:
@@ -131,7 +133,10 @@ def test_round_trip_is_bit_exact(tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert a[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]), k
-    h1, h2 = load_file(str(tmp_path / "hf/model.safetensors")), load_file(str(tmp_path / "hf2/model.safetensors"))
+    h1, h2 = (
+        load_file(str(tmp_path / "hf/model.safetensors")),
+        load_file(str(tmp_path / "hf2/model.safetensors")),
+    )
     assert all(torch.equal(h1[k], h2[k]) for k in h1)
     assert json.loads((tmp_path / "hf/config.json").read_text())["torch_dtype"] == "bfloat16"
 
@@ -140,10 +145,18 @@ def _hf_llama(config: ModelConfig, tie: bool) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hf_cfg = LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.mlp_hidden,
-        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
-        num_key_value_heads=config.kv_heads, max_position_embeddings=config.max_seq_len,
-        rms_norm_eps=1e-5, tie_word_embeddings=tie, pad_token_id=0, bos_token_id=None, eos_token_id=1,
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.mlp_hidden,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.kv_heads,
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=1,
     )  # rope θ left at Llama's default (10,000): the converter must fill in that default, not OLMo-2's
     torch.manual_seed(5)
     model = LlamaForCausalLM(hf_cfg).eval()
@@ -178,11 +191,20 @@ def test_unsupported_hf_configs_name_the_reason(tmp_path: Path) -> None:
     from glasslm.config import ConfigError
     from glasslm.model.hf import model_config_from_hf
 
-    base = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 4, "intermediate_size": 64}
-    for extra, words in [({"model_type": "gpt2"}, "model_type"), ({"mlp_bias": True}, "mlp_bias"),
-                         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "llama3"),
-                         ({"hidden_act": "gelu"}, "hidden_act")]:
+    base = {
+        "model_type": "llama",
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+    }
+    for extra, words in [
+        ({"model_type": "gpt2"}, "model_type"),
+        ({"mlp_bias": True}, "mlp_bias"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "llama3"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+    ]:
         with pytest.raises(ConfigError, match=words):
             model_config_from_hf({**base, **extra})
 
@@ -197,9 +219,27 @@ def test_eval_reads_a_hugging_face_llama_folder(tmp_path: Path, capsys) -> None:
     hf = _hf_llama(ModelConfig(**{**SMALL.__dict__, "vocab_size": 512}), tie=True)
     hf.save_pretrained(tmp_path / "hf")
     shutil.copy(tok, tmp_path / "hf" / "tokenizer.json")
-    arc, docs = write_jsonl(tmp_path / "arc.jsonl", arc_rows(6)), write_jsonl(tmp_path / "docs.jsonl", documents())
-    rc = main(["eval", str(tmp_path / "hf"), "--suite", "perplexity,arc_easy", "--documents", str(docs),
-               "--data", f"arc_easy={arc}", "--shots", "0", "--out", str(tmp_path / "e"), "--json"])
+    arc, docs = (
+        write_jsonl(tmp_path / "arc.jsonl", arc_rows(6)),
+        write_jsonl(tmp_path / "docs.jsonl", documents()),
+    )
+    rc = main(
+        [
+            "eval",
+            str(tmp_path / "hf"),
+            "--suite",
+            "perplexity,arc_easy",
+            "--documents",
+            str(docs),
+            "--data",
+            f"arc_easy={arc}",
+            "--shots",
+            "0",
+            "--out",
+            str(tmp_path / "e"),
+            "--json",
+        ]
+    )
     assert rc == 0
     results = json.loads(capsys.readouterr().out)
     assert results["tasks"][0]["n"] == 6 and results["perplexity"]["macro"]["bits_per_byte"] > 0

@@ -41,8 +41,13 @@ HOSTILE: list[tuple[bytes, str]] = [
     (b'{"id": "s1", "text": "a lone \\ud800 surrogate", "source": "web"}', "lone surrogate"),
     (b'{"id": "s2", "text": "fine text", "metadata": {"k": "\\udfff"}}', "lone surrogate"),
     (b'{"id": "deep", "text": ' + b"[" * 2000 + b"]" * 2000 + b"}", "nested too deeply"),
-    (b'{"id": "deep2", "text": "fine", "metadata": {"m": ' + b"[" * (MAX_DEPTH + 5) + b"]" * (MAX_DEPTH + 5)
-     + b"}}", "nested too deeply"),
+    (
+        b'{"id": "deep2", "text": "fine", "metadata": {"m": '
+        + b"[" * (MAX_DEPTH + 5)
+        + b"]" * (MAX_DEPTH + 5)
+        + b"}}",
+        "nested too deeply",
+    ),
     (b'{"id": "i1", "text": 42}', "non-string field"),
     (b'{"id": "f1", "text": 4.5e300}', "non-string field"),
     (b'{"id": "l1", "text": ["a", "list"]}', "non-string field"),
@@ -50,7 +55,7 @@ HOSTILE: list[tuple[bytes, str]] = [
     (b'{"id": 7, "text": "numeric id"}', "non-string field"),
     (b'{"id": "m1", "source": "web"}', "missing field"),
     (b'{"id": null, "text": "null id"}', "null field"),
-    (b'[1, 2, 3]', "not a JSON object"),
+    (b"[1, 2, 3]", "not a JSON object"),
     (b'"just a string"', "not a JSON object"),
     (b"null", "not a JSON object"),
     (b"12", "not a JSON object"),
@@ -75,7 +80,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[s
     clean = [{"id": f"c{i}", "text": prose(100 + i), "source": "web"} for i in range(30)]
     with create_artifact(root, "documents") as w:
         (w.path / "documents").mkdir()
-        (w.path / "documents" / "hostile.jsonl.gz").write_bytes(gzip.compress(b"\n".join(lines) + b"\n", mtime=0))
+        (w.path / "documents" / "hostile.jsonl.gz").write_bytes(
+            gzip.compress(b"\n".join(lines) + b"\n", mtime=0)
+        )
         write_jsonl(w.path / "documents" / "clean.jsonl.gz", clean)
     return root, expected, len(lines) + len(clean)
 
@@ -83,12 +90,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[s
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("tok")
-    return make_tokenizer(make_docs(tmp / "docs", shards=1, per_shard=40, heldout=0), tmp / "tokenizer", vocab=300)
+    return make_tokenizer(
+        make_docs(tmp / "docs", shards=1, per_shard=40, heldout=0), tmp / "tokenizer", vocab=300
+    )
 
 
 def _recipe(tmp: Path, docs: Path, heldout: bool) -> Path:
-    recipe = {"documents": str(docs), "seed": 1,
-              "sources": [{"name": "web", "match": ["*"], "heldout": {"count": 3 if heldout else 0}}]}
+    recipe = {
+        "documents": str(docs),
+        "seed": 1,
+        "sources": [{"name": "web", "match": ["*"], "heldout": {"count": 3 if heldout else 0}}],
+    }
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -98,7 +110,15 @@ def run_verb(verb: str, docs: Path, tmp: Path, tokenizer: Path | None) -> Path:
     out = tmp / verb
     common = ["--out", str(out), "--workers", "2"]
     if verb == "tag":
-        args = ["data", "tag", str(docs), "--taggers", "gopher,c4,pii,char_length,stats", "--no-progress", *common]
+        args = [
+            "data",
+            "tag",
+            str(docs),
+            "--taggers",
+            "gopher,c4,pii,char_length,stats",
+            "--no-progress",
+            *common,
+        ]
     elif verb == "dedupe":
         args = ["data", "dedupe", str(docs), *common]
     elif verb == "decon":
@@ -143,7 +163,9 @@ def check_ledger(out: Path, expected: dict[tuple[str, int], str], input_lines: i
 
 
 @pytest.mark.parametrize("verb", ["tag", "dedupe", "decon", "mix", "mix_heldout", "tokenize"])
-def test_every_data_verb_quarantines_hostile_lines(verb: str, corpus: Any, tokenizer: Path, tmp_path: Path) -> None:
+def test_every_data_verb_quarantines_hostile_lines(
+    verb: str, corpus: Any, tokenizer: Path, tmp_path: Path
+) -> None:
     docs, expected, input_lines = corpus
     out = run_verb(verb, docs, tmp_path, tokenizer if verb == "tokenize" else None)
     check_quarantine(out, expected)

@@ -16,14 +16,18 @@ from glasslm.cli import main
 from glasslm.data.documents import iter_documents, list_shards
 from glasslm.data.importers import changed_sources
 
-PROSE = ("The quick brown fox jumps over the lazy dog while the patient river carries leaves toward "
-         "the distant sea, and every evening the village gathers to share bread and stories. ")
+PROSE = (
+    "The quick brown fox jumps over the lazy dog while the patient river carries leaves toward "
+    "the distant sea, and every evening the village gathers to share bread and stories. "
+)
 
 
 def page(title: str, body: str) -> bytes:
-    return (f"<!DOCTYPE html><html><head><title>{title}</title></head><body><nav><a href='/'>Home</a> | "
-            f"<a href='/about'>About</a></nav><main><article><h1>{title}</h1><p>{body}</p></article></main>"
-            "<footer>Copyright footer text</footer></body></html>").encode()
+    return (
+        f"<!DOCTYPE html><html><head><title>{title}</title></head><body><nav><a href='/'>Home</a> | "
+        f"<a href='/about'>About</a></nav><main><article><h1>{title}</h1><p>{body}</p></article></main>"
+        "<footer>Copyright footer text</footer></body></html>"
+    ).encode()
 
 
 def write_warc(path: Path, records: list[tuple[str, str, bytes, int]], gz: bool = True) -> None:
@@ -38,7 +42,9 @@ def write_warc(path: Path, records: list[tuple[str, str, bytes, int]], gz: bool 
             req = w.create_warc_record(url, "request", payload=io.BytesIO(b"GET / HTTP/1.1\r\n\r\n"))
             w.write_record(req)
             headers = StatusAndHeaders(f"{status} X", [("Content-Type", ctype)], protocol="HTTP/1.1")
-            w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(payload), http_headers=headers))
+            w.write_record(
+                w.create_warc_record(url, "response", payload=io.BytesIO(payload), http_headers=headers)
+            )
 
 
 def docs_of(out: Path) -> list[dict[str, Any]]:
@@ -64,38 +70,89 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     root = tmp_path / "in"
     jdir = root / "jsonl"
     jdir.mkdir(parents=True)
-    (jdir / "a.jsonl").write_text("".join(json.dumps({"id": f"j{i}", "text": f"Doc {i}. " + PROSE * 3,
-                                                      "source": "mine"}) + "\n" for i in range(6)))
+    (jdir / "a.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"j{i}", "text": f"Doc {i}. " + PROSE * 3, "source": "mine"}) + "\n"
+            for i in range(6)
+        )
+    )
     with gzip.open(jdir / "b.jsonl.gz", "wt") as f:
         f.write("".join(json.dumps({"text": f"Gzipped {i}. " + PROSE * 3}) + "\n" for i in range(4)))
     parquet = root / "table.parquet"
-    pq.write_table(pa.table({"content": [f"Row {i}. " + PROSE * 3 for i in range(5)],
-                             "uid": [100 + i for i in range(5)], "lang": ["en"] * 5}), parquet, row_group_size=2)
+    pq.write_table(
+        pa.table(
+            {
+                "content": [f"Row {i}. " + PROSE * 3 for i in range(5)],
+                "uid": [100 + i for i in range(5)],
+                "lang": ["en"] * 5,
+            }
+        ),
+        parquet,
+        row_group_size=2,
+    )
     tree = root / "tree"
     (tree / "pkg").mkdir(parents=True)
-    (tree / "LICENSE").write_text("MIT License\n\nPermission is hereby granted, free of charge, to any person...\n")
+    (tree / "LICENSE").write_text(
+        "MIT License\n\nPermission is hereby granted, free of charge, to any person...\n"
+    )
     (tree / "README.md").write_text("# Title\n\n" + PROSE * 3)
-    (tree / "pkg" / "mod.py").write_text("# SPDX-License-Identifier: Apache-2.0\n\"\"\"" + PROSE + "\"\"\"\n")
+    (tree / "pkg" / "mod.py").write_text('# SPDX-License-Identifier: Apache-2.0\n"""' + PROSE + '"""\n')
     (tree / "pkg" / "notes.txt").write_text(PROSE * 2)
     (tree / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
     (tree / ".git").mkdir()
     (tree / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     warc = root / "crawl.warc.gz"
-    write_warc(warc, [(f"http://example.org/{i}", "text/html; charset=utf-8", page(f"Page {i}", f"{i} " + PROSE * 3),
-                       200) for i in range(4)] + [
-        ("http://example.org/logo.png", "image/png", b"\x89PNG...", 200),
-        ("http://example.org/missing", "text/html", page("Not found", "gone"), 404),
-        ("http://example.org/empty", "text/html", b"<html><body><nav>menu</nav></body></html>", 200),
-    ])
+    write_warc(
+        warc,
+        [
+            (
+                f"http://example.org/{i}",
+                "text/html; charset=utf-8",
+                page(f"Page {i}", f"{i} " + PROSE * 3),
+                200,
+            )
+            for i in range(4)
+        ]
+        + [
+            ("http://example.org/logo.png", "image/png", b"\x89PNG...", 200),
+            ("http://example.org/missing", "text/html", page("Not found", "gone"), 404),
+            ("http://example.org/empty", "text/html", b"<html><body><nav>menu</nav></body></html>", 200),
+        ],
+    )
     return {"jsonl": jdir, "parquet": parquet, "tree": tree, "warc": warc}
 
 
 def test_each_format_imports_with_metadata_totals_and_lineage(inputs, tmp_path):
     out = tmp_path / "corpus"
-    assert run_import(f"web={inputs['warc']}", f"tables={inputs['parquet']}", f"mine={inputs['jsonl']}",
-                      "--text-column", "content", "--id-column", "uid", "--out", str(out), "--json") == 0
-    assert run_import(str(inputs["tree"]), "--source", "code", "--format", "text", "--extend", str(out),
-                      "--out", str(tmp_path / "all")) == 0
+    assert (
+        run_import(
+            f"web={inputs['warc']}",
+            f"tables={inputs['parquet']}",
+            f"mine={inputs['jsonl']}",
+            "--text-column",
+            "content",
+            "--id-column",
+            "uid",
+            "--out",
+            str(out),
+            "--json",
+        )
+        == 0
+    )
+    assert (
+        run_import(
+            str(inputs["tree"]),
+            "--source",
+            "code",
+            "--format",
+            "text",
+            "--extend",
+            str(out),
+            "--out",
+            str(tmp_path / "all"),
+        )
+        == 0
+    )
     out = tmp_path / "all"
     m = manifest(out)
     docs = {d["id"]: d for d in docs_of(out)}
@@ -109,13 +166,21 @@ def test_each_format_imports_with_metadata_totals_and_lineage(inputs, tmp_path):
     assert docs["100"]["metadata"] == {"lang": "en"}
     # WARC: URL, date, record id and content type; the record id is the document id.
     web = by_source["web"][0]
-    assert web["id"] == web["metadata"]["warc_record_id"] and web["metadata"]["url"].startswith("http://example.org/")
-    assert web["metadata"]["content_type"].startswith("text/html") and web["created"] == web["metadata"]["warc_date"]
+    assert web["id"] == web["metadata"]["warc_record_id"] and web["metadata"]["url"].startswith(
+        "http://example.org/"
+    )
+    assert (
+        web["metadata"]["content_type"].startswith("text/html")
+        and web["created"] == web["metadata"]["warc_date"]
+    )
     assert "Home" not in web["text"] and "footer" not in web["text"] and PROSE.strip() in web["text"]
     # Text tree: one document per file, relative path, licence from the SPDX header or the nearest file.
     files = {d["metadata"]["path"]: d["metadata"] for d in by_source["code"]}
     assert set(files) == {"LICENSE", "README.md", "pkg/mod.py", "pkg/notes.txt", "image.png"} - {"image.png"}
-    assert files["pkg/mod.py"]["license"] == "Apache-2.0" and files["pkg/mod.py"]["license_from"] == "SPDX header"
+    assert (
+        files["pkg/mod.py"]["license"] == "Apache-2.0"
+        and files["pkg/mod.py"]["license_from"] == "SPDX header"
+    )
     assert files["pkg/notes.txt"]["license"] == "MIT" and files["pkg/notes.txt"]["license_from"] == "LICENSE"
     # Quarantine: the non-HTML, the 404, the page with no text, the binary file; nothing else.
     reasons = sorted(q["reason"].split(":")[0] for q in quarantine_of(out))
@@ -126,8 +191,12 @@ def test_each_format_imports_with_metadata_totals_and_lineage(inputs, tmp_path):
     uris = {s["uri"]: s for s in m["sources"]}
     assert str(inputs["parquet"]) in uris and str(inputs["warc"]) in uris
     import hashlib
+
     assert uris[str(inputs["warc"])]["sha256"] == hashlib.sha256(inputs["warc"].read_bytes()).hexdigest()
-    assert uris[str(inputs["warc"])]["bytes"] == inputs["warc"].stat().st_size and uris[str(inputs["warc"])]["mtime"]
+    assert (
+        uris[str(inputs["warc"])]["bytes"] == inputs["warc"].stat().st_size
+        and uris[str(inputs["warc"])]["mtime"]
+    )
     assert not any(".git" in u for u in uris)
     assert changed_sources(m) == []
     (inputs["jsonl"] / "a.jsonl").write_text('{"id": "x", "text": "changed"}\n')
@@ -142,9 +211,14 @@ def test_hf_save_to_disk_folder_and_arrow(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
     table = pa.table({"text": [PROSE + str(i) for i in range(3)], "label": [0, 1, 0]})
-    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+    with (
+        pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink,
+        pa.ipc.new_stream(sink, table.schema) as w,
+    ):
         w.write_table(table)
-    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    (folder / "state.json").write_text(
+        json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]})
+    )
     (folder / "dataset_info.json").write_text("{}")
     out = tmp_path / "out"
     assert run_import(str(folder), "--source", "hf", "--out", str(out)) == 0
@@ -173,17 +247,30 @@ def test_malformed_jsonl_every_case_quarantined_with_file_line_reason(tmp_path):
         b"",
     ]
     (src / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    good = gzip.compress(b"".join(json.dumps({"id": f"g{i}", "text": f"gz {i} " + PROSE * 20}).encode() + b"\n"
-                                  for i in range(200)), mtime=0)
+    good = gzip.compress(
+        b"".join(
+            json.dumps({"id": f"g{i}", "text": f"gz {i} " + PROSE * 20}).encode() + b"\n" for i in range(200)
+        ),
+        mtime=0,
+    )
     (src / "b.jsonl.gz").write_bytes(good[: len(good) // 2])  # truncated gzip
     out = tmp_path / "out"
     assert run_import(str(src), "--source", "s", "--out", str(out)) == 0
     q = quarantine_of(out)
     got = {(Path(e["file"]).name, e["line"]): e["reason"] for e in q}
-    expect = {2: "malformed JSON", 3: "invalid UTF-8", 4: "missing field: 'text'", 5: "empty field: 'text'",
-              6: "null field: 'text'", 7: "non-string field: 'text'", 8: "non-string field: 'id'",
-              9: "invalid UTF-8 in 'text'", 10: "not a JSON object", 11: "non-object field: 'metadata'",
-              14: "empty line"}
+    expect = {
+        2: "malformed JSON",
+        3: "invalid UTF-8",
+        4: "missing field: 'text'",
+        5: "empty field: 'text'",
+        6: "null field: 'text'",
+        7: "non-string field: 'text'",
+        8: "non-string field: 'id'",
+        9: "invalid UTF-8 in 'text'",
+        10: "not a JSON object",
+        11: "non-object field: 'metadata'",
+        14: "empty line",
+    }
     for line, reason in expect.items():
         assert got[("a.jsonl", line)].startswith(reason), (line, got.get(("a.jsonl", line)))
     truncated = [r for (name, _), r in got.items() if name == "b.jsonl.gz"]
@@ -199,8 +286,11 @@ def test_malformed_jsonl_every_case_quarantined_with_file_line_reason(tmp_path):
 def test_malformed_parquet_warc_and_text(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    pq.write_table(pa.table({"text": ["good " + PROSE, None, "", "also good"], "id": ["a", "b", "c", "d"]}),
-                   src / "t.parquet", row_group_size=2)
+    pq.write_table(
+        pa.table({"text": ["good " + PROSE, None, "", "also good"], "id": ["a", "b", "c", "d"]}),
+        src / "t.parquet",
+        row_group_size=2,
+    )
     (src / "broken.parquet").write_bytes(b"PAR1 this is not a parquet file")
     pq.write_table(pa.table({"body": ["x"]}), src / "nocol.parquet")
     out = tmp_path / "pq"
@@ -229,7 +319,11 @@ def test_link_references_jsonl_in_place(inputs, tmp_path):
     out = tmp_path / "linked"
     assert run_import(str(inputs["jsonl"] / "a.jsonl"), "--link", "--out", str(out)) == 0
     links = list((out / "documents").iterdir())
-    assert len(links) == 1 and links[0].is_symlink() and links[0].resolve() == (inputs["jsonl"] / "a.jsonl").resolve()
+    assert (
+        len(links) == 1
+        and links[0].is_symlink()
+        and links[0].resolve() == (inputs["jsonl"] / "a.jsonl").resolve()
+    )
     m = manifest(out)
     assert m["sources"][0]["linked"] and m["sources"][0]["sha256"]
     assert len(docs_of(out)) == 6 and m["metrics"]["imported"] == 6
@@ -265,8 +359,13 @@ def test_errors_name_what_to_do(tmp_path, capsys):
 def test_page_licence_from_meta_or_rel_license_link() -> None:
     from glasslm.data.importers.warc import page_license
 
-    assert page_license(b'<html><head><meta name="license" content="Apache-2.0 OR MIT"></head>') == "Apache-2.0 OR MIT"
+    assert (
+        page_license(b'<html><head><meta name="license" content="Apache-2.0 OR MIT"></head>')
+        == "Apache-2.0 OR MIT"
+    )
     cc = b'<head><link rel="license" href="https://creativecommons.org/licenses/by-sa/4.0/"></head>'
     assert page_license(cc) == "CC-BY-SA-4.0"
-    assert page_license(b'<link rel="license" href="https://example.org/terms">') == "https://example.org/terms"
+    assert (
+        page_license(b'<link rel="license" href="https://example.org/terms">') == "https://example.org/terms"
+    )
     assert page_license(b"<html><body>no licence here</body></html>") is None

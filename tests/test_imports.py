@@ -120,7 +120,10 @@ def test_no_import_cycles() -> None:
 def test_no_library_module_imports_a_cli_module() -> None:
     graph = import_graph()
     bad = sorted(
-        f"{a} → {b}" for a, targets in graph.items() if not is_cli(a) and a not in CLI_DRIVERS
-        for b in targets if is_cli(b)
+        f"{a} → {b}"
+        for a, targets in graph.items()
+        if not is_cli(a) and a not in CLI_DRIVERS
+        for b in targets
+        if is_cli(b)
     )
     assert not bad, f"library modules importing CLI modules: {', '.join(bad)}"

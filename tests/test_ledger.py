@@ -18,21 +18,47 @@ def run_dir(tmp_path: Path) -> Path:
     run = tmp_path / "runs" / "demo"
     text = "A paragraph of plain text about rivers and valleys.\nAnother line."
     with create_artifact(run / "corpus", "documents") as w:
-        write_jsonl(w.path / "documents" / "web.jsonl.gz", [
-            {"id": "r1", "text": text, "source": "web"},
-            {"id": "r2", "text": text, "source": "web"},
-            {"id": "r3", "text": "Mail bob@example.org today.", "source": "web"},
-        ])
-    assert main(["data", "dedupe", str(run), "--out", str(run / "attributes" / "dedupe"), "--workers", "1"]) == 0
+        write_jsonl(
+            w.path / "documents" / "web.jsonl.gz",
+            [
+                {"id": "r1", "text": text, "source": "web"},
+                {"id": "r2", "text": text, "source": "web"},
+                {"id": "r3", "text": "Mail bob@example.org today.", "source": "web"},
+            ],
+        )
+    assert (
+        main(["data", "dedupe", str(run), "--out", str(run / "attributes" / "dedupe"), "--workers", "1"]) == 0
+    )
     with create_artifact(run / "attributes" / "pii", "attributes") as w:
-        write_jsonl(w.path / "web.jsonl.gz", [{"id": "r1", "attributes": {"p__pii__EMAIL_ADDRESS": []}},
-                                              {"id": "r2", "attributes": {"p__pii__EMAIL_ADDRESS": []}},
-                                              {"id": "r3", "attributes": {"p__pii__EMAIL_ADDRESS": [[5, 20, 1.0]]}}])
+        write_jsonl(
+            w.path / "web.jsonl.gz",
+            [
+                {"id": "r1", "attributes": {"p__pii__EMAIL_ADDRESS": []}},
+                {"id": "r2", "attributes": {"p__pii__EMAIL_ADDRESS": []}},
+                {"id": "r3", "attributes": {"p__pii__EMAIL_ADDRESS": [[5, 20, 1.0]]}},
+            ],
+        )
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"sources": [{"name": "web", "dedupe": True, "pii_mask": True}]}))
-    assert main(["data", "mix", str(recipe), "--documents", str(run), "--attributes",
-                 str(run / "attributes" / "dedupe"), str(run / "attributes" / "pii"), "--out", str(run / "mix"),
-                 "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "mix",
+                str(recipe),
+                "--documents",
+                str(run),
+                "--attributes",
+                str(run / "attributes" / "dedupe"),
+                str(run / "attributes" / "pii"),
+                "--out",
+                str(run / "mix"),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -41,7 +67,9 @@ def test_why_tells_the_whole_story(run_dir: Path, capsys: pytest.CaptureFixture[
     assert main(["data", "why", "r2", str(run_dir), "--json"]) == 0
     story = json.loads(capsys.readouterr().out)
     (row,) = story["rows"]
-    assert row["decision"] == "removed" and row["first_rule"] == "dedupe_exact" and row["duplicate_of"] == "r1"
+    assert (
+        row["decision"] == "removed" and row["first_rule"] == "dedupe_exact" and row["duplicate_of"] == "r1"
+    )
     assert row["input"].endswith("corpus/documents/web.jsonl.gz:2") and row["split"] == "none"
     assert row["attributes"]["dedupe__dedupe__exact_doc"] == [[0, 65, 1.0]]
     assert row["attributes"]["p__pii__EMAIL_ADDRESS"] == []

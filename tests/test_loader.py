@@ -102,13 +102,17 @@ def test_determinism_resume_and_epochs(tokens: Path) -> None:
     assert not np.array_equal(other.global_instances(0), a.global_instances(0))
     # The order does not depend on the batch size: only how it is cut into steps.
     wide = TokenLoader(tokens, LoaderConfig(seq_len=32, global_batch_size=16, seed=11))
-    assert np.array_equal(wide.global_instances(0), np.concatenate([a.global_instances(0), a.global_instances(1)]))
+    assert np.array_equal(
+        wide.global_instances(0), np.concatenate([a.global_instances(0), a.global_instances(1)])
+    )
 
 
 def test_mixture_weights_apply_at_token_level(tokens: Path) -> None:
     L = 32
     natural = TokenLoader(tokens, LoaderConfig(seq_len=L, global_batch_size=4))
-    mixed = TokenLoader(tokens, LoaderConfig(seq_len=L, global_batch_size=4, seed=5, mixture={"web": 3, "code": 1}))
+    mixed = TokenLoader(
+        tokens, LoaderConfig(seq_len=L, global_batch_size=4, seed=5, mixture={"web": 3, "code": 1})
+    )
     assert [s.name for s in mixed.streams] == ["code", "web"]
     counts = Counter()
     for step in range(mixed.steps_per_epoch):
@@ -120,8 +124,12 @@ def test_mixture_weights_apply_at_token_level(tokens: Path) -> None:
     assert n == mixed.steps_per_epoch * 4 and mixed.n_instances == sum(s.windows(L) for s in mixed.streams)
     assert counts["web"] / n == pytest.approx(0.75, abs=4 / n)
     # The same weights again give the same epoch; epochs resample a down-weighted source.
-    again = TokenLoader(tokens, LoaderConfig(seq_len=L, global_batch_size=4, seed=5, mixture={"web": 3, "code": 1}))
-    assert np.array_equal(again.order(0), mixed.order(0)) and not np.array_equal(mixed.order(0), mixed.order(1))
+    again = TokenLoader(
+        tokens, LoaderConfig(seq_len=L, global_batch_size=4, seed=5, mixture={"web": 3, "code": 1})
+    )
+    assert np.array_equal(again.order(0), mixed.order(0)) and not np.array_equal(
+        mixed.order(0), mixed.order(1)
+    )
     only = TokenLoader(tokens, LoaderConfig(seq_len=L, global_batch_size=4, mixture={"web": 1}))
     assert {d["source"] for i in only.order(0)[:50].tolist() for d in only.instance_docs(i)} == {"web"}
     assert natural.n_instances >= mixed.n_instances - 1  # per-source tails cost at most one window each

@@ -80,27 +80,40 @@ def test_recipe_rules_edits_heldout_and_invariant(tmp_path: Path) -> None:
         "code1": "def f(x):\n    return x + 1\n",
         "held": HELD,
     }
-    shards = {"a.jsonl.gz": [doc(k, texts[k]) for k in ("good", "short", "french", "toxic", "email", "dup_para",
-                                                         "quotes_held")],
-              "b.jsonl.gz": [doc("code1", texts["code1"], "code-python"), doc("held", texts["held"], "lighthouse"),
-                             doc("stray", "no recipe source for this one", "unknown")]}
+    shards = {
+        "a.jsonl.gz": [
+            doc(k, texts[k]) for k in ("good", "short", "french", "toxic", "email", "dup_para", "quotes_held")
+        ],
+        "b.jsonl.gz": [
+            doc("code1", texts["code1"], "code-python"),
+            doc("held", texts["held"], "lighthouse"),
+            doc("stray", "no recipe source for this one", "unknown"),
+        ],
+    }
     docs = docs_artifact(tmp_path / "docs", shards)
 
     def attrs(k: str, text: str) -> dict[str, Any]:
-        a: dict[str, Any] = {"t1__gopher__word_count": span(text, len(text.split())),
-                             "t1__langid__en": span(text, 0.1 if k == "french" else 0.95),
-                             "t1__toxicity__doc": span(text, 0.9 if k == "toxic" else 0.01),
-                             "t1__pii__EMAIL_ADDRESS": [], "t1__dedupe__paragraphs": []}
+        a: dict[str, Any] = {
+            "t1__gopher__word_count": span(text, len(text.split())),
+            "t1__langid__en": span(text, 0.1 if k == "french" else 0.95),
+            "t1__toxicity__doc": span(text, 0.9 if k == "toxic" else 0.01),
+            "t1__pii__EMAIL_ADDRESS": [],
+            "t1__dedupe__paragraphs": [],
+        }
         if k == "email":
             a["t1__pii__EMAIL_ADDRESS"] = [[9, 26, 1.0]]
         if k == "dup_para":
             a["t1__dedupe__paragraphs"] = [[22, 49, 1.0]]
         return a
 
-    tags = attributes_artifact(tmp_path / "tags", {
-        name: [(d["id"], attrs(d["id"], d["text"])) for d in docs_] for name, docs_ in shards.items()})
+    tags = attributes_artifact(
+        tmp_path / "tags",
+        {name: [(d["id"], attrs(d["id"], d["text"])) for d in docs_] for name, docs_ in shards.items()},
+    )
     recipe = {
-        "documents": str(docs), "attributes": [str(tags)], "seed": 3,
+        "documents": str(docs),
+        "attributes": [str(tags)],
+        "seed": 3,
         "rules": [{"attribute": "gopher__word_count", "op": "<", "value": 3, "name": "too_short"}],
         "sources": [
             {"name": "web", "language": "en", "toxicity_max": 0.5, "pii_mask": True, "dedupe": True},
@@ -113,15 +126,23 @@ def test_recipe_rules_edits_heldout_and_invariant(tmp_path: Path) -> None:
     by_id = {r["id"]: r for r in rows}
     assert by_id["good"]["decision"] == "kept" and by_id["good"]["split"] == "train"
     assert by_id["short"]["first_rule"] == "too_short" and by_id["short"]["rules"][0]["value"] == "1"
-    assert by_id["french"]["first_rule"] == "language" and json.loads(by_id["french"]["rules"][0]["value"]) == 0.1
+    assert (
+        by_id["french"]["first_rule"] == "language"
+        and json.loads(by_id["french"]["rules"][0]["value"]) == 0.1
+    )
     assert by_id["toxic"]["first_rule"] == "toxicity"
     assert by_id["stray"]["first_rule"] == "unmatched_source"
     assert by_id["email"]["decision"] == "modified" and by_id["dup_para"]["decision"] == "modified"
-    assert by_id["held"]["split"] == "held_out" and by_id["held"]["output_file"] == "heldout/lighthouse/b.jsonl.gz"
+    assert (
+        by_id["held"]["split"] == "held_out"
+        and by_id["held"]["output_file"] == "heldout/lighthouse/b.jsonl.gz"
+    )
     assert by_id["quotes_held"]["first_rule"] == "decon_heldout"
     assert by_id["code1"]["copies"] == 2
     train = {d["id"]: d for d in read_jsonl(out / "documents" / "a.jsonl.gz")}
-    assert train["email"]["text"] == "Write to |||EMAIL_ADDRESS||| for the full gardening schedule of the year."
+    assert (
+        train["email"]["text"] == "Write to |||EMAIL_ADDRESS||| for the full gardening schedule of the year."
+    )
     assert train["dup_para"]["text"] == "First line is unique.\nLast line is unique too."
     code = list(read_jsonl(out / "documents" / "b.jsonl.gz"))
     assert [d["id"] for d in code] == ["code1", "code1#1"] and code[1]["metadata"]["copy_of"] == "code1"
@@ -143,16 +164,32 @@ BAD_LINES = [
 
 def test_bad_input_is_quarantined_in_the_ledger(tmp_path: Path) -> None:
     truncated = gzip.compress(b'{"id": "t1", "text": "first"}\n{"id": "t2", "text": "second"}\n' * 50)
-    docs = docs_artifact(tmp_path / "docs", {"c.jsonl.gz": [doc("ok1", "cross-shard duplicate id")]}, raw={
-        "a.jsonl": b"\n".join(BAD_LINES) + b"\n",
-        "b.jsonl.gz": truncated[: len(truncated) // 2],
-    })
+    docs = docs_artifact(
+        tmp_path / "docs",
+        {"c.jsonl.gz": [doc("ok1", "cross-shard duplicate id")]},
+        raw={
+            "a.jsonl": b"\n".join(BAD_LINES) + b"\n",
+            "b.jsonl.gz": truncated[: len(truncated) // 2],
+        },
+    )
     out, rows = mix(tmp_path, {"documents": str(docs), "sources": [{"name": "all", "match": ["*"]}]})
     a = {r["line"]: r for r in rows if r["shard"] == "a.jsonl"}
-    reasons = {line: json.loads(r["rules"][0]["value"]) for line, r in a.items() if r["decision"] == "quarantined"}
+    reasons = {
+        line: json.loads(r["rules"][0]["value"]) for line, r in a.items() if r["decision"] == "quarantined"
+    }
     assert sorted(reasons) == [2, 3, 4, 5, 6, 7]
-    for line, prefix in zip([2, 3, 4, 5, 6, 7], ["malformed JSON", "invalid UTF-8", "missing field", "empty field",
-                                                 "non-string field", "duplicate id"], strict=True):
+    for line, prefix in zip(
+        [2, 3, 4, 5, 6, 7],
+        [
+            "malformed JSON",
+            "invalid UTF-8",
+            "missing field",
+            "empty field",
+            "non-string field",
+            "duplicate id",
+        ],
+        strict=True,
+    ):
         assert reasons[line].startswith(prefix), (line, reasons[line])
     assert a[1]["decision"] == a[8]["decision"] == "kept"
     b = [r for r in rows if r["shard"] == "b.jsonl.gz"]
@@ -166,11 +203,19 @@ def test_bad_input_is_quarantined_in_the_ledger(tmp_path: Path) -> None:
 
 
 def test_sampling_is_seeded_and_counts_copies(tmp_path: Path) -> None:
-    docs = docs_artifact(tmp_path / "docs", {"a.jsonl.gz": [doc(f"d{i}", f"document number {i}", "down")
-                                                            for i in range(200)]
-                                             + [doc(f"u{i}", f"upsampled document {i}", "up") for i in range(50)]})
-    recipe = {"documents": str(docs), "seed": 7, "decon_heldout": False,
-              "sources": [{"name": "down", "weight": 0.5}, {"name": "up", "weight": 2.5}]}
+    docs = docs_artifact(
+        tmp_path / "docs",
+        {
+            "a.jsonl.gz": [doc(f"d{i}", f"document number {i}", "down") for i in range(200)]
+            + [doc(f"u{i}", f"upsampled document {i}", "up") for i in range(50)]
+        },
+    )
+    recipe = {
+        "documents": str(docs),
+        "seed": 7,
+        "decon_heldout": False,
+        "sources": [{"name": "down", "weight": 0.5}, {"name": "up", "weight": 2.5}],
+    }
     out, rows = mix(tmp_path, recipe)
     check_invariants(out, rows, 250)
     down = [r for r in rows if r["recipe_source"] == "down"]
@@ -186,11 +231,27 @@ def test_sampling_is_seeded_and_counts_copies(tmp_path: Path) -> None:
 
 
 def test_heldout_fraction_among_survivors(tmp_path: Path) -> None:
-    docs = docs_artifact(tmp_path / "docs", {"a.jsonl.gz": [doc(f"d{i}", f"text {i} " * 3) for i in range(40)]})
-    tags = attributes_artifact(tmp_path / "tags", {"a.jsonl.gz": [
-        (f"d{i}", {"q__bad": span("x", 1.0) if i < 20 else []}) for i in range(40)]})
-    _, rows = mix(tmp_path, {"documents": str(docs), "attributes": [str(tags)], "sources": [
-        {"name": "web", "heldout": {"fraction": 0.25}, "rules": [{"attribute": "bad", "op": "exists"}]}]})
+    docs = docs_artifact(
+        tmp_path / "docs", {"a.jsonl.gz": [doc(f"d{i}", f"text {i} " * 3) for i in range(40)]}
+    )
+    tags = attributes_artifact(
+        tmp_path / "tags",
+        {"a.jsonl.gz": [(f"d{i}", {"q__bad": span("x", 1.0) if i < 20 else []}) for i in range(40)]},
+    )
+    _, rows = mix(
+        tmp_path,
+        {
+            "documents": str(docs),
+            "attributes": [str(tags)],
+            "sources": [
+                {
+                    "name": "web",
+                    "heldout": {"fraction": 0.25},
+                    "rules": [{"attribute": "bad", "op": "exists"}],
+                }
+            ],
+        },
+    )
     held = [r for r in rows if r["split"] == "held_out"]
     assert len(held) == 5 and all(int(r["id"][1:]) >= 20 for r in held)
 
@@ -201,8 +262,9 @@ def test_recipe_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown config key 'sources\\[0\\].wieght'|wieght"):
         from_dict(Recipe, {"sources": [{"name": "a", "wieght": 2}]})
     docs = docs_artifact(tmp_path / "docs", {"a.jsonl.gz": [doc("a", "x")]})
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"documents": str(docs), "attributes": [str(docs)],
-                                                     "sources": [{"name": "web"}]}))
+    (tmp_path / "r.yaml").write_text(
+        yaml.safe_dump({"documents": str(docs), "attributes": [str(docs)], "sources": [{"name": "web"}]})
+    )
     assert main(["data", "mix", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "m")]) == 2
     assert not (tmp_path / "m").exists()
 
@@ -215,8 +277,9 @@ def test_apply_edits_merges_overlaps() -> None:
 
 def test_ray_executor(tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    docs = docs_artifact(tmp_path / "docs", {f"{s}.jsonl.gz": [doc(f"{s}{i}", f"doc {s} {i}") for i in range(5)]
-                                             for s in "ab"})
+    docs = docs_artifact(
+        tmp_path / "docs", {f"{s}.jsonl.gz": [doc(f"{s}{i}", f"doc {s} {i}") for i in range(5)] for s in "ab"}
+    )
     out, rows = mix(tmp_path, {"documents": str(docs), "sources": [{"name": "web"}]}, "--executor", "ray")
     check_invariants(out, rows, 10)
 
@@ -226,31 +289,50 @@ def test_one_pass_and_two_pass_paths_agree(tmp_path: Path) -> None:
     repeated from an earlier shard is run again); it must give what the two-pass path gives."""
     meta = {"n": 2**64 - 1, "big": 2**70, "f": 1e16, "nested": [{"s": "é\u2028\x01"}, None, True]}
     shards = {
-        "a.jsonl.gz": [doc("x", "first x"), {**doc("m", "métadonnées 😀\x7f"), "metadata": meta}, doc("y", "bad y")],
+        "a.jsonl.gz": [
+            doc("x", "first x"),
+            {**doc("m", "métadonnées 😀\x7f"), "metadata": meta},
+            doc("y", "bad y"),
+        ],
         "b.jsonl.gz": [doc("x", "repeated id"), doc("z", "zed"), doc("y", "repeated and bad")],
         "c.jsonl.gz": [doc("y", "only a repeat")],
     }
     docs = docs_artifact(tmp_path / "docs", shards)
-    tags = attributes_artifact(tmp_path / "tags", {name: [(d["id"], {"t__bad": span(d["text"], 1.0)
-                                                                      if "bad" in d["text"] else []}) for d in ds]
-                                                   for name, ds in shards.items()})
+    tags = attributes_artifact(
+        tmp_path / "tags",
+        {
+            name: [(d["id"], {"t__bad": span(d["text"], 1.0) if "bad" in d["text"] else []}) for d in ds]
+            for name, ds in shards.items()
+        },
+    )
     source = {"name": "web", "rules": [{"attribute": "bad", "op": "exists"}]}
     results = []
     # heldout fraction 0.01 of 3 survivors rounds to no document, but takes the two-pass path
     for name, extra in (("one", {}), ("two", {"heldout": {"fraction": 0.01}})):
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({
-            "documents": str(docs), "attributes": [str(tags)], "sources": [{**source, **extra}]}))
+        (tmp_path / f"{name}.yaml").write_text(
+            yaml.safe_dump(
+                {"documents": str(docs), "attributes": [str(tags)], "sources": [{**source, **extra}]}
+            )
+        )
         out = tmp_path / name
         assert main(["data", "mix", str(tmp_path / f"{name}.yaml"), "--out", str(out), "--workers", "2"]) == 0
         rows = pq.read_table(out / "ledger.parquet").to_pylist()
         check_invariants(out, rows, 7)
-        files = {p.relative_to(out).as_posix(): gzip.decompress(p.read_bytes())
-                 for p in sorted((out / "documents").glob("*.gz"))}
+        files = {
+            p.relative_to(out).as_posix(): gzip.decompress(p.read_bytes())
+            for p in sorted((out / "documents").glob("*.gz"))
+        }
         results.append((rows, files))
     assert results[0] == results[1]
     rows, files = results[0]
     assert sorted(files) == ["documents/a.jsonl.gz", "documents/b.jsonl.gz"]  # c's only line is a repeat
-    assert [r["decision"] for r in rows if r["shard"] == "b.jsonl.gz"] == ["quarantined", "kept", "quarantined"]
+    assert [r["decision"] for r in rows if r["shard"] == "b.jsonl.gz"] == [
+        "quarantined",
+        "kept",
+        "quarantined",
+    ]
     # Output lines are exactly the stdlib's compact, non-ASCII JSON (orjson is used only where identical).
     written = files["documents/a.jsonl.gz"].decode().split("\n")[:-1]  # not splitlines: \u2028 is in a line
-    assert written == [json.dumps(d, ensure_ascii=False, separators=(",", ":")) for d in shards["a.jsonl.gz"][:2]]
+    assert written == [
+        json.dumps(d, ensure_ascii=False, separators=(",", ":")) for d in shards["a.jsonl.gz"][:2]
+    ]

@@ -23,7 +23,9 @@ from glasslm.model.olmo2 import (
 )
 from glasslm.model.presets import PRESETS, pad_vocab
 
-CFG = ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=64, max_seq_len=64)
+CFG = ModelConfig(
+    vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=64, max_seq_len=64
+)
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -96,7 +98,9 @@ def test_init_is_truncated_normal() -> None:
 
 def test_init_cli_builds_loadable_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m"
-    assert main(["model", "init", "--preset", "tiny", "--out", str(out), "--model.n_layers=2", "--seed=5"]) == 0
+    assert (
+        main(["model", "init", "--preset", "tiny", "--out", str(out), "--model.n_layers=2", "--seed=5"]) == 0
+    )
     loaded = load_model(out)
     assert loaded.config.n_layers == 2 and loaded.config.kv_heads == 2
     manifest = json.loads((out / "manifest.json").read_text())
@@ -107,7 +111,21 @@ def test_init_cli_builds_loadable_checkpoint(tmp_path: Path, capsys: pytest.Capt
     info = json.loads(capsys.readouterr().out)
     assert info["params_total"] == sum(p.numel() for p in loaded.model.parameters())
     # the same seed gives the same weights
-    assert main(["model", "init", "--preset", "tiny", "--out", str(tmp_path / "m2"), "--model.n_layers=2", "--seed=5"]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "init",
+                "--preset",
+                "tiny",
+                "--out",
+                str(tmp_path / "m2"),
+                "--model.n_layers=2",
+                "--seed=5",
+            ]
+        )
+        == 0
+    )
     a, b = load_model(out).model.state_dict(), load_model(tmp_path / "m2").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

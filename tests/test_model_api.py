@@ -17,7 +17,9 @@ from glasslm.model.olmo2 import ModelConfig, OLMo2
 from glasslm.train.config import SPEC_OWN_FIELDS, ModelSpec, overrides_of
 from glasslm.train.distributed import CheckpointedBlock, HiddenStates, apply_ac
 
-CONFIG = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=64, max_seq_len=64)
+CONFIG = ModelConfig(
+    vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=64, max_seq_len=64
+)
 
 
 def test_forward_is_the_head_over_hidden() -> None:
@@ -48,8 +50,11 @@ def test_activation_checkpointing_from_outside_changes_nothing_but_memory() -> N
 def test_every_cache_implements_the_protocol() -> None:
     dev, dt = torch.device("cpu"), torch.float32
     prefix = StaticKVCache(CONFIG, 1, 4, dev, dt)
-    caches: list[KVCache] = [StaticKVCache(CONFIG, 2, 8, dev, dt), SlotCache(CONFIG, 2, 8, dev, dt),
-                             _PrefixCache(prefix.k, prefix.v)]
+    caches: list[KVCache] = [
+        StaticKVCache(CONFIG, 2, 8, dev, dt),
+        SlotCache(CONFIG, 2, 8, dev, dt),
+        _PrefixCache(prefix.k, prefix.v),
+    ]
     for cache in caches:
         assert isinstance(cache.length, int)
         assert callable(cache.update) and callable(cache.advance)
@@ -107,12 +112,14 @@ def test_model_spec_overrides_are_model_config_fields() -> None:
 
     assert Good().width is None
     with pytest.raises(TypeError, match="differ"):
+
         @overrides_of(Small, ())
         @dataclasses.dataclass
         class Missing:
             width: int | None = None
 
     with pytest.raises(TypeError, match="depth"):
+
         @overrides_of(Small, ())
         @dataclasses.dataclass
         class WrongType:

@@ -20,7 +20,9 @@ from glasslm.model.olmo2 import ModelConfig, OLMo2, param_counts
 from glasslm.model.presets import preset
 from glasslm.train.distributed import apply_ac
 
-CONFIG = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=192, max_seq_len=64)
+CONFIG = ModelConfig(
+    vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=192, max_seq_len=64
+)
 B, T = 2, 32
 
 
@@ -56,10 +58,18 @@ def saved_bytes(config: ModelConfig, bf16: bool, checkpointing: bool = False) ->
 def test_block_activations_are_counted_exactly(bf16: bool) -> None:
     one = ModelConfig(**{**CONFIG.__dict__, "n_layers": 1})
     per_block = saved_bytes(CONFIG, bf16)[0] - saved_bytes(one, bf16)[0]
-    weight_casts = (CONFIG.n_layers - 1) * 2 * (  # one block's matmul weights in bf16 (autocast copies)
-        param_counts(CONFIG)["non_embedding"] - param_counts(one)["non_embedding"]
-        - 2 * CONFIG.d_model - (CONFIG.n_heads + CONFIG.kv_heads) * CONFIG.head_dim
-    ) if bf16 else 0
+    weight_casts = (
+        (CONFIG.n_layers - 1)
+        * 2
+        * (  # one block's matmul weights in bf16 (autocast copies)
+            param_counts(CONFIG)["non_embedding"]
+            - param_counts(one)["non_embedding"]
+            - 2 * CONFIG.d_model
+            - (CONFIG.n_heads + CONFIG.kv_heads) * CONFIG.head_dim
+        )
+        if bf16
+        else 0
+    )
     assert per_block - weight_casts == layer_bytes_per_token(CONFIG, bf16) * B * T
 
 
@@ -79,7 +89,9 @@ def test_forward_activations_and_kept_head_within_two_percent(bf16: bool) -> Non
 def test_activation_checkpointing_keeps_block_inputs() -> None:
     measured, _ = saved_bytes(CONFIG, bf16=False, checkpointing=True)
     plain = estimate_memory(CONFIG, MemoryPlan(micro_batch=B, seq_len=T, bf16=False))
-    ac = estimate_memory(CONFIG, MemoryPlan(micro_batch=B, seq_len=T, bf16=False, activation_checkpointing=True))
+    ac = estimate_memory(
+        CONFIG, MemoryPlan(micro_batch=B, seq_len=T, bf16=False, activation_checkpointing=True)
+    )
     recompute = layer_bytes_per_token(CONFIG, False) * B * T  # one block, alive only during backward
     kept_head = B * T * CONFIG.d_model * 4 + CONFIG.vocab_size * CONFIG.d_model * 4
     assert ac["activations"] < plain["activations"]
@@ -105,8 +117,10 @@ def test_fsdp_shards_and_checkpointing_shrinks() -> None:
     config = preset("olmo2-7b")
     one = estimate_memory(config, MemoryPlan(micro_batch=2, seq_len=4096))
     eight = estimate_memory(config, MemoryPlan(micro_batch=2, seq_len=4096, world_size=8, fsdp=True))
-    ac = estimate_memory(config, MemoryPlan(micro_batch=2, seq_len=4096, world_size=8, fsdp=True,
-                                            activation_checkpointing=True))
+    ac = estimate_memory(
+        config,
+        MemoryPlan(micro_batch=2, seq_len=4096, world_size=8, fsdp=True, activation_checkpointing=True),
+    )
     total = param_counts(config)["total"]
     assert one["parameters"] == total * 4 and one["optimizer"] == total * 8
     assert eight["parameters"] == -(-total // 8) * 4 and eight["fsdp_buffers"] > 0
@@ -122,7 +136,9 @@ def test_model_info_memory_cli(run_cli, capsys: pytest.CaptureFixture[str]) -> N
     assert data["memory_plan"]["micro_batch"] == 4 and data["memory_plan"]["chunked_head"] is True
     # 1.48B parameters: 4 + 4 + 8 bytes each for weights, gradients, AdamW moments.
     assert data["memory_bytes"]["optimizer"] == 8 * data["params_total"]
-    assert 40 * 2**30 < data["memory_bytes"]["peak"] < 80 * 2**30  # fits one 80 GB H100 (measured: RESULTS.md)
+    assert (
+        40 * 2**30 < data["memory_bytes"]["peak"] < 80 * 2**30
+    )  # fits one 80 GB H100 (measured: RESULTS.md)
     assert run_cli("model", "info", "--preset", "tiny", "--memory", "--fsdp", "--world-size", "2") == 0
     out = capsys.readouterr().out
     assert "fsdp True" in out and "fsdp_buffers" in out

@@ -14,8 +14,14 @@ from glasslm.cli import main
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return micro_pipeline(tmp_path_factory.mktemp("pipeline"), "{suite: [perplexity], ppl_max_docs: 3}",
-                          code_bytes=150_000, web_bytes=200_000, checkpoint_every=3, log_every=3)
+    return micro_pipeline(
+        tmp_path_factory.mktemp("pipeline"),
+        "{suite: [perplexity], ppl_max_docs: 3}",
+        code_bytes=150_000,
+        web_bytes=200_000,
+        checkpoint_every=3,
+        log_every=3,
+    )
 
 
 def _stage_seconds(out: Path) -> dict[str, float]:
@@ -24,8 +30,24 @@ def _stage_seconds(out: Path) -> dict[str, float]:
 
 def test_every_stage_writes_an_artifact(run: tuple[Path, Path]) -> None:
     _, out = run
-    for rel in ["corpus", "attributes/tags", "attributes/dedupe", "attributes/decon", "mix", "tokenizer", "tokens",
-                "train", "eval", "adapt/data", "adapt/sft", "adapt/dpo", "adapt/rl", "hf", "trace_index", "report"]:
+    for rel in [
+        "corpus",
+        "attributes/tags",
+        "attributes/dedupe",
+        "attributes/decon",
+        "mix",
+        "tokenizer",
+        "tokens",
+        "train",
+        "eval",
+        "adapt/data",
+        "adapt/sft",
+        "adapt/dpo",
+        "adapt/rl",
+        "hf",
+        "trace_index",
+        "report",
+    ]:
         assert (out / rel / "manifest.json").is_file(), rel
     # the exported model is the most adapted one: RL's
     ref = json.loads((out / "hf" / "manifest.json").read_text())["inputs"][0]
@@ -47,8 +69,20 @@ def test_rerun_skips_and_a_config_change_reruns_only_what_depends_on_it(
     printed = capsys.readouterr().out
     assert "(0 stages ran)" in printed and _stage_seconds(out) == before
     manifest = (out / "tokens" / "manifest.json").read_bytes()
-    assert main(["pipeline", "--config", str(config), "--out", str(out), "--train.trainer.max_steps=4",
-                 "--sft.trainer.max_steps=2"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--train.trainer.max_steps=4",
+                "--sft.trainer.max_steps=2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     for stage in ("corpus", "tag", "mix", "tokenizer", "tokenize", "adapt_data"):
         assert f"[pipeline] {stage:<10} up to date" in printed
@@ -58,8 +92,21 @@ def test_rerun_skips_and_a_config_change_reruns_only_what_depends_on_it(
     steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 4
     # The report reads the whole run: a change to the last adaptation stage alone makes it stale too.
-    assert main(["pipeline", "--config", str(config), "--out", str(out), "--train.trainer.max_steps=4",
-                 "--sft.trainer.max_steps=2", "--dpo.trainer.max_steps=1"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--train.trainer.max_steps=4",
+                "--sft.trainer.max_steps=2",
+                "--dpo.trainer.max_steps=1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     for stage in ("train", "eval", "sft", "trace"):
         assert f"[pipeline] {stage:<10} up to date" in printed
@@ -67,7 +114,9 @@ def test_rerun_skips_and_a_config_change_reruns_only_what_depends_on_it(
         assert f"[pipeline] {stage:<10} done" in printed
 
 
-def test_stage_config_typos_fail_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stage_config_typos_fail_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("train:\n  trainer: {max_step: 3}\n")
     assert main(["pipeline", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
@@ -79,7 +128,9 @@ def test_stage_config_typos_fail_before_anything_runs(tmp_path: Path, capsys: py
     assert main(["pipeline", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
 
 
-def test_preflight_names_every_missing_file_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_preflight_names_every_missing_file_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "cfg" / "run.yaml"
     config.parent.mkdir()
     config.write_text("mix: {recipe: no-such-recipe.yaml}\ndecon: {tasks: [gone.jsonl]}\n")
@@ -91,12 +142,16 @@ def test_preflight_names_every_missing_file_before_anything_runs(tmp_path: Path,
     assert not (tmp_path / "run").exists()
 
 
-def test_pipeline_refuses_a_directory_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pipeline_refuses_a_directory_that_is_not_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     home = tmp_path / "home"
     home.mkdir()
     (home / "notes.txt").write_text("mine")
     config = tmp_path / "run.yaml"
-    config.write_text("stages: [corpus]\ncorpus: {max_bytes_code: 1000, max_bytes_docs: 1000, max_bytes_web: 1000}\n")
+    config.write_text(
+        "stages: [corpus]\ncorpus: {max_bytes_code: 1000, max_bytes_docs: 1000, max_bytes_web: 1000}\n"
+    )
     assert main(["pipeline", "--config", str(config), "--out", str(home)]) == 2
     assert "is not a pipeline run" in capsys.readouterr().err
     assert [p.name for p in home.iterdir()] == ["notes.txt"]

@@ -22,14 +22,27 @@ from tests.pipeline_support import micro_pipeline
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The default pipeline ends with the release stage: RUN/release is made by it.
-    return micro_pipeline(tmp_path_factory.mktemp("release"), "{suite: [perplexity], ppl_max_docs: 3}",
-                          code_bytes=120_000, web_bytes=150_000, checkpoint_every=3, log_every=1)[1]
+    return micro_pipeline(
+        tmp_path_factory.mktemp("release"),
+        "{suite: [perplexity], ppl_max_docs: 3}",
+        code_bytes=120_000,
+        web_bytes=150_000,
+        checkpoint_every=3,
+        log_every=1,
+    )[1]
 
 
 def test_pipeline_release_has_every_revision_and_verifies(run: Path) -> None:
     release = run / "release"
     heads = repo.branches(release)
-    assert {"main", "stage1-step3-tokens768", "stage1-step6-tokens2K", "sft-step3", "dpo-step2", "rl-step1"} <= set(heads)
+    assert {
+        "main",
+        "stage1-step3-tokens768",
+        "stage1-step6-tokens2K",
+        "sft-step3",
+        "dpo-step2",
+        "rl-step1",
+    } <= set(heads)
     result = verify_release(release)  # loads main and every revision with transformers
     assert result["ok"], result["problems"]
     assert set(result["loaded"]) == {*result["revisions"], "main"}
@@ -76,7 +89,9 @@ def test_card_has_metadata_and_every_section_from_real_figures(run: Path) -> Non
 def _table(text: str, caption: str) -> list[dict[str, str]]:
     block = text.split(f"**{caption}**", 1)[1].strip().split("\n\n", 1)[0].splitlines()
     head = [c.strip() for c in block[0].strip("|").split("|")]
-    return [dict(zip(head, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in block[2:]]
+    return [
+        dict(zip(head, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in block[2:]
+    ]
 
 
 def test_datasheet_numbers_equal_the_ledger(run: Path) -> None:
@@ -85,8 +100,12 @@ def test_datasheet_numbers_equal_the_ledger(run: Path) -> None:
     rules = _table(text, "Every recipe rule that decided a document: documents and bytes it removed")
     assert rules
     for r in rules:
-        removed = [x for x in rows if x["first_rule"] == r["rule"]
-                   and (x["decision"] in ("removed", "quarantined") or x["split"] == "none")]
+        removed = [
+            x
+            for x in rows
+            if x["first_rule"] == r["rule"]
+            and (x["decision"] in ("removed", "quarantined") or x["split"] == "none")
+        ]
         assert int(r["docs_removed"].replace(",", "")) == len(removed)
         assert int(r["bytes_removed"].replace(",", "")) == sum(x["bytes"] for x in removed)
     per_source = _table(text, "Per source, from the ledger")
@@ -111,23 +130,30 @@ def unlicensed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("unlicensed")
     rng = random.Random(0)
     (base / "notes").mkdir()
-    (base / "notes" / "a.jsonl").write_text("".join(
-        json.dumps({"id": f"n{i}", "text": prose(rng, 240)}) + "\n" for i in range(40)))
-    (base / "recipe.yaml").write_text("documents: ''\nattributes: []\nseed: 0\nsources:\n"
-                                      "  - {name: notes, match: [notes], heldout: {count: 4}}\n")
-    (base / "tasks.jsonl").write_text(json.dumps({"question": "An unrelated question about chemistry."}) + "\n")
+    (base / "notes" / "a.jsonl").write_text(
+        "".join(json.dumps({"id": f"n{i}", "text": prose(rng, 240)}) + "\n" for i in range(40))
+    )
+    (base / "recipe.yaml").write_text(
+        "documents: ''\nattributes: []\nseed: 0\nsources:\n"
+        "  - {name: notes, match: [notes], heldout: {count: 4}}\n"
+    )
+    (base / "tasks.jsonl").write_text(
+        json.dumps({"question": "An unrelated question about chemistry."}) + "\n"
+    )
     (base / "run.yaml").write_text(
         "stages: [corpus, tag, dedupe, decon, mix, tokenizer, tokenize, train, report]\n"
         "corpus: {inputs: [{path: notes, source: notes}]}\ntag: {taggers: [stats]}\ndecon: {tasks: [tasks.jsonl]}\n"
         "mix: {recipe: recipe.yaml}\ntokenizer: {vocab_size: 300}\n"
         "train: {model: {preset: tiny, n_layers: 1}, data: {loader: {seq_len: 64, global_batch_size: 4}},"
-        " trainer: {max_steps: 2, checkpoint_every: 2}}\n")
+        " trainer: {max_steps: 2, checkpoint_every: 2}}\n"
+    )
     assert main(["pipeline", "--config", str(base / "run.yaml"), "--out", str(base / "run")]) == 0
     return base / "run"
 
 
-def test_licence_check_refuses_an_unknown_licence(unlicensed_run: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_licence_check_refuses_an_unknown_licence(
+    unlicensed_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "refused"
     capsys.readouterr()
     assert main(["release", str(unlicensed_run), "--out", str(out)]) == 2
@@ -138,8 +164,14 @@ def test_licence_check_refuses_an_unknown_licence(unlicensed_run: Path, tmp_path
     assert main(["release", str(unlicensed_run), "--out", str(out), "--allow-license-issues"]) == 0
     assert "**Overridden** with `--allow-license-issues`" in (out / "README.md").read_text()
     manifest = json.loads((out / "glasslm" / "manifest.json").read_text())
-    assert manifest["metrics"]["license_overridden"] is True and manifest["config"]["allow_license_issues"] is True
-    unlicensed = [json.loads(line) for line in (out / "glasslm" / "data" / "unlicensed_documents.jsonl").read_text().splitlines()]
+    assert (
+        manifest["metrics"]["license_overridden"] is True
+        and manifest["config"]["allow_license_issues"] is True
+    )
+    unlicensed = [
+        json.loads(line)
+        for line in (out / "glasslm" / "data" / "unlicensed_documents.jsonl").read_text().splitlines()
+    ]
     assert unlicensed and all(d["source"] == "notes" for d in unlicensed)
     text = (out / "DATASHEET.md").read_text()
     assert f"Documents without a licence: {len(unlicensed):,} — notes {len(unlicensed):,}" in text
@@ -150,7 +182,10 @@ def test_licence_check_refuses_an_unknown_licence(unlicensed_run: Path, tmp_path
     assert licenses.verdict("GPL-3.0 AND MIT", "apache-2.0") is not None
     assert licenses.verdict("(none)", "apache-2.0") == "no licence recorded"
     assert licenses.verdict("PSF-2.0", "apache-2.0") is None
-    assert licenses.verdict("GPL-3.0", "apache-2.0") is not None and licenses.verdict("GPL-3.0", "gpl-3.0") is None
+    assert (
+        licenses.verdict("GPL-3.0", "apache-2.0") is not None
+        and licenses.verdict("GPL-3.0", "gpl-3.0") is None
+    )
 
 
 def test_release_is_reproducible_and_verify_catches_changes(run: Path, tmp_path: Path) -> None:
@@ -182,9 +217,18 @@ class FakeHub:
     def create_branch(self, repo_id: str, *, branch: str, exist_ok: bool = False) -> None:
         self.calls.append(("create_branch", {"repo_id": repo_id, "branch": branch}))
 
-    def upload_folder(self, *, repo_id: str, folder_path: str | Path, revision: str | None = None,
-                      commit_message: str | None = None, delete_patterns: list[str] | str | None = None) -> None:
-        files = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+    def upload_folder(
+        self,
+        *,
+        repo_id: str,
+        folder_path: str | Path,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        delete_patterns: list[str] | str | None = None,
+    ) -> None:
+        files = sorted(
+            p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()
+        )
         self.calls.append(("upload_folder", {"repo_id": repo_id, "revision": revision, "files": files}))
 
 

@@ -14,8 +14,17 @@ from pipeline_support import micro_pipeline
 
 from glasslm.cli import main
 
-SECTIONS = ["Data funnel", "Language and quality scores", "Pretraining", "Evaluation", "Adaptation",
-            "Sample generations", "Energy", "Lineage"]
+SECTIONS = [
+    "Data funnel",
+    "Language and quality scores",
+    "Pretraining",
+    "Evaluation",
+    "Adaptation",
+    "Sample generations",
+    "Energy",
+    "Lineage",
+]
+
 
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
@@ -24,8 +33,14 @@ def chromium() -> str | None:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     eval_section = "{suite: [perplexity, arc_easy, piqa], limit: 4, num_shots: 0, ppl_max_docs: 3}"
-    return micro_pipeline(tmp_path_factory.mktemp("report"), eval_section, code_bytes=120_000, web_bytes=150_000,
-                          checkpoint_every=6, log_every=2)[1]
+    return micro_pipeline(
+        tmp_path_factory.mktemp("report"),
+        eval_section,
+        code_bytes=120_000,
+        web_bytes=150_000,
+        checkpoint_every=6,
+        log_every=2,
+    )[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +62,16 @@ def test_report_artifact_lists_every_section_and_figure(report: Path) -> None:
         assert f"## {title}\n" in md
     assert "Not in this run" not in md  # the micro run has every artifact the report reads
     figures = manifest["metrics"]["figures"]
-    for stem in ("funnel_docs", "tags_langid_top_language_score", "train_loss", "train_tokens_per_s",
-                 "eval_bits_per_byte", "eval_downstream_acc", "adapt_sft_loss", "adapt_dpo_reward_accuracy"):
+    for stem in (
+        "funnel_docs",
+        "tags_langid_top_language_score",
+        "train_loss",
+        "train_tokens_per_s",
+        "eval_bits_per_byte",
+        "eval_downstream_acc",
+        "adapt_sft_loss",
+        "adapt_dpo_reward_accuracy",
+    ):
         assert f"{stem}.png" in figures
     for name in figures:
         data = (report / "figures" / name).read_bytes()
@@ -79,11 +102,22 @@ def test_page_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None
     browser = chromium()
     if browser is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     url = (report / "index.html").resolve().as_uri()
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = subprocess.run(
+        [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     figures = json.loads((report / "manifest.json").read_text())["metrics"]["figures"]
     imgs = dict(re.findall(r'<img[^>]*data-figure="([^"]+)"[^>]*src="data:image/png;base64,([^"]*)"', dom))
     assert sorted(f"{k}.png" for k in imgs) == sorted(figures)
@@ -92,8 +126,12 @@ def test_page_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None
     for title in SECTIONS:
         assert f">{title}</h2>" in dom
     shot = tmp_path / "page.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2400", url],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1200,2400", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
 
 

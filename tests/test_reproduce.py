@@ -10,8 +10,15 @@ import pytest
 from glasslm import artifacts
 from glasslm.cli import main
 
-TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.n_kv_heads=1",
-        "--model.mlp_hidden=64", "--model.vocab_size=128", "--model.max_seq_len=64"]
+TINY = [
+    "--model.d_model=32",
+    "--model.n_layers=1",
+    "--model.n_heads=2",
+    "--model.n_kv_heads=1",
+    "--model.mlp_hidden=64",
+    "--model.vocab_size=128",
+    "--model.max_seq_len=64",
+]
 
 
 @pytest.fixture
@@ -28,8 +35,9 @@ def rewrite_manifest(path: Path, **changes: object) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_model_init_reproduces_identically(init_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_init_reproduces_identically(
+    init_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manifest = artifacts.read_manifest(init_ckpt)
     assert manifest["command"][:3] == ["glasslm", "model", "init"]
     monkeypatch.chdir("/")  # from anywhere
@@ -43,7 +51,9 @@ def test_model_init_reproduces_identically(init_ckpt: Path, tmp_path: Path, caps
     assert artifacts.read_manifest(tmp_path / "again")["config"] == manifest["config"]
 
 
-def test_convert_to_hf_reproduces_identically(init_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_convert_to_hf_reproduces_identically(
+    init_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["convert", "to-hf", "ckpt", "hf"]) == 0  # positional OUT, relative input
     capsys.readouterr()
     assert main(["reproduce", str(tmp_path / "hf")]) == 0
@@ -61,8 +71,9 @@ def test_differing_output_is_named_and_exits_1(init_ckpt: Path, capsys: pytest.C
     assert not data["identical"] and data["differing"] == ["model.safetensors"]
 
 
-def test_changed_input_is_reported_before_running(init_ckpt: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_changed_input_is_reported_before_running(
+    init_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["convert", "to-hf", str(init_ckpt), "--out", str(tmp_path / "hf")]) == 0
     (init_ckpt / "config.yaml").write_text((init_ckpt / "config.yaml").read_text() + "\n# edited\n")
     capsys.readouterr()
@@ -81,20 +92,27 @@ def test_changed_input_is_reported_before_running(init_ckpt: Path, tmp_path: Pat
         ["/usr/bin/env", "glasslm", "model", "init", "--out", "x"],
     ],
 )
-def test_anything_but_a_glasslm_verb_is_refused(init_ckpt: Path, tmp_path: Path, command: object,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_anything_but_a_glasslm_verb_is_refused(
+    init_ckpt: Path, tmp_path: Path, command: object, capsys: pytest.CaptureFixture
+) -> None:
     rewrite_manifest(init_ckpt, command=command)
     assert main(["reproduce", str(init_ckpt)]) == 2
     assert "refusing" in capsys.readouterr().err
     assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
 
 
-def test_manifest_show_prints_each_lineage_node(init_ckpt: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_manifest_show_prints_each_lineage_node(
+    init_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["convert", "to-hf", "ckpt", "--out", "hf"]) == 0
     capsys.readouterr()
     assert main(["manifest", "show", str(tmp_path / "hf")]) == 0
     out = capsys.readouterr().out
-    for expected in ("- hf_model", "- checkpoint", "command: glasslm model init", "config:  seed=3",
-                     artifacts.manifest_hash(init_ckpt)[:12]):
+    for expected in (
+        "- hf_model",
+        "- checkpoint",
+        "command: glasslm model init",
+        "config:  seed=3",
+        artifacts.manifest_hash(init_ckpt)[:12],
+    ):
         assert expected in out

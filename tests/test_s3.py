@@ -29,8 +29,12 @@ def s3() -> Iterator[object]:
     host, port = server.get_host_and_port()
     with pytest.MonkeyPatch.context() as mp:
         # botocore (s3fs) reads the endpoint and credentials from the environment, as in production
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        }.items():
             mp.setenv(key, value)
         import s3fs
 
@@ -59,17 +63,29 @@ def test_import_and_dedupe_read_s3(s3: object, tmp_path: Path) -> None:
     # import: inputs from the store, sources recorded with their URL
     assert main(["data", "import", f"s3://{BUCKET}/raw/", "--out", str(tmp_path / "imported")]) == 0
     imported = [doc for _, path in shard_names(tmp_path / "imported") for _, doc in iter_documents(path)]
-    assert sorted(d["text"] for d in imported) == sorted(r["text"] for s in sorted((local / "documents").iterdir())
-                                                          for r in read_jsonl(s))
+    assert sorted(d["text"] for d in imported) == sorted(
+        r["text"] for s in sorted((local / "documents").iterdir()) for r in read_jsonl(s)
+    )
 
     # dedupe: the documents read from s3:// give the same bytes as read from disk, partitioned too
     _put(s3, local / "documents", f"s3://{BUCKET}/docs/documents/")
     names = [n for n, _ in shard_names(f"s3://{BUCKET}/docs")]
     assert names == [n for n, _ in shard_names(local)]
     dedupe.run(local, tmp_path / "local", dedupe.DedupeJob(workers=1, executor="local"))
-    dedupe.run(f"s3://{BUCKET}/docs", tmp_path / "remote",  # type: ignore[arg-type]
-               dedupe.DedupeJob(workers=2, executor="process", dedupe=dedupe.DedupeConfig(partitions=2)))
-    expected = {p.relative_to(tmp_path / "local"): p.read_bytes() for p in (tmp_path / "local").rglob("*") if p.is_file()}
-    got = {p.relative_to(tmp_path / "remote"): p.read_bytes() for p in (tmp_path / "remote").rglob("*") if p.is_file()}
+    dedupe.run(
+        f"s3://{BUCKET}/docs",
+        tmp_path / "remote",  # type: ignore[arg-type]
+        dedupe.DedupeJob(workers=2, executor="process", dedupe=dedupe.DedupeConfig(partitions=2)),
+    )
+    expected = {
+        p.relative_to(tmp_path / "local"): p.read_bytes()
+        for p in (tmp_path / "local").rglob("*")
+        if p.is_file()
+    }
+    got = {
+        p.relative_to(tmp_path / "remote"): p.read_bytes()
+        for p in (tmp_path / "remote").rglob("*")
+        if p.is_file()
+    }
     assert got == expected and any(b"dedupe" in v for v in got.values())
     assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")

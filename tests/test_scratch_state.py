@@ -70,9 +70,14 @@ def docs(tmp_path: Path) -> Path:
     shards = {}
     for s in range(2):
         shards[f"s{s}.jsonl.gz"] = [
-            {"id": f"d{s}-{i}", "source": "web",
-             "text": " ".join(words[(i * 3 + k * (s + 2)) % len(words)] for k in range(30)) + f" number {s} {i}"}
-            for i in range(12)]
+            {
+                "id": f"d{s}-{i}",
+                "source": "web",
+                "text": " ".join(words[(i * 3 + k * (s + 2)) % len(words)] for k in range(30))
+                + f" number {s} {i}",
+            }
+            for i in range(12)
+        ]
     shards["s1.jsonl.gz"].append({**shards["s0.jsonl.gz"][0], "id": "copy"})  # an exact duplicate
     with create_artifact(tmp_path / "docs", "documents") as w:
         for name, rows in shards.items():
@@ -84,9 +89,16 @@ def docs(tmp_path: Path) -> Path:
 
 
 def test_state_round_trips_arrays_and_json(tmp_path: Path) -> None:
-    state = {"ids": ["a", "b"], "n": 3, "x": 0.1, "nan": float("nan"), "nested": {"k": [1, None, True]},
-             "hashes": np.arange(5, dtype=np.uint64), "keys": np.zeros((2, 3), np.uint64),
-             "digests": np.array([b"\x01\x00", b"\x00\x02"], dtype="S2")}
+    state = {
+        "ids": ["a", "b"],
+        "n": 3,
+        "x": 0.1,
+        "nan": float("nan"),
+        "nested": {"k": [1, None, True]},
+        "hashes": np.arange(5, dtype=np.uint64),
+        "keys": np.zeros((2, 3), np.uint64),
+        "digests": np.array([b"\x01\x00", b"\x00\x02"], dtype="S2"),
+    }
     save_state(tmp_path / "s.state.npz", state)
     back = load_state(tmp_path / "s.state.npz")
     assert back is not None
@@ -156,8 +168,12 @@ def test_decon_ignores_planted_scratch(docs: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("heldout", [0, 3], ids=["one_pass", "two_pass"])
 def test_mix_ignores_planted_scratch(docs: Path, tmp_path: Path, heldout: int) -> None:
-    recipe = mixer.Recipe(seed=1, workers=1, executor="local",
-                          sources=[mixer.SourceRecipe(name="web", heldout=mixer.HeldOut(count=heldout))])
+    recipe = mixer.Recipe(
+        seed=1,
+        workers=1,
+        executor="local",
+        sources=[mixer.SourceRecipe(name="web", heldout=mixer.HeldOut(count=heldout))],
+    )
     clean, planted = tmp_path / "clean", tmp_path / "planted"
     clean.mkdir()
     planted.mkdir()
@@ -179,7 +195,9 @@ def test_tokenize_ignores_planted_scratch(tmp_path: Path) -> None:
     clean = tmp_path / "clean"
     tokenize.tokenize(source, tok, clean, config)
     held, train, work = tokenize.plan(source, tok, tmp_path / "planted", config)
-    names = [f"task-{t.index:05d}.{'heldout' if t.heldout else 'train'}{STATE_SUFFIX}" for t in [*held, *train]]
+    names = [
+        f"task-{t.index:05d}.{'heldout' if t.heldout else 'train'}{STATE_SUFFIX}" for t in [*held, *train]
+    ]
     evidence = tmp_path / "pwned"
     plant(names, work, evidence)
     tokenize.tokenize(source, tok, tmp_path / "planted", config)
@@ -192,15 +210,30 @@ def test_tag_ignores_planted_scratch(tmp_path: Path) -> None:
 
     docs = make_documents(tmp_path / "docs")
     out = tmp_path / "tagged"
-    args = ["data", "tag", str(docs), "--taggers", "test_boom", "--experiment", "r", "--executor", "local",
-            "--out", str(out), "--json"]
+    args = [
+        "data",
+        "tag",
+        str(docs),
+        "--taggers",
+        "test_boom",
+        "--experiment",
+        "r",
+        "--executor",
+        "local",
+        "--out",
+        str(out),
+        "--json",
+    ]
     Boom.armed = True
     with pytest.raises(RuntimeError, match="boom"):  # interrupted: shard a done, its marker in the work dir
         main(args)
     [work] = tmp_path.glob(".tagged.work-*")
     evidence = tmp_path / "pwned"
-    plant([*files(work / "done"), "a-0000.jsonl.gz" + STATE_SUFFIX, "b-0000.jsonl.gz" + STATE_SUFFIX],
-          work / "done", evidence)
+    plant(
+        [*files(work / "done"), "a-0000.jsonl.gz" + STATE_SUFFIX, "b-0000.jsonl.gz" + STATE_SUFFIX],
+        work / "done",
+        evidence,
+    )
     Boom.armed = False
     assert main(args) == 0
     assert not evidence.exists()

@@ -40,7 +40,9 @@ class ServerThread:
 
     def __init__(self, app: object):
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20
@@ -95,8 +97,9 @@ def test_models_and_health(client: openai.OpenAI, server: ServerThread) -> None:
 
 
 def test_completion_matches_engine(client: openai.OpenAI, reference: Engine) -> None:
-    out = client.completions.create(model=MODEL, prompt="The quick brown", max_tokens=12, temperature=0,
-                                     extra_body={"ignore_eos": True})
+    out = client.completions.create(
+        model=MODEL, prompt="The quick brown", max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
+    )
     expected = reference.generate(["The quick brown"], SamplingParams(max_new_tokens=12, ignore_eos=True))[0]
     assert out.object == "text_completion"
     assert out.choices[0].text == expected.text and out.choices[0].finish_reason == "length"
@@ -105,7 +108,9 @@ def test_completion_matches_engine(client: openai.OpenAI, reference: Engine) -> 
 
 
 def test_completion_streaming_and_sse_framing(client: openai.OpenAI, server: ServerThread) -> None:
-    kwargs = dict(model=MODEL, prompt="Open data", max_tokens=15, temperature=0, extra_body={"ignore_eos": True})
+    kwargs = dict(
+        model=MODEL, prompt="Open data", max_tokens=15, temperature=0, extra_body={"ignore_eos": True}
+    )
     whole = client.completions.create(**kwargs).choices[0].text
     chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole
@@ -122,43 +127,84 @@ def test_completion_streaming_and_sse_framing(client: openai.OpenAI, server: Ser
 
 def test_chat_completion_and_stream(client: openai.OpenAI, reference: Engine) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
-    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
-                                         extra_body={"ignore_eos": True})
+    out = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=10, temperature=0, extra_body={"ignore_eos": True}
+    )
     prompt = reference.tokenizer.encode_chat(messages, add_generation_prompt=True)
     assert out.object == "chat.completion" and out.choices[0].message.role == "assistant"
     assert out.usage.prompt_tokens == len(prompt)
-    expected = reference.generate([prompt], SamplingParams(max_new_tokens=10, ignore_eos=True,
-                                                           stop_token_ids=[]))[0]
+    expected = reference.generate(
+        [prompt], SamplingParams(max_new_tokens=10, ignore_eos=True, stop_token_ids=[])
+    )[0]
     if expected.finish_reason == "length":  # a role marker (a stop token for chat) may end it sooner
         assert out.choices[0].message.content == expected.text
-    stream = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
-                                                 stream=True, extra_body={"ignore_eos": True}))
+    stream = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
     assert stream[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in stream) == out.choices[0].message.content
     assert stream[-1].choices[0].finish_reason == out.choices[0].finish_reason
 
 
 def test_stop_string_and_n_choices(client: openai.OpenAI) -> None:
-    base = client.completions.create(model=MODEL, prompt="The quick brown", max_tokens=20, temperature=0,
-                                     extra_body={"ignore_eos": True}).choices[0].text
+    base = (
+        client.completions.create(
+            model=MODEL,
+            prompt="The quick brown",
+            max_tokens=20,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+        .choices[0]
+        .text
+    )
     stop = base[4:7]
-    out = client.completions.create(model=MODEL, prompt="The quick brown", max_tokens=20, temperature=0, stop=stop,
-                                    extra_body={"ignore_eos": True})
+    out = client.completions.create(
+        model=MODEL,
+        prompt="The quick brown",
+        max_tokens=20,
+        temperature=0,
+        stop=stop,
+        extra_body={"ignore_eos": True},
+    )
     assert out.choices[0].finish_reason == "stop" and out.choices[0].text == base[: base.find(stop)]
-    many = client.completions.create(model=MODEL, prompt=["The quick brown", "Open data"], n=2, max_tokens=5,
-                                     temperature=1.0, seed=3, extra_body={"ignore_eos": True})
+    many = client.completions.create(
+        model=MODEL,
+        prompt=["The quick brown", "Open data"],
+        n=2,
+        max_tokens=5,
+        temperature=1.0,
+        seed=3,
+        extra_body={"ignore_eos": True},
+    )
     assert [c.index for c in many.choices] == [0, 1, 2, 3]
     assert many.usage.completion_tokens == 20
 
 
-def test_concurrent_requests_are_batched(client: openai.OpenAI, server: ServerThread, reference: Engine) -> None:
+def test_concurrent_requests_are_batched(
+    client: openai.OpenAI, server: ServerThread, reference: Engine
+) -> None:
     prompts = ["The quick brown", "Open data", "A language model", "Tokens, tokens"]
-    expected = [reference.generate([p], SamplingParams(max_new_tokens=60, ignore_eos=True))[0].text for p in prompts]
+    expected = [
+        reference.generate([p], SamplingParams(max_new_tokens=60, ignore_eos=True))[0].text for p in prompts
+    ]
     steps_before = _metrics(server)["glasslm_engine_steps_total"]
 
     def ask(prompt: str) -> str:
-        return client.completions.create(model=MODEL, prompt=prompt, max_tokens=60, temperature=0,
-                                         extra_body={"ignore_eos": True}).choices[0].text
+        return (
+            client.completions.create(
+                model=MODEL, prompt=prompt, max_tokens=60, temperature=0, extra_body={"ignore_eos": True}
+            )
+            .choices[0]
+            .text
+        )
 
     with ThreadPoolExecutor(len(prompts)) as pool:
         got = list(pool.map(ask, prompts))
@@ -200,15 +246,21 @@ def test_client_disconnect_stops_non_streaming_generation(server: ServerThread) 
         ("/v1/completions", b'{"model": "tiny", "prompt": ', 400, "invalid_json"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": "hot"}, 400, "invalid_value"),
         ("/v1/chat/completions", {"model": "tiny"}, 400, "invalid_value"),
-        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, 400,
-         "invalid_value"),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]},
+            400,
+            "invalid_value",
+        ),
         ("/v1/completions", {"model": "gpt-9", "prompt": "x"}, 404, "model_not_found"),
         ("/v1/completions", {"model": "tiny", "prompt": "x " * 100}, 413, "context_length_exceeded"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 5000}, 400, "max_tokens_exceeded"),
         ("/v1/completions", {"model": "tiny", "prompt": [999999]}, 400, None),
     ],
 )
-def test_errors_in_openai_format(server: ServerThread, path: str, body: object, status: int, code: str | None) -> None:
+def test_errors_in_openai_format(
+    server: ServerThread, path: str, body: object, status: int, code: str | None
+) -> None:
     if isinstance(body, bytes):
         r = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"})
     else:
@@ -242,7 +294,9 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}
         ({"model": "tiny", "prompt": "x", "logprobs": 2**70}, "logprobs"),
     ],
 )
-def test_numeric_fields_out_of_range_are_400_naming_the_field(server: ServerThread, body: object, field: str) -> None:
+def test_numeric_fields_out_of_range_are_400_naming_the_field(
+    server: ServerThread, body: object, field: str
+) -> None:
     path = "/v1/chat/completions" if isinstance(body, dict) and "messages" in body else "/v1/completions"
     if isinstance(body, bytes):
         r = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"})
@@ -256,12 +310,15 @@ def test_numeric_fields_out_of_range_are_400_naming_the_field(server: ServerThre
 
 
 def test_seed_at_the_edge_of_the_range_is_served(client: openai.OpenAI) -> None:
-    out = client.completions.create(model=MODEL, prompt="x", max_tokens=2, n=2, seed=2**63 - 1025,
-                                    extra_body={"ignore_eos": True})
+    out = client.completions.create(
+        model=MODEL, prompt="x", max_tokens=2, n=2, seed=2**63 - 1025, extra_body={"ignore_eos": True}
+    )
     assert out.usage.completion_tokens == 4
 
 
-def test_chat_markers_in_messages_are_text_not_special_tokens(client: openai.OpenAI, reference: Engine) -> None:
+def test_chat_markers_in_messages_are_text_not_special_tokens(
+    client: openai.OpenAI, reference: Engine
+) -> None:
     """Role injection through the endpoint: the prompt the server built is ``encode_chat``'s, where a typed
     ``<|assistant|>`` or ``<|endoftext|>`` is characters, not the role or end-of-text token."""
     tok = reference.tokenizer
@@ -279,7 +336,9 @@ def test_openai_client_sees_typed_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x")
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=9999)
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=9999
+        )
 
 
 def test_api_key(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -327,17 +386,23 @@ def _raw_request(port: int, head: bytes, body_chunks: Sequence[bytes] = ()) -> b
 
 def test_body_limit_from_content_length_and_from_chunks(ckpt: Path) -> None:
     limit = 4096
-    srv = ServerThread(create_app(_engine(ckpt, max_batch=1), MODEL, limits=ServeLimits(max_body_bytes=limit)))
+    srv = ServerThread(
+        create_app(_engine(ckpt, max_batch=1), MODEL, limits=ServeLimits(max_body_bytes=limit))
+    )
     try:
         # A declared Content-Length over the limit: refused from the headers alone, no body byte sent.
-        head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 10000000\r\n\r\n")
+        head = (
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 10000000\r\n\r\n"
+        )
         reply = _raw_request(srv.port, head)
         assert reply.startswith(b"HTTP/1.1 413") and b'"code":"request_too_large"' in reply
         assert b"10000000 bytes" in reply
         # A chunked body (no length): refused once the bytes read pass the limit; the rest is never read.
-        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n")
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         chunk = b"%x\r\n%s\r\n" % (1024, b"a" * 1024)
         reply = _raw_request(srv.port, head, [chunk] * 5)
         assert reply.startswith(b"HTTP/1.1 413") and f"more than {limit} bytes".encode() in reply
@@ -346,7 +411,9 @@ def test_body_limit_from_content_length_and_from_chunks(ckpt: Path) -> None:
         with pytest.raises(openai.APIStatusError) as caught:
             client.completions.create(model=MODEL, prompt="x " * limit, max_tokens=1)
         assert caught.value.status_code == 413
-        assert client.completions.create(model=MODEL, prompt="Open data", max_tokens=2).usage.prompt_tokens > 0
+        assert (
+            client.completions.create(model=MODEL, prompt="Open data", max_tokens=2).usage.prompt_tokens > 0
+        )
         assert _metrics(srv)["glasslm_request_errors_total"] == 3
     finally:
         srv.stop()
@@ -355,15 +422,27 @@ def test_body_limit_from_content_length_and_from_chunks(ckpt: Path) -> None:
 def test_health_answers_while_a_large_body_is_refused_or_tokenised(ckpt: Path) -> None:
     """The issue's attack on a real `glasslm serve`: a 10 MB body used to hold /health for ~10 s. Now it is
     refused from its length, and a large body within the limit is tokenised off the event loop."""
-    with serve_cli(ckpt, "--model-name", MODEL, "--max-len", "256", "--max-body-bytes", "4000000") as (port, _):
+    with serve_cli(ckpt, "--model-name", MODEL, "--max-len", "256", "--max-body-bytes", "4000000") as (
+        port,
+        _,
+    ):
         url = f"http://127.0.0.1:{port}"
         huge = json.dumps({"model": MODEL, "prompt": "hello world " * 900_000}).encode()  # 10.8 MB
-        allowed = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hello world " * 300_000}]})
-        for path, body, code in (("/v1/completions", huge, "request_too_large"),
-                                 ("/v1/chat/completions", allowed.encode(), "context_length_exceeded")):
+        allowed = json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "hello world " * 300_000}]}
+        )
+        for path, body, code in (
+            ("/v1/completions", huge, "request_too_large"),
+            ("/v1/chat/completions", allowed.encode(), "context_length_exceeded"),
+        ):
             with ThreadPoolExecutor(1) as pool:
-                answer = pool.submit(httpx.post, url + path, content=body,
-                                     headers={"content-type": "application/json"}, timeout=120)
+                answer = pool.submit(
+                    httpx.post,
+                    url + path,
+                    content=body,
+                    headers={"content-type": "application/json"},
+                    timeout=120,
+                )
                 latencies = []
                 while not answer.done() and len(latencies) < 2000:
                     started = time.monotonic()
@@ -389,8 +468,11 @@ def test_full_queue_answers_429(ckpt: Path) -> None:
             time.sleep(0.02)
 
     try:
-        with httpx.Client(base_url=srv.url) as c1, httpx.Client(base_url=srv.url) as c2, \
-                c1.stream("POST", "/v1/completions", json=body):
+        with (
+            httpx.Client(base_url=srv.url) as c1,
+            httpx.Client(base_url=srv.url) as c2,
+            c1.stream("POST", "/v1/completions", json=body),
+        ):
             wait_for("running")  # the one slot is busy
             with c2.stream("POST", "/v1/completions", json=body):
                 wait_for("waiting")  # the one queue place is taken
@@ -398,7 +480,8 @@ def test_full_queue_answers_429(ckpt: Path) -> None:
                 assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
                 with pytest.raises(openai.RateLimitError):
                     openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0).completions.create(
-                        model=MODEL, prompt="x", max_tokens=1)
+                        model=MODEL, prompt="x", max_tokens=1
+                    )
     finally:
         srv.stop()
 
@@ -412,8 +495,13 @@ def serve_cli(model: Path, *extra: str) -> Iterator[tuple[int, list[str]]]:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("GLASSLM_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "glasslm", "serve", str(model), "--port", str(port), *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glasslm", "serve", str(model), "--port", str(port), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output: list[str] = []
     try:
         deadline = time.monotonic() + 60
@@ -444,8 +532,26 @@ def test_serve_cli_binds_localhost(ckpt: Path) -> None:
 @pytest.mark.slow
 def test_load_benchmark_runs_without_errors() -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
-    out = subprocess.run([sys.executable, str(script), "--clients", "3", "--duration", "3", "--max-tokens", "8",
-                          "--d-model", "64", "--layers", "1", "--no-peer"],
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--clients",
+            "3",
+            "--duration",
+            "3",
+            "--max-tokens",
+            "8",
+            "--d-model",
+            "64",
+            "--layers",
+            "1",
+            "--no-peer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     result = json.loads(out[: out.rindex("}") + 1])["results"]["continuous batching"]
     assert result["requests"] > 0 and result["errors"] == 0 and result["output_tokens_per_s"] > 0

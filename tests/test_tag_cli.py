@@ -23,14 +23,21 @@ def make_documents(root: Path) -> Path:
     """A documents artifact with two shards; shard b has bad lines of four kinds."""
     with create_artifact(root, "documents") as w:
         write_jsonl(w.path / "documents" / "a-0000.jsonl.gz", GOOD)
-        bad = b"\n".join([
-            json.dumps({"id": "b1", "text": "First line of b.\nSecond line, BOOM here.", "source": "docs"}).encode(),
-            b"{not json",
-            json.dumps({"id": "b2", "text": "   "}).encode(),
-            json.dumps({"id": "b1", "text": "duplicate id"}).encode(),
-            b"\xff\xfe invalid utf-8",
-            json.dumps({"id": "b3", "text": "Last good document.", "source": "docs"}).encode(),
-        ]) + b"\n"
+        bad = (
+            b"\n".join(
+                [
+                    json.dumps(
+                        {"id": "b1", "text": "First line of b.\nSecond line, BOOM here.", "source": "docs"}
+                    ).encode(),
+                    b"{not json",
+                    json.dumps({"id": "b2", "text": "   "}).encode(),
+                    json.dumps({"id": "b1", "text": "duplicate id"}).encode(),
+                    b"\xff\xfe invalid utf-8",
+                    json.dumps({"id": "b3", "text": "Last good document.", "source": "docs"}).encode(),
+                ]
+            )
+            + b"\n"
+        )
         (w.path / "documents" / "b-0000.jsonl.gz").write_bytes(gzip.compress(bad, mtime=0))
     return root
 
@@ -43,25 +50,56 @@ def docs(tmp_path: Path) -> Path:
 def test_tag_writes_dolma_layout_quarantine_and_manifest(docs, tmp_path, capsys):
     out = tmp_path / "run" / "attributes" / "t1"
     # DOCS given as the run directory: the documents artifact is found in corpus/
-    rc = main(["data", "tag", str(tmp_path / "run"), "--taggers", "char_length,pii", "--experiment", "t1",
-               "--workers", "1", "--out", str(out), "--json"])
+    rc = main(
+        [
+            "data",
+            "tag",
+            str(tmp_path / "run"),
+            "--taggers",
+            "char_length,pii",
+            "--experiment",
+            "t1",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["docs"] == 4 and report["quarantined"] == 4
-    assert report["quarantined_by_reason"] == {"duplicate id": 1, "empty field": 1, "invalid UTF-8": 1,
-                                               "malformed JSON": 1}
-    assert sorted(p.name for p in out.iterdir()) == ["a-0000.jsonl.gz", "b-0000.jsonl.gz", "manifest.json",
-                                                     "quarantine.jsonl"]
+    assert report["quarantined_by_reason"] == {
+        "duplicate id": 1,
+        "empty field": 1,
+        "invalid UTF-8": 1,
+        "malformed JSON": 1,
+    }
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a-0000.jsonl.gz",
+        "b-0000.jsonl.gz",
+        "manifest.json",
+        "quarantine.jsonl",
+    ]
     a = list(read_jsonl(out / "a-0000.jsonl.gz"))
     assert [r["id"] for r in a] == ["a1", "a2"]
     assert a[0]["attributes"]["t1__char_length__length"] == [[0, 35, 35.0]]
     assert a[0]["attributes"]["t1__pii__EMAIL_ADDRESS"] == [[11, 27, 1.0]]
-    assert set(a[1]["attributes"]) == {"t1__char_length__length", "t1__pii__doc", "t1__pii__email_count",
-                                       "t1__pii__phone_count", "t1__pii__ip_count"}
+    assert set(a[1]["attributes"]) == {
+        "t1__char_length__length",
+        "t1__pii__doc",
+        "t1__pii__email_count",
+        "t1__pii__phone_count",
+        "t1__pii__ip_count",
+    }
     assert [r["id"] for r in read_jsonl(out / "b-0000.jsonl.gz")] == ["b1", "b3"]
     quarantined = list(read_jsonl(out / "quarantine.jsonl"))
     assert [(Path(q["file"]).name, q["line"]) for q in quarantined] == [
-        ("b-0000.jsonl.gz", 2), ("b-0000.jsonl.gz", 3), ("b-0000.jsonl.gz", 4), ("b-0000.jsonl.gz", 5)]
+        ("b-0000.jsonl.gz", 2),
+        ("b-0000.jsonl.gz", 3),
+        ("b-0000.jsonl.gz", 4),
+        ("b-0000.jsonl.gz", 5),
+    ]
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "attributes"
@@ -96,8 +134,20 @@ class Boom(Tagger):
 
 def test_an_interrupted_run_resumes_without_redoing_finished_shards(docs, tmp_path, capsys):
     out = tmp_path / "resumed"
-    args = ["data", "tag", str(docs), "--taggers", "test_boom", "--experiment", "r", "--executor", "local",
-            "--out", str(out), "--json"]
+    args = [
+        "data",
+        "tag",
+        str(docs),
+        "--taggers",
+        "test_boom",
+        "--experiment",
+        "r",
+        "--executor",
+        "local",
+        "--out",
+        str(out),
+        "--json",
+    ]
     Boom.armed, Boom.calls[:] = True, []
     with pytest.raises(RuntimeError, match="boom"):
         main(args)
@@ -121,7 +171,25 @@ def test_process_pool_output_is_byte_identical_to_in_process(docs, tmp_path):
     outs = {}
     for executor in ("local", "process"):
         outs[executor] = tmp_path / executor
-        assert main(["data", "tag", str(docs), "--taggers", "gopher,c4,stats,code", "--experiment", "x",
-                     "--executor", executor, "--workers", "2", "--out", str(outs[executor])]) == 0
+        assert (
+            main(
+                [
+                    "data",
+                    "tag",
+                    str(docs),
+                    "--taggers",
+                    "gopher,c4,stats,code",
+                    "--experiment",
+                    "x",
+                    "--executor",
+                    executor,
+                    "--workers",
+                    "2",
+                    "--out",
+                    str(outs[executor]),
+                ]
+            )
+            == 0
+        )
     for name in ("a-0000.jsonl.gz", "b-0000.jsonl.gz", "quarantine.jsonl"):
         assert (outs["local"] / name).read_bytes() == (outs["process"] / name).read_bytes()

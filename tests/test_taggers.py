@@ -112,10 +112,14 @@ def test_gopher_duplicate_lines_are_non_empty_lines_unless_dolma_is_asked_for():
     spaced = "A line.\n \nB line.\n\t\nC line."  # whitespace-only lines are blank as well
     assert gopher_attributes(spaced)["fraction_of_duplicate_lines"] == 0.0
     # characters in duplicate lines: the blank lines add none either way
-    assert gopher["fraction_of_characters_in_duplicate_lines"] == dolma["fraction_of_characters_in_duplicate_lines"]
+    assert (
+        gopher["fraction_of_characters_in_duplicate_lines"]
+        == dolma["fraction_of_characters_in_duplicate_lines"]
+    )
     assert get_tagger("gopher").describe()["options"] == {"duplicate_lines": "gopher"}
-    assert get_tagger("gopher", {"duplicate_lines": "dolma"}).tag(text)["fraction_of_duplicate_lines"][0][2] == \
-        pytest.approx(4 / 6, abs=1e-5)
+    assert get_tagger("gopher", {"duplicate_lines": "dolma"}).tag(text)["fraction_of_duplicate_lines"][0][
+        2
+    ] == pytest.approx(4 / 6, abs=1e-5)
     with pytest.raises(ValueError, match="duplicate_lines"):
         get_tagger("gopher", {"duplicate_lines": "all"})
 
@@ -149,8 +153,10 @@ def test_gopher_duplicate_line_rule_false_positives_on_clean_prose():
     rates = {}
     for mode in ("gopher", "dolma"):
         failed = [set(failed_gopher_rules(gopher_attributes(d, mode))) for d in docs]
-        rates[mode] = (sum(bool(f & DUPLICATE_LINE_RULES) for f in failed) / len(docs),
-                       sum(bool(f) for f in failed) / len(docs))
+        rates[mode] = (
+            sum(bool(f & DUPLICATE_LINE_RULES) for f in failed) / len(docs),
+            sum(bool(f) for f in failed) / len(docs),
+        )
     assert rates["gopher"][0] == 0.0  # default: no clean document fails the duplicate-line rules
     assert rates["gopher"][1] <= 0.05  # all Gopher rules (a few repeat 5-grams of real manual text)
     assert rates["dolma"][0] >= 0.5  # every blank line a "duplicate": documents of 3+ paragraphs fail
@@ -195,16 +201,50 @@ def test_pii_spans_counts_and_doc_score():
     assert doc_value(attrs, "doc") == pytest.approx(round(3 / 10, 5))
 
 
-PHONES = ["+1 (555) 0100-2004", "+1-555-010-2004", "+1 555 010 2004", "+15550102004", "+44 20 7946 0958",
-          "+49 30 1234567", "+33 1 23 45 67 89", "+353 (1) 234 5678", "(555) 010-2004", "(555)010-2004",
-          "555-010-2004", "555.010.2004", "555 0100 2004"]
-NOT_PHONES = ["1234567890", "1700000000", "12345678901234567890", "2026-12-05", "12/05/2026", "05.12.2026",
-              "2026-12-05 10:30:45", "1,234,567", "$1,234.56", "3.11.7", "v2.10.1234", "0.123456789", "1990-2000",
-              "pages 120-135", "192.168.100.200", "+5 points", "+3.5%", "+10 20", "call 911", "in 1999 2000 2001",
-              "order 123-4567-89012", "RFC 2616",
-              # false positives of a first version, found on the default corpus: a signed zero-padded
-              # number, a signed decimal, a year in parentheses before a page range
-              "+000000120", "+35236450.6", "(1982) 1286-1304"]
+PHONES = [
+    "+1 (555) 0100-2004",
+    "+1-555-010-2004",
+    "+1 555 010 2004",
+    "+15550102004",
+    "+44 20 7946 0958",
+    "+49 30 1234567",
+    "+33 1 23 45 67 89",
+    "+353 (1) 234 5678",
+    "(555) 010-2004",
+    "(555)010-2004",
+    "555-010-2004",
+    "555.010.2004",
+    "555 0100 2004",
+]
+NOT_PHONES = [
+    "1234567890",
+    "1700000000",
+    "12345678901234567890",
+    "2026-12-05",
+    "12/05/2026",
+    "05.12.2026",
+    "2026-12-05 10:30:45",
+    "1,234,567",
+    "$1,234.56",
+    "3.11.7",
+    "v2.10.1234",
+    "0.123456789",
+    "1990-2000",
+    "pages 120-135",
+    "192.168.100.200",
+    "+5 points",
+    "+3.5%",
+    "+10 20",
+    "call 911",
+    "in 1999 2000 2001",
+    "order 123-4567-89012",
+    "RFC 2616",
+    # false positives of a first version, found on the default corpus: a signed zero-padded
+    # number, a signed decimal, a year in parentheses before a page range
+    "+000000120",
+    "+35236450.6",
+    "(1982) 1286-1304",
+]
 
 
 @pytest.mark.parametrize("number", PHONES)

@@ -32,7 +32,12 @@ def test_layout_index_and_exact_round_trip(built: tuple[Path, Path, Path]) -> No
     for split in ("train", "heldout/web", "heldout/code"):
         table = pq.read_table(tokens / split / "index.parquet")
         assert [(f.name, str(f.type)) for f in table.schema] == [
-            ("doc_id", "string"), ("source", "string"), ("part", "int32"), ("start", "int64"), ("end", "int64")]
+            ("doc_id", "string"),
+            ("source", "string"),
+            ("part", "int32"),
+            ("start", "int64"),
+            ("end", "int64"),
+        ]
         index = table.to_pydict()
         parts = {int(p.stem[5:]): np.load(p, mmap_mode="r") for p in (tokens / split).glob("part-*.npy")}
         assert all(isinstance(a, np.memmap) and a.dtype == np.uint16 and a.ndim == 1 for a in parts.values())
@@ -54,7 +59,12 @@ def test_manifest_metrics_and_inputs(built: tuple[Path, Path, Path]) -> None:
     manifest = artifacts.read_manifest(tokens)
     m = manifest["metrics"]
     tok = Tokenizer.from_file(tok_dir)
-    assert (m["vocab_size"], m["eos_id"], m["pad_id"], m["dtype"]) == (tok.vocab_size, tok.eos_id, tok.pad_id, "uint16")
+    assert (m["vocab_size"], m["eos_id"], m["pad_id"], m["dtype"]) == (
+        tok.vocab_size,
+        tok.eos_id,
+        tok.pad_id,
+        "uint16",
+    )
     assert {i["kind"] for i in manifest["inputs"]} == {"mix", "tokenizer"}
     assert m["tokenizer"]["sha256"] == artifacts.sha256_file(tok_dir / "tokenizer.json")
     assert not (tokens / "tokenizer.json").exists()  # referenced, not copied
@@ -73,14 +83,33 @@ def test_no_heldout_document_reaches_train_even_when_given_by_hand(tmp_path: Pat
     train = _docs(list_shards(docs / "documents"))
     leak_id, leak_text = sorted(train)[:2]
     hand = tmp_path / "hand"
-    write_jsonl(hand / "web" / "0.jsonl.gz", [
-        {"id": leak_id, "text": "a different text under a training id", "source": "web"},
-        {"id": "other-id", "text": train[leak_text]["text"], "source": "web"},
-        {"id": "fresh", "text": "only held out", "source": "web"},
-    ])
+    write_jsonl(
+        hand / "web" / "0.jsonl.gz",
+        [
+            {"id": leak_id, "text": "a different text under a training id", "source": "web"},
+            {"id": "other-id", "text": train[leak_text]["text"], "source": "web"},
+            {"id": "fresh", "text": "only held out", "source": "web"},
+        ],
+    )
     out = tmp_path / "tokens"
-    assert main(["data", "tokenize", str(docs), "--tokenizer", str(tok), "--out", str(out),
-                 "--heldout", str(hand), "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "tokenize",
+                str(docs),
+                "--tokenizer",
+                str(tok),
+                "--out",
+                str(out),
+                "--heldout",
+                str(hand),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     m = artifacts.read_manifest(out)["metrics"]
     assert set(m["splits"]) == {"train", "heldout/web"}  # the mix's own held-out files were replaced
     assert m["dropped_heldout_overlap"] == 2
@@ -104,7 +133,10 @@ def test_resume_reuses_finished_parts(tmp_path: Path) -> None:
     _, train_tasks, work = plan(docs, tok, out, config)
     run_task_resumable(train_tasks[1])
     finished = next(work.glob("task-00001.train.npy")).stat().st_ino
-    assert main(["data", "tokenize", str(docs), "--tokenizer", str(tok), "--out", str(out), "--workers", "1"]) == 0
+    assert (
+        main(["data", "tokenize", str(docs), "--tokenizer", str(tok), "--out", str(out), "--workers", "1"])
+        == 0
+    )
     assert (out / "train" / "part-00001.npy").stat().st_ino == finished  # linked in, not recomputed
     assert (out / "train" / "part-00000.npy").stat().st_ino != finished
     assert not work.exists()
@@ -116,7 +148,10 @@ def test_quarantine_and_plain_directory_input(tmp_path: Path) -> None:
         f.write('{"id": "ok-1", "text": "fine text", "source": "web"}\nnot json\n{"id": "x", "text": ""}\n')
     tok = make_tokenizer(docs, tmp_path / "tok", vocab=300)
     out = tmp_path / "tokens"
-    assert main(["data", "tokenize", str(docs), "--tokenizer", str(tok / "tokenizer.json"), "--out", str(out)]) == 0
+    assert (
+        main(["data", "tokenize", str(docs), "--tokenizer", str(tok / "tokenizer.json"), "--out", str(out)])
+        == 0
+    )
     m = artifacts.read_manifest(out)
     assert m["metrics"]["splits"]["train"]["docs"] == 11
     assert m["metrics"]["quarantined"] == 2 == sum(m["metrics"]["quarantined_by_reason"].values())
@@ -130,7 +165,10 @@ def test_uint32_when_the_vocabulary_exceeds_65536(tmp_path: Path) -> None:
     big.hf.add_tokens([f"<extra_{i}>" for i in range(65_600 - big.vocab_size)])
     big.hf.save(str(tmp_path / "big.json"))
     out = tmp_path / "tokens"
-    assert main(["data", "tokenize", str(docs), "--tokenizer", str(tmp_path / "big.json"), "--out", str(out)]) == 0
+    assert (
+        main(["data", "tokenize", str(docs), "--tokenizer", str(tmp_path / "big.json"), "--out", str(out)])
+        == 0
+    )
     assert artifacts.read_manifest(out)["metrics"]["dtype"] == "uint32"
     assert np.load(out / "train" / "part-00000.npy", mmap_mode="r").dtype == np.uint32
 
@@ -139,10 +177,33 @@ def test_flat_heldout_files_are_split_by_document_source(tmp_path: Path) -> None
     docs = make_docs(tmp_path / "mix", shards=1, per_shard=10, heldout=1)
     tok = make_tokenizer(docs, tmp_path / "tok", vocab=300)
     flat = tmp_path / "flat"
-    write_jsonl(flat / "held.jsonl", [{"id": f"h{i}", "text": f"held out {i}", "source": s}
-                                      for i, s in enumerate(["wiki", "books", "wiki"])])
+    write_jsonl(
+        flat / "held.jsonl",
+        [
+            {"id": f"h{i}", "text": f"held out {i}", "source": s}
+            for i, s in enumerate(["wiki", "books", "wiki"])
+        ],
+    )
     out = tmp_path / "tokens"
-    assert main(["data", "tokenize", str(docs), "--tokenizer", str(tok), "--out", str(out), "--heldout", str(flat)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "tokenize",
+                str(docs),
+                "--tokenizer",
+                str(tok),
+                "--out",
+                str(out),
+                "--heldout",
+                str(flat),
+            ]
+        )
+        == 0
+    )
     splits = artifacts.read_manifest(out)["metrics"]["splits"]
     assert (splits["heldout/wiki"]["docs"], splits["heldout/books"]["docs"]) == (2, 1)
-    assert pq.read_table(out / "heldout" / "wiki" / "index.parquet").column("doc_id").to_pylist() == ["h0", "h2"]
+    assert pq.read_table(out / "heldout" / "wiki" / "index.parquet").column("doc_id").to_pylist() == [
+        "h0",
+        "h2",
+    ]

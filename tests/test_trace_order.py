@@ -32,27 +32,38 @@ def test_trace_batch_lists_the_documents_of_a_step(tokens: Path, capsys: pytest.
     # Step 10 as the trainer logs it (metrics.jsonl) trained on the loader's batch 9.
     data = run_json(capsys, "trace", "batch", str(tokens), "--step", "10", *FLAGS)
     assert data["instances"] == loader.global_instances(9).tolist() and data["batch_index"] == 9
-    want = [(slot, d["doc_id"], d["doc_start"], d["doc_end"])
-            for slot, i in enumerate(data["instances"]) for d in loader.instance_docs(i)]
+    want = [
+        (slot, d["doc_id"], d["doc_start"], d["doc_end"])
+        for slot, i in enumerate(data["instances"])
+        for d in loader.instance_docs(i)
+    ]
     assert [(d["slot"], d["doc_id"], d["doc_start"], d["doc_end"]) for d in data["documents"]] == want
     # and the tokens of those spans are the tokens of the batch
     batch = loader.batch(9)
     for d in data["documents"]:
-        assert batch["doc_ids"][d["slot"], d["instance_start"]] == batch["doc_ids"][d["slot"], d["instance_end"] - 1]
+        assert (
+            batch["doc_ids"][d["slot"], d["instance_start"]]
+            == batch["doc_ids"][d["slot"], d["instance_end"] - 1]
+        )
     assert main(["trace", "batch", str(tokens), "--step", "10", *FLAGS]) == 0
     assert "step 10 (loader batch 9" in capsys.readouterr().out
     assert main(["trace", "batch", str(tokens), "--step", "0", *FLAGS]) == 2
 
 
-def test_trace_doc_finds_exactly_the_steps_that_saw_it(tokens: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_trace_doc_finds_exactly_the_steps_that_saw_it(
+    tokens: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     loader = TokenLoader(tokens, CONFIG)
     max_steps = loader.steps_per_epoch * 2 + 3  # into the third epoch
     doc_id = loader.instance_docs(int(loader.global_instances(2)[1]))[0]["doc_id"]
     data = run_json(capsys, "trace", "doc", str(tokens), doc_id, "--max-steps", str(max_steps), *FLAGS)
     # brute force: materialise every batch and look for the document
-    brute = [(step, slot) for step in range(1, max_steps + 1)
-             for slot, inst in enumerate(loader.global_instances(step - 1).tolist())
-             if doc_id in {d["doc_id"] for d in loader.instance_docs(inst)}]
+    brute = [
+        (step, slot)
+        for step in range(1, max_steps + 1)
+        for slot, inst in enumerate(loader.global_instances(step - 1).tolist())
+        if doc_id in {d["doc_id"] for d in loader.instance_docs(inst)}
+    ]
     assert [(s["step"], s["slot"]) for s in data["seen"]] == brute
     assert (3, 1) in brute and {s["epoch"] for s in data["seen"]} <= {0, 1, 2}
     assert data["tokens_in_instances"] <= data["tokens"]
@@ -62,9 +73,19 @@ def test_trace_reads_a_training_run(tokens: Path, tmp_path: Path, capsys: pytest
     # A run directory as the trainer leaves it: runs/NAME/train (kind train_run) with config.yaml.
     run = tmp_path / "runs" / "demo" / "train"
     with artifacts.create_artifact(run, "train_run", inputs=[tokens]) as art:
-        config = {"data": {"tokens": str(tokens), "loader": {"seq_len": 24, "global_batch_size": 4, "seed": 7,
-                                                              "mixture": {}, "document_mask": True}},
-                  "trainer": {"max_steps": 5}}
+        config = {
+            "data": {
+                "tokens": str(tokens),
+                "loader": {
+                    "seq_len": 24,
+                    "global_batch_size": 4,
+                    "seed": 7,
+                    "mixture": {},
+                    "document_mask": True,
+                },
+            },
+            "trainer": {"max_steps": 5},
+        }
         (art.path / "config.yaml").write_text(yaml.safe_dump(config))
         art.metrics["steps"] = 4  # stopped early: the steps it took, not the configured 5, bound the search
     from_run = run_json(capsys, "trace", "batch", str(run.parent), "--step", "3")
@@ -88,9 +109,22 @@ def test_trace_a_real_training_run(tokens: Path, tmp_path: Path, capsys: pytest.
     if not configs.is_file():
         pytest.skip("configs/tiny.yaml is not there")
     run = tmp_path / "runs" / "demo"
-    assert main(["train", str(configs), "--out", str(run / "train"), f"--data.tokens={tokens}",
-                 "--trainer.max_steps=2", "--data.loader.seq_len=24", "--data.loader.global_batch_size=4",
-                 "--data.loader.seed=7"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(configs),
+                "--out",
+                str(run / "train"),
+                f"--data.tokens={tokens}",
+                "--trainer.max_steps=2",
+                "--data.loader.seq_len=24",
+                "--data.loader.global_batch_size=4",
+                "--data.loader.seed=7",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     from_run = run_json(capsys, "trace", "batch", str(run), "--step", "2")
     assert from_run["instances"] == TokenLoader(tokens, CONFIG).global_instances(1).tolist()

@@ -74,8 +74,11 @@ def _train_to_memorise(ckpt: Path) -> torch.nn.Module:
     tok = Tokenizer.from_file(ckpt)
     model = load_model(ckpt).model
     eos = tok.eos_id
-    seqs = [tok.encode_chat([{"role": "user", "content": CUE}], add_generation_prompt=True)
-            + tok.encode(SENTENCES[0]) + [eos]]
+    seqs = [
+        tok.encode_chat([{"role": "user", "content": CUE}], add_generation_prompt=True)
+        + tok.encode(SENTENCES[0])
+        + [eos]
+    ]
     seqs += [tok.encode(s) + [eos] for s in SENTENCES]
     width = max(map(len, seqs))
     x = torch.full((len(seqs), width), eos)
@@ -105,11 +108,17 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokens = _tokens_artifact(run, base / "tokenizer.json")
     model = _train_to_memorise(base)
     with artifacts.create_artifact(run / "train", "train_run", inputs=[tokens]) as art:
-        config = {"data": {"tokens": str(tokens), "loader": {"seq_len": 8, "global_batch_size": 2, "seed": 3}}}
+        config = {
+            "data": {"tokens": str(tokens), "loader": {"seq_len": 8, "global_batch_size": 2, "seed": 3}}
+        }
         (art.path / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
         art.metrics["steps"] = STEPS
-    save_checkpoint(model, run / "train" / "checkpoints" / f"step{STEPS:06d}", tokenizer=base / "tokenizer.json",
-                    inputs=[tokens])
+    save_checkpoint(
+        model,
+        run / "train" / "checkpoints" / f"step{STEPS:06d}",
+        tokenizer=base / "tokenizer.json",
+        inputs=[tokens],
+    )
     (run / "train" / "latest").write_text(f"checkpoints/step{STEPS:06d}")
     assert main(["trace", "index", str(run)]) == 0
     return run
@@ -169,7 +178,10 @@ def test_chat_trace_command_without_index_and_before_a_reply(untraced: Path) -> 
 def test_chat_trace_through_stdin_finds_the_index_in_the_run(run: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "glasslm", "chat", str(run), "--temperature", "0", "--max-new-tokens", "24"],
-        input=f"/trace\n{CUE}\n/trace\n/trace 3\n/trace x\n/exit\n", capture_output=True, text=True, timeout=120,
+        input=f"/trace\n{CUE}\n/trace\n/trace 3\n/trace x\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -199,8 +211,9 @@ def client(server: ServerThread) -> openai.OpenAI:
 
 
 def test_completion_trace_with_the_openai_client(client: openai.OpenAI, run: Path) -> None:
-    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0,
-                                    extra_body={"trace": True})
+    out = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, extra_body={"trace": True}
+    )
     text = out.choices[0].text
     assert text.startswith(CONTINUATION)
     trace = out.model_extra["trace"]
@@ -215,10 +228,13 @@ def test_completion_trace_with_the_openai_client(client: openai.OpenAI, run: Pat
 
 def test_trace_options_min_len_and_max_docs(server: ServerThread) -> None:
     body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 20, "temperature": 0, "n": 2}
-    long = httpx.post(server.url + "/v1/completions", json={**body, "trace": {"min_len": 50}}, timeout=60).json()
+    long = httpx.post(
+        server.url + "/v1/completions", json={**body, "trace": {"min_len": 50}}, timeout=60
+    ).json()
     assert [c["spans"] for c in long["trace"]["choices"]] == [[], []] and long["trace"]["min_len"] == 50
-    short = httpx.post(server.url + "/v1/completions", json={**body, "trace": {"min_len": 2, "max_docs": 1}},
-                       timeout=60).json()
+    short = httpx.post(
+        server.url + "/v1/completions", json={**body, "trace": {"min_len": 2, "max_docs": 1}}, timeout=60
+    ).json()
     assert len(short["trace"]["choices"]) == 2
     assert all(c["spans"] and all(len(s["docs"]) == 1 for s in c["spans"]) for c in short["trace"]["choices"])
     bad = httpx.post(server.url + "/v1/completions", json={**body, "trace": {"min_length": 3}}, timeout=60)
@@ -235,7 +251,9 @@ def test_chat_trace_streaming_and_not(client: openai.OpenAI, server: ServerThrea
     chunks = list(client.chat.completions.create(**kwargs, stream=True, extra_body={"trace": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
     assert chunks[-1].choices == [] and chunks[-1].model_extra["trace"] == {
-        **whole.model_extra["trace"], "elapsed_ms": chunks[-1].model_extra["trace"]["elapsed_ms"]}
+        **whole.model_extra["trace"],
+        "elapsed_ms": chunks[-1].model_extra["trace"]["elapsed_ms"],
+    }
     # Raw SSE: the trace chunk comes after the usage chunk, right before [DONE].
     body = {**kwargs, "stream": True, "stream_options": {"include_usage": True}, "trace": {"min_len": 6}}
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
@@ -258,10 +276,18 @@ def test_trace_without_index_is_400(untraced: Path) -> None:
         assert "glasslm trace index" in error["message"] and "--trace" in error["message"]
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
         with pytest.raises(openai.BadRequestError, match="trace index"):
-            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2,
-                                           stream=True, extra_body={"trace": True})
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "x"}],
+                max_tokens=2,
+                stream=True,
+                extra_body={"trace": True},
+            )
         # "trace": false is the same as leaving it out.
-        assert httpx.post(srv.url + "/v1/completions", json={**body, "trace": False}, timeout=60).status_code == 200
+        assert (
+            httpx.post(srv.url + "/v1/completions", json={**body, "trace": False}, timeout=60).status_code
+            == 200
+        )
     finally:
         srv.stop()
 
@@ -275,7 +301,9 @@ def test_serve_cli_traces_with_the_runs_index(run: Path) -> None:
     assert f"tracing against {run / 'trace_index'}" in output[0]
 
 
-def test_explicit_trace_path_without_index_is_a_clear_error(untraced: Path, capsys: pytest.CaptureFixture) -> None:
+def test_explicit_trace_path_without_index_is_a_clear_error(
+    untraced: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["chat", str(untraced), "--trace", str(untraced)]) == 2
     err = capsys.readouterr().err
     assert "no trace index" in err and "glasslm trace index" in err

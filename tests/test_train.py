@@ -286,7 +286,9 @@ def test_shipped_configs_resolve(name: str) -> None:
     from glasslm.config import load
     from glasslm.train.config import TrainConfig
 
-    config = load(TrainConfig, Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml", run_section="train")
+    config = load(
+        TrainConfig, Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml", run_section="train"
+    )
     assert config.model.preset == name and config.model.build(tokens_vocab=None).n_layers > 0
     if name.startswith("olmo2"):  # OLMo-2's released optimizer settings
         assert (config.optim.betas, config.optim.eps, config.optim.weight_decay) == ((0.9, 0.95), 1e-8, 0.1)

@@ -56,7 +56,9 @@ def test_eval_rows_match_glasslm_eval_and_do_not_change_training(
     loaded = load_model(with_eval)
     config = EvalConfig(suite=["perplexity"], tokens=str(toks), ppl_max_docs=6)
     results, _ = evaluate_model(loaded.model, Tokenizer.from_file(tok / "tokenizer.json"), config)
-    assert evaluated[8]["eval/bpb_macro"] == pytest.approx(results["perplexity"]["macro"]["bits_per_byte"], rel=1e-6)
+    assert evaluated[8]["eval/bpb_macro"] == pytest.approx(
+        results["perplexity"]["macro"]["bits_per_byte"], rel=1e-6
+    )
 
     # Evaluation draws no random numbers and moves no data: the losses are bitwise those of a run without it.
     without = read_metrics(_train(toks, tmp_path / "b", eval_every=0) / "metrics.jsonl")

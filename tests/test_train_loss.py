@@ -36,15 +36,20 @@ def _grads(loss: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
     return list(torch.autograd.grad(loss, tensors))
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, dict(rtol=1e-12, atol=1e-12)),
-                                       (torch.float32, dict(rtol=1e-5, atol=1e-5))])
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float64, dict(rtol=1e-12, atol=1e-12)), (torch.float32, dict(rtol=1e-5, atol=1e-5))]
+)
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("chunk", [1, 4, 1000])
-def test_chunked_loss_and_grads_equal_plain(dtype: torch.dtype, tol: dict[str, float], reduction: str, chunk: int) -> None:
+def test_chunked_loss_and_grads_equal_plain(
+    dtype: torch.dtype, tol: dict[str, float], reduction: str, chunk: int
+) -> None:
     hidden, weight, labels = _case(dtype)
     ce, z = lm_loss(hidden @ weight.T, labels, z_loss=Z, reduction=reduction)
     ref = _grads(ce + z, hidden, weight)
-    objective, ce_c, z_c = linear_lm_loss(hidden, weight, labels, z_loss=Z, reduction=reduction, chunk_tokens=chunk)
+    objective, ce_c, z_c = linear_lm_loss(
+        hidden, weight, labels, z_loss=Z, reduction=reduction, chunk_tokens=chunk
+    )
     got = _grads(objective, hidden, weight)
     torch.testing.assert_close(ce_c, ce.detach(), **tol)
     torch.testing.assert_close(z_c, z.detach(), **tol)
@@ -86,8 +91,9 @@ def test_chunked_loss_bf16_head_matches_bf16_logits() -> None:
     hidden, weight, labels = _case(torch.float32, seed=2)
     ce, z = lm_loss(hidden.bfloat16() @ weight.bfloat16().T, labels, z_loss=Z)
     ref = _grads(ce + z, hidden, weight)
-    objective, ce_c, _ = linear_lm_loss(hidden, weight, labels, z_loss=Z, reduction="mean",
-                                        chunk_tokens=7, compute_dtype=torch.bfloat16)
+    objective, ce_c, _ = linear_lm_loss(
+        hidden, weight, labels, z_loss=Z, reduction="mean", chunk_tokens=7, compute_dtype=torch.bfloat16
+    )
     got = _grads(objective, hidden, weight)
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
     torch.testing.assert_close(ce_c, ce.detach(), rtol=1e-5, atol=1e-5)  # same bf16 logits, fp32 sums
@@ -97,8 +103,17 @@ def test_chunked_loss_bf16_head_matches_bf16_logits() -> None:
 
 def test_model_hidden_path_gives_the_same_parameter_grads() -> None:
     torch.manual_seed(0)
-    model = OLMo2(ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=64,
-                              tie_embeddings=False)).double()
+    model = OLMo2(
+        ModelConfig(
+            vocab_size=97,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=2,
+            mlp_hidden=64,
+            tie_embeddings=False,
+        )
+    ).double()
     x = torch.randint(0, 97, (2, 9))
     y = torch.randint(0, 97, (2, 9))
     y[1, :3] = -100
@@ -122,10 +137,19 @@ def test_training_run_same_with_and_without_chunking(tmp_path: Path) -> None:
     tokens = make_tokens(tmp_path / "tokens", n_docs=120)
     runs = {}
     for chunk in (0, 5):
-        cfg = write_config(tmp_path / f"c{chunk}.yaml", tokens, trainer={
-            "max_steps": 4, "checkpoint_every": 4, "loss_chunk_tokens": chunk, "onednn_linear": chunk > 0,
-            "micro_batch_size": 4, "z_loss": Z,
-        }, optim={"lr": 1e-2})
+        cfg = write_config(
+            tmp_path / f"c{chunk}.yaml",
+            tokens,
+            trainer={
+                "max_steps": 4,
+                "checkpoint_every": 4,
+                "loss_chunk_tokens": chunk,
+                "onednn_linear": chunk > 0,
+                "micro_batch_size": 4,
+                "z_loss": Z,
+            },
+            optim={"lr": 1e-2},
+        )
         assert main(["train", str(cfg), "--out", str(tmp_path / f"run{chunk}")]) == 0
         runs[chunk] = read_metrics(tmp_path / f"run{chunk}" / "metrics.jsonl")
     assert len(runs[0]) == 4

@@ -97,7 +97,8 @@ def test_choice_is_measured_forced_or_small() -> None:
     assert measured.backend == faster  # the faster one is kept, whichever it is on this CPU
     assert onednn.choose_backend(model, rows=512) is measured  # timed once per process
     assert onednn.choose_backend(model, rows=512, mode=True) == onednn.LinearChoice(
-        "onednn", "forced", threads=torch.get_num_threads())
+        "onednn", "forced", threads=torch.get_num_threads()
+    )
     assert onednn.choose_backend(model, rows=512, mode=False).backend == "mkl"
     assert onednn.choose_backend(model, rows=2).how == "small"  # too little work to time
     with pytest.raises(ValueError, match="true, false or 'auto'"):
@@ -128,8 +129,11 @@ def _trainer(tmp_path: Path, name: str, **trainer: object) -> Trainer:
     if not tokens.exists():
         make_tokens(tokens, n_docs=60)
     model = {"d_model": 128, "n_heads": 4, "n_kv_heads": 2, "mlp_hidden": 512}  # > MIN_TIMED_FLOP
-    data = json.loads(write_config(tmp_path / f"{name}.json", tokens, model=model,
-                                   trainer={"max_steps": 1, **trainer}).read_text())
+    data = json.loads(
+        write_config(
+            tmp_path / f"{name}.json", tokens, model=model, trainer={"max_steps": 1, **trainer}
+        ).read_text()
+    )
     config = from_dict(TrainConfig, data)
     return Trainer(config, tmp_path / name, distributed.init(config.distributed, "cpu"), "never")
 

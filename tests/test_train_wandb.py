@@ -61,9 +61,16 @@ def _logged_losses(run_file: Path) -> list[float]:
 def test_wandb_offline_run_holds_the_logged_loss(tmp_path: Path, offline: None) -> None:
     pytest.importorskip("wandb")
     tokens = make_tokens(tmp_path / "tokens", n_docs=120)
-    cfg = write_config(tmp_path / "c.yaml", tokens, trainer={
-        "max_steps": 3, "checkpoint_every": 3, "wandb": True, "wandb_project": "glasslm-test",
-    })
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tokens,
+        trainer={
+            "max_steps": 3,
+            "checkpoint_every": 3,
+            "wandb": True,
+            "wandb_project": "glasslm-test",
+        },
+    )
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(run)]) == 0
     offline_runs = list((run / "wandb").glob("offline-run-*"))

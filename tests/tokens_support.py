@@ -11,7 +11,47 @@ from glasslm import artifacts
 from glasslm.cli import main
 from glasslm.data.documents import write_jsonl
 
-WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "her", "it", "an", "be", "this", "which", "or", "are", "def", "return", "import", "class", "self", "print", "value", "list", "data", "model", "token", "order", "seed", "batch", "step"]
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "his",
+    "her",
+    "it",
+    "an",
+    "be",
+    "this",
+    "which",
+    "or",
+    "are",
+    "def",
+    "return",
+    "import",
+    "class",
+    "self",
+    "print",
+    "value",
+    "list",
+    "data",
+    "model",
+    "token",
+    "order",
+    "seed",
+    "batch",
+    "step",
+]
 
 
 def doc(i: int, source: str, rng: random.Random) -> dict[str, Any]:
@@ -22,8 +62,15 @@ def doc(i: int, source: str, rng: random.Random) -> dict[str, Any]:
     return {"id": f"{source}-{i}", "text": text, "source": source}
 
 
-def make_docs(root: Path, shards: int = 3, per_shard: int = 60, heldout: int = 12,
-              sources: tuple[str, ...] = ("web", "code"), seed: int = 0, kind: str | None = "mix") -> Path:
+def make_docs(
+    root: Path,
+    shards: int = 3,
+    per_shard: int = 60,
+    heldout: int = 12,
+    sources: tuple[str, ...] = ("web", "code"),
+    seed: int = 0,
+    kind: str | None = "mix",
+) -> Path:
     """DIR/documents/shard-K.jsonl.gz (train) and DIR/heldout/<source>/0.jsonl.gz; an artifact if ``kind``."""
     rng = random.Random(seed)
 
@@ -32,7 +79,9 @@ def make_docs(root: Path, shards: int = 3, per_shard: int = 60, heldout: int = 1
             docs = [doc(s * 1000 + i, sources[i % len(sources)], rng) for i in range(per_shard)]
             write_jsonl(path / "documents" / f"shard-{s}.jsonl.gz", docs)
         for src in sources:
-            write_jsonl(path / "heldout" / src / "0.jsonl.gz", [doc(90_000 + i, src, rng) for i in range(heldout)])
+            write_jsonl(
+                path / "heldout" / src / "0.jsonl.gz", [doc(90_000 + i, src, rng) for i in range(heldout)]
+            )
 
     if kind is None:
         fill(root)
@@ -52,5 +101,8 @@ def make_tokens(root: Path, **docs_kwargs: Any) -> tuple[Path, Path, Path]:
     docs = make_docs(root / "mix", **docs_kwargs)
     tok = make_tokenizer(docs, root / "tokenizer")
     tokens = root / "tokens"
-    assert main(["data", "tokenize", str(docs), "--tokenizer", str(tok), "--out", str(tokens), "--workers", "2"]) == 0
+    assert (
+        main(["data", "tokenize", str(docs), "--tokenizer", str(tok), "--out", str(tokens), "--workers", "2"])
+        == 0
+    )
     return docs, tok, tokens

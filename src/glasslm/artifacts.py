@@ -112,8 +112,11 @@ def hash_tree(root: Path) -> dict[str, dict[str, Any]]:
 
 
 def _hash_files(root: Path, regular: Sequence[str]) -> dict[str, dict[str, Any]]:
-    return {rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
-            for rel in regular if rel != MANIFEST}
+    return {
+        rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
+        for rel in regular
+        if rel != MANIFEST
+    }
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -319,8 +322,14 @@ def check_run_out(out: Path) -> None:
     if str(out) in ("", "."):
         raise ArtifactError("--out is empty or '.': name a new directory for the run")
     if out.exists() and (not out.is_dir() or out.is_symlink()):
-        raise ArtifactError(f"{out}: exists and is not a directory; choose another --out (nothing was changed)")
-    if out.is_dir() and any(out.iterdir()) and not any((out / n).exists() for n in (MANIFEST, "config.yaml", "checkpoints")):
+        raise ArtifactError(
+            f"{out}: exists and is not a directory; choose another --out (nothing was changed)"
+        )
+    if (
+        out.is_dir()
+        and any(out.iterdir())
+        and not any((out / n).exists() for n in (MANIFEST, "config.yaml", "checkpoints"))
+    ):
         raise ArtifactError(
             f"{out}: exists, is not empty and is not a training run; refusing to write into it (nothing was "
             "changed). Choose a new --out"
@@ -341,7 +350,9 @@ def check_out(out: Path, kind: str | None, inputs: Sequence[str | Path | Mapping
         raise ArtifactError(f"{out}: is a symlink; --out must be a directory path (nothing was changed)")
     if out.exists():
         if not out.is_dir():
-            raise ArtifactError(f"{out}: exists and is not a directory; choose another --out (nothing was changed)")
+            raise ArtifactError(
+                f"{out}: exists and is not a directory; choose another --out (nothing was changed)"
+            )
         if any(out.iterdir()):
             if not (out / MANIFEST).is_file():
                 raise ArtifactError(
@@ -403,7 +414,13 @@ def create_artifact(
     try:
         yield writer
         write_manifest(
-            tmp, kind, config=config, inputs=inputs, command=command, metrics=writer.metrics, extra=writer.extra
+            tmp,
+            kind,
+            config=config,
+            inputs=inputs,
+            command=command,
+            metrics=writer.metrics,
+            extra=writer.extra,
         )
         fsync_tree(tmp)
         publish(tmp, out)
@@ -438,7 +455,12 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not (
-            self.changed or self.missing or self.added or self.irregular or self.inputs_changed or self.inputs_missing
+            self.changed
+            or self.missing
+            or self.added
+            or self.irregular
+            or self.inputs_changed
+            or self.inputs_missing
             or self.sources_changed
         )
 
@@ -506,8 +528,14 @@ def lineage(path: str | Path, _seen: set[str] | None = None) -> dict[str, Any]:
     for ref, parent in inputs_of(path):
         if ref.get("kind") == FILE_INPUT:
             state = input_state(ref, parent)
-            child: dict[str, Any] = {"path": str(parent), "kind": FILE_INPUT, "manifest_sha256": ref.get("sha256"),
-                     "missing": state == "missing", "matches": state == "ok", "inputs": []}
+            child: dict[str, Any] = {
+                "path": str(parent),
+                "kind": FILE_INPUT,
+                "manifest_sha256": ref.get("sha256"),
+                "missing": state == "missing",
+                "matches": state == "ok",
+                "inputs": [],
+            }
         elif (parent / MANIFEST).is_file():
             child = lineage(parent, seen)
             child["recorded_sha256"] = ref.get("sha256")

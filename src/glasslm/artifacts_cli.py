@@ -14,9 +14,14 @@ def register(sub: Any) -> None:
     verbs = stage_verbs(sub, "manifest", "inspect and verify artifact manifests")
     p = add_verb(verbs, "verify", _verify, "re-hash an artifact's files; exit 1 if anything changed")
     p.add_argument("path", type=Path, help="artifact directory")
-    p.add_argument("--recursive", action="store_true", help="also verify every input artifact, back to the raw data")
-    p.add_argument("--no-inputs", action="store_true",
-                   help="check only this artifact's own files (inputs that were not shipped with it are not errors)")
+    p.add_argument(
+        "--recursive", action="store_true", help="also verify every input artifact, back to the raw data"
+    )
+    p.add_argument(
+        "--no-inputs",
+        action="store_true",
+        help="check only this artifact's own files (inputs that were not shipped with it are not errors)",
+    )
     add_json_flag(p)
     p = add_verb(verbs, "show", _show, "print an artifact's manifest and its lineage")
     p.add_argument("path", type=Path, help="artifact directory")
@@ -51,8 +56,15 @@ def _verify(args: argparse.Namespace) -> int:
         for r in d["artifacts"]:
             status = "OK     " if r["ok"] else "MISSING" if r.get("gone") else "CHANGED"
             lines.append(f"{status} {r['path']}")
-            for what in ("changed", "missing", "added", "irregular", "inputs_changed", "inputs_missing",
-                         "sources_changed"):
+            for what in (
+                "changed",
+                "missing",
+                "added",
+                "irregular",
+                "inputs_changed",
+                "inputs_missing",
+                "sources_changed",
+            ):
                 lines += [f"    {what}: {name}" for name in r.get(what, [])]
         return "\n".join(lines)
 
@@ -101,7 +113,11 @@ def _show(args: argparse.Namespace) -> int:
         lines.append("lineage:")
 
         def walk(node: dict[str, Any], depth: int) -> None:
-            mark = " (MISSING)" if node.get("missing") else ("" if node.get("matches", True) else " (CHANGED since use)")
+            mark = (
+                " (MISSING)"
+                if node.get("missing")
+                else ("" if node.get("matches", True) else " (CHANGED since use)")
+            )
             pad = "  " * depth
             lines.append(
                 f"{pad}- {node.get('kind')}  {node.get('path')}  "

@@ -24,7 +24,10 @@ from glasslm.config import ConfigError
 STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("glasslm.data.cli_curate", ("data",)),  # data corpus, data tag
     ("glasslm.data.cli_mix", ("data",)),  # data dedupe|decon|mix|why|stats
-    ("glasslm.data.cli_tokens", ("tokenizer", "data", "trace")),  # tokenizer train|encode, data tokenize, trace batch|doc
+    (
+        "glasslm.data.cli_tokens",
+        ("tokenizer", "data", "trace"),
+    ),  # tokenizer train|encode, data tokenize, trace batch|doc
     ("glasslm.model.cli", ("model", "convert")),  # model init|info, convert to-hf|from-hf
     ("glasslm.train.cli", ("train",)),
     ("glasslm.eval.cli", ("eval",)),

@@ -15,7 +15,9 @@ T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], int | None]
 
 
-def add_config_options(parser: argparse.ArgumentParser, run_section: str | None = None, wrap: str | None = None) -> None:
+def add_config_options(
+    parser: argparse.ArgumentParser, run_section: str | None = None, wrap: str | None = None
+) -> None:
     """``--config FILE`` plus free dotted overrides (``--model.n_layers=4``) for this verb.
 
     ``run_section``: the section this verb reads when given a whole run config (configs/tiny.yaml),
@@ -23,7 +25,9 @@ def add_config_options(parser: argparse.ArgumentParser, run_section: str | None 
     """
     parser.add_argument("--config", type=Path, default=None, help="YAML config file (or a run config)")
     parser.set_defaults(accepts_overrides=True, run_section=run_section, run_wrap=wrap)
-    parser.epilog = ((parser.epilog or "") + "\nAny config key can be overridden: --section.key=value").strip()
+    parser.epilog = (
+        (parser.epilog or "") + "\nAny config key can be overridden: --section.key=value"
+    ).strip()
 
 
 def resolve_config(
@@ -71,7 +75,9 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     numeric = [all(isinstance(r.get(c), int | float) for r in rows if r.get(c) is not None) for c in columns]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True))
+        return "  ".join(
+            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
+        )
 
     out = [line(columns), "  ".join("-" * w for w in widths)]
     out += [line(b) for b in body]
@@ -106,7 +112,9 @@ def stage_verbs(sub: Any, name: str, help: str) -> Any:
 
 
 def add_verb(verbs: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
-    parser = verbs.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = verbs.add_parser(
+        name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.set_defaults(func=handler)
     return parser
 

@@ -114,12 +114,17 @@ def _coerce(value: Any, tp: Any, key: str, from_string: bool) -> Any:
         return from_dict(inner, value, prefix=key + ".")
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if from_string:
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = (
+                yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            )
         if not isinstance(value, list | tuple):
             raise fail
         args = typing.get_args(tp)
         item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{key}[{i}]", from_string and isinstance(v, str)) for i, v in enumerate(value)]
+        items = [
+            _coerce(v, item_tp, f"{key}[{i}]", from_string and isinstance(v, str))
+            for i, v in enumerate(value)
+        ]
         return tuple(items) if origin is tuple or tp is tuple else items
     if origin in (dict, Mapping) or tp is dict:
         if from_string:
@@ -184,7 +189,9 @@ def _coerce(value: Any, tp: Any, key: str, from_string: bool) -> Any:
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build ``cls`` from a mapping, rejecting unknown keys and values of the wrong type."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+        raise ConfigError(
+            f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}"
+        )
     types_ = _field_types(cls)
     kwargs = {}
     for key, value in data.items():
@@ -298,8 +305,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 # The sections of a run config (configs/tiny.yaml …): one per pipeline stage, each holding that
 # stage's config. A verb given a whole run config reads its own section (see ``load``).
 RUN_SECTIONS = (
-    "stages", "corpus", "tag", "dedupe", "decon", "mix", "tokenizer", "tokenize", "train", "eval",
-    "adapt_data", "sft", "dpo", "rl", "hf", "trace", "report", "release",
+    "stages",
+    "corpus",
+    "tag",
+    "dedupe",
+    "decon",
+    "mix",
+    "tokenizer",
+    "tokenize",
+    "train",
+    "eval",
+    "adapt_data",
+    "sft",
+    "dpo",
+    "rl",
+    "hf",
+    "trace",
+    "report",
+    "release",
 )
 
 

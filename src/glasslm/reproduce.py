@@ -80,11 +80,27 @@ class ReproduceReport:
 SAME = ("identical", "same values")
 # Fields that record how long something took, how fast or with how much memory/energy, and when: they
 # differ between two runs of the same computation, so reproduce compares every other field exactly.
-MEASURED_KEYS = frozenset({
-    "seconds", "seconds_hash", "seconds_total", "shard_seconds", "sa_build_seconds", "bpe_train_seconds",
-    "wall_s", "time", "created", "tokens_per_s", "docs_per_s", "mb_per_s", "examples_per_s", "mfu", "mem_gb",
-    "energy_j", "power_w",
-})
+MEASURED_KEYS = frozenset(
+    {
+        "seconds",
+        "seconds_hash",
+        "seconds_total",
+        "shard_seconds",
+        "sa_build_seconds",
+        "bpe_train_seconds",
+        "wall_s",
+        "time",
+        "created",
+        "tokens_per_s",
+        "docs_per_s",
+        "mb_per_s",
+        "examples_per_s",
+        "mfu",
+        "mem_gb",
+        "energy_j",
+        "power_w",
+    }
+)
 # What differs by nature between a nested artifact's manifest and its re-run (``created`` is measured):
 # how it was invoked and where its inputs were, relative to an output that now lives elsewhere.
 # Its ``files`` are compared one by one as files of the outer artifact, and the code version once, above.
@@ -165,11 +181,15 @@ def rebuild_command(
     if not isinstance(command, list) or not command or not all(isinstance(w, str) for w in command):
         raise RefusedCommand(f"the recorded command is not a list of words: {command!r}; refusing to run it")
     if Path(command[0]).name != "glasslm":
-        raise RefusedCommand(f"the recorded command is not a glasslm command ({command[0]!r}); refusing to run it")
+        raise RefusedCommand(
+            f"the recorded command is not a glasslm command ({command[0]!r}); refusing to run it"
+        )
     words = command[1:]
     parser, args, unknown = _parse(words)
     if not hasattr(args, "func"):
-        raise RefusedCommand(f"the recorded command names no glasslm verb: {' '.join(command)}; refusing to run it")
+        raise RefusedCommand(
+            f"the recorded command names no glasslm verb: {' '.join(command)}; refusing to run it"
+        )
     if args.stage in ("reproduce", "pipeline") or not (hasattr(args, "out") or hasattr(args, "out_pos")):
         raise RefusedCommand(f"'glasslm {args.stage}' does not write one artifact; refusing to reproduce it")
     # None when the verb chose a default output (e.g. `trace index RUN` → RUN/trace_index): --out below.
@@ -252,8 +272,13 @@ def reproduce(path: str | Path, keep: str | Path | None = None) -> ReproduceRepo
 
     path = Path(path)
     manifest = artifacts.read_manifest(path)
-    report = ReproduceReport(artifact=str(path), kind=manifest.get("kind"), command=list(manifest.get("command") or []),
-                             recorded_code=dict(manifest.get("code") or {}), code=artifacts.code_version())
+    report = ReproduceReport(
+        artifact=str(path),
+        kind=manifest.get("kind"),
+        command=list(manifest.get("command") or []),
+        recorded_code=dict(manifest.get("code") or {}),
+        code=artifacts.code_version(),
+    )
     report.problems += check_inputs(path, manifest)
     if report.problems:
         return report
@@ -304,7 +329,9 @@ def _replaying(made: Path) -> Iterator[None]:
 
 
 def _manifest_metrics(path: Path) -> dict[str, Any]:
-    return (artifacts.read_manifest(path).get("metrics") or {}) if (path / artifacts.MANIFEST).is_file() else {}
+    return (
+        (artifacts.read_manifest(path).get("metrics") or {}) if (path / artifacts.MANIFEST).is_file() else {}
+    )
 
 
 def _path_map(args: argparse.Namespace, manifest: dict[str, Any], artifact: Path | None) -> PathMap:
@@ -315,8 +342,12 @@ def _path_map(args: argparse.Namespace, manifest: dict[str, Any], artifact: Path
         return PathMap(cwd, None, Path.cwd())
     recorded_out = artifact.resolve()  # a verb's default output: the artifact is where the verb put it
     if out_value is not None:
-        recorded_out = Path(os.path.normpath(out_value if out_value.is_absolute() or cwd is None else cwd / out_value))
-    inputs = [loc for _, loc in artifacts.inputs_of(artifact)] if (artifact / artifacts.MANIFEST).is_file() else []
+        recorded_out = Path(
+            os.path.normpath(out_value if out_value.is_absolute() or cwd is None else cwd / out_value)
+        )
+    inputs = (
+        [loc for _, loc in artifacts.inputs_of(artifact)] if (artifact / artifacts.MANIFEST).is_file() else []
+    )
     return PathMap(cwd, recorded_out, artifact.resolve(), inputs)
 
 

@@ -48,8 +48,9 @@ CHAT_TEMPLATE = (
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
-def chat_pieces(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False,
-                eos: str = EOS) -> list[tuple[str, bool]]:
+def chat_pieces(
+    messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False, eos: str = EOS
+) -> list[tuple[str, bool]]:
     """The chat template as ``(text, is_marker)`` pieces in order. Markers (EOS and the role markers) are
     the template's own and may be special tokens; everything else, message contents included, is text."""
     pieces: list[tuple[str, bool]] = [(eos, True)]
@@ -69,7 +70,9 @@ def chat_pieces(messages: Sequence[Mapping[str, str]], add_generation_prompt: bo
     return pieces
 
 
-def format_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False, eos: str = EOS) -> str:
+def format_chat(
+    messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False, eos: str = EOS
+) -> str:
     """The chat template in Python; gives the same string as the Jinja template above (tested)."""
     return "".join(text for text, _ in chat_pieces(messages, add_generation_prompt, eos))
 
@@ -81,7 +84,9 @@ def find_tokenizer_file(path: str | Path) -> Path:
     for candidate in (path / "tokenizer.json", path / "tokenizer" / "tokenizer.json"):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"{path}: no tokenizer.json (expected a file, a tokenizer artifact, or a checkpoint)")
+    raise FileNotFoundError(
+        f"{path}: no tokenizer.json (expected a file, a tokenizer artifact, or a checkpoint)"
+    )
 
 
 class Tokenizer:
@@ -124,7 +129,9 @@ class Tokenizer:
     def format_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> str:
         return format_chat(messages, add_generation_prompt, eos=EOS)
 
-    def encode_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
+    ) -> list[int]:
         ids: list[int] = []
         for _, _, part in self._chat_parts(messages, add_generation_prompt):
             if isinstance(part, int):
@@ -133,8 +140,9 @@ class Tokenizer:
                 ids += part.ids
         return ids
 
-    def encode_chat_with_offsets(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
-                                 ) -> tuple[list[int], list[tuple[int, int]]]:
+    def encode_chat_with_offsets(
+        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[tuple[int, int]]]:
         """``encode_chat``'s ids and each id's character span in ``format_chat``'s string (SFT's labels)."""
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
@@ -147,8 +155,9 @@ class Tokenizer:
                 offsets += [(start + a, start + b) for a, b in part.offsets]
         return ids, offsets
 
-    def _chat_parts(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool
-                    ) -> list[tuple[int, int, int | Encoding]]:
+    def _chat_parts(
+        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool
+    ) -> list[tuple[int, int, int | Encoding]]:
         """The templated conversation as ``(start, end, marker id or encoded text run)`` in order, with
         character positions in ``format_chat``'s string.
 
@@ -196,7 +205,9 @@ class BPEConfig:
     def validate(self) -> None:
         floor = 256 + len(SPECIAL_TOKENS)
         if self.vocab_size <= floor:
-            raise ConfigError(f"tokenizer.vocab_size must exceed {floor} (256 bytes + special tokens), got {self.vocab_size}")
+            raise ConfigError(
+                f"tokenizer.vocab_size must exceed {floor} (256 bytes + special tokens), got {self.vocab_size}"
+            )
         if self.min_frequency < 1:
             raise ConfigError(f"tokenizer.min_frequency must be >= 1, got {self.min_frequency}")
 

@@ -63,7 +63,9 @@ def _text_batches(shards: Sequence[Path], max_bytes: int | None, batch: int = 10
         yield buf
 
 
-def bytes_per_token(tok: Tokenizer, shards: Sequence[Path], max_bytes_per_source: int) -> dict[str, dict[str, float]]:
+def bytes_per_token(
+    tok: Tokenizer, shards: Sequence[Path], max_bytes_per_source: int
+) -> dict[str, dict[str, float]]:
     """UTF-8 bytes per token (EOS not counted) per document source: the compression report."""
     totals: dict[str, list[int]] = {}
     for shard in shards:
@@ -75,7 +77,9 @@ def bytes_per_token(tok: Tokenizer, shards: Sequence[Path], max_bytes_per_source
                 texts.setdefault(source, []).append(doc["text"])
                 seen[0] += len(doc["text"].encode("utf-8"))
         for source, batch in texts.items():
-            totals[source][1] += sum(len(e.ids) for e in tok.hf.encode_batch_fast(batch, add_special_tokens=False))
+            totals[source][1] += sum(
+                len(e.ids) for e in tok.hf.encode_batch_fast(batch, add_special_tokens=False)
+            )
             totals[source][2] += len(batch)
     return {
         s: {"bytes": b, "tokens": t, "docs": d, "bytes_per_token": round(b / t, 4) if t else 0.0}
@@ -83,8 +87,9 @@ def bytes_per_token(tok: Tokenizer, shards: Sequence[Path], max_bytes_per_source
     }
 
 
-def train_tokenizer_artifact(docs: str | Path, out: str | Path, config: TokenizerTrainConfig,
-                             heldout: str | Path | None = None) -> dict[str, Any]:
+def train_tokenizer_artifact(
+    docs: str | Path, out: str | Path, config: TokenizerTrainConfig, heldout: str | Path | None = None
+) -> dict[str, Any]:
     """Train on the train split of ``docs``; write tokenizer.json + chat template as a ``tokenizer`` artifact."""
     from glasslm.data.tokenize import find_inputs  # numpy/pyarrow and torch: only when training
     from glasslm.model.presets import pad_vocab
@@ -98,21 +103,25 @@ def train_tokenizer_artifact(docs: str | Path, out: str | Path, config: Tokenize
     with artifacts.create_artifact(out, "tokenizer", config=config, inputs=refs) as art:
         # The config is exactly what `--config` takes (glasslm reproduce re-runs with it); where the
         # documents came from is in `inputs`, and here too when they were a plain folder.
-        art.extra["read_from"] = {"docs": str(Path(docs).resolve()),
-                                "heldout": str(inputs.heldout_root) if inputs.heldout_root else None}
+        art.extra["read_from"] = {
+            "docs": str(Path(docs).resolve()),
+            "heldout": str(inputs.heldout_root) if inputs.heldout_root else None,
+        }
         hf.save(str(art.path / "tokenizer.json"))
         (art.path / CHAT_TEMPLATE_FILE).write_text(CHAT_TEMPLATE)
         tok = Tokenizer.from_file(art.path)
         eval_shards = [p for p, _ in inputs.heldout] or list(inputs.train)
-        art.metrics.update({
-            "vocab_size": tok.vocab_size,
-            "padded_vocab_size": pad_vocab(tok.vocab_size),
-            "special_ids": {t: tok.hf.token_to_id(t) for t in SPECIAL_TOKENS},
-            "eos_id": tok.eos_id,
-            "pad_id": tok.pad_id,
-            "bpe_train_seconds": round(train_seconds, 3),
-            "compression_split": "heldout" if inputs.heldout else "train",
-            "compression": bytes_per_token(tok, eval_shards, config.tokenizer.max_eval_bytes),
-        })
+        art.metrics.update(
+            {
+                "vocab_size": tok.vocab_size,
+                "padded_vocab_size": pad_vocab(tok.vocab_size),
+                "special_ids": {t: tok.hf.token_to_id(t) for t in SPECIAL_TOKENS},
+                "eos_id": tok.eos_id,
+                "pad_id": tok.pad_id,
+                "bpe_train_seconds": round(train_seconds, 3),
+                "compression_split": "heldout" if inputs.heldout else "train",
+                "compression": bytes_per_token(tok, eval_shards, config.tokenizer.max_eval_bytes),
+            }
+        )
         metrics = dict(art.metrics)
     return metrics

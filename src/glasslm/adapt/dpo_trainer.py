@@ -130,8 +130,11 @@ class DPOTrainer(AdaptTrainer):
             tmp = file.with_suffix(".tmp")
             # One metadata entry: safetensors writes several in hash-map order, which differs run to run
             # (the same reference log-probs must give the same bytes: glasslm reproduce).
-            save_file({"train": self.ref_train, "heldout": self.ref_heldout}, str(tmp),
-                      metadata={CACHE_KEY: json.dumps(key, sort_keys=True)})
+            save_file(
+                {"train": self.ref_train, "heldout": self.ref_heldout},
+                str(tmp),
+                metadata={CACHE_KEY: json.dumps(key, sort_keys=True)},
+            )
             tmp.replace(file)
         distributed.barrier(self.world)
 

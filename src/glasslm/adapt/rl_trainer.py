@@ -274,8 +274,11 @@ class RLTrainer(AdaptTrainer):
         greedy = [
             reward_for(t.dataset)(o.text, t.ground_truth) for t, o in zip(self.heldout, outs, strict=True)
         ]
-        result: dict[str, Any] = {"heldout_prompts": len(greedy), **self._breakdown("pass_at_1", greedy),
-                                  **_means_by("pass_at_1_", [t.dataset for t in self.heldout], greedy)}
+        result: dict[str, Any] = {
+            "heldout_prompts": len(greedy),
+            **self._breakdown("pass_at_1", greedy),
+            **_means_by("pass_at_1_", [t.dataset for t in self.heldout], greedy),
+        }
         per_prompt = {"pass_at_1": greedy}
         if rc.eval_samples:
             sampled = self._sampled_reward(prompts)
@@ -332,7 +335,10 @@ def _mean(values: list[float]) -> float:
 
 def _means_by(prefix: str, keys: list[str], scores: list[float]) -> dict[str, float]:
     """``prefix + key`` -> the mean of the scores with that key, for every key (sorted)."""
-    return {f"{prefix}{k}": _mean([s for kk, s in zip(keys, scores, strict=True) if kk == k]) for k in sorted(set(keys))}
+    return {
+        f"{prefix}{k}": _mean([s for kk, s in zip(keys, scores, strict=True) if kk == k])
+        for k in sorted(set(keys))
+    }
 
 
 def _family(task: RLTask) -> str:

@@ -27,44 +27,80 @@ from glasslm.data.tag import TagRun, run_tag
 
 def register(sub: Any) -> None:
     verbs = stage_verbs(sub, "data", "curate data: corpus, tag, dedupe, decon, mix, why, stats")
-    p = add_verb(verbs, "corpus", _corpus,
-                 "build the embedded corpus (Python stdlib code and docs, /usr/share/doc, man pages)")
+    p = add_verb(
+        verbs,
+        "corpus",
+        _corpus,
+        "build the embedded corpus (Python stdlib code and docs, /usr/share/doc, man pages)",
+    )
     add_out(p)
     add_config_options(p, run_section="corpus", wrap="corpus")
     add_json_flag(p)
-    p.epilog = (p.epilog or "") + "\nExample: glasslm data corpus --out runs/demo/corpus --corpus.max_bytes_web=2e6"
+    p.epilog = (
+        p.epilog or ""
+    ) + "\nExample: glasslm data corpus --out runs/demo/corpus --corpus.max_bytes_web=2e6"
 
-    p = add_verb(verbs, "import", _import,
-                 "import outside text as a documents artifact: Dolma JSONL, Parquet, Arrow, HF datasets "
-                 "folders, text/Markdown/code trees, WARC crawls (docs/data-import.md)")
-    p.add_argument("src", nargs="*", metavar="[SOURCE=]PATH",
-                   help="file, directory, glob or URL (s3://, gs://, hf://); 'web=crawl/*.warc.gz' names the "
-                        "domain of that path (default: --source)")
-    p.add_argument("--source", default="", help="domain (Dolma source) of the SRC paths; held-out split and "
-                                                  "bits per byte are per domain (JSONL default: the records' own)")
-    p.add_argument("--format", choices=FORMATS, default="auto", help="input format (default: by file suffix; "
-                                                                    "a directory without data files is a text tree)")
+    p = add_verb(
+        verbs,
+        "import",
+        _import,
+        "import outside text as a documents artifact: Dolma JSONL, Parquet, Arrow, HF datasets "
+        "folders, text/Markdown/code trees, WARC crawls (docs/data-import.md)",
+    )
+    p.add_argument(
+        "src",
+        nargs="*",
+        metavar="[SOURCE=]PATH",
+        help="file, directory, glob or URL (s3://, gs://, hf://); 'web=crawl/*.warc.gz' names the "
+        "domain of that path (default: --source)",
+    )
+    p.add_argument(
+        "--source",
+        default="",
+        help="domain (Dolma source) of the SRC paths; held-out split and "
+        "bits per byte are per domain (JSONL default: the records' own)",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="input format (default: by file suffix; a directory without data files is a text tree)",
+    )
     p.add_argument("--text-column", default="text", help="Parquet/Arrow/HF: the text column")
-    p.add_argument("--id-column", default="id", help="Parquet/Arrow/HF: the id column (missing ids are derived)")
+    p.add_argument(
+        "--id-column", default="id", help="Parquet/Arrow/HF: the id column (missing ids are derived)"
+    )
     p.add_argument("--link", action="store_true", help="Dolma JSONL: reference the files in place, no copy")
     p.add_argument("--max-bytes", type=float, default=0, help="stop each SRC after this many bytes of text")
-    p.add_argument("--extend", type=Path, default=None,
-                   help="documents artifact to start from (several imports make one multi-domain corpus)")
+    p.add_argument(
+        "--extend",
+        type=Path,
+        default=None,
+        help="documents artifact to start from (several imports make one multi-domain corpus)",
+    )
     add_out(p)
     add_config_options(p, run_section="corpus", wrap="corpus")
     add_json_flag(p)
     p.epilog = (p.epilog or "") + (
         "\nExamples:\n  glasslm data import shards/ --source web --out runs/mine/corpus\n"
-        "  glasslm data import web=crawl/*.warc.gz code=src/ --format text --out runs/mine/corpus")
+        "  glasslm data import web=crawl/*.warc.gz code=src/ --format text --out runs/mine/corpus"
+    )
 
     p = add_verb(verbs, "tag", _tag, "run taggers over documents; writes a Dolma-layout attributes artifact")
     p.add_argument("documents", help="documents artifact, or a run directory holding corpus/")
-    p.add_argument("--taggers", default=None,
-                   help="comma-separated tagger names (default: tag.taggers; see docs/data-tagging.md)")
+    p.add_argument(
+        "--taggers",
+        default=None,
+        help="comma-separated tagger names (default: tag.taggers; see docs/data-tagging.md)",
+    )
     p.add_argument("--experiment", default=None, help="attribute name prefix (default: tag.experiment)")
     p.add_argument("--workers", type=int, default=None, help="parallel workers (default: all CPUs)")
-    p.add_argument("--executor", choices=["local", "process", "ray"], default=None,
-                   help="process pool (default), in-process, or Ray")
+    p.add_argument(
+        "--executor",
+        choices=["local", "process", "ray"],
+        default=None,
+        help="process pool (default), in-process, or Ray",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_out(p)
     add_config_options(p, run_section="tag", wrap="tag")
@@ -89,11 +125,25 @@ def _corpus(args: argparse.Namespace) -> int:
     data = {"out": str(args.out), **metrics}
 
     def render(d: dict[str, Any]) -> str:
-        rows = [{"source": name, "docs": s["docs"], "MB": round(s["bytes"] / 1e6, 3), "shards": s["shards"],
-                 "candidates": s["candidates"], "skipped": sum(s["skipped"].values())}
-                for name, s in d["sources"].items()]
-        rows.append({"source": "total", "docs": d["docs"], "MB": round(d["bytes"] / 1e6, 3),
-                     "shards": sum(r["shards"] for r in rows)})
+        rows = [
+            {
+                "source": name,
+                "docs": s["docs"],
+                "MB": round(s["bytes"] / 1e6, 3),
+                "shards": s["shards"],
+                "candidates": s["candidates"],
+                "skipped": sum(s["skipped"].values()),
+            }
+            for name, s in d["sources"].items()
+        ]
+        rows.append(
+            {
+                "source": "total",
+                "docs": d["docs"],
+                "MB": round(d["bytes"] / 1e6, 3),
+                "shards": sum(r["shards"] for r in rows),
+            }
+        )
         lines = [f"wrote {d['out']} in {d['seconds']:.1f} s", format_table(rows)]
         lines += [f"note: {n}" for n in d["notes"]]
         return "\n".join(lines)
@@ -111,8 +161,17 @@ def cli_inputs(args: argparse.Namespace) -> list[ImportInput]:
     for src in args.src:
         named = _NAMED.match(src)
         source, path = (named.group(1), named.group(2)) if named else (args.source, src)
-        out.append(ImportInput(path=path, source=source, format=args.format, text_column=args.text_column,
-                               id_column=args.id_column, link=args.link, max_bytes=int(args.max_bytes)))
+        out.append(
+            ImportInput(
+                path=path,
+                source=source,
+                format=args.format,
+                text_column=args.text_column,
+                id_column=args.id_column,
+                link=args.link,
+                max_bytes=int(args.max_bytes),
+            )
+        )
     return out
 
 
@@ -122,22 +181,37 @@ def _import(args: argparse.Namespace) -> int:
     run.corpus.validate()
     start = time.perf_counter()
     with create_artifact(args.out, "documents", config=run, inputs=[args.extend] if args.extend else []) as w:
-        result: ImportResult = run_import(run.corpus.inputs, w.path, shard_bytes=run.corpus.shard_bytes,
-                                          date=run.corpus.date, extend=args.extend)
-        w.metrics = {**result.metrics(), "seconds": round(time.perf_counter() - start, 3),
-                     "versions": reader_versions()}
+        result: ImportResult = run_import(
+            run.corpus.inputs,
+            w.path,
+            shard_bytes=run.corpus.shard_bytes,
+            date=run.corpus.date,
+            extend=args.extend,
+        )
+        w.metrics = {
+            **result.metrics(),
+            "seconds": round(time.perf_counter() - start, 3),
+            "versions": reader_versions(),
+        }
         w.extra["sources"] = result.sources  # lineage outside the artifact (glasslm manifest verify)
         metrics = w.metrics
     data = {"out": str(args.out), **metrics}
 
     def render(d: dict[str, Any]) -> str:
-        rows = [{"domain": name, "docs": s["docs"], "MB": round(s["bytes"] / 1e6, 3), "shards": s["shards"]}
-                for name, s in d["domains"].items()]
-        lines = [f"wrote {d['out']} in {d['seconds']:.1f} s: {d['records']:,} records read = {d['imported']:,} "
-                 f"imported + {d['quarantined']:,} quarantined", format_table(rows)]
+        rows = [
+            {"domain": name, "docs": s["docs"], "MB": round(s["bytes"] / 1e6, 3), "shards": s["shards"]}
+            for name, s in d["domains"].items()
+        ]
+        lines = [
+            f"wrote {d['out']} in {d['seconds']:.1f} s: {d['records']:,} records read = {d['imported']:,} "
+            f"imported + {d['quarantined']:,} quarantined",
+            format_table(rows),
+        ]
         if d["quarantined"]:
             lines.append("quarantined (see quarantine.jsonl):")
-            lines.append(format_table([{"reason": k, "records": v} for k, v in d["quarantined_by_reason"].items()]))
+            lines.append(
+                format_table([{"reason": k, "records": v} for k, v in d["quarantined_by_reason"].items()])
+            )
         if d["duplicate_ids"]["count"]:
             lines.append(f"duplicate ids: {d['duplicate_ids']['count']} (see manifest metrics.duplicate_ids)")
         lines += [f"note: {n}" for n in d["notes"][:20]]
@@ -170,7 +244,9 @@ def _tag(args: argparse.Namespace) -> int:
         ]
         if d["quarantined"]:
             lines.append(f"quarantined {d['quarantined']} lines (see quarantine.jsonl):")
-            lines.append(format_table([{"reason": k, "lines": v} for k, v in d["quarantined_by_reason"].items()]))
+            lines.append(
+                format_table([{"reason": k, "lines": v} for k, v in d["quarantined_by_reason"].items()])
+            )
         return "\n".join(lines)
 
     emit(args, data, render)

@@ -45,12 +45,16 @@ def register(sub: Any) -> None:
     p = add_verb(verbs, "mix", _mix, "apply a recipe: curated train/held-out shards and a ledger")
     p.add_argument("recipe", type=Path, help="recipe YAML (see configs/recipes/default.yaml)")
     p.add_argument("--documents", type=Path, default=None, help="documents artifact (overrides the recipe)")
-    p.add_argument("--attributes", type=Path, nargs="*", default=None, help="attribute artifacts (override the recipe)")
+    p.add_argument(
+        "--attributes", type=Path, nargs="*", default=None, help="attribute artifacts (override the recipe)"
+    )
     _parallel_flags(p)
     add_out(p)
     p.set_defaults(accepts_overrides=True)
 
-    p = add_verb(verbs, "why", _why, "a document's full story: input line, attributes, rules, decision, output")
+    p = add_verb(
+        verbs, "why", _why, "a document's full story: input line, attributes, rules, decision, output"
+    )
     p.add_argument("doc_id", help="document id")
     p.add_argument("mix", nargs="?", type=Path, default=Path("."), help="mix artifact or run directory")
     add_json_flag(p)
@@ -89,14 +93,22 @@ def _dedupe(args: argparse.Namespace) -> int:
     work = work_dir(args.out, fingerprint("dedupe", to_dict(job.dedupe), artifacts.manifest_hash(docs)))
     with artifacts.create_artifact(args.out, "attributes", config=job, inputs=[docs]) as w:
         w.metrics.update(dedupe.run(docs, w.path, job, scratch=work))
-        w.extra["attribute_names"] = [f"{job.experiment}__dedupe__{n}" for n, on in
-                                      (("exact_doc", job.dedupe.exact_docs), ("near_doc", job.dedupe.near),
-                                       ("paragraphs", job.dedupe.paragraphs)) if on]
+        w.extra["attribute_names"] = [
+            f"{job.experiment}__dedupe__{n}"
+            for n, on in (
+                ("exact_doc", job.dedupe.exact_docs),
+                ("near_doc", job.dedupe.near),
+                ("paragraphs", job.dedupe.paragraphs),
+            )
+            if on
+        ]
         metrics = w.metrics
     _finish(work)
-    print(f"wrote {args.out}: {metrics['documents']:,} documents, {metrics['exact_duplicate_docs']:,} exact and "
-          f"{metrics['near_duplicate_docs']:,} near duplicates, {metrics['duplicate_paragraphs']:,} duplicate "
-          f"paragraphs ({metrics['mb_per_s']} MB/s)")
+    print(
+        f"wrote {args.out}: {metrics['documents']:,} documents, {metrics['exact_duplicate_docs']:,} exact and "
+        f"{metrics['near_duplicate_docs']:,} near duplicates, {metrics['duplicate_paragraphs']:,} duplicate "
+        f"paragraphs ({metrics['mb_per_s']} MB/s)"
+    )
     return 0
 
 
@@ -105,15 +117,21 @@ def _decon(args: argparse.Namespace) -> int:
     _apply_flags(job, args)
     docs = _documents(args.documents)
     tasks = [Path(t) for t in args.tasks]
-    work = work_dir(args.out, fingerprint("decon", to_dict(job.decon), artifacts.manifest_hash(docs),
-                                          [str(t.resolve()) for t in tasks]))
+    work = work_dir(
+        args.out,
+        fingerprint(
+            "decon", to_dict(job.decon), artifacts.manifest_hash(docs), [str(t.resolve()) for t in tasks]
+        ),
+    )
     with artifacts.create_artifact(args.out, "attributes", config=job, inputs=[docs]) as w:
         w.metrics.update(decon.run(docs, tasks, w.path, job, scratch=work))
         w.extra["task_files"] = [str(t) for t in tasks]
         metrics = w.metrics
     _finish(work)
-    print(f"wrote {args.out}: {metrics['contaminated_documents']:,} of {metrics['documents']:,} documents overlap "
-          f"{len(metrics['tasks'])} evaluation set(s)")
+    print(
+        f"wrote {args.out}: {metrics['contaminated_documents']:,} of {metrics['documents']:,} documents overlap "
+        f"{len(metrics['tasks'])} evaluation set(s)"
+    )
     return 0
 
 
@@ -141,15 +159,19 @@ def _mix(args: argparse.Namespace) -> int:
     docs = _documents(_resolve(recipe.documents, args.recipe))
     attrs = [artifacts.find_artifact(_resolve(a, args.recipe), "attributes") for a in recipe.attributes]
     inputs = [docs, *attrs]
-    work = work_dir(args.out, fingerprint("mix", to_dict(recipe), [artifacts.manifest_hash(i) for i in inputs]))
+    work = work_dir(
+        args.out, fingerprint("mix", to_dict(recipe), [artifacts.manifest_hash(i) for i in inputs])
+    )
     with artifacts.create_artifact(args.out, "mix", config=recipe, inputs=inputs) as w:
         w.metrics.update(mixer.run(recipe, docs, attrs, w.path, work))
         metrics = w.metrics
     _finish(work)
     d = metrics["decisions"]
-    print(f"wrote {args.out}: {metrics['input']['docs']:,} input lines -> kept {d['kept']:,}, modified "
-          f"{d['modified']:,}, removed {d['removed']:,}, quarantined {d['quarantined']:,}; "
-          f"{metrics['output_docs']:,} documents written ({metrics['mb_per_s']} MB/s)")
+    print(
+        f"wrote {args.out}: {metrics['input']['docs']:,} input lines -> kept {d['kept']:,}, modified "
+        f"{d['modified']:,}, removed {d['removed']:,}, quarantined {d['quarantined']:,}; "
+        f"{metrics['output_docs']:,} documents written ({metrics['mb_per_s']} MB/s)"
+    )
     return 0
 
 
@@ -169,12 +191,17 @@ def _why(args: argparse.Namespace) -> int:
             out.append(f"document {row['id']}  ({row['bytes']:,} bytes)")
             out.append(f"  input:        {row['input']}")
             out.append(f"  source:       {row['source']} -> recipe source {row['recipe_source']}")
-            out.append(f"  decision:     {row['decision']}" + (f" by {row['first_rule']}" if row["first_rule"] else ""))
+            out.append(
+                f"  decision:     {row['decision']}"
+                + (f" by {row['first_rule']}" if row["first_rule"] else "")
+            )
             out.append(f"  duplicate_of: {row['duplicate_of']}")
             out.append(f"  split:        {row['split']}")
             if row["output_file"]:
-                out.append(f"  output:       {row['output_file']}:{row['output_line']} ({row['copies']} cop"
-                           f"{'y' if row['copies'] == 1 else 'ies'}, {row['output_bytes']:,} bytes)")
+                out.append(
+                    f"  output:       {row['output_file']}:{row['output_line']} ({row['copies']} cop"
+                    f"{'y' if row['copies'] == 1 else 'ies'}, {row['output_bytes']:,} bytes)"
+                )
             out.append("  rules fired:")
             out.extend(f"    {r['rule']} = {json.dumps(r['value'])}" for r in row["rules"])
             if not row["rules"]:
@@ -196,9 +223,11 @@ def _stats(args: argparse.Namespace) -> int:
 
     def render(d: dict[str, Any]) -> str:
         dec = d["decisions"]
-        head = (f"{d['mix']}: {d['input']['docs']:,} input lines, {d['input']['bytes']:,} bytes; kept {dec['kept']:,}, "
-                f"modified {dec['modified']:,}, removed {dec['removed']:,}, quarantined {dec['quarantined']:,}; "
-                f"{d['output_docs']:,} documents written")
+        head = (
+            f"{d['mix']}: {d['input']['docs']:,} input lines, {d['input']['bytes']:,} bytes; kept {dec['kept']:,}, "
+            f"modified {dec['modified']:,}, removed {dec['removed']:,}, quarantined {dec['quarantined']:,}; "
+            f"{d['output_docs']:,} documents written"
+        )
         return head + "\n" + format_table(d["rows"], ["source", "step", "docs", "bytes"])
 
     emit(args, data, render)

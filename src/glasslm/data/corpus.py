@@ -114,8 +114,14 @@ class SourceReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"docs": self.docs, "bytes": self.bytes, "shards": self.shards, "candidates": self.candidates,
-                "skipped": dict(sorted(self.skipped.items())), **self.extra}
+        return {
+            "docs": self.docs,
+            "bytes": self.bytes,
+            "shards": self.shards,
+            "candidates": self.candidates,
+            "skipped": dict(sorted(self.skipped.items())),
+            **self.extra,
+        }
 
 
 def doc_id(origin: str) -> str:
@@ -137,8 +143,11 @@ def _walk_files(root: Path, skip_dirs: frozenset[str] | set[str] = frozenset()) 
 
 
 def stdlib_files(root: Path) -> list[tuple[str, Path]]:
-    return [(p.relative_to(root).as_posix(), p) for p in _walk_files(root, _STDLIB_SKIP_DIRS)
-            if p.suffix == ".py" and p.is_file()]
+    return [
+        (p.relative_to(root).as_posix(), p)
+        for p in _walk_files(root, _STDLIB_SKIP_DIRS)
+        if p.suffix == ".py" and p.is_file()
+    ]
 
 
 def code_candidates(config: CorpusConfig, notes: list[str]) -> list[Candidate]:
@@ -227,8 +236,14 @@ def read_candidate(c: Candidate) -> tuple[str | None, str | None]:
 def make_document(c: Candidate, source: str, text: str, config: CorpusConfig) -> dict[str, Any]:
     metadata: dict[str, Any] = {"origin": c.origin, "license": c.license}
     metadata.update({k: v for k, v in c.extra.items() if v is not None})
-    return {"id": doc_id(c.origin), "text": text, "source": source, "added": config.date,
-            "created": config.date, "metadata": metadata}
+    return {
+        "id": doc_id(c.origin),
+        "text": text,
+        "source": source,
+        "added": config.date,
+        "created": config.date,
+        "metadata": metadata,
+    }
 
 
 def build_source(source: str, config: CorpusConfig, out_dir: Path, notes: list[str]) -> SourceReport:
@@ -265,17 +280,26 @@ def build_source(source: str, config: CorpusConfig, out_dir: Path, notes: list[s
 def build_web(config: CorpusConfig, root: Path, notes: list[str]) -> SourceReport:
     """Render the pinned distributions' pages into ``root/warc/web.warc.gz`` and import that crawl."""
     warc = root / "warc" / "web.warc.gz"
-    made = corpus_web.write_warc(warc, config.max_bytes_web, config.max_doc_bytes, config.date, config.min_room)
+    made = corpus_web.write_warc(
+        warc, config.max_bytes_web, config.max_doc_bytes, config.date, config.min_room
+    )
     importer = Importer(root, config.shard_bytes, config.date)
     importer.run_input(ImportInput(path=str(warc), source="web", format="warc"))
     result = importer.finish()
     web = result.domains.get("web", {"docs": 0, "bytes": 0, "shards": 0})
-    report = SourceReport(docs=web["docs"], bytes=web["bytes"], shards=web["shards"],
-                          candidates=sum(made["pages"].values()))
+    report = SourceReport(
+        docs=web["docs"], bytes=web["bytes"], shards=web["shards"], candidates=sum(made["pages"].values())
+    )
     report.skipped.update({f"quarantined: {k}": v for k, v in result.quarantined_by_reason.items()})
-    report.skipped.update({f"page {k}": v for k, v in made["pages"].items() if k in ("empty", "too large") and v})
-    report.extra = {"pages": made["pages"], "records": result.totals.records,
-                    "quarantined": result.totals.quarantined, "distributions": made["distributions"]}
+    report.skipped.update(
+        {f"page {k}": v for k, v in made["pages"].items() if k in ("empty", "too large") and v}
+    )
+    report.extra = {
+        "pages": made["pages"],
+        "records": result.totals.records,
+        "quarantined": result.totals.quarantined,
+        "distributions": made["distributions"],
+    }
     return report
 
 

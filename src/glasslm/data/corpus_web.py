@@ -48,16 +48,27 @@ def _dist(d: Distribution) -> Dist:
     description = meta.get_payload() or meta.get("Description") or ""
     if not isinstance(description, str) or not description.strip():
         description = str(meta.get("Summary") or "")
-    return Dist(str(meta["Name"]), d.version, description, str(meta.get("Description-Content-Type") or "").lower(),
-                distribution_license(d), tuple(d.files or ()))
+    return Dist(
+        str(meta["Name"]),
+        d.version,
+        description,
+        str(meta.get("Description-Content-Type") or "").lower(),
+        distribution_license(d),
+        tuple(d.files or ()),
+    )
 
 
 # Trove classifiers → SPDX ids.
 _CLASSIFIERS = {
-    "MIT License": "MIT", "Apache Software License": "Apache-2.0", "ISC License (ISCL)": "ISC",
-    "Python Software Foundation License": "PSF-2.0", "Mozilla Public License 2.0 (MPL 2.0)": "MPL-2.0",
-    "The Unlicense (Unlicense)": "Unlicense", "GNU General Public License v3 (GPLv3)": "GPL-3.0",
-    "GNU General Public License v2 (GPLv2)": "GPL-2.0", "Zope Public License": "ZPL-2.1",
+    "MIT License": "MIT",
+    "Apache Software License": "Apache-2.0",
+    "ISC License (ISCL)": "ISC",
+    "Python Software Foundation License": "PSF-2.0",
+    "Mozilla Public License 2.0 (MPL 2.0)": "MPL-2.0",
+    "The Unlicense (Unlicense)": "Unlicense",
+    "GNU General Public License v3 (GPLv3)": "GPL-3.0",
+    "GNU General Public License v2 (GPLv2)": "GPL-2.0",
+    "Zope Public License": "ZPL-2.1",
     "GNU Lesser General Public License v3 (LGPLv3)": "LGPL-3.0",
     "BSD License": "BSD",  # the family (2- or 3-clause): every member permits redistribution with notice
 }
@@ -75,14 +86,24 @@ def distribution_license(d: Distribution) -> str:
     meta: Any = d.metadata
     if meta.get("License-Expression"):
         return str(meta["License-Expression"]).strip()
-    found = sorted({_CLASSIFIERS[c.split(" :: ")[-1]] for c in meta.get_all("Classifier") or []
-                    if c.startswith("License ::") and c.split(" :: ")[-1] in _CLASSIFIERS})
+    found = sorted(
+        {
+            _CLASSIFIERS[c.split(" :: ")[-1]]
+            for c in meta.get_all("Classifier") or []
+            if c.startswith("License ::") and c.split(" :: ")[-1] in _CLASSIFIERS
+        }
+    )
     if found:
         return " OR ".join(found)  # several licence classifiers: a choice of licences (dual licensing)
     field_value = str(meta.get("License") or "").strip()
     short = field_value.removesuffix(" License").removesuffix(" license")
     # an SPDX-looking License field ("MIT", "BSD-3-Clause"), not a word such as "Dual" or "Other"
-    if short and _SPDX_ID.match(short) and len(short) < 60 and (short in _BARE_IDS or any(c.isdigit() for c in short)):
+    if (
+        short
+        and _SPDX_ID.match(short)
+        and len(short) < 60
+        and (short in _BARE_IDS or any(c.isdigit() for c in short))
+    ):
         return short
     licence_files = [Path(f.locate()) for f in d.files or () if LICENSE_FILES.match(f.name)]
     texts = [field_value] + [p.read_text(errors="replace") for p in licence_files if p.is_file()]
@@ -133,8 +154,12 @@ def pages(dists: list[Dist]) -> list[Page]:
         out.append(Page(f"{base}/", dist, "project"))
         for f in dist.files:
             parts = set(f.parts)
-            if f.suffix == ".py" and not parts & _SKIP_PARTS and not f.name.startswith("test_") \
-                    and (f.size is None or int(f.size) <= MAX_MODULE_BYTES):
+            if (
+                f.suffix == ".py"
+                and not parts & _SKIP_PARTS
+                and not f.name.startswith("test_")
+                and (f.size is None or int(f.size) <= MAX_MODULE_BYTES)
+            ):
                 out.append(Page(f"{base}/api/{f.as_posix()}.html", dist, "api", Path(str(f.locate()))))
             elif re.match(r"^(LICEN[CS]E|COPYING)(\.txt|\.md|\.rst)?$", f.name, re.IGNORECASE):
                 out.append(Page(f"{base}/{f.as_posix()}", dist, "license", Path(str(f.locate()))))
@@ -154,7 +179,9 @@ def _paragraphs(text: str) -> str:
         if lines and all(line.startswith(("    ", "\t", ">>>", "...")) for line in lines if line.strip()):
             out.append(f"<pre><code>{html.escape(block)}</code></pre>")
         elif lines and all(line.lstrip().startswith(("- ", "* ")) for line in lines):
-            out.append("<ul>" + "".join(f"<li>{html.escape(line.lstrip()[2:])}</li>" for line in lines) + "</ul>")
+            out.append(
+                "<ul>" + "".join(f"<li>{html.escape(line.lstrip()[2:])}</li>" for line in lines) + "</ul>"
+            )
         elif len(lines) == 2 and set(lines[1].strip()) <= set("=-~^*#") and lines[1].strip():
             out.append(f"<h2>{html.escape(lines[0])}</h2>")
         else:
@@ -191,8 +218,10 @@ def api_body(module: str, source: str) -> tuple[str, int]:
                 text = ast.get_docstring(child)
                 if text and not child.name.startswith("_"):
                     signature = f"({ast.unparse(child.args)})" if not isinstance(child, ast.ClassDef) else ""
-                    parts.append(f'<section id="{html.escape(name)}"><h3><code>{html.escape(name + signature)}'
-                                 f"</code></h3>\n{_paragraphs(text)}</section>")
+                    parts.append(
+                        f'<section id="{html.escape(name)}"><h3><code>{html.escape(name + signature)}'
+                        f"</code></h3>\n{_paragraphs(text)}</section>"
+                    )
                     size += len(text.encode("utf-8"))
                 visit(child, name + ".")
 
@@ -202,20 +231,25 @@ def api_body(module: str, source: str) -> tuple[str, int]:
 
 def page_html(title: str, dist: Dist, body: str, siblings: list[str]) -> str:
     name, version = html.escape(dist.name), html.escape(dist.version)
-    nav = "".join(f'<li><a href="{html.escape(u)}">{html.escape(u.rsplit("/", 2)[-2 if u.endswith("/") else -1])}'
-                  "</a></li>" for u in siblings)
+    nav = "".join(
+        f'<li><a href="{html.escape(u)}">{html.escape(u.rsplit("/", 2)[-2 if u.endswith("/") else -1])}'
+        "</a></li>"
+        for u in siblings
+    )
     license_name = html.escape(dist.license or "unknown")
     # <meta name="license">: the import records it as the page's licence (importers/warc.py)
     license_meta = f'<meta name="license" content="{license_name}">' if dist.license else ""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{license_meta}<title>{html.escape(title)} '
-            f"— {name} {version}</title></head>\n<body><header><nav><a href=\"/\">Package docs</a> | <a href=\"/search\">"
-            "Search</a> | <a href=\"/about\">About</a> | <a href=\"/login\">Sign in</a></nav></header>\n"
-            f'<div class="layout"><aside class="sidebar"><h4>{name} {version}</h4><ul>{nav}</ul>'
-            f"<h4>Meta</h4><p>License: {license_name}</p></aside>\n"
-            f"<main><article><h1>{html.escape(title)}</h1>\n{body}\n</article></main></div>\n"
-            "<footer><p>Rendered offline from the installed distribution; not an official site.</p>"
-            '<nav><a href="/privacy">Privacy</a> · <a href="/terms">Terms</a> · <a href="/status">Status'
-            "</a></nav></footer></body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{license_meta}<title>{html.escape(title)} '
+        f'— {name} {version}</title></head>\n<body><header><nav><a href="/">Package docs</a> | <a href="/search">'
+        'Search</a> | <a href="/about">About</a> | <a href="/login">Sign in</a></nav></header>\n'
+        f'<div class="layout"><aside class="sidebar"><h4>{name} {version}</h4><ul>{nav}</ul>'
+        f"<h4>Meta</h4><p>License: {license_name}</p></aside>\n"
+        f"<main><article><h1>{html.escape(title)}</h1>\n{body}\n</article></main></div>\n"
+        "<footer><p>Rendered offline from the installed distribution; not an official site.</p>"
+        '<nav><a href="/privacy">Privacy</a> · <a href="/terms">Terms</a> · <a href="/status">Status'
+        "</a></nav></footer></body></html>\n"
+    )
 
 
 def render(page: Page, siblings: list[str]) -> tuple[bytes, str, int] | None:
@@ -229,7 +263,12 @@ def render(page: Page, siblings: list[str]) -> tuple[bytes, str, int] | None:
         title = page.dist.name
     else:
         assert page.path is not None
-        module = page.url.rsplit("/api/", 1)[1].removesuffix(".py.html").replace("/", ".").removesuffix(".__init__")
+        module = (
+            page.url.rsplit("/api/", 1)[1]
+            .removesuffix(".py.html")
+            .replace("/", ".")
+            .removesuffix(".__init__")
+        )
         try:
             body, size = api_body(module, page.path.read_text(encoding="utf-8"))
         except (OSError, SyntaxError, ValueError, UnicodeDecodeError, RecursionError):
@@ -265,8 +304,10 @@ def write_warc(path: Path, cap: int, max_doc_bytes: int, date: str, min_room: in
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         writer = WARCWriter(f, gzip=True)
-        info = writer.create_warcinfo_record(path.name, {"software": "glasslm default corpus (corpus_web.py)",
-                                                         "format": "WARC File Format 1.1"})
+        info = writer.create_warcinfo_record(
+            path.name,
+            {"software": "glasslm default corpus (corpus_web.py)", "format": "WARC File Format 1.1"},
+        )
         info.rec_headers.replace_header("WARC-Date", date)
         info.rec_headers.replace_header("WARC-Record-ID", _record_id(path.name, "warcinfo"))
         writer.write_record(info)
@@ -284,16 +325,27 @@ def write_warc(path: Path, cap: int, max_doc_bytes: int, date: str, min_room: in
                 continue
             if cap and size and text_bytes + size > cap:
                 continue
-            headers = StatusAndHeaders("200 OK", [("Content-Type", content_type),
-                                                  ("Content-Length", str(len(payload)))], protocol="HTTP/1.1")
+            headers = StatusAndHeaders(
+                "200 OK",
+                [("Content-Type", content_type), ("Content-Length", str(len(payload)))],
+                protocol="HTTP/1.1",
+            )
             record = writer.create_warc_record(
-                page.url, "response", payload=io.BytesIO(payload), length=len(payload), http_headers=headers,
-                warc_headers_dict={"WARC-Date": date, "WARC-Record-ID": _record_id(page.url, "response")})
+                page.url,
+                "response",
+                payload=io.BytesIO(payload),
+                length=len(payload),
+                http_headers=headers,
+                warc_headers_dict={"WARC-Date": date, "WARC-Record-ID": _record_id(page.url, "response")},
+            )
             writer.write_record(record)
             counts[page.kind] += 1
             text_bytes += size
-    return {"pages": counts, "source_text_bytes": text_bytes,
-            "distributions": {d.name: d.version for d in dists}}
+    return {
+        "pages": counts,
+        "source_text_bytes": text_bytes,
+        "distributions": {d.name: d.version for d in dists},
+    }
 
 
 def iter_urls(path: Path) -> Iterator[str]:  # for tests and inspection

@@ -119,8 +119,9 @@ def question_set(texts: Iterable[str], n: int, min_words: int, batch: int = 512)
     return np.unique(table, axis=0) if len(table) else table
 
 
-def whole_questions(texts: Sequence[str], w: Words, table: np.ndarray,
-                    grams: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[list[list[float]]]:
+def whole_questions(
+    texts: Sequence[str], w: Words, table: np.ndarray, grams: dict[int, tuple[np.ndarray, np.ndarray]]
+) -> list[list[list[float]]]:
     """Per text, the merged character spans where a short instance of ``table`` occurs whole.
 
     ``w`` = ``words(texts)``; ``grams`` caches the texts' k-grams per k across tasks of one batch."""
@@ -151,8 +152,9 @@ class Overlap:
         return float(self.matched[i] / self.total[i]) if self.total[i] else 0.0
 
 
-def overlaps(texts: Sequence[str], index: np.ndarray, n: int, want_spans: bool = True,
-             w: Words | None = None) -> Overlap:
+def overlaps(
+    texts: Sequence[str], index: np.ndarray, n: int, want_spans: bool = True, w: Words | None = None
+) -> Overlap:
     """Which n-grams of each text occur in ``index`` (sorted uint64 hashes from :func:`ngram_set`).
 
     ``w``: ``words(texts)`` when the caller has them already."""
@@ -285,8 +287,9 @@ class DeconTask:
     scratch: Path | None
 
 
-def build_index(task_files: Sequence[Path], config: DeconConfig
-                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+def build_index(
+    task_files: Sequence[Path], config: DeconConfig
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
     """Per task: sorted n-gram hashes, the short-instance table (:func:`question_set`), and its facts."""
     groups: dict[str, list[Path]] = {}
     for path in task_files:
@@ -308,15 +311,22 @@ def build_index(task_files: Sequence[Path], config: DeconConfig
         hashes, short = ngram_set(texts, config.ngram)
         index[name] = hashes
         questions[name] = question_set(texts, config.ngram, config.question_min_words)
-        info[name] = {"files": [str(p) for p in paths], "instances": len(texts), "short_instances": short,
-                      "questions_indexed": len(questions[name]), "ngrams": int(len(hashes))}
+        info[name] = {
+            "files": [str(p) for p in paths],
+            "instances": len(texts),
+            "short_instances": short,
+            "questions_indexed": len(questions[name]),
+            "ngrams": int(len(hashes)),
+        }
     return index, questions, info
 
 
 def decon_shard(task: DeconTask) -> dict[str, Any]:
     if task.scratch is None:
         return _decon_shard(task)
-    return resumable(task.scratch / f"decon-{task.name.replace('/', '__')}{STATE_SUFFIX}", lambda: _decon_shard(task))
+    return resumable(
+        task.scratch / f"decon-{task.name.replace('/', '__')}{STATE_SUFFIX}", lambda: _decon_shard(task)
+    )
 
 
 def _decon_shard(task: DeconTask) -> dict[str, Any]:
@@ -360,12 +370,19 @@ def _decon_shard(task: DeconTask) -> dict[str, Any]:
             attrs[f"{exp}__decon__contaminated"] = [[0, length, worst]] if hit else []
             records.append({"id": doc["id"], "attributes": attrs})
     write_jsonl(attributes_path(task.out, task.name), records)
-    return {"documents": len(records), "bytes": nbytes, "contaminated": any_contaminated, "per_task": contaminated,
-            "per_task_questions": by_question, "quarantine": quarantine.records}
+    return {
+        "documents": len(records),
+        "bytes": nbytes,
+        "contaminated": any_contaminated,
+        "per_task": contaminated,
+        "per_task_questions": by_question,
+        "quarantine": quarantine.records,
+    }
 
 
-def run(documents: Path, task_files: Sequence[Path], root: Path, job: DeconJob, scratch: Path | None = None
-        ) -> dict[str, Any]:
+def run(
+    documents: Path, task_files: Sequence[Path], root: Path, job: DeconJob, scratch: Path | None = None
+) -> dict[str, Any]:
     started = time.perf_counter()
     index, questions, info = build_index(task_files, job.decon)
     index_file = (scratch or root) / "decon-index.npz"
@@ -373,12 +390,23 @@ def run(documents: Path, task_files: Sequence[Path], root: Path, job: DeconJob, 
     np.savez(index_file, **index)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     np.savez(questions_file, **questions)  # type: ignore[arg-type]
     tasks = [
-        DeconTask(name, path, index_file, questions_file, list(index), job.experiment, job.decon.ngram,
-                  job.decon.batch_docs, root, scratch)
+        DeconTask(
+            name,
+            path,
+            index_file,
+            questions_file,
+            list(index),
+            job.experiment,
+            job.decon.ngram,
+            job.decon.batch_docs,
+            root,
+            scratch,
+        )
         for name, path in shard_names(documents)
     ]
-    results = map_shards(decon_shard, tasks, workers=job.workers or None, executor=executor_name(job.executor),
-                         desc="decon")
+    results = map_shards(
+        decon_shard, tasks, workers=job.workers or None, executor=executor_name(job.executor), desc="decon"
+    )
     if scratch is None:
         index_file.unlink()
         questions_file.unlink()
@@ -394,8 +422,14 @@ def run(documents: Path, task_files: Sequence[Path], root: Path, job: DeconJob, 
         "contaminated_documents": sum(r["contaminated"] for r in results),
         "quarantined_lines": quarantine.total,
         "quarantined_by_reason": dict(sorted(quarantine.counts.items())),
-        "tasks": {name: {**info[name], "contaminated_documents": per_task[name],
-                         "whole_question_documents": per_question[name]} for name in index},
+        "tasks": {
+            name: {
+                **info[name],
+                "contaminated_documents": per_task[name],
+                "whole_question_documents": per_question[name],
+            }
+            for name in index
+        },
         "seconds_total": round(elapsed, 3),
         "mb_per_s": round(total_bytes / 1e6 / elapsed, 3) if elapsed > 0 else None,
     }

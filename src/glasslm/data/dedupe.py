@@ -198,7 +198,9 @@ def decide(parts: list[dict[str, Any]], config: DedupeConfig) -> DedupeResult:
         exact_of = np.where(first != index, first, -1)
     near_of = np.full(n, -1, dtype=np.int64)
     cluster_size = np.ones(n, dtype=np.int64)
-    keys = np.concatenate([p["keys"] for p in parts]) if config.near and parts else np.zeros((0, 0), np.uint64)
+    keys = (
+        np.concatenate([p["keys"] for p in parts]) if config.near and parts else np.zeros((0, 0), np.uint64)
+    )
     if config.near and n:
         roots = lsh_clusters(keys)
         near_of = np.where(roots != index, roots, -1)
@@ -230,7 +232,9 @@ class ShardDecisions:
     """
 
     exact: tuple[np.ndarray, np.ndarray]  # (local doc, global doc it repeats)
-    near: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # (local doc, survivor, cluster size, cluster number)
+    near: tuple[
+        np.ndarray, np.ndarray, np.ndarray, np.ndarray
+    ]  # (local doc, survivor, cluster size, cluster number)
     para: tuple[np.ndarray, np.ndarray]  # (local paragraph, global doc holding the first occurrence)
     ids: dict[int, str]  # id of every global doc named above
 
@@ -250,12 +254,14 @@ def split_decisions(parts: list[dict[str, Any]], result: DedupeResult) -> list[S
         para_of = result.para_of[p_global : p_global + m] if len(result.para_of) else np.full(m, -1, np.int64)
         e, k, q = np.flatnonzero(exact_of >= 0), np.flatnonzero(near_of >= 0), np.flatnonzero(para_of >= 0)
         named = np.concatenate([exact_of[e], near_of[k], para_of[q]])
-        out.append(ShardDecisions(
-            exact=(e, exact_of[e]),
-            near=(k, near_of[k], result.cluster_size[g : g + n][k], numbers[g : g + n][k]),
-            para=(q, para_of[q]),
-            ids={int(i): all_ids[int(i)] for i in np.unique(named)},
-        ))
+        out.append(
+            ShardDecisions(
+                exact=(e, exact_of[e]),
+                near=(k, near_of[k], result.cluster_size[g : g + n][k], numbers[g : g + n][k]),
+                para=(q, para_of[q]),
+                ids={int(i): all_ids[int(i)] for i in np.unique(named)},
+            )
+        )
         g += n
         p_global += m
     return out
@@ -265,7 +271,9 @@ DUPLICATE_COLUMNS = ("shard", "line", "id", "kind", "duplicate_of", "cluster", "
 COUNT_KEYS = ("exact_doc", "near_doc", "paragraphs", "exact_doc_bytes", "paragraph_chars")
 
 
-def write_shard(root: Path, part: dict[str, Any], dec: ShardDecisions, job: DedupeJob) -> tuple[dict[str, list[Any]], dict[str, int]]:
+def write_shard(
+    root: Path, part: dict[str, Any], dec: ShardDecisions, job: DedupeJob
+) -> tuple[dict[str, list[Any]], dict[str, int]]:
     """Write one shard's attribute file; returns its ``duplicates.parquet`` rows and counts."""
     exp = job.experiment
     cfg = job.dedupe
@@ -281,8 +289,16 @@ def write_shard(root: Path, part: dict[str, Any], dec: ShardDecisions, job: Dedu
     rows: dict[str, list[Any]] = {k: [] for k in DUPLICATE_COLUMNS}
     counts = dict.fromkeys(COUNT_KEYS, 0)
 
-    def add(line: int, doc_id: str, kind: str, of: int, cluster: int | None, size: int | None,
-            start: int | None, end: int | None) -> None:
+    def add(
+        line: int,
+        doc_id: str,
+        kind: str,
+        of: int,
+        cluster: int | None,
+        size: int | None,
+        start: int | None,
+        end: int | None,
+    ) -> None:
         values = (part["name"], line, doc_id, kind, dec.ids[of], cluster, size, start, end)
         for key, value in zip(rows, values, strict=True):
             rows[key].append(value)
@@ -326,26 +342,40 @@ def write_shard(root: Path, part: dict[str, Any], dec: ShardDecisions, job: Dedu
 def write_duplicates(root: Path, pieces: list[tuple[dict[str, list[Any]], dict[str, int]]]) -> dict[str, int]:
     """``duplicates.parquet`` from the shards' rows, in shard order; returns the summed counts."""
     rows = {k: [v for piece, _ in pieces for v in piece[k]] for k in DUPLICATE_COLUMNS}
-    schema = pa.schema([
-        ("shard", pa.string()), ("line", pa.int64()), ("id", pa.string()), ("kind", pa.string()),
-        ("duplicate_of", pa.string()), ("cluster", pa.int64()), ("cluster_size", pa.int64()),
-        ("start", pa.int64()), ("end", pa.int64()),
-    ])
+    schema = pa.schema(
+        [
+            ("shard", pa.string()),
+            ("line", pa.int64()),
+            ("id", pa.string()),
+            ("kind", pa.string()),
+            ("duplicate_of", pa.string()),
+            ("cluster", pa.int64()),
+            ("cluster_size", pa.int64()),
+            ("start", pa.int64()),
+            ("end", pa.int64()),
+        ]
+    )
     pq.write_table(pa.table(rows, schema=schema), root / DUPLICATES_FILE)
     return {k: sum(c[k] for _, c in pieces) for k in COUNT_KEYS}
 
 
-def write_outputs(root: Path, parts: list[dict[str, Any]], result: DedupeResult, job: DedupeJob) -> dict[str, int]:
+def write_outputs(
+    root: Path, parts: list[dict[str, Any]], result: DedupeResult, job: DedupeJob
+) -> dict[str, int]:
     """Attribute files (one per shard) and ``duplicates.parquet``; returns counts for the manifest."""
     decisions = split_decisions(parts, result)
-    return write_duplicates(root, [write_shard(root, p, d, job) for p, d in zip(parts, decisions, strict=True)])
+    return write_duplicates(
+        root, [write_shard(root, p, d, job) for p, d in zip(parts, decisions, strict=True)]
+    )
 
 
 def run(documents: Path, root: Path, job: DedupeJob, scratch: Path | None = None) -> dict[str, Any]:
     """Deduplicate the ``documents`` artifact into the attributes directory ``root``; returns metrics."""
     started = time.perf_counter()
     if job.dedupe.partitions < 0:
-        raise ValueError(f"dedupe: partitions must be 0 (index in the driver) or more, got {job.dedupe.partitions}")
+        raise ValueError(
+            f"dedupe: partitions must be 0 (index in the driver) or more, got {job.dedupe.partitions}"
+        )
     if job.dedupe.partitions == 0:
         summary, index = _run_single(documents, root, job, scratch)
     else:
@@ -378,27 +408,42 @@ _Summary = tuple[dict[str, int], list[dict[str, Any]], Quarantine]
 
 
 def _size(part: dict[str, Any]) -> dict[str, Any]:
-    return {"name": part["name"], "documents": len(part["ids"]), "paragraphs": len(part["para_doc"]),
-            "bytes": int(np.asarray(part["bytes"]).sum()), "quarantine": part["quarantine"]}
+    return {
+        "name": part["name"],
+        "documents": len(part["ids"]),
+        "paragraphs": len(part["para_doc"]),
+        "bytes": int(np.asarray(part["bytes"]).sum()),
+        "quarantine": part["quarantine"],
+    }
 
 
 def _summary(counts: dict[str, int], shards: list[dict[str, Any]]) -> _Summary:
     return counts, shards, Quarantine.of(r for s in shards for r in s["quarantine"])
 
 
-def _run_single(documents: Path, root: Path, job: DedupeJob, scratch: Path | None) -> tuple[_Summary, dict[str, Any]]:
+def _run_single(
+    documents: Path, root: Path, job: DedupeJob, scratch: Path | None
+) -> tuple[_Summary, dict[str, Any]]:
     started = time.perf_counter()
     tasks = [ShardTask(name, path, job.dedupe, scratch) for name, path in shard_names(documents)]
-    parts = map_shards(hash_shard, tasks, workers=job.workers or None, executor=executor_name(job.executor),
-                       desc="dedupe: hash")
+    parts = map_shards(
+        hash_shard,
+        tasks,
+        workers=job.workers or None,
+        executor=executor_name(job.executor),
+        desc="dedupe: hash",
+    )
     hashed = time.perf_counter()
     result = decide(parts, job.dedupe)
     counts = write_outputs(root, parts, result, job)
     return _summary(counts, [_size(p) for p in parts]), {
-        "index_bytes": result.index_bytes, "seconds_hash": round(hashed - started, 3)}
+        "index_bytes": result.index_bytes,
+        "seconds_hash": round(hashed - started, 3),
+    }
 
 
 # --- the partitioned path: shard tasks, partition tasks, shard tasks (see dedupe_partitions.py) ---
+
 
 @dataclass
 class PartitionedShardTask:
@@ -446,33 +491,64 @@ def write_partitioned_shard(task: WriteTask) -> tuple[dict[str, list[Any]], dict
     return write_shard(task.root, _state(task.scratch, task.name), task.decisions, task.job)
 
 
-def _run_partitioned(documents: Path, root: Path, job: DedupeJob, scratch: Path) -> tuple[_Summary, dict[str, Any]]:
+def _run_partitioned(
+    documents: Path, root: Path, job: DedupeJob, scratch: Path
+) -> tuple[_Summary, dict[str, Any]]:
     started = time.perf_counter()
     cfg, p = job.dedupe, job.dedupe.partitions
     run_on: dict[str, Any] = {"workers": job.workers or None, "executor": executor_name(job.executor)}
     names = shard_names(documents)
-    sizes = map_shards(hash_and_partition, [PartitionedShardTask(ShardTask(n, path, cfg, scratch), p)
-                                            for n, path in names], desc="dedupe: hash", **run_on)
+    sizes = map_shards(
+        hash_and_partition,
+        [PartitionedShardTask(ShardTask(n, path, cfg, scratch), p) for n, path in names],
+        desc="dedupe: hash",
+        **run_on,
+    )
     hashed = time.perf_counter()
     doc_offsets = np.cumsum([0] + [s["documents"] for s in sizes])
     para_offsets = np.cumsum([0] + [s["paragraphs"] for s in sizes])
     shard_list = [s["name"] for s in sizes]
-    indexed = map_shards(index_partition, [
-        PartitionTask(k, p, scratch, shard_list, doc_offsets[:-1].tolist(), para_offsets[:-1].tolist(),
-                      exact_docs=cfg.exact_docs, paragraphs=cfg.paragraphs, near=cfg.near)
-        for k in range(p)], desc="dedupe: index", **run_on)
+    indexed = map_shards(
+        index_partition,
+        [
+            PartitionTask(
+                k,
+                p,
+                scratch,
+                shard_list,
+                doc_offsets[:-1].tolist(),
+                para_offsets[:-1].tolist(),
+                exact_docs=cfg.exact_docs,
+                paragraphs=cfg.paragraphs,
+                near=cfg.near,
+            )
+            for k in range(p)
+        ],
+        desc="dedupe: index",
+        **run_on,
+    )
     per_shard, named = merge_decisions(indexed, doc_offsets, para_offsets)
     owner = np.searchsorted(doc_offsets, named, side="right") - 1
-    id_lists = map_shards(shard_ids, [IdsTask(n, scratch, named[owner == s] - doc_offsets[s])
-                                      for s, n in enumerate(shard_list)], desc="dedupe: ids", **run_on)
+    id_lists = map_shards(
+        shard_ids,
+        [IdsTask(n, scratch, named[owner == s] - doc_offsets[s]) for s, n in enumerate(shard_list)],
+        desc="dedupe: ids",
+        **run_on,
+    )
     ids = dict(zip(named.tolist(), (i for chunk in id_lists for i in chunk), strict=True))
     writes = []
     for name, d in zip(shard_list, per_shard, strict=True):
         wanted = np.concatenate([d["exact_of"], d["root"], d["para_of"]])
-        decisions = ShardDecisions(exact=(d["exact"], d["exact_of"]), near=(d["near"], d["root"], d["size"], d["number"]),
-                                   para=(d["para"], d["para_of"]), ids={int(i): ids[int(i)] for i in np.unique(wanted)})
+        decisions = ShardDecisions(
+            exact=(d["exact"], d["exact_of"]),
+            near=(d["near"], d["root"], d["size"], d["number"]),
+            para=(d["para"], d["para_of"]),
+            ids={int(i): ids[int(i)] for i in np.unique(wanted)},
+        )
         writes.append(WriteTask(root, name, scratch, decisions, job))
-    counts = write_duplicates(root, map_shards(write_partitioned_shard, writes, desc="dedupe: write", **run_on))
+    counts = write_duplicates(
+        root, map_shards(write_partitioned_shard, writes, desc="dedupe: write", **run_on)
+    )
     return _summary(counts, sizes), {
         "index_bytes": int(max((r["index_bytes"] for r in indexed), default=0)),
         "index_bytes_total": int(sum(r["index_bytes"] for r in indexed)),

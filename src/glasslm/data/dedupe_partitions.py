@@ -97,11 +97,19 @@ def write_key_files(part: dict[str, Any], scratch: Path, partitions: int) -> Non
         if load_state(path) is not None:
             continue  # written by an interrupted run of the same job
         d, q, b = (np.flatnonzero(owner[x] == k) for x in ("doc", "para", "band"))
-        save_state(path, {
-            "doc_hash": part["doc_hash"][d], "doc": d,
-            "para_hash": part["para_hash"][q], "para": q, "para_doc": part["para_doc"][q],
-            "band_key": band_key[b], "band_no": band_no[b].astype(np.int64), "band_doc": band_doc[b].astype(np.int64),
-        })
+        save_state(
+            path,
+            {
+                "doc_hash": part["doc_hash"][d],
+                "doc": d,
+                "para_hash": part["para_hash"][q],
+                "para": q,
+                "para_doc": part["para_doc"][q],
+                "band_key": band_key[b],
+                "band_no": band_no[b].astype(np.int64),
+                "band_doc": band_doc[b].astype(np.int64),
+            },
+        )
 
 
 @dataclass
@@ -124,13 +132,21 @@ def index_partition(task: PartitionTask) -> dict[str, Any]:
 
 
 def _gather(task: PartitionTask) -> dict[str, np.ndarray]:
-    pieces: dict[str, list[np.ndarray]] = {k: [] for k in ("doc_hash", "doc", "para_hash", "para", "para_doc",
-                                                             "band_key", "band_no", "band_doc")}
+    pieces: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("doc_hash", "doc", "para_hash", "para", "para_doc", "band_key", "band_no", "band_doc")
+    }
     for name, doc_off, para_off in zip(task.names, task.doc_offsets, task.para_offsets, strict=True):
         state = load_state(key_file(task.scratch, name, task.partition, task.partitions))
         if state is None:
-            raise FileNotFoundError(f"dedupe: key file of shard {name}, partition {task.partition} is missing")
-        for key, shift in (("doc", doc_off), ("para", para_off), ("para_doc", doc_off), ("band_doc", doc_off)):
+            raise FileNotFoundError(
+                f"dedupe: key file of shard {name}, partition {task.partition} is missing"
+            )
+        for key, shift in (
+            ("doc", doc_off),
+            ("para", para_off),
+            ("para_doc", doc_off),
+            ("band_doc", doc_off),
+        ):
             state[key] = state[key] + shift  # local positions → global numbers
         for key in pieces:
             pieces[key].append(state[key])
@@ -184,9 +200,13 @@ def components(edge_from: np.ndarray, edge_to: np.ndarray) -> tuple[np.ndarray, 
         label = new
 
 
-def merge_decisions(indexed: list[dict[str, Any]], doc_offsets: np.ndarray, para_offsets: np.ndarray,
-                    ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+def merge_decisions(
+    indexed: list[dict[str, Any]],
+    doc_offsets: np.ndarray,
+    para_offsets: np.ndarray,
+) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
     """The partitions' sparse results split per shard (local positions), and every global doc they name."""
+
     def cat(key: str) -> np.ndarray:
         return np.concatenate([r[key] for r in indexed]).astype(np.int64) if indexed else _EMPTY
 
@@ -205,13 +225,24 @@ def merge_decisions(indexed: list[dict[str, Any]], doc_offsets: np.ndarray, para
         cuts = np.searchsorted(index[order], offsets)
         return [order[cuts[s] : cuts[s + 1]] for s in range(n_shards)]
 
-    exact_rows, near_rows, para_rows = split(exact_doc, doc_offsets), split(near_doc, doc_offsets), split(para, para_offsets)
+    exact_rows, near_rows, para_rows = (
+        split(exact_doc, doc_offsets),
+        split(near_doc, doc_offsets),
+        split(para, para_offsets),
+    )
     for s in range(n_shards):
         e, k, q = exact_rows[s], near_rows[s], para_rows[s]
-        shards.append({
-            "exact": exact_doc[e] - doc_offsets[s], "exact_of": exact_of[e],
-            "near": near_doc[k] - doc_offsets[s], "root": root[k], "size": size[k], "number": number[k],
-            "para": para[q] - para_offsets[s], "para_of": para_of[q],
-        })
+        shards.append(
+            {
+                "exact": exact_doc[e] - doc_offsets[s],
+                "exact_of": exact_of[e],
+                "near": near_doc[k] - doc_offsets[s],
+                "root": root[k],
+                "size": size[k],
+                "number": number[k],
+                "para": para[q] - para_offsets[s],
+                "para_of": para_of[q],
+            }
+        )
     named = np.unique(np.concatenate([exact_of, root, para_of]))
     return shards, named

@@ -70,7 +70,9 @@ def list_shards(directory: str | Path | Location) -> list[Location]:
     directory = location(directory)
     if directory.is_file():
         return [directory]
-    return sorted((p for p in directory.rglob("*") if p.name.endswith(SHARD_SUFFIXES) and p.is_file()), key=str)
+    return sorted(
+        (p for p in directory.rglob("*") if p.name.endswith(SHARD_SUFFIXES) and p.is_file()), key=str
+    )
 
 
 def list_local_shards(directory: str | Path) -> list[Path]:
@@ -110,7 +112,9 @@ class Quarantine:
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
         self.counts[category(reason)] += 1
-        self.records.append({"file": str(file), "line": line, "reason": reason, "raw": text, "encoding": encoding})
+        self.records.append(
+            {"file": str(file), "line": line, "reason": reason, "raw": text, "encoding": encoding}
+        )
 
     @classmethod
     def of(cls, records: Iterable[dict[str, Any]]) -> Quarantine:
@@ -241,7 +245,7 @@ def parse_line(raw: bytes) -> tuple[Any, str | None]:
             try:
                 dumps(obj).encode("utf-8")
             except UnicodeEncodeError as e:
-                return None, f"lone surrogate: {e.object[e.start:e.end]!a} cannot be written as UTF-8"
+                return None, f"lone surrogate: {e.object[e.start : e.end]!a} cannot be written as UTF-8"
             except RecursionError:
                 return None, _TOO_DEEP
     # Deeper than MAX_DEPTH needs more than MAX_DEPTH opening brackets: the byte count (C speed)
@@ -357,9 +361,13 @@ def write_jsonl(
             # process's id): identical content gives identical bytes, so artifact hashes reproduce.
             stream: IO[bytes] = raw
             if compress and isal_level is not None:
-                stream = igzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=isal_level)  # type: ignore[assignment]
+                stream = igzip.GzipFile(
+                    filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=isal_level
+                )  # type: ignore[assignment]
             elif compress:
-                stream = gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=compresslevel)  # type: ignore[assignment]
+                stream = gzip.GzipFile(
+                    filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=compresslevel
+                )  # type: ignore[assignment]
             with stream if stream is not raw else contextlib.nullcontext(raw) as f:
                 pending: list[bytes] = []
                 size = 0

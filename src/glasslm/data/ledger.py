@@ -36,30 +36,44 @@ import pyarrow.parquet as pq
 LEDGER_FILE = "ledger.parquet"
 DECISIONS = ("kept", "modified", "removed", "quarantined")
 
-SCHEMA = pa.schema([
-    ("shard", pa.string()),
-    ("line", pa.int64()),
-    ("id", pa.string()),
-    ("source", pa.string()),
-    ("recipe_source", pa.string()),
-    ("bytes", pa.int64()),
-    ("decision", pa.string()),
-    ("first_rule", pa.string()),
-    ("rules", pa.list_(pa.struct([("rule", pa.string()), ("value", pa.string())]))),
-    ("duplicate_of", pa.string()),
-    ("split", pa.string()),
-    ("output_file", pa.string()),
-    ("output_line", pa.int64()),
-    ("copies", pa.int32()),
-    ("output_bytes", pa.int64()),
-])
+SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("line", pa.int64()),
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("recipe_source", pa.string()),
+        ("bytes", pa.int64()),
+        ("decision", pa.string()),
+        ("first_rule", pa.string()),
+        ("rules", pa.list_(pa.struct([("rule", pa.string()), ("value", pa.string())]))),
+        ("duplicate_of", pa.string()),
+        ("split", pa.string()),
+        ("output_file", pa.string()),
+        ("output_line", pa.int64()),
+        ("copies", pa.int32()),
+        ("output_bytes", pa.int64()),
+    ]
+)
 
 
 def new_row(shard: str, line: int, doc_id: str | None, source: str | None, nbytes: int) -> dict[str, Any]:
     return {
-        "shard": shard, "line": line, "id": doc_id, "source": source, "recipe_source": None, "bytes": nbytes,
-        "decision": None, "first_rule": None, "rules": [], "duplicate_of": None, "split": None,
-        "output_file": None, "output_line": None, "copies": 0, "output_bytes": None,
+        "shard": shard,
+        "line": line,
+        "id": doc_id,
+        "source": source,
+        "recipe_source": None,
+        "bytes": nbytes,
+        "decision": None,
+        "first_rule": None,
+        "rules": [],
+        "duplicate_of": None,
+        "split": None,
+        "output_file": None,
+        "output_line": None,
+        "copies": 0,
+        "output_bytes": None,
     }
 
 
@@ -100,16 +114,28 @@ def read(mix_dir: Path) -> pa.Table:
 
 def summary(table: pa.Table) -> dict[str, Any]:
     """Totals and the funnel per recipe source (manifest metrics and ``data stats``)."""
-    rows = table.select(["recipe_source", "bytes", "decision", "first_rule", "split", "copies", "output_bytes"])
+    rows = table.select(
+        ["recipe_source", "bytes", "decision", "first_rule", "split", "copies", "output_bytes"]
+    )
     data = rows.to_pylist()
     totals = {"docs": len(data), "bytes": sum(r["bytes"] for r in data)}
     decisions = {d: sum(1 for r in data if r["decision"] == d) for d in DECISIONS}
     funnel: dict[str, dict[str, Any]] = {}
     for r in data:
         key = r["recipe_source"] or ("(quarantined)" if r["decision"] == "quarantined" else "(no source)")
-        f = funnel.setdefault(key, {"input_docs": 0, "input_bytes": 0, **{d: 0 for d in DECISIONS},
-                                    "train_docs": 0, "held_out_docs": 0, "output_docs": 0, "output_bytes": 0,
-                                    "by_rule": {}})
+        f = funnel.setdefault(
+            key,
+            {
+                "input_docs": 0,
+                "input_bytes": 0,
+                **{d: 0 for d in DECISIONS},
+                "train_docs": 0,
+                "held_out_docs": 0,
+                "output_docs": 0,
+                "output_bytes": 0,
+                "by_rule": {},
+            },
+        )
         f["input_docs"] += 1
         f["input_bytes"] += r["bytes"]
         f[r["decision"]] += 1
@@ -142,7 +168,14 @@ def stats_rows(summary_: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"source": source, "step": "modified", "docs": f["modified"], "bytes": None})
         rows.append({"source": source, "step": "= held_out", "docs": f["held_out_docs"], "bytes": None})
         rows.append({"source": source, "step": "= train", "docs": f["train_docs"], "bytes": None})
-        rows.append({"source": source, "step": "= written (copies)", "docs": f["output_docs"], "bytes": f["output_bytes"]})
+        rows.append(
+            {
+                "source": source,
+                "step": "= written (copies)",
+                "docs": f["output_docs"],
+                "bytes": f["output_bytes"],
+            }
+        )
     return rows
 
 

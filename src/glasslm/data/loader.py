@@ -182,7 +182,9 @@ class TokenLoader:
             known = sorted(set(t["source"].tolist()))
             unknown = sorted(set(self.config.mixture) - set(known))
             if unknown:
-                raise ConfigError(f"data.loader.mixture names sources {unknown} not in {self.split_dir} (has {known})")
+                raise ConfigError(
+                    f"data.loader.mixture names sources {unknown} not in {self.split_dir} (has {known})"
+                )
             groups = [(s, order[t["source"][order] == s]) for s in known]
         else:
             groups = [("", order)]
@@ -357,8 +359,14 @@ class TokenLoader:
     def doc_info(self, doc_id: str) -> dict[str, Any]:
         row = self._row(doc_id)
         t = self._table
-        return {"doc_id": doc_id, "source": str(t["source"][row]), "part": int(t["part"][row]),
-                "start": int(t["start"][row]), "end": int(t["end"][row]), "tokens": int(t["end"][row] - t["start"][row])}
+        return {
+            "doc_id": doc_id,
+            "source": str(t["source"][row]),
+            "part": int(t["part"][row]),
+            "start": int(t["start"][row]),
+            "end": int(t["end"][row]),
+            "tokens": int(t["end"][row] - t["start"][row]),
+        }
 
     def doc_instances(self, doc_id: str) -> list[dict[str, Any]]:
         """Every instance holding tokens of ``doc_id`` with the document's span in it (no tail windows)."""
@@ -376,6 +384,13 @@ class TokenLoader:
         for w in range(lo // L, min((hi - 1) // L + 1, stream.windows(L))):
             a = w * L
             s, e = max(lo, a), min(hi, a + L)
-            out.append({"instance": stream.first_instance + w, "doc_start": s - lo, "doc_end": e - lo,
-                        "instance_start": s - a, "instance_end": e - a})
+            out.append(
+                {
+                    "instance": stream.first_instance + w,
+                    "doc_start": s - lo,
+                    "doc_end": e - lo,
+                    "instance_start": s - a,
+                    "instance_end": e - a,
+                }
+            )
         return out

@@ -191,9 +191,11 @@ class MinHasher:
             if not ws:
                 continue
             has_words[i] = True
-            grams = list(map(" ".join, zip(*(ws[j:] for j in range(n)), strict=False))) if len(ws) >= n else [
-                " ".join(ws)
-            ]
+            grams = (
+                list(map(" ".join, zip(*(ws[j:] for j in range(n)), strict=False)))
+                if len(ws) >= n
+                else [" ".join(ws)]
+            )
             m = RMinHash(num_perm=k, seed=self.seed)
             m.update(grams)
             sig[i] = m.digest()

@@ -60,7 +60,12 @@ from glasslm.data.executors import (
 )
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
 }
 ACTIONS = ("exclude", "include", "remove_spans", "mask")
 AGGREGATES = ("max", "min", "sum", "mean", "first", "count")
@@ -73,7 +78,9 @@ class Rule:
     attribute: str = ""
     op: str = ">"  # < <= > >= == != exists missing
     value: float | str | None = None
-    action: str = "exclude"  # exclude: remove if it holds; include: remove unless it holds; remove_spans; mask
+    action: str = (
+        "exclude"  # exclude: remove if it holds; include: remove unless it holds; remove_spans; mask
+    )
     name: str = ""  # how the ledger calls it (default: attribute + op + value)
     replacement: str = ""  # mask only
     aggregate: str = "max"  # doc-level value of several spans
@@ -82,9 +89,13 @@ class Rule:
         if not self.attribute:
             raise ConfigError("rule: 'attribute' is required")
         if self.op not in (*OPS, "exists", "missing"):
-            raise ConfigError(f"rule '{self.label}': op must be one of {[*OPS, 'exists', 'missing']}, got {self.op!r}")
+            raise ConfigError(
+                f"rule '{self.label}': op must be one of {[*OPS, 'exists', 'missing']}, got {self.op!r}"
+            )
         if self.action not in ACTIONS:
-            raise ConfigError(f"rule '{self.label}': action must be one of {list(ACTIONS)}, got {self.action!r}")
+            raise ConfigError(
+                f"rule '{self.label}': action must be one of {list(ACTIONS)}, got {self.action!r}"
+            )
         if self.aggregate not in AGGREGATES:
             raise ConfigError(f"rule '{self.label}': aggregate must be one of {list(AGGREGATES)}")
         if self.op in OPS and self.value is None:
@@ -118,7 +129,9 @@ class HeldOut:
 @dataclass
 class SourceRecipe:
     name: str = ""
-    match: list[str] = field(default_factory=list)  # fnmatch patterns over the document's `source`; default [name]
+    match: list[str] = field(
+        default_factory=list
+    )  # fnmatch patterns over the document's `source`; default [name]
     weight: float = 1.0
     heldout: HeldOut = field(default_factory=HeldOut)
     dedupe: bool = False  # remove exact and near duplicates, drop duplicate paragraphs
@@ -140,11 +153,13 @@ class AttributeNames:
     decon: str = "decon__contaminated"
     language: str = "langid__{lang}"
     toxicity: str = "toxicity__doc"
-    pii: dict[str, str] = field(default_factory=lambda: {
-        "pii__EMAIL_ADDRESS": "|||EMAIL_ADDRESS|||",
-        "pii__PHONE_NUMBER": "|||PHONE_NUMBER|||",
-        "pii__IP_ADDRESS": "|||IP_ADDRESS|||",
-    })
+    pii: dict[str, str] = field(
+        default_factory=lambda: {
+            "pii__EMAIL_ADDRESS": "|||EMAIL_ADDRESS|||",
+            "pii__PHONE_NUMBER": "|||PHONE_NUMBER|||",
+            "pii__IP_ADDRESS": "|||IP_ADDRESS|||",
+        }
+    )
 
 
 @dataclass
@@ -187,12 +202,22 @@ def source_rules(recipe: Recipe, source: SourceRecipe) -> list[Rule]:
     if source.decon:
         rules.append(Rule(attribute=n.decon, op="exists", name="decon"))
     if source.language:
-        rules.append(Rule(attribute=n.language.format(lang=source.language), op=">=",
-                          value=source.language_min_score, action="include", name="language"))
+        rules.append(
+            Rule(
+                attribute=n.language.format(lang=source.language),
+                op=">=",
+                value=source.language_min_score,
+                action="include",
+                name="language",
+            )
+        )
     if source.toxicity_max is not None:
         rules.append(Rule(attribute=n.toxicity, op=">", value=source.toxicity_max, name="toxicity"))
     if source.pii_mask:
-        rules += [Rule(attribute=a, op="exists", action="mask", replacement=r, name="pii_mask") for a, r in n.pii.items()]
+        rules += [
+            Rule(attribute=a, op="exists", action="mask", replacement=r, name="pii_mask")
+            for a, r in n.pii.items()
+        ]
     rules += recipe.rules + source.rules
     for rule in rules:
         rule.validate()
@@ -216,7 +241,9 @@ class Attributes:
         for root in roots:
             path = attributes_path(root, shard)
             if not path.is_file():
-                raise ConfigError(f"{root}: attributes artifact has no file for shard '{shard}' (expected {path})")
+                raise ConfigError(
+                    f"{root}: attributes artifact has no file for shard '{shard}' (expected {path})"
+                )
             by_id: dict[str, deque[dict[str, Any]]] = {}
             for record in read_jsonl(path):
                 by_id.setdefault(record["id"], deque()).append(record.get("attributes") or {})
@@ -311,9 +338,12 @@ def _duplicates(roots: list[Path], shard: str) -> dict[str, str]:
         path = root / DUPLICATES_FILE
         if not path.is_file():
             continue
-        table = pq.read_table(path, filters=[("shard", "==", shard), ("kind", "in", ["exact_doc", "near_doc"])])
-        for doc_id, kind, of in zip(*(table.column(c).to_pylist() for c in ("id", "kind", "duplicate_of")),
-                                    strict=True):
+        table = pq.read_table(
+            path, filters=[("shard", "==", shard), ("kind", "in", ["exact_doc", "near_doc"])]
+        )
+        for doc_id, kind, of in zip(
+            *(table.column(c).to_pylist() for c in ("id", "kind", "duplicate_of")), strict=True
+        ):
             if kind == "exact_doc" or doc_id not in found:
                 found[doc_id] = of
     return found
@@ -339,7 +369,9 @@ def _filter_shard(job: ShardJob) -> dict[str, Any]:
         text: str = doc["text"]
         attributes = attrs.take(doc["id"])
         source = _match_source(recipe, doc.get("source"))
-        row = ledger.new_row(job.name, line, doc["id"], doc.get("source"), len(text.encode("utf-8", "surrogatepass")))
+        row = ledger.new_row(
+            job.name, line, doc["id"], doc.get("source"), len(text.encode("utf-8", "surrogatepass"))
+        )
         row["duplicate_of"] = dups.get(doc["id"])
         rows.append(row)
         if source is None:
@@ -362,7 +394,11 @@ def _filter_shard(job: ShardJob) -> dict[str, Any]:
             row["decision"] = "removed"
             continue
         for rule, spans in span_rules:
-            chosen = [s for s in spans if rule.op in ("exists", "missing") or rule.holds(s[2] if len(s) > 2 else None)]
+            chosen = [
+                s
+                for s in spans
+                if rule.op in ("exists", "missing") or rule.holds(s[2] if len(s) > 2 else None)
+            ]
             if chosen:
                 replacement = rule.replacement if rule.action == "mask" else ""
                 edits.extend((int(s[0]), int(s[1]), replacement) for s in chosen)
@@ -389,18 +425,26 @@ def _filter_shard(job: ShardJob) -> dict[str, Any]:
 def _id_of(raw: bytes) -> str | None:
     """The id of a quarantined line when it has a usable one (parse_line: hostile lines never raise)."""
     obj, reason = parse_line(raw)
-    return obj.get("id") if reason is None and isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
+    return (
+        obj.get("id") if reason is None and isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
+    )
 
 
 def _raw_bytes(record: dict[str, Any]) -> int:
     import base64
 
-    return len(record["raw"].encode()) if record["encoding"] == "utf-8" else len(base64.b64decode(record["raw"]))
+    return (
+        len(record["raw"].encode()) if record["encoding"] == "utf-8" else len(base64.b64decode(record["raw"]))
+    )
 
 
 def _usable_ids(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
     """(row position, id) of the rows pass 1 did not quarantine: what the cross-shard id check needs."""
-    return [(r, row["id"]) for r, row in enumerate(rows) if row["decision"] != "quarantined" and row["id"] is not None]
+    return [
+        (r, row["id"])
+        for r, row in enumerate(rows)
+        if row["decision"] != "quarantined" and row["id"] is not None
+    ]
 
 
 def filter_write_shard(job: ShardJob) -> dict[str, Any]:
@@ -413,7 +457,9 @@ def filter_write_shard(job: ShardJob) -> dict[str, Any]:
     done); a shard that has such ids is run again with them (``job.duplicate_ids``).
     """
     tag = "-redo" if job.duplicate_ids else ""
-    return resumable(job.scratch / f"filter-write-{job.index:05d}{tag}{STATE_SUFFIX}", lambda: _filter_write_shard(job))
+    return resumable(
+        job.scratch / f"filter-write-{job.index:05d}{tag}{STATE_SUFFIX}", lambda: _filter_write_shard(job)
+    )
 
 
 def _filter_write_shard(job: ShardJob) -> dict[str, Any]:
@@ -474,13 +520,17 @@ def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
         row = rows[i]
         row.update(decision="quarantined", rules=[], first_rule=None)
         ledger.fire(row, "quarantine", f"duplicate id: {row['id']} (first seen in an earlier shard)")
-    train_candidates = [s for i, s in enumerate(part["survivors"]) if i not in job.heldout and s["row"]
-                        not in job.duplicate_ids]
+    train_candidates = [
+        s
+        for i, s in enumerate(part["survivors"])
+        if i not in job.heldout and s["row"] not in job.duplicate_ids
+    ]
     overlap = None
     if job.heldout_index is not None and train_candidates:
         index = np.load(job.heldout_index, allow_pickle=False)
-        overlap = decon.overlaps([s["doc"]["text"] for s in train_candidates], index, recipe.heldout_ngram,
-                                 want_spans=False)
+        overlap = decon.overlaps(
+            [s["doc"]["text"] for s in train_candidates], index, recipe.heldout_ngram, want_spans=False
+        )
     position = {id(s): k for k, s in enumerate(train_candidates)}
     train_name = f"documents/{out_name(job.name)}"
     train_docs: list[dict[str, Any]] = []
@@ -492,8 +542,13 @@ def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
         source = row["recipe_source"]
         if i in job.heldout:
             target = heldout_docs.setdefault(source, [])
-            row.update(split="held_out", output_file=f"heldout/{source}/{out_name(job.name)}", output_line=len(target) + 1,
-                       copies=1, output_bytes=len(doc["text"].encode("utf-8", "surrogatepass")))
+            row.update(
+                split="held_out",
+                output_file=f"heldout/{source}/{out_name(job.name)}",
+                output_line=len(target) + 1,
+                copies=1,
+                output_bytes=len(doc["text"].encode("utf-8", "surrogatepass")),
+            )
             target.append(doc)
             continue
         k = position[id(s)]
@@ -509,12 +564,22 @@ def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
             ledger.fire(row, "sample", weight)
             row["decision"] = "removed"
             continue
-        row.update(split="train", output_file=train_name, output_line=len(train_docs) + 1, copies=copies,
-                   output_bytes=len(doc["text"].encode("utf-8", "surrogatepass")))
+        row.update(
+            split="train",
+            output_file=train_name,
+            output_line=len(train_docs) + 1,
+            copies=copies,
+            output_bytes=len(doc["text"].encode("utf-8", "surrogatepass")),
+        )
         train_docs.append(doc)
         for c in range(1, copies):
-            train_docs.append({**doc, "id": f"{doc['id']}#{c}", "metadata": {**(doc.get("metadata") or {}),
-                                                                                  "copy_of": doc["id"]}})
+            train_docs.append(
+                {
+                    **doc,
+                    "id": f"{doc['id']}#{c}",
+                    "metadata": {**(doc.get("metadata") or {}), "copy_of": doc["id"]},
+                }
+            )
     out = job.scratch / "out"
     # ISA-L gzip level 1: zlib level 6 was half of the mix's time; ISA-L level 1 is ~5x faster than
     # zlib level 1 on our text and ~2% smaller (benchmarks/dedupe_mix_throughput.py).
@@ -528,8 +593,16 @@ def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
         if row["split"] is None:
             row["split"] = "none"
     ledger.write_part(job.scratch / f"ledger-{job.index:05d}.parquet", rows)
-    late = [{"file": job.name, "line": rows[i]["line"], "reason": rows[i]["rules"][0]["value"].strip('"'),
-             "raw": "", "encoding": "utf-8"} for i in sorted(job.duplicate_ids)]
+    late = [
+        {
+            "file": job.name,
+            "line": rows[i]["line"],
+            "reason": rows[i]["rules"][0]["value"].strip('"'),
+            "raw": "",
+            "encoding": "utf-8",
+        }
+        for i in sorted(job.duplicate_ids)
+    ]
     return {"quarantine": part["quarantine"] + late}
 
 
@@ -565,7 +638,9 @@ def _cross_shard_duplicates(ids_per_shard: list[list[tuple[int, str]]]) -> dict[
     return duplicate_ids
 
 
-def _two_pass(recipe: Recipe, jobs: list[ShardJob], workers: int | None, executor: ExecutorName) -> list[dict[str, Any]]:
+def _two_pass(
+    recipe: Recipe, jobs: list[ShardJob], workers: int | None, executor: ExecutorName
+) -> list[dict[str, Any]]:
     """Filter every shard, choose the held-out split among all survivors, then decon and write."""
     scratch = jobs[0].scratch
     parts = map_shards(filter_shard, jobs, workers=workers, executor=executor, desc="mix: filter")
@@ -578,20 +653,37 @@ def _two_pass(recipe: Recipe, jobs: list[ShardJob], workers: int | None, executo
     heldout = choose_heldout(recipe, candidates)
     del parts, candidates  # the workers re-read their pass-1 results from the work directory
 
-    write_jobs = [WriteJob(j.index, j.name, recipe, scratch, heldout.get(j.index, set()),
-                           duplicate_ids.get(j.index, set()), None) for j in jobs]
+    write_jobs = [
+        WriteJob(
+            j.index,
+            j.name,
+            recipe,
+            scratch,
+            heldout.get(j.index, set()),
+            duplicate_ids.get(j.index, set()),
+            None,
+        )
+        for j in jobs
+    ]
     if recipe.decon_heldout and any(heldout.values()):
         index_file = scratch / "heldout-ngrams.npy"
         if load_array(index_file) is None:  # not there yet (or not plain data: made again)
-            sets = map_shards(heldout_ngrams, [j for j in write_jobs if j.heldout], workers=workers,
-                              executor=executor, desc="mix: held-out n-grams")
+            sets = map_shards(
+                heldout_ngrams,
+                [j for j in write_jobs if j.heldout],
+                workers=workers,
+                executor=executor,
+                desc="mix: held-out n-grams",
+            )
             np.save(index_file, np.unique(np.concatenate(sets)) if sets else np.zeros(0, np.uint64))
         for j in write_jobs:
             j.heldout_index = index_file
     return map_shards(write_shard, write_jobs, workers=workers, executor=executor, desc="mix: write")
 
 
-def run(recipe: Recipe, documents: Path, attribute_roots: list[Path], root: Path, scratch: Path) -> dict[str, Any]:
+def run(
+    recipe: Recipe, documents: Path, attribute_roots: list[Path], root: Path, scratch: Path
+) -> dict[str, Any]:
     """Execute ``recipe`` into the artifact directory ``root``; returns the manifest metrics."""
     started = time.perf_counter()
     if not recipe.sources:
@@ -602,16 +694,27 @@ def run(recipe: Recipe, documents: Path, attribute_roots: list[Path], root: Path
     if not shards:
         raise ConfigError(f"{documents}: no document shards (*.jsonl.gz) found")
     workers, executor = recipe.workers or None, executor_name(recipe.executor)
-    jobs = [ShardJob(i, name, path, recipe, attribute_roots, scratch) for i, (name, path) in enumerate(shards)]
+    jobs = [
+        ShardJob(i, name, path, recipe, attribute_roots, scratch) for i, (name, path) in enumerate(shards)
+    ]
     if any(s.heldout.fraction > 0 or s.heldout.count > 0 for s in recipe.sources):
         results = _two_pass(recipe, jobs, workers, executor)
     else:  # no held-out split: one pass per shard (see filter_write_shard)
-        results = map_shards(filter_write_shard, jobs, workers=workers, executor=executor, desc="mix: filter+write")
-        redo = [replace(jobs[i], duplicate_ids=d)
-                for i, d in _cross_shard_duplicates([r["ids"] for r in results]).items()]
+        results = map_shards(
+            filter_write_shard, jobs, workers=workers, executor=executor, desc="mix: filter+write"
+        )
+        redo = [
+            replace(jobs[i], duplicate_ids=d)
+            for i, d in _cross_shard_duplicates([r["ids"] for r in results]).items()
+        ]
         if redo:
-            again = map_shards(filter_write_shard, redo, workers=workers, executor=executor,
-                               desc="mix: shards with repeated ids")
+            again = map_shards(
+                filter_write_shard,
+                redo,
+                workers=workers,
+                executor=executor,
+                desc="mix: shards with repeated ids",
+            )
             for job, result in zip(redo, again, strict=True):
                 results[job.index] = result
 
@@ -626,8 +729,12 @@ def run(recipe: Recipe, documents: Path, attribute_roots: list[Path], root: Path
     quarantine = [q for r in results for q in r["quarantine"]]
     write_jsonl(root / QUARANTINE_FILE, quarantine)
     metrics = ledger.summary(table)
-    metrics["quarantined_by_reason"] = dict(sorted(Counter(category(q["reason"]) for q in quarantine).items()))
+    metrics["quarantined_by_reason"] = dict(
+        sorted(Counter(category(q["reason"]) for q in quarantine).items())
+    )
     metrics["seconds_total"] = round(time.perf_counter() - started, 3)
     total = metrics["input"]["bytes"]
-    metrics["mb_per_s"] = round(total / 1e6 / metrics["seconds_total"], 3) if metrics["seconds_total"] else None
+    metrics["mb_per_s"] = (
+        round(total / 1e6 / metrics["seconds_total"], 3) if metrics["seconds_total"] else None
+    )
     return metrics

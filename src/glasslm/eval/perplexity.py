@@ -128,7 +128,9 @@ def score_documents(
         res.bytes += doc.n_bytes
         res.nats += nats[d]
         if keep_per_doc:
-            res.per_doc.append({"doc_id": doc.doc_id, "tokens": len(doc.ids), "bytes": doc.n_bytes, "nats": nats[d]})
+            res.per_doc.append(
+                {"doc_id": doc.doc_id, "tokens": len(doc.ids), "bytes": doc.n_bytes, "nats": nats[d]}
+            )
     return results
 
 

@@ -60,7 +60,9 @@ def _split_space(context: str, continuation: str) -> tuple[str, str]:
     return context, continuation
 
 
-def encode_pair(tokenizer: Tokenizer, context: str, continuation: str, prefix_id: int) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer: Tokenizer, context: str, continuation: str, prefix_id: int
+) -> tuple[list[int], list[int]]:
     """Token ids of (context, continuation) exactly as lm-evaluation-harness splits them."""
     context, continuation = _split_space(context, continuation)
     if not context:
@@ -121,7 +123,9 @@ class _Row:
         return min(positions[0] for _, positions, _ in self.gather)
 
 
-def _pack(pairs: Sequence[tuple[list[int], list[int]]], index: Sequence[int], truncated: bool = False) -> _Row:
+def _pack(
+    pairs: Sequence[tuple[list[int], list[int]]], index: Sequence[int], truncated: bool = False
+) -> _Row:
     # The input of a sequence is everything but its last token (its logits would predict nothing).
     inputs = [ctx + cont[:-1] for ctx, cont in pairs]
     p = _common_prefix(inputs)
@@ -180,8 +184,9 @@ class Scorer:
     # Below this many shared tokens a separate prefix pass is not worth its overhead.
     MIN_SHARED_PREFIX = 16
 
-    def __init__(self, model: OLMo2, batch_tokens: int = 8192, max_len: int | None = None,
-                 share_prefix: bool = True):
+    def __init__(
+        self, model: OLMo2, batch_tokens: int = 8192, max_len: int | None = None, share_prefix: bool = True
+    ):
         self.model = model
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -255,7 +260,9 @@ class Scorer:
         if not cont:
             raise ScoringError("empty continuation: every choice must encode to at least one token")
         if len(cont) > self.max_len:
-            raise ScoringError(f"continuation of {len(cont)} tokens exceeds the model's context {self.max_len}")
+            raise ScoringError(
+                f"continuation of {len(cont)} tokens exceeds the model's context {self.max_len}"
+            )
         keep = self.max_len + 1 - len(cont)
         return ((ctx[-keep:], cont), True) if len(ctx) > keep else ((ctx, cont), False)
 
@@ -297,17 +304,23 @@ class Scorer:
                 mask = torch.cat([torch.ones(len(batch), 1, length, P, dtype=torch.bool), mask], dim=-1)
             mask = mask.to(dev)
         cache = prefix.for_batch() if prefix is not None else None
-        position_ids = pos.to(dev) if mask is not None else None  # causal rows: P, P+1, … (the model's default)
+        position_ids = (
+            pos.to(dev) if mask is not None else None
+        )  # causal rows: P, P+1, … (the model's default)
         hidden = self.model.hidden(ids.to(dev), position_ids=position_ids, attn_mask=mask, cache=cache)
         # Only the positions that predict continuation tokens go through the head and the fp32
         # log-softmax.
-        sel = self.model.lm_head(hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]).float()
+        sel = self.model.lm_head(
+            hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]
+        ).float()
         tgt = torch.tensor(targets, device=dev)
         lp = F.log_softmax(sel, dim=-1).gather(-1, tgt[:, None]).squeeze(-1).double().cpu()
         hit = (sel.argmax(-1) == tgt).cpu()
         k = 0
         for index, n in owners:
-            results[index] = Scored(logprob=float(lp[k : k + n].sum()), n_tokens=n, greedy=bool(hit[k : k + n].all()))
+            results[index] = Scored(
+                logprob=float(lp[k : k + n].sum()), n_tokens=n, greedy=bool(hit[k : k + n].all())
+            )
             k += n
 
 

@@ -71,7 +71,9 @@ def save_checkpoint(
 ) -> Path:
     """Write a complete checkpoint artifact at ``out`` (atomically)."""
     out = Path(out)
-    with artifacts.create_artifact(out, CHECKPOINT, config=config or {"model": model.config}, inputs=inputs) as art:
+    with artifacts.create_artifact(
+        out, CHECKPOINT, config=config or {"model": model.config}, inputs=inputs
+    ) as art:
         write_checkpoint_files(art.path, state_dict_for_saving(model), model.config, tokenizer)
         art.metrics.update(metrics or {})
         art.extra["stage"] = stage
@@ -100,7 +102,9 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def _model_dir(path: Path) -> Path:
     if not path.exists():
-        raise artifacts.ArtifactError(f"{path}: no such model (expected a checkpoint, training run, run or HF folder)")
+        raise artifacts.ArtifactError(
+            f"{path}: no such model (expected a checkpoint, training run, run or HF folder)"
+        )
     if (path / LATEST).is_file():
         target = path / (path / LATEST).read_text().strip()
         if not (target / artifacts.MANIFEST).is_file():
@@ -168,4 +172,6 @@ def load_model(
         model.to(dtype=dtype)
     model.eval()
     tok = directory / TOKENIZER
-    return LoadedModel(model=model, config=config, path=directory, tokenizer_path=tok if tok.is_file() else None)
+    return LoadedModel(
+        model=model, config=config, path=directory, tokenizer_path=tok if tok.is_file() else None
+    )

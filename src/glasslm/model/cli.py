@@ -40,19 +40,27 @@ def register(sub: Any) -> None:
     verbs = stage_verbs(sub, "model", "build and inspect OLMo-2 models")
     p = add_verb(verbs, "init", _init, "write a randomly initialised checkpoint from a preset")
     p.add_argument("--preset", default="tiny", help=f"one of: {', '.join(PRESETS)}")
-    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (or tokenizer artifact) to ship with it")
+    p.add_argument(
+        "--tokenizer", type=Path, default=None, help="tokenizer.json (or tokenizer artifact) to ship with it"
+    )
     add_out(p)
     add_config_options(p)
     p = add_verb(verbs, "info", _info, "parameter counts and training FLOPs per token of a model or preset")
     p.add_argument("model", nargs="?", type=Path, help="checkpoint, training run, or HF folder")
     p.add_argument("--preset", default=None, help=f"instead of a model, one of: {', '.join(PRESETS)}")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length for the attention FLOPs term")
-    p.add_argument("--memory", action="store_true", help="also estimate training memory per GPU (docs/training.md)")
+    p.add_argument(
+        "--memory", action="store_true", help="also estimate training memory per GPU (docs/training.md)"
+    )
     p.add_argument("--micro-batch", type=int, default=4, help="with --memory: sequences per forward pass")
     p.add_argument("--world-size", type=int, default=1, help="with --memory: ranks (sharding under --fsdp)")
-    p.add_argument("--fsdp", action="store_true", help="with --memory: FSDP2 (parameters, gradients, optimizer sharded)")
+    p.add_argument(
+        "--fsdp", action="store_true", help="with --memory: FSDP2 (parameters, gradients, optimizer sharded)"
+    )
     p.add_argument("--activation-checkpointing", action="store_true", help="with --memory: recompute blocks")
-    p.add_argument("--fp32", action="store_true", help="with --memory: fp32 training instead of bf16 autocast")
+    p.add_argument(
+        "--fp32", action="store_true", help="with --memory: fp32 training instead of bf16 autocast"
+    )
     add_json_flag(p)
 
     verbs = stage_verbs(sub, "convert", "convert checkpoints to and from Hugging Face Olmo2ForCausalLM")
@@ -90,9 +98,18 @@ def _init(args: argparse.Namespace) -> int:
     torch.manual_seed(config.seed)
     model = OLMo2(config.model).to(DTYPES[config.dtype])
     tokenizer = _tokenizer_file(args.tokenizer)
-    inputs = [args.tokenizer] if args.tokenizer is not None and (args.tokenizer / "manifest.json").is_file() else []
+    inputs = (
+        [args.tokenizer]
+        if args.tokenizer is not None and (args.tokenizer / "manifest.json").is_file()
+        else []
+    )
     checkpoint.save_checkpoint(
-        model, args.out, config=config, tokenizer=tokenizer, inputs=inputs, stage="init",
+        model,
+        args.out,
+        config=config,
+        tokenizer=tokenizer,
+        inputs=inputs,
+        stage="init",
         metrics=describe(config.model),
     )
     info = describe(config.model)
@@ -117,8 +134,12 @@ def _info(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"source": source, "config": config.__dict__, **describe(config, args.seq_len)}
     if args.memory:
         plan = MemoryPlan(
-            micro_batch=args.micro_batch, seq_len=args.seq_len or config.max_seq_len, world_size=args.world_size,
-            fsdp=args.fsdp, activation_checkpointing=args.activation_checkpointing, bf16=not args.fp32,
+            micro_batch=args.micro_batch,
+            seq_len=args.seq_len or config.max_seq_len,
+            world_size=args.world_size,
+            fsdp=args.fsdp,
+            activation_checkpointing=args.activation_checkpointing,
+            bf16=not args.fp32,
         )
         data["memory_plan"] = {**plan.__dict__, "chunked_head": plan.uses_chunked_head}
         data["memory_bytes"] = estimate_memory(config, plan)
@@ -134,7 +155,9 @@ def _info(args: argparse.Namespace) -> int:
                 f"world {p['world_size']}, fsdp {p['fsdp']}, activation checkpointing "
                 f"{p['activation_checkpointing']}, {'bf16 autocast' if p['bf16'] else 'fp32'}\n"
             )
-            text += format_table([{"part": k, "GiB": f"{v / 2**30:.2f}"} for k, v in d["memory_bytes"].items()])
+            text += format_table(
+                [{"part": k, "GiB": f"{v / 2**30:.2f}"} for k, v in d["memory_bytes"].items()]
+            )
         return text
 
     emit(args, data, render)

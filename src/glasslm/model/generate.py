@@ -202,7 +202,9 @@ class SlotCache:
     the engine advances each request's slot.
     """
 
-    def __init__(self, config: ModelConfig, slots: int, max_len: int, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, config: ModelConfig, slots: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ):
         # One tensor per layer, not one 5-D tensor: the compiled decode step writes into these in place,
         # and a write into a view of one big graph input made Inductor copy the whole cache back every
         # step (measured: the compiled step 3× slower than eager at batch 8 on the tiny shape).
@@ -330,15 +332,20 @@ class Engine:
             # A throw-away step at position 0 of every slot: no request holds a slot yet, and a
             # prefill overwrites positions from 0 before anything reads them. Two distinct tensors:
             # Dynamo guards on aliasing, and the real steps never pass one tensor twice.
-            tokens, positions = (torch.zeros(self.max_batch, dtype=torch.long, device=self.device) for _ in "tp")
+            tokens, positions = (
+                torch.zeros(self.max_batch, dtype=torch.long, device=self.device) for _ in "tp"
+            )
             # The options are patched around the compiling call, not passed as torch.compile(options=):
             # passed that way ``freezing`` is ignored (checked: the weights stayed graph inputs and no
             # packed GEMM appeared in the generated code), patched it takes effect.
             with inductor_config.patch(dict(COMPILE_OPTIONS)):
                 fn(tokens, positions, self._decode_mask(positions))
         except Exception as e:  # noqa: BLE001 - any compiler failure means: decode eagerly
-            warnings.warn(f"torch.compile of the decode step failed ({type(e).__name__}: {e}); "
-                          "decoding eagerly", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"torch.compile of the decode step failed ({type(e).__name__}: {e}); decoding eagerly",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return
         self.compile_seconds = time.perf_counter() - t0
         self._compiled = fn
@@ -348,10 +355,14 @@ class Engine:
         """(rows, 1, 1, max_len) boolean: each row sees its keys up to its own position."""
         return (self._key_range[None] <= positions[:, None])[:, None, None]
 
-    def _decode_forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _decode_forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """One token per row at ``positions``; logits (rows, vocab). The unit that gets compiled."""
         cache = self.cache.for_decode(positions, mask.shape[-1])
-        return self.model(tokens[:, None], position_ids=positions[:, None], attn_mask=mask, cache=cache)[:, -1]
+        return self.model(tokens[:, None], position_ids=positions[:, None], attn_mask=mask, cache=cache)[
+            :, -1
+        ]
 
     # -- requests ------------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -361,7 +372,9 @@ class Engine:
             return list(self.tokenizer.encode(prompt))
         return [int(t) for t in prompt]
 
-    def add(self, prompt: str | Sequence[int], params: SamplingParams | None = None, request_id: str | None = None) -> str:
+    def add(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None, request_id: str | None = None
+    ) -> str:
         """Queue a request; it joins the running batch at the next ``step``. Returns its id."""
         params = params or SamplingParams()
         params.validate()
@@ -369,15 +382,23 @@ class Engine:
         if not ids:
             raise ValueError("empty prompt: give at least one token")
         if len(ids) >= self.max_len:
-            raise ValueError(f"prompt has {len(ids)} tokens; this engine holds at most {self.max_len - 1} "
-                             f"(max_len {self.max_len}, one position left to generate)")
+            raise ValueError(
+                f"prompt has {len(ids)} tokens; this engine holds at most {self.max_len - 1} "
+                f"(max_len {self.max_len}, one position left to generate)"
+            )
         if bad := [t for t in ids if not 0 <= t < self.config.vocab_size]:
-            raise ValueError(f"token ids {bad[:5]} outside the model's vocabulary (0..{self.config.vocab_size - 1})")
+            raise ValueError(
+                f"token ids {bad[:5]} outside the model's vocabulary (0..{self.config.vocab_size - 1})"
+            )
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer")
         generator = None
         if not params.greedy:
-            seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._seed_rng))
+            seed = (
+                params.seed
+                if params.seed is not None
+                else int(torch.randint(2**62, (1,), generator=self._seed_rng))
+            )
             generator = torch.Generator(device=self.device).manual_seed(seed)
         detok = IncrementalDetokenizer(self.tokenizer, params.stop) if self.tokenizer is not None else None
         request = _Request(request_id or f"req-{next(self._ids)}", ids, params, detok, generator)
@@ -464,8 +485,12 @@ class Engine:
 
     def _decode(self, running: list[_Request]) -> list[Event]:
         if self._compiled is not None and self._weights_version() != self._compiled_version:
-            warnings.warn("the model's weights changed since the decode step was compiled (frozen weights); "
-                          "decoding eagerly from now on", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "the model's weights changed since the decode step was compiled (frozen weights); "
+                "decoding eagerly from now on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self._compiled = None
         # Compiled: every slot, one fixed shape. Eager: rows up to the highest busy slot only.
         rows = self.max_batch if self._compiled is not None else max(r.slot for r in running) + 1
@@ -516,7 +541,9 @@ class Engine:
             r.finish_reason = FINISH_LENGTH
         if r.finish_reason is not None:
             return self._finish(r, token, logprob, text)
-        return Event(r.id, token, text, prompt_tokens=len(r.prompt), completion_tokens=len(r.output), logprob=logprob)
+        return Event(
+            r.id, token, text, prompt_tokens=len(r.prompt), completion_tokens=len(r.output), logprob=logprob
+        )
 
     def _finish(self, r: _Request, token: int | None, logprob: float | None = None, text: str = "") -> Event:
         if r.detok is not None:
@@ -524,8 +551,16 @@ class Engine:
         if r.slot >= 0 and self.slots[r.slot] is r:
             self.slots[r.slot] = None
         self.finished[r.id] = r
-        return Event(r.id, token, text, finished=True, finish_reason=r.finish_reason,
-                     prompt_tokens=len(r.prompt), completion_tokens=len(r.output), logprob=logprob)
+        return Event(
+            r.id,
+            token,
+            text,
+            finished=True,
+            finish_reason=r.finish_reason,
+            prompt_tokens=len(r.prompt),
+            completion_tokens=len(r.output),
+            logprob=logprob,
+        )
 
     # -- blocking front ends ------------------------------------------------------------------------
     def forget(self, request_id: str) -> None:
@@ -534,8 +569,14 @@ class Engine:
     def completion(self, request_id: str) -> Completion:
         r = self.finished.pop(request_id)
         text = r.detok.final_text if r.detok is not None else ""
-        return Completion(r.id, r.prompt, r.output, text, r.finish_reason or FINISH_ABORT,
-                          r.logprobs if r.params.logprobs else None)
+        return Completion(
+            r.id,
+            r.prompt,
+            r.output,
+            text,
+            r.finish_reason or FINISH_ABORT,
+            r.logprobs if r.params.logprobs else None,
+        )
 
     def generate(
         self,

@@ -29,8 +29,14 @@ from glasslm.tokenizer import CHAT_TEMPLATE
 
 # The format itself (names, config.json, reading a folder) lives in model/hf_format.py.
 __all__ = [
-    "HF_TYPES", "export_hf", "from_hf_state", "hf_config", "import_hf", "model_config_from_hf",
-    "read_hf_folder", "to_hf_state",
+    "HF_TYPES",
+    "export_hf",
+    "from_hf_state",
+    "hf_config",
+    "import_hf",
+    "model_config_from_hf",
+    "read_hf_folder",
+    "to_hf_state",
 ]
 
 
@@ -82,7 +88,11 @@ def export_hf(model_path: str | Path, out: str | Path) -> Path:
     tokenizer_json = tokenizer if tokenizer.is_file() else None
     dtype = next(iter(state.values())).dtype
     with artifacts.create_artifact(out, "hf_model", config={"model": config}, inputs=[source]) as art:
-        save_file(to_hf_state(state, config.architecture), str(art.path / "model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            to_hf_state(state, config.architecture),
+            str(art.path / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         cfg = hf_config(config, dtype, _special_ids(tokenizer_json))
         (art.path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if cfg[k] is not None}
@@ -96,15 +106,23 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     """Make a glasslm checkpoint from a Hugging Face Olmo2 or Llama folder (weights copied bit for bit)."""
     hf_dir = Path(hf_dir)
     if not ckpt.is_hf_folder(hf_dir):
-        raise artifacts.ArtifactError(f"{hf_dir}: not a Hugging Face Olmo2 or Llama folder (config.json with model_type 'olmo2' or 'llama')")
+        raise artifacts.ArtifactError(
+            f"{hf_dir}: not a Hugging Face Olmo2 or Llama folder (config.json with model_type 'olmo2' or 'llama')"
+        )
     config, state = read_hf_folder(hf_dir)
     tokenizer = hf_dir / "tokenizer.json"
     source_ref = (
         artifacts.input_ref(hf_dir)
         if (hf_dir / artifacts.MANIFEST).is_file()
-        else {"path": str(hf_dir.resolve()), "kind": "hf_model", "sha256": artifacts.sha256_file(hf_dir / "config.json")}
+        else {
+            "path": str(hf_dir.resolve()),
+            "kind": "hf_model",
+            "sha256": artifacts.sha256_file(hf_dir / "config.json"),
+        }
     )
-    with artifacts.create_artifact(out, ckpt.CHECKPOINT, config={"model": config}, inputs=[source_ref]) as art:
+    with artifacts.create_artifact(
+        out, ckpt.CHECKPOINT, config={"model": config}, inputs=[source_ref]
+    ) as art:
         ckpt.write_checkpoint_files(art.path, state, config, tokenizer if tokenizer.is_file() else None)
         chat = hf_dir / "chat_template.jinja"
         if chat.is_file():

@@ -33,14 +33,16 @@ _SHARED_NAMES = [
     ("blocks.{i}.mlp.down_proj.weight", "model.layers.{i}.mlp.down_proj.weight"),
 ]
 _NAMES = {
-    "olmo2": _SHARED_NAMES + [
+    "olmo2": _SHARED_NAMES
+    + [
         ("blocks.{i}.attn.q_norm.weight", "model.layers.{i}.self_attn.q_norm.weight"),
         ("blocks.{i}.attn.k_norm.weight", "model.layers.{i}.self_attn.k_norm.weight"),
         ("blocks.{i}.attn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
         ("blocks.{i}.mlp_norm.weight", "model.layers.{i}.post_feedforward_layernorm.weight"),
     ],
     # Llama's "post_attention_layernorm" is the norm *before* the MLP, despite its name.
-    "llama": _SHARED_NAMES + [
+    "llama": _SHARED_NAMES
+    + [
         ("blocks.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
         ("blocks.{i}.mlp_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
     ],
@@ -71,15 +73,20 @@ def to_hf_state(state: dict[str, torch.Tensor], architecture: str = "olmo2") -> 
 
 def from_hf_state(state: dict[str, torch.Tensor], architecture: str = "olmo2") -> dict[str, torch.Tensor]:
     # transformers never stores rotary tables, but older exports may carry inv_freq buffers.
-    return {_rename(k, _FROM_HF[architecture]): v for k, v in state.items()
-            if not k.endswith("rotary_emb.inv_freq")}
+    return {
+        _rename(k, _FROM_HF[architecture]): v
+        for k, v in state.items()
+        if not k.endswith("rotary_emb.inv_freq")
+    }
 
 
 def hf_config(config: ModelConfig, dtype: torch.dtype, special: dict[str, int | None]) -> dict[str, Any]:
     """An Olmo2Config (or LlamaConfig) as config.json; both the 4.x (rope_theta) and 5.x (rope_parameters)
     spellings."""
     model_type, architecture = HF_TYPES[config.architecture]
-    extra: dict[str, Any] = {"mlp_bias": False, "head_dim": config.head_dim} if config.architecture == "llama" else {}
+    extra: dict[str, Any] = (
+        {"mlp_bias": False, "head_dim": config.head_dim} if config.architecture == "llama" else {}
+    )
     return {
         "architectures": [architecture],
         "model_type": model_type,
@@ -110,10 +117,14 @@ def hf_config(config: ModelConfig, dtype: torch.dtype, special: dict[str, int | 
 
 
 def model_config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
-    architecture = {model_type: arch for arch, (model_type, _) in HF_TYPES.items()}.get(cfg.get("model_type", ""))
+    architecture = {model_type: arch for arch, (model_type, _) in HF_TYPES.items()}.get(
+        cfg.get("model_type", "")
+    )
     if architecture is None:
-        raise ConfigError(f"expected a Hugging Face config with model_type 'olmo2' or 'llama', "
-                          f"got {cfg.get('model_type')!r}")
+        raise ConfigError(
+            f"expected a Hugging Face config with model_type 'olmo2' or 'llama', "
+            f"got {cfg.get('model_type')!r}"
+        )
     for flag in ("attention_bias", "mlp_bias"):
         if cfg.get(flag):
             raise ConfigError(f"configs with {flag}=true are not supported (glasslm's models have no biases)")
@@ -126,7 +137,9 @@ def model_config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         raise ConfigError(f"RoPE scaling '{rope_type}' is not supported")
     head_dim = cfg.get("head_dim")
     if head_dim is not None and head_dim != cfg["hidden_size"] // cfg["num_attention_heads"]:
-        raise ConfigError("configs with a head_dim other than hidden_size/num_attention_heads are not supported")
+        raise ConfigError(
+            "configs with a head_dim other than hidden_size/num_attention_heads are not supported"
+        )
     return ModelConfig(
         vocab_size=cfg["vocab_size"],
         d_model=cfg["hidden_size"],
@@ -136,7 +149,9 @@ def model_config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         mlp_hidden=cfg["intermediate_size"],
         max_seq_len=cfg.get("max_position_embeddings", 4096),
         # Each family's own default when the file leaves it out (LlamaConfig: 10,000).
-        rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 500_000.0 if architecture == "olmo2" else 10_000.0))),
+        rope_theta=float(
+            rope.get("rope_theta", cfg.get("rope_theta", 500_000.0 if architecture == "olmo2" else 10_000.0))
+        ),
         norm_eps=cfg.get("rms_norm_eps", 1e-6),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         init_std=cfg.get("initializer_range", 0.02),

@@ -38,7 +38,9 @@ class KVCache(Protocol):
 class StaticKVCache:
     """Pre-allocated keys and values for all layers; ``length`` tokens are filled (a ``KVCache``)."""
 
-    def __init__(self, config: ModelConfig, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype):
+    def __init__(
+        self, config: ModelConfig, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype
+    ):
         shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)

@@ -62,7 +62,9 @@ class _CrossEntropyZLoss(torch.autograd.Function):
         return grad.to(logits.dtype), None, None
 
 
-def _logits_grad_(shifted: torch.Tensor, row: torch.Tensor, safe: torch.Tensor, g_target: torch.Tensor) -> torch.Tensor:
+def _logits_grad_(
+    shifted: torch.Tensor, row: torch.Tensor, safe: torch.Tensor, g_target: torch.Tensor
+) -> torch.Tensor:
     """d(loss)/d(logits) = softmax · row − onehot(target) · g_target, written into ``shifted``
     (fp32 logits − logsumexp, per row): one (tokens × vocab) buffer, no temporaries of that size."""
     grad = shifted.exp_().mul_(row[:, None])
@@ -144,7 +146,9 @@ class _LinearCrossEntropyZLoss(torch.autograd.Function):
             ce += (lse - logits.gather(1, ys[:, None]).squeeze(1)).sum()
             lse_sq += (lse * lse).sum()
             if grad_h is not None and grad_w is not None:
-                grad = _logits_grad_(logits.sub_(lse[:, None]), 1.0 + 2.0 * z_loss * lse, ys, torch.ones_like(lse))
+                grad = _logits_grad_(
+                    logits.sub_(lse[:, None]), 1.0 + 2.0 * z_loss * lse, ys, torch.ones_like(lse)
+                )
                 grad = grad.to(dtype)
                 grad_h[start : start + chunk_tokens] = matmul_t(grad, wc.T)
                 grad_w += matmul_t(grad.T, hs.T)
@@ -200,7 +204,15 @@ def linear_lm_loss(
     labels = labels.reshape(-1)
     want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     objective, ce, lse_sq = _LinearCrossEntropyZLoss.apply(
-        flat, weight, labels, z_loss, ignore_index, chunk_tokens, compute_dtype, want_grad, matmul_t or _matmul_t
+        flat,
+        weight,
+        labels,
+        z_loss,
+        ignore_index,
+        chunk_tokens,
+        compute_dtype,
+        want_grad,
+        matmul_t or _matmul_t,
     )
     z = z_loss * lse_sq
     if reduction == "mean":
@@ -230,8 +242,14 @@ def lm_objective(
         return ce + z, {"loss": ce + z, "ce": ce, "z_loss": z}
     fast = use_onednn and compute_dtype in (None, torch.float32) and onednn.usable(out, head_weight)
     objective, ce, z = linear_lm_loss(
-        out, head_weight, labels, z_loss=z_loss, reduction="sum",
-        chunk_tokens=chunk_tokens, compute_dtype=compute_dtype, matmul_t=onednn.matmul_t if fast else None,
+        out,
+        head_weight,
+        labels,
+        z_loss=z_loss,
+        reduction="sum",
+        chunk_tokens=chunk_tokens,
+        compute_dtype=compute_dtype,
+        matmul_t=onednn.matmul_t if fast else None,
     )
     return objective, {"loss": objective, "ce": ce, "z_loss": z}
 

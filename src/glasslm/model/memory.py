@@ -62,13 +62,18 @@ def layer_bytes_per_token(config: ModelConfig, bf16: bool) -> int:
     Measured exactly with saved-tensor hooks on CPU for fp32 and bf16 autocast (tests/test_model_memory.py).
     """
     d, q, kv, hidden, heads = (
-        config.d_model, config.n_heads * config.head_dim, config.kv_heads * config.head_dim,
-        config.mlp_hidden, config.n_heads,
+        config.d_model,
+        config.n_heads * config.head_dim,
+        config.kv_heads * config.head_dim,
+        config.mlp_hidden,
+        config.n_heads,
     )
     a = BF16 if bf16 else FP32  # matmul outputs and their (cast) inputs
+
     # RMSNorm on dim: its fp32 input and normalised output, and one fp32 rstd per token.
     def norm(dim: int) -> int:
         return 2 * dim * FP32 + FP32
+
     # Under autocast every linear casts its input afresh (q, k, v: three bf16 copies of the same x); in
     # fp32 the three share one tensor.
     qkv_inputs = (3 if bf16 else 1) * d * a
@@ -83,8 +88,11 @@ def layer_bytes_per_token(config: ModelConfig, bf16: bool) -> int:
 
 def block_params(config: ModelConfig) -> int:
     counts = param_counts(config)
-    return (counts["non_embedding"] - (0 if config.tie_embeddings else config.vocab_size * config.d_model)
-            - config.d_model) // config.n_layers
+    return (
+        counts["non_embedding"]
+        - (0 if config.tie_embeddings else config.vocab_size * config.d_model)
+        - config.d_model
+    ) // config.n_layers
 
 
 def estimate_memory(config: ModelConfig, plan: MemoryPlan) -> dict[str, int]:

@@ -58,9 +58,13 @@ class ModelConfig:
         from glasslm.config import ConfigError
 
         if self.d_model % self.n_heads:
-            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
+            )
         if self.n_heads % self.kv_heads:
-            raise ConfigError(f"model.n_heads ({self.n_heads}) must be a multiple of model.n_kv_heads ({self.kv_heads})")
+            raise ConfigError(
+                f"model.n_heads ({self.n_heads}) must be a multiple of model.n_kv_heads ({self.kv_heads})"
+            )
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"model.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.head_dim % 2:
@@ -105,7 +109,9 @@ class RotaryEmbedding(nn.Module):
         """cos, sin of shape (1, length, head_dim) for positions start..start+length-1: the same rows
         for every sequence, as views (no per-step gather)."""
         if start + length > self.cos.shape[0]:
-            raise ValueError(f"positions up to {start + length} exceed the model's max_seq_len {self.cos.shape[0]}")
+            raise ValueError(
+                f"positions up to {start + length} exceed the model's max_seq_len {self.cos.shape[0]}"
+            )
         self._to(device)
         return self.cos[None, start : start + length], self.sin[None, start : start + length]
 
@@ -305,7 +311,13 @@ def matmul_params(config: ModelConfig) -> int:
 def param_counts(config: ModelConfig) -> dict[str, int]:
     d, hd = config.d_model, config.head_dim
     qk_norm = (config.n_heads + config.kv_heads) * hd if config.architecture == "olmo2" else 0
-    per_layer = d * config.n_heads * hd * 2 + d * config.kv_heads * hd * 2 + 3 * d * config.mlp_hidden + qk_norm + 2 * d
+    per_layer = (
+        d * config.n_heads * hd * 2
+        + d * config.kv_heads * hd * 2
+        + 3 * d * config.mlp_hidden
+        + qk_norm
+        + 2 * d
+    )
     embed = config.vocab_size * d
     head = 0 if config.tie_embeddings else config.vocab_size * d
     total = embed + config.n_layers * per_layer + d + head

@@ -153,7 +153,9 @@ def linear_shapes(model: nn.Module) -> Counter[tuple[int, int]]:
     return shapes
 
 
-def _pass(kind: Backend, operands: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]], backward: bool) -> float:
+def _pass(
+    kind: Backend, operands: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]], backward: bool
+) -> float:
     """Seconds for one pass: each distinct shape's y = x·Wᵀ (and dx = g·W, dW = gᵀ·x) once, weighted
     by how many layers have that shape (timing each layer would cost the same information n times)."""
     total = 0.0
@@ -173,14 +175,20 @@ def _pass(kind: Backend, operands: list[tuple[int, torch.Tensor, torch.Tensor, t
     return total
 
 
-def measure(shapes: Counter[tuple[int, int]], rows: int, backward: bool = True, iters: int = 2) -> tuple[float, float]:
+def measure(
+    shapes: Counter[tuple[int, int]], rows: int, backward: bool = True, iters: int = 2
+) -> tuple[float, float]:
     """Best-of-``iters`` seconds of one pass over ``shapes`` (``rows`` input rows) with MKL
     (aten::mm) and with oneDNN, the two alternating (ABAB, so a load change hits both), after one
     warm-up pass each. Returns (mkl_s, onednn_s)."""
     gen = torch.Generator().manual_seed(0)
     operands = [
-        (count, torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen),
-         torch.randn(rows, n, generator=gen))
+        (
+            count,
+            torch.randn(rows, k, generator=gen),
+            torch.randn(n, k, generator=gen),
+            torch.randn(rows, n, generator=gen),
+        )
         for (n, k), count in sorted(shapes.items())
     ]
     best: dict[Backend, float] = {"mkl": float("inf"), "onednn": float("inf")}
@@ -195,7 +203,10 @@ def measure(shapes: Counter[tuple[int, int]], rows: int, backward: bool = True, 
 
 
 def choose_backend(
-    model: nn.Module, rows: int, mode: bool | Literal["auto"] = "auto", backward: bool = True,
+    model: nn.Module,
+    rows: int,
+    mode: bool | Literal["auto"] = "auto",
+    backward: bool = True,
     max_rows: int = 512,
 ) -> LinearChoice:
     """Pick the library for ``model``'s CPU fp32 linears: ``mode`` True → oneDNN, False → MKL
@@ -223,8 +234,12 @@ def choose_backend(
     if key not in _CHOICES:
         mkl_s, onednn_s = measure(shapes, rows, backward)
         _CHOICES[key] = LinearChoice(
-            "onednn" if onednn_s < mkl_s else "mkl", "measured",
-            round(mkl_s * 1e3, 3), round(onednn_s * 1e3, 3), rows, threads,
+            "onednn" if onednn_s < mkl_s else "mkl",
+            "measured",
+            round(mkl_s * 1e3, 3),
+            round(onednn_s * 1e3, 3),
+            rows,
+            threads,
         )
     return _CHOICES[key]
 
@@ -241,8 +256,12 @@ def replaying(recorded: Mapping[str, Any] | None) -> Iterator[None]:
     previous = _REPLAY
     if recorded and recorded.get("backend") in ("onednn", "mkl"):
         _REPLAY = LinearChoice(
-            recorded["backend"], recorded.get("how") or "measured", recorded.get("mkl_ms"), recorded.get("onednn_ms"),
-            recorded.get("rows"), recorded.get("threads"),
+            recorded["backend"],
+            recorded.get("how") or "measured",
+            recorded.get("mkl_ms"),
+            recorded.get("onednn_ms"),
+            recorded.get("rows"),
+            recorded.get("threads"),
         )
     try:
         yield

@@ -32,8 +32,15 @@ RELEASE = "release"
 META = "glasslm"  # the folder of glasslm's own files: Hugging Face tools ignore it
 # (stage name in revision names, directory in the run), in training order
 MODEL_RUNS = [("train", "train"), ("sft", "adapt/sft"), ("dpo", "adapt/dpo"), ("rl", "adapt/rl")]
-LOG_FILES = ("metrics.jsonl", "config.yaml", "eval_before.json", "eval_after.json", "results.json",
-             "perplexity.json", "summary.md")
+LOG_FILES = (
+    "metrics.jsonl",
+    "config.yaml",
+    "eval_before.json",
+    "eval_after.json",
+    "results.json",
+    "perplexity.json",
+    "summary.md",
+)
 LOG_DIRS = ("tensorboard", "wandb", "predictions")
 
 
@@ -55,10 +62,18 @@ def revisions(run: Path) -> list[Revision]:
             if not (ckpt / artifacts.MANIFEST).is_file():
                 continue  # a checkpoint being written when the run stopped
             m = artifacts.read_manifest(ckpt)
-            step, tokens = int((m.get("metrics") or {}).get("step", m.get("step", 0))), (m.get("metrics") or {}).get("tokens")
-            name = (f"stage1-step{step}" + (f"-tokens{rounded_tokens(tokens)}" if tokens else "")
-                    if stage == "train" else f"{stage}-step{step}")
-            out.append(Revision(name, stage, step, tokens, f"{rel}/checkpoints/{ckpt.name}", m.get("created")))
+            step, tokens = (
+                int((m.get("metrics") or {}).get("step", m.get("step", 0))),
+                (m.get("metrics") or {}).get("tokens"),
+            )
+            name = (
+                f"stage1-step{step}" + (f"-tokens{rounded_tokens(tokens)}" if tokens else "")
+                if stage == "train"
+                else f"{stage}-step{step}"
+            )
+            out.append(
+                Revision(name, stage, step, tokens, f"{rel}/checkpoints/{ckpt.name}", m.get("created"))
+            )
     if not out:
         raise ArtifactError(f"{run}: no checkpoints in train/ or adapt/*/ — nothing to release")
     return out
@@ -71,7 +86,11 @@ def run_manifests(run: Path, exclude: Path) -> list[str]:
         d = manifest.parent
         rel = d.relative_to(run)
         where = d.resolve()
-        if any(p.startswith(".") for p in rel.parts) or where in (exclude, run.resolve()) or exclude in where.parents:
+        if (
+            any(p.startswith(".") for p in rel.parts)
+            or where in (exclude, run.resolve())
+            or exclude in where.parents
+        ):
             continue
         found.append(rel.as_posix())
     return found
@@ -103,10 +122,13 @@ def _model_files(checkpoint: Path, dest: Path, scratch: Path) -> None:
 
 
 def _revision_readme(rev: Revision, c_license: str, repo_id: str) -> str:
-    return (f"---\nlicense: {c_license}\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n"
-            f"# {repo_id} at revision {rev.name}\n\nThe {rev.stage} checkpoint at step {rev.step}"
-            + (f" ({rev.tokens:,} tokens)" if rev.tokens else "") + f", from `{rev.source}`. The model card, datasheet "
-            "and lineage are on the main branch.\n")
+    return (
+        f"---\nlicense: {c_license}\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n"
+        f"# {repo_id} at revision {rev.name}\n\nThe {rev.stage} checkpoint at step {rev.step}"
+        + (f" ({rev.tokens:,} tokens)" if rev.tokens else "")
+        + f", from `{rev.source}`. The model card, datasheet "
+        "and lineage are on the main branch.\n"
+    )
 
 
 def _copy_meta(run: Path, meta: Path, manifests: list[str]) -> None:
@@ -142,15 +164,23 @@ def check_release_out(out: Path, run: Path) -> None:
     if str(out) in ("", "."):
         raise ArtifactError("--out is empty or '.': name a new directory for the release")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ArtifactError(f"{out}: exists and is not a directory; choose another --out (nothing was changed)")
+        raise ArtifactError(
+            f"{out}: exists and is not a directory; choose another --out (nothing was changed)"
+        )
     target = out.resolve()
     if target == run.resolve() or target in run.resolve().parents:
         raise ArtifactError(f"--out {out} would replace the run {run}; choose another --out")
     if out.is_dir() and any(out.iterdir()):
-        committed = repo.committed_file(out, repo.MAIN, f"{META}/{artifacts.MANIFEST}") if (out / ".git").is_dir() else None
+        committed = (
+            repo.committed_file(out, repo.MAIN, f"{META}/{artifacts.MANIFEST}")
+            if (out / ".git").is_dir()
+            else None
+        )
         if committed is None or json.loads(committed).get("kind") != RELEASE:
-            raise ArtifactError(f"{out}: exists, is not empty and is not a glasslm release; refusing to replace it "
-                                "(nothing was deleted). Choose a new --out")
+            raise ArtifactError(
+                f"{out}: exists, is not empty and is not a glasslm release; refusing to replace it "
+                "(nothing was deleted). Choose a new --out"
+            )
 
 
 def make_release(run: Path, out: Path, config: ReleaseConfig) -> dict[str, Any]:
@@ -161,9 +191,11 @@ def make_release(run: Path, out: Path, config: ReleaseConfig) -> dict[str, Any]:
     facts = data_facts(run)
     check = licenses.check(facts.trained_licenses, config.license, config.allow_license_issues)
     if not check.ok and not config.allow_license_issues:
-        raise ArtifactError(f"licence check failed for a model licence of '{config.license}': {check.message()}. "
-                            "Fix the documents' metadata.license, choose another --license=ID, or release "
-                            "anyway with --allow-license-issues (recorded in the card and the manifest)")
+        raise ArtifactError(
+            f"licence check failed for a model licence of '{config.license}': {check.message()}. "
+            "Fix the documents' metadata.license, choose another --license=ID, or release "
+            "anyway with --allow-license-issues (recorded in the card and the manifest)"
+        )
     revs = revisions(run)
     final = next(r for r in reversed(revs) if r.stage == revs[-1].stage)  # last checkpoint of the last stage
     repo_id = config.repo_id or f"glasslm/{run.resolve().name}"
@@ -183,41 +215,79 @@ def make_release(run: Path, out: Path, config: ReleaseConfig) -> dict[str, Any]:
                 _model_files(run / rev.source, folder, scratch)
                 (folder / "README.md").write_text(_revision_readme(rev, config.license, repo_id))
                 rev.files = artifacts.hash_tree(folder)
-                rev.commit = repo.commit_folder(tmp, folder, rev.name, f"{rev.name}: {rev.source}", rev.created)
+                rev.commit = repo.commit_folder(
+                    tmp, folder, rev.name, f"{rev.name}: {rev.source}", rev.created
+                )
             _model_files(run / final.source, tmp, scratch)
         meta = tmp / META
         _copy_meta(run, meta, manifests)
         _write_json(meta / "data" / "ledger_summary.json", facts.summary)
         _write_json(meta / "data" / "facts.json", facts.to_json())
         (meta / "data" / "unlicensed_documents.jsonl").write_text(
-            "".join(json.dumps(d, sort_keys=True) + "\n" for d in facts.unlicensed))
+            "".join(json.dumps(d, sort_keys=True) + "\n" for d in facts.unlicensed)
+        )
         shipped = sorted(f"{META}/{p}" for p in [*artifacts.walk_tree(meta)[0], artifacts.MANIFEST])
-        lineage = [{"artifact": rel, "kind": (m := artifacts.read_manifest(run / rel)).get("kind"),
-                    "manifest_sha256": artifacts.manifest_hash(run / rel), "command": m.get("command")}
-                   for rel in stages]
-        card = CardInputs(run=run, name=run.resolve().name, repo_id=repo_id, license=config.license,
-                          language=_language(config, facts.recipe), facts=facts, license_check=check.to_json(),
-                          revisions=revs, final=final, hf_config=json.loads((tmp / "config.json").read_text()),
-                          lineage=lineage)
+        lineage = [
+            {
+                "artifact": rel,
+                "kind": (m := artifacts.read_manifest(run / rel)).get("kind"),
+                "manifest_sha256": artifacts.manifest_hash(run / rel),
+                "command": m.get("command"),
+            }
+            for rel in stages
+        ]
+        card = CardInputs(
+            run=run,
+            name=run.resolve().name,
+            repo_id=repo_id,
+            license=config.license,
+            language=_language(config, facts.recipe),
+            facts=facts,
+            license_check=check.to_json(),
+            revisions=revs,
+            final=final,
+            hf_config=json.loads((tmp / "config.json").read_text()),
+            lineage=lineage,
+        )
         (tmp / "README.md").write_text(write_card(card, shipped))
         (tmp / "DATASHEET.md").write_text(write_datasheet(facts, card.name, check.to_json()))
-        main_files = {rel: info for rel, info in artifacts.hash_tree(tmp).items()
-                      if not rel.startswith((".git/", f"{META}/"))}
-        extra = {
-            "release": {"repo_id": repo_id, "license": config.license, "final": final.name,
-                        "revisions": {r.name: {"stage": r.stage, "step": r.step, "tokens": r.tokens,
-                                               "source": r.source, "commit": r.commit, "files": r.files}
-                                      for r in revs},
-                        "main_files": main_files,
-                        "shipped_manifests": {rel: artifacts.manifest_hash(run / rel) for rel in manifests},
-                        "license_check": check.to_json()},
+        main_files = {
+            rel: info
+            for rel, info in artifacts.hash_tree(tmp).items()
+            if not rel.startswith((".git/", f"{META}/"))
         }
-        metrics = {"revisions": len(revs), "documents": facts.summary["input"]["docs"],
-                   "unlicensed_documents": len(facts.unlicensed), "license_ok": check.ok,
-                   "license_overridden": bool(check.problems and config.allow_license_issues),
-                   "rules": facts.rules}
-        artifacts.write_manifest(meta, RELEASE, config=config, inputs=[run / s for s in stages], metrics=metrics,
-                                 extra=extra)
+        extra = {
+            "release": {
+                "repo_id": repo_id,
+                "license": config.license,
+                "final": final.name,
+                "revisions": {
+                    r.name: {
+                        "stage": r.stage,
+                        "step": r.step,
+                        "tokens": r.tokens,
+                        "source": r.source,
+                        "commit": r.commit,
+                        "files": r.files,
+                    }
+                    for r in revs
+                },
+                "main_files": main_files,
+                "shipped_manifests": {rel: artifacts.manifest_hash(run / rel) for rel in manifests},
+                "license_check": check.to_json(),
+            },
+        }
+        metrics = {
+            "revisions": len(revs),
+            "documents": facts.summary["input"]["docs"],
+            "unlicensed_documents": len(facts.unlicensed),
+            "license_ok": check.ok,
+            "license_overridden": bool(check.problems and config.allow_license_issues),
+            "rules": facts.rules,
+        }
+        artifacts.write_manifest(
+            meta, RELEASE, config=config, inputs=[run / s for s in stages], metrics=metrics, extra=extra
+        )
         repo.commit_folder(tmp, tmp, repo.MAIN, f"{repo_id}: release of {card.name}", final.created)
         artifacts.fsync_tree(tmp)
         artifacts.publish(tmp, out)

@@ -18,15 +18,24 @@ def register(sub: Any) -> None:
         "licence is unknown or does not allow the model licence (--license=ID), unless --allow-license-issues. "
         "glasslm release verify DIR: check a release on its own. See docs/release.md.",
     )
-    p.add_argument("target", nargs="+", metavar="RUN | verify DIR", help="a run directory, or 'verify' and a release")
+    p.add_argument(
+        "target", nargs="+", metavar="RUN | verify DIR", help="a run directory, or 'verify' and a release"
+    )
     # Not `--out`: a release folder is a git repository with its manifest in glasslm/, so the generic --out
     # rule (a manifest at the top) does not apply; build.check_release_out applies the same rule to it.
-    p.add_argument("--out", dest="release_out", type=Path, default=None, help="release folder (default RUN/release)")
+    p.add_argument(
+        "--out", dest="release_out", type=Path, default=None, help="release folder (default RUN/release)"
+    )
     p.add_argument("--push", metavar="REPO_ID", default=None, help="then upload to the Hugging Face Hub")
     p.add_argument("--private", action="store_true", help="with --push: create the Hub repository private")
-    p.add_argument("--allow-license-issues", action="store_true",
-                   help="release although a source's licence is unknown or incompatible (recorded)")
-    p.add_argument("--no-load", action="store_true", help="verify: skip loading each revision with transformers")
+    p.add_argument(
+        "--allow-license-issues",
+        action="store_true",
+        help="release although a source's licence is unknown or incompatible (recorded)",
+    )
+    p.add_argument(
+        "--no-load", action="store_true", help="verify: skip loading each revision with transformers"
+    )
     add_json_flag(p)
     add_config_options(p, run_section="release")
     p.set_defaults(func=_release)
@@ -49,11 +58,18 @@ def _release(args: argparse.Namespace) -> int:
     run = Path(args.target[0])
     out = args.release_out or run / "release"
     result = make_release(run, out, config)
-    print(f"wrote {out}: main + {len(result['revisions'])} revisions ({', '.join(result['revisions'])}); "
-          f"card {out / 'README.md'}, datasheet {out / 'DATASHEET.md'}")
+    print(
+        f"wrote {out}: main + {len(result['revisions'])} revisions ({', '.join(result['revisions'])}); "
+        f"card {out / 'README.md'}, datasheet {out / 'DATASHEET.md'}"
+    )
     if not result["license_check"]["ok"]:
-        print("licence check OVERRIDDEN (--allow-license-issues): " +
-              "; ".join(f"{p['source']}: {p['docs']} documents, {p['license']}" for p in result["license_check"]["problems"]))
+        print(
+            "licence check OVERRIDDEN (--allow-license-issues): "
+            + "; ".join(
+                f"{p['source']}: {p['docs']} documents, {p['license']}"
+                for p in result["license_check"]["problems"]
+            )
+        )
     if args.push:
         from glasslm.release.push import push_release
 
@@ -66,7 +82,15 @@ def _verify(args: argparse.Namespace, release: Path) -> int:
     from glasslm.release.verify import verify_release
 
     result = verify_release(release, load=not args.no_load)
-    emit(args, result, lambda r: "\n".join(
-        [f"{r['path']}: {'OK' if r['ok'] else 'FAILED'} ({len(r['revisions'])} revisions"
-         f"{', all loaded with transformers' if r['loaded'] else ''})", *[f"  {p}" for p in r["problems"]]]))
+    emit(
+        args,
+        result,
+        lambda r: "\n".join(
+            [
+                f"{r['path']}: {'OK' if r['ok'] else 'FAILED'} ({len(r['revisions'])} revisions"
+                f"{', all loaded with transformers' if r['loaded'] else ''})",
+                *[f"  {p}" for p in r["problems"]],
+            ]
+        ),
+    )
     return 0 if result["ok"] else 1

@@ -34,8 +34,14 @@ class DataFacts:
     corpus: dict[str, Any] = field(default_factory=dict)  # the documents artifact's manifest metrics
 
     def to_json(self) -> dict[str, Any]:
-        return {"ledger": self.summary, "licenses": self.licenses, "trained_licenses": self.trained_licenses,
-                "unlicensed_documents": len(self.unlicensed), "rules": self.rules, "decon": self.decon}
+        return {
+            "ledger": self.summary,
+            "licenses": self.licenses,
+            "trained_licenses": self.trained_licenses,
+            "unlicensed_documents": len(self.unlicensed),
+            "rules": self.rules,
+            "decon": self.decon,
+        }
 
 
 def rule_rows(table: Any) -> list[dict[str, Any]]:
@@ -47,8 +53,16 @@ def rule_rows(table: Any) -> list[dict[str, Any]]:
         rule = r["first_rule"]
         if rule is None:
             continue
-        row = rows.setdefault(rule, {"rule": rule, "docs_removed": 0, "bytes_removed": 0, "docs_modified": 0,
-                                     "bytes_removed_by_modification": 0})
+        row = rows.setdefault(
+            rule,
+            {
+                "rule": rule,
+                "docs_removed": 0,
+                "bytes_removed": 0,
+                "docs_modified": 0,
+                "bytes_removed_by_modification": 0,
+            },
+        )
         # the same condition as ledger.summary's by_rule, so the two agree
         if r["decision"] in ("removed", "quarantined") or (r["split"] == "none" and r["first_rule"]):
             row["docs_removed"] += 1
@@ -72,8 +86,10 @@ def data_facts(run: Path) -> DataFacts:
     facts = DataFacts(mix=mix, documents=documents, summary=ledger.summary(table), rules=rule_rows(table))
     mix_manifest = artifacts.read_manifest(mix)
     facts.recipe = mix_manifest.get("config") or {}
-    rows = {(r["shard"], r["line"]): r
-            for r in table.select(["shard", "line", "id", "source", "bytes", "decision", "split"]).to_pylist()}
+    rows = {
+        (r["shard"], r["line"]): r
+        for r in table.select(["shard", "line", "id", "source", "bytes", "decision", "split"]).to_pylist()
+    }
     if documents is not None and (documents / artifacts.MANIFEST).is_file():
         facts.corpus = artifacts.read_manifest(documents).get("metrics") or {}
         for name, path in shard_names(documents):
@@ -87,8 +103,16 @@ def data_facts(run: Path) -> DataFacts:
                 if row["split"] == "train" and row["decision"] in TRAINED:
                     _add(facts.trained_licenses, source, lic, row["bytes"])
                 if lic == UNKNOWN:
-                    facts.unlicensed.append({"source": source, "id": row["id"], "shard": name, "line": line,
-                                             "split": row["split"], "decision": row["decision"]})
+                    facts.unlicensed.append(
+                        {
+                            "source": source,
+                            "id": row["id"],
+                            "shard": name,
+                            "line": line,
+                            "split": row["split"],
+                            "decision": row["decision"],
+                        }
+                    )
     decon = _decon(mix)
     facts.decon = decon
     return facts
@@ -102,8 +126,10 @@ def _decon(mix: Path) -> dict[str, Any] | None:
         manifest = artifacts.read_manifest(where)
         metrics = manifest.get("metrics") or {}
         if "contaminated_documents" in metrics:
-            return {"artifact": where.name, **{k: metrics[k] for k in ("documents", "contaminated_documents", "tasks")
-                                               if k in metrics}}
+            return {
+                "artifact": where.name,
+                **{k: metrics[k] for k in ("documents", "contaminated_documents", "tasks") if k in metrics},
+            }
     return None
 
 

@@ -22,14 +22,42 @@ from typing import Any
 UNKNOWN = "(none)"
 
 PERMISSIVE = {
-    "mit", "mit-0", "bsd-2-clause", "bsd-3-clause", "0bsd", "isc", "apache-2.0", "psf-2.0", "python-2.0",
-    "unlicense", "cc0-1.0", "cc-by-4.0", "cc-by-3.0", "zlib", "mpl-2.0", "bsl-1.0", "odc-by",
-    "mit-cmu", "cnri-python", "zpl-2.1", "hpnd",
+    "mit",
+    "mit-0",
+    "bsd-2-clause",
+    "bsd-3-clause",
+    "0bsd",
+    "isc",
+    "apache-2.0",
+    "psf-2.0",
+    "python-2.0",
+    "unlicense",
+    "cc0-1.0",
+    "cc-by-4.0",
+    "cc-by-3.0",
+    "zlib",
+    "mpl-2.0",
+    "bsl-1.0",
+    "odc-by",
+    "mit-cmu",
+    "cnri-python",
+    "zpl-2.1",
+    "hpnd",
     "bsd",  # a trove classifier's "BSD License": the family; every member permits redistribution with notice
 }
 SHARE_ALIKE = {
-    "gpl-2.0", "gpl-2.0-only", "gpl-2.0-or-later", "gpl-3.0", "gpl-3.0-only", "gpl-3.0-or-later", "lgpl-2.1",
-    "lgpl-3.0", "agpl-3.0", "cc-by-sa-4.0", "cc-by-sa-3.0", "odbl",
+    "gpl-2.0",
+    "gpl-2.0-only",
+    "gpl-2.0-or-later",
+    "gpl-3.0",
+    "gpl-3.0-only",
+    "gpl-3.0-or-later",
+    "lgpl-2.1",
+    "lgpl-3.0",
+    "agpl-3.0",
+    "cc-by-sa-4.0",
+    "cc-by-sa-3.0",
+    "odbl",
 }
 
 
@@ -108,12 +136,19 @@ class LicenseCheck:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {"model_license": self.model_license, "ok": self.ok, "overridden": bool(self.problems and self.allowed),
-                "problems": self.problems}
+        return {
+            "model_license": self.model_license,
+            "ok": self.ok,
+            "overridden": bool(self.problems and self.allowed),
+            "problems": self.problems,
+        }
 
     def message(self) -> str:
-        lines = [f"source '{p['source']}': {p['docs']:,} trained-on documents ({p['bytes']:,} bytes) with licence "
-                 f"{p['license']}: {p['why']}" for p in self.problems]
+        lines = [
+            f"source '{p['source']}': {p['docs']:,} trained-on documents ({p['bytes']:,} bytes) with licence "
+            f"{p['license']}: {p['why']}"
+            for p in self.problems
+        ]
         return "; ".join(lines)
 
 

@@ -24,11 +24,20 @@ class HubClient(Protocol):
 
     def create_branch(self, repo_id: str, *, branch: str, exist_ok: bool = ...) -> Any: ...
 
-    def upload_folder(self, *, repo_id: str, folder_path: str | Path, revision: str | None = ...,
-                      commit_message: str | None = ..., delete_patterns: list[str] | str | None = ...) -> Any: ...
+    def upload_folder(
+        self,
+        *,
+        repo_id: str,
+        folder_path: str | Path,
+        revision: str | None = ...,
+        commit_message: str | None = ...,
+        delete_patterns: list[str] | str | None = ...,
+    ) -> Any: ...
 
 
-def push_release(release: Path, repo_id: str, api: HubClient | None = None, private: bool = False) -> list[str]:
+def push_release(
+    release: Path, repo_id: str, api: HubClient | None = None, private: bool = False
+) -> list[str]:
     """Upload every revision, then main; returns the revisions pushed (main last)."""
     if api is None:
         from huggingface_hub import HfApi
@@ -43,7 +52,12 @@ def push_release(release: Path, repo_id: str, api: HubClient | None = None, priv
         with tempfile.TemporaryDirectory(prefix="glasslm-push-") as tmp:
             folder = repo.extract(Path(release), name, Path(tmp) / name)
             # delete_patterns "*": a re-push leaves no stale file behind (the Hub keeps .gitattributes)
-            api.upload_folder(repo_id=repo_id, folder_path=folder, revision=name, delete_patterns="*",
-                              commit_message=f"glasslm release: {name}")
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                revision=name,
+                delete_patterns="*",
+                commit_message=f"glasslm release: {name}",
+            )
         pushed.append(name)
     return pushed

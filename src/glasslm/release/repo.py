@@ -25,17 +25,32 @@ def git(repo: Path, *args: str, env: dict[str, str] | None = None, data: bytes |
     """Run git on ``repo``'s .git with no user or system configuration (hooks, signing, filters, autocrlf
     would all change what is committed)."""
     repo = repo.resolve()
-    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
-                "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_DIR": str(repo / ".git"),
-                "GIT_TERMINAL_PROMPT": "0", **(env or {})}
-    cmd = ["git", "-c", "core.hooksPath=" + os.devnull, "-c", "commit.gpgsign=false", "-c", "core.autocrlf=false",
-           *args]
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_DIR": str(repo / ".git"),
+        "GIT_TERMINAL_PROMPT": "0",
+        **(env or {}),
+    }
+    cmd = [
+        "git",
+        "-c",
+        "core.hooksPath=" + os.devnull,
+        "-c",
+        "commit.gpgsign=false",
+        "-c",
+        "core.autocrlf=false",
+        *args,
+    ]
     try:
         done = subprocess.run(cmd, cwd=repo, env=full_env, input=data, capture_output=True, check=False)
     except FileNotFoundError:
         raise ArtifactError("git is not installed; a release is a git repository (install git)") from None
     if done.returncode != 0:
-        raise ArtifactError(f"git {' '.join(args)} in {repo} failed: {done.stderr.decode(errors='replace').strip()}")
+        raise ArtifactError(
+            f"git {' '.join(args)} in {repo} failed: {done.stderr.decode(errors='replace').strip()}"
+        )
     return done.stdout
 
 
@@ -47,8 +62,14 @@ def _date_env(created: str | None) -> dict[str, str]:
     """Author and committer dates: the artifact's creation time (fixed, so commits are reproducible)."""
     when = _dt.datetime.fromisoformat(created) if created else _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
     stamp = f"{int(when.timestamp())} +0000"
-    return {"GIT_AUTHOR_NAME": AUTHOR[0], "GIT_AUTHOR_EMAIL": AUTHOR[1], "GIT_COMMITTER_NAME": AUTHOR[0],
-            "GIT_COMMITTER_EMAIL": AUTHOR[1], "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp}
+    return {
+        "GIT_AUTHOR_NAME": AUTHOR[0],
+        "GIT_AUTHOR_EMAIL": AUTHOR[1],
+        "GIT_COMMITTER_NAME": AUTHOR[0],
+        "GIT_COMMITTER_EMAIL": AUTHOR[1],
+        "GIT_AUTHOR_DATE": stamp,
+        "GIT_COMMITTER_DATE": stamp,
+    }
 
 
 def commit_folder(repo: Path, folder: Path, branch: str, message: str, created: str | None) -> str:

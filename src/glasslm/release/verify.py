@@ -43,13 +43,18 @@ def check_card(text: str) -> list[str]:
 
 def check_datasheet(text: str) -> list[str]:
     sections = _sections(text)
-    return [f"DATASHEET.md: section '{s}' missing or empty" for s in DATASHEET_SECTIONS if not sections.get(s)]
+    return [
+        f"DATASHEET.md: section '{s}' missing or empty" for s in DATASHEET_SECTIONS if not sections.get(s)
+    ]
 
 
 def _compare(where: str, recorded: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     problems = [f"{where}: {rel} missing" for rel in recorded if rel not in actual]
-    problems += [f"{where}: {rel} changed" for rel in recorded
-                 if rel in actual and actual[rel]["sha256"] != recorded[rel]["sha256"]]
+    problems += [
+        f"{where}: {rel} changed"
+        for rel in recorded
+        if rel in actual and actual[rel]["sha256"] != recorded[rel]["sha256"]
+    ]
     return problems + [f"{where}: {rel} not in the release manifest" for rel in actual if rel not in recorded]
 
 
@@ -75,13 +80,18 @@ def verify_release(release: Path, load: bool = True) -> dict[str, Any]:
         raise artifacts.ArtifactError(f"{meta}: a '{manifest.get('kind')}' artifact, not a release")
     info = manifest.get("release") or {}
     own = artifacts.verify(meta, check_inputs=False)
-    problems = [f"{META}/{rel}: {what}" for what in ("changed", "missing", "added", "irregular")
-                for rel in getattr(own, what)]
+    problems = [
+        f"{META}/{rel}: {what}"
+        for what in ("changed", "missing", "added", "irregular")
+        for rel in getattr(own, what)
+    ]
     for rel, sha in (info.get("shipped_manifests") or {}).items():
         copy = meta / "manifests" / rel / artifacts.MANIFEST
         if not copy.is_file() or artifacts.sha256_file(copy) != sha:
             problems.append(f"{META}/manifests/{rel}: missing or not the run's manifest")
-    actual = {rel: v for rel, v in artifacts.hash_tree(release).items() if not rel.startswith((".git/", f"{META}/"))}
+    actual = {
+        rel: v for rel, v in artifacts.hash_tree(release).items() if not rel.startswith((".git/", f"{META}/"))
+    }
     problems += _compare("main", info.get("main_files") or {}, actual)
     problems += [f"working tree differs from the main commit: {p}" for p in repo.is_clean(release)]
     heads = repo.branches(release)
@@ -109,5 +119,10 @@ def verify_release(release: Path, load: bool = True) -> dict[str, Any]:
     problems += check_card(card.read_text()) if card.is_file() else ["README.md missing"]
     sheet = release / "DATASHEET.md"
     problems += check_datasheet(sheet.read_text()) if sheet.is_file() else ["DATASHEET.md missing"]
-    return {"path": str(release), "ok": not problems, "problems": problems, "revisions": sorted(info.get("revisions") or {}),
-            "loaded": loaded}
+    return {
+        "path": str(release),
+        "ok": not problems,
+        "problems": problems,
+        "revisions": sorted(info.get("revisions") or {}),
+        "loaded": loaded,
+    }

@@ -92,7 +92,9 @@ def curve_figures(
         for run in runs:
             rows = [r for r in read_jsonl(run.path / rel / "metrics.jsonl") if r.get(key) is not None]
             if rows:
-                (line,) = ax.plot([r.get("step", i) for i, r in enumerate(rows)], [r[key] for r in rows], label=run.name)
+                (line,) = ax.plot(
+                    [r.get("step", i) for i, r in enumerate(rows)], [r[key] for r in rows], label=run.name
+                )
                 colours[run.name] = line.get_color()
         if not colours:
             close(fig)

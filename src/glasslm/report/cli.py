@@ -43,12 +43,18 @@ def make_report(run: Path, compare: list[Path], out: Path) -> Path:
                 continue
             if d.parent != r.path and d.parent.parent != r.path:  # only the run's stage artifacts
                 continue
-            if artifacts.read_manifest(d).get("kind") in ("report", "release"):  # made from the report, not its source
+            if artifacts.read_manifest(d).get("kind") in (
+                "report",
+                "release",
+            ):  # made from the report, not its source
                 continue
             inputs.append(d)
-    title = f"glasslm run {run.name}" + (f" compared with {', '.join(r.name for r in runs[1:])}" if compare else "")
-    with artifacts.create_artifact(out, "report", config={"run": str(run), "compare": [str(c) for c in compare]},
-                                   inputs=inputs) as art:
+    title = f"glasslm run {run.name}" + (
+        f" compared with {', '.join(r.name for r in runs[1:])}" if compare else ""
+    )
+    with artifacts.create_artifact(
+        out, "report", config={"run": str(run), "compare": [str(c) for c in compare]}, inputs=inputs
+    ) as art:
         figures = render(sections, title, art.path)
         art.metrics.update({"sections": [s.title for s in sections], "figures": figures})
     return out

@@ -16,8 +16,16 @@ from glasslm.report.base import Run, Section, new_fig, with_run
 LANGID_PREFIX = "tags__langid__"
 # Document-level scores plotted per source, when the tags hold them: (attribute, label, log x axis).
 QUALITY_KEYS = [
-    ("tags__gopher__fraction_of_characters_in_duplicate_lines", "Gopher: fraction of characters in duplicate lines", False),
-    ("tags__gopher__fraction_of_words_with_alpha_character", "Gopher: fraction of words with a letter", False),
+    (
+        "tags__gopher__fraction_of_characters_in_duplicate_lines",
+        "Gopher: fraction of characters in duplicate lines",
+        False,
+    ),
+    (
+        "tags__gopher__fraction_of_words_with_alpha_character",
+        "Gopher: fraction of words with a letter",
+        False,
+    ),
     ("tags__gopher__word_count", "Gopher: words per document", True),
     ("tags__toxicity__doc", "toxicity score", False),
 ]
@@ -49,7 +57,9 @@ def funnel_section(runs: list[Run]) -> Section:
             f"{d['quarantined']:,}; {main['output_docs']:,} documents ({main['output_bytes']:,} bytes) written, "
             "counting up-sampled copies. '- rule' rows are documents removed by that rule (the first to fire)."
         )
-    section.tables.append(("Documents and bytes per source through each rule (from mix/ledger.parquet)", rows))
+    section.tables.append(
+        ("Documents and bytes per source through each rule (from mix/ledger.parquet)", rows)
+    )
     for unit, stem in (("docs", "funnel_docs"), ("bytes", "funnel_bytes")):
         section.figures.append((stem, _funnel_plot(summaries, unit)))
     return section
@@ -110,8 +120,13 @@ def tag_values(run: Run) -> tuple[dict[str, dict[str, list[float]]], Counter[tup
             source = source_of.get(record.get("id"), "(unknown)")
             attrs = record.get("attributes") or {}
             per = values.setdefault(source, {})
-            langs = {k[len(LANGID_PREFIX):]: v for k, spans in attrs.items()
-                     if k.startswith(LANGID_PREFIX) and "paragraph" not in k and (v := _doc_value(spans)) is not None}
+            langs = {
+                k[len(LANGID_PREFIX) :]: v
+                for k, spans in attrs.items()
+                if k.startswith(LANGID_PREFIX)
+                and "paragraph" not in k
+                and (v := _doc_value(spans)) is not None
+            }
             if langs:
                 top = max(langs, key=lambda k: langs[k])
                 per.setdefault("langid top-language score", []).append(langs[top])
@@ -139,8 +154,12 @@ def quality_section(runs: list[Run]) -> Section:
         return section
     keys = [("langid top-language score", "langid: score of the top language", False), *QUALITY_KEYS]
     for key, label, log in keys:
-        series = [(src if len(per_run) == 1 else f"{src} · {name}", vals[key])
-                  for name, (values, _) in per_run.items() for src, vals in sorted(values.items()) if vals.get(key)]
+        series = [
+            (src if len(per_run) == 1 else f"{src} · {name}", vals[key])
+            for name, (values, _) in per_run.items()
+            for src, vals in sorted(values.items())
+            if vals.get(key)
+        ]
         if not series:
             continue
         fig, ax = new_fig()
@@ -159,7 +178,9 @@ def quality_section(runs: list[Run]) -> Section:
         ax.set_ylabel("documents")
         ax.set_title(label)
         ax.legend(fontsize="small")
-        section.figures.append((f"tags_{key.removeprefix('tags__').replace(' ', '_').replace('-', '_')}", fig))
+        section.figures.append(
+            (f"tags_{key.removeprefix('tags__').replace(' ', '_').replace('-', '_')}", fig)
+        )
     rows: list[dict[str, Any]] = []
     for run in runs:
         if run.name not in per_run:
@@ -170,16 +191,25 @@ def quality_section(runs: list[Run]) -> Section:
             langs = sorted(((n, lang) for (s, lang), n in languages.items() if s == source), reverse=True)
             total = sum(n for n, _ in langs)
             scores = values[source].get("langid top-language score", [])
-            table.append({
-                "source": source,
-                "documents": total,
-                "top languages": ", ".join(f"{lang} {n / total:.0%}" for n, lang in langs[:4]) if total else "",
-                "median top score": float(np.median(scores)) if scores else None,
-                **{f"median {k.rsplit('__', 1)[-1]}": float(np.median(values[source][k]))
-                   for k, _, _ in QUALITY_KEYS[:2] if values[source].get(k)},
-            })
+            table.append(
+                {
+                    "source": source,
+                    "documents": total,
+                    "top languages": ", ".join(f"{lang} {n / total:.0%}" for n, lang in langs[:4])
+                    if total
+                    else "",
+                    "median top score": float(np.median(scores)) if scores else None,
+                    **{
+                        f"median {k.rsplit('__', 1)[-1]}": float(np.median(values[source][k]))
+                        for k, _, _ in QUALITY_KEYS[:2]
+                        if values[source].get(k)
+                    },
+                }
+            )
         rows += with_run(run, table, runs)
-    section.text = ("Document-level scores of the tags stage (before any filtering), per source: "
-                    "the input the mix rules decided on.")
+    section.text = (
+        "Document-level scores of the tags stage (before any filtering), per source: "
+        "the input the mix rules decided on."
+    )
     section.tables.append(("Top language per document and median scores, per source", rows))
     return section

@@ -49,7 +49,11 @@ def training_section(runs: list[Run]) -> Section:
     unigram = {r.name: u for r in runs if (u := unigram_baseline(r)) is not None}
     label = "unigram baseline" + (" ({})" if len(runs) > 1 else "")
     baselines = {"loss": [(name, label.format(name), u) for name, u in unigram.items()]}
-    keys = [("loss", "training loss (nats/token)"), ("lr", "learning rate"), ("tokens_per_s", "throughput (tokens/s)")]
+    keys = [
+        ("loss", "training loss (nats/token)"),
+        ("lr", "learning rate"),
+        ("tokens_per_s", "throughput (tokens/s)"),
+    ]
     if not curve_figures(section, runs, "train", keys, "train", baselines):
         section.missing = "no train/metrics.jsonl in this run"
         return section
@@ -87,8 +91,10 @@ def training_section(runs: list[Run]) -> Section:
 def evaluation_section(runs: list[Run]) -> Section:
     section = Section("Evaluation")
     results = {r.name: read_json(r.path / "eval" / "results.json") for r in runs}
-    perplexity = {r.name: read_json(r.path / "eval" / "perplexity.json") or (results[r.name] or {}).get("perplexity")
-                  for r in runs}
+    perplexity = {
+        r.name: read_json(r.path / "eval" / "perplexity.json") or (results[r.name] or {}).get("perplexity")
+        for r in runs
+    }
     if not any(results.values()) and not any(perplexity.values()):
         section.missing = "no eval/results.json or eval/perplexity.json in this run"
         return section
@@ -115,11 +121,18 @@ def _perplexity_tables(section: Section, runs: list[Run], perplexity: dict[str, 
             continue
         per_run = []
         for d in p.get("domains", []):
-            per_run.append({k: d.get(k) for k in ("domain", "docs", "tokens", "bytes", "loss", "bits_per_byte")})
+            per_run.append(
+                {k: d.get(k) for k in ("domain", "docs", "tokens", "bytes", "loss", "bits_per_byte")}
+            )
             bpb.setdefault(run.name, {})[d["domain"]] = d["bits_per_byte"]
         if p.get("macro"):
-            per_run.append({"domain": "macro average", "loss": p["macro"].get("loss"),
-                            "bits_per_byte": p["macro"].get("bits_per_byte")})
+            per_run.append(
+                {
+                    "domain": "macro average",
+                    "loss": p["macro"].get("loss"),
+                    "bits_per_byte": p["macro"].get("bits_per_byte"),
+                }
+            )
             bpb.setdefault(run.name, {})["macro"] = p["macro"]["bits_per_byte"]
         rows += with_run(run, per_run, runs)
     if not rows:
@@ -141,7 +154,9 @@ def _perplexity_tables(section: Section, runs: list[Run], perplexity: dict[str, 
 
 def _downstream_tables(section: Section, runs: list[Run], results: dict[str, Any]) -> None:
     # Subtasks of a group (the 57 MMLU subjects) are summarised by their group's own row.
-    per_run = {name: [t for t in (r or {}).get("tasks", []) if not t.get("group")] for name, r in results.items()}
+    per_run = {
+        name: [t for t in (r or {}).get("tasks", []) if not t.get("group")] for name, r in results.items()
+    }
     per_run = {k: v for k, v in per_run.items() if v}
     if not per_run:
         return
@@ -150,8 +165,12 @@ def _downstream_tables(section: Section, runs: list[Run], results: dict[str, Any
     rows: list[dict[str, Any]] = []
     for task in tasks:
         first = next(by[n][task] for n in by if task in by[n])
-        row: dict[str, Any] = {"task": task, "metric": first.get("metric"), "n": first.get("n"),
-                               "chance": first.get("chance")}
+        row: dict[str, Any] = {
+            "task": task,
+            "metric": first.get("metric"),
+            "n": first.get("n"),
+            "chance": first.get("chance"),
+        }
         for name in by:
             t = by[name].get(task, {})
             suffix = f" · {name}" if len(by) > 1 else ""
@@ -161,20 +180,31 @@ def _downstream_tables(section: Section, runs: list[Run], results: dict[str, Any
             # only "OLMES" figures are comparable with published OLMES/OLMo numbers (eval/tasks/standard.py)
             row["setting" + suffix] = (t.get("setting") or {}).get("label") or "not OLMES" if t else None
         rows.append(row)
-    section.tables.append(("Downstream tasks: accuracy, chance and bits per byte of the gold answer "
-                           "(setting: OLMES = exactly OLMES's requests, comparable with published numbers)", rows))
-    for key, label, stem in (("acc", "accuracy", "eval_downstream_acc"), ("gold_bpb", "gold-answer bits per byte",
-                                                                           "eval_downstream_gold_bpb")):
+    section.tables.append(
+        (
+            "Downstream tasks: accuracy, chance and bits per byte of the gold answer "
+            "(setting: OLMES = exactly OLMES's requests, comparable with published numbers)",
+            rows,
+        )
+    )
+    for key, label, stem in (
+        ("acc", "accuracy", "eval_downstream_acc"),
+        ("gold_bpb", "gold-answer bits per byte", "eval_downstream_gold_bpb"),
+    ):
         fig, ax = new_fig(7.5, 3.8)
         width = 0.8 / len(by)
         for i, name in enumerate(by):
             xs = [j + i * width for j in range(len(tasks))]
-            ax.bar(xs, [by[name].get(t, {}).get(key, np.nan) or np.nan for t in tasks], width=width, label=name)
+            ax.bar(
+                xs, [by[name].get(t, {}).get(key, np.nan) or np.nan for t in tasks], width=width, label=name
+            )
         if key == "acc":
             xs = [j + width * (len(by) - 1) / 2 for j in range(len(tasks))]
             chance = [next((by[n][t].get("chance") for n in by if t in by[n]), np.nan) for t in tasks]
             ax.scatter(xs, chance, marker="_", s=300, color="black", label="chance", zorder=3)
-        ax.set_xticks([j + width * (len(by) - 1) / 2 for j in range(len(tasks))], tasks, rotation=40, ha="right")
+        ax.set_xticks(
+            [j + width * (len(by) - 1) / 2 for j in range(len(tasks))], tasks, rotation=40, ha="right"
+        )
         ax.set_ylabel(label)
         ax.set_title(f"downstream {label}")
         if len(by) > 1 or key == "acc":
@@ -187,7 +217,9 @@ def _downstream_tables(section: Section, runs: list[Run], results: dict[str, Any
 
 def adaptation_section(runs: list[Run]) -> Section:
     section = Section("Adaptation")
-    stages = [s for s in ADAPT_STAGES if any((r.path / "adapt" / s / "metrics.jsonl").is_file() for r in runs)]
+    stages = [
+        s for s in ADAPT_STAGES if any((r.path / "adapt" / s / "metrics.jsonl").is_file() for r in runs)
+    ]
     if not stages:
         section.missing = "no adapt/{sft,dpo,rl}/metrics.jsonl in this run"
         return section
@@ -202,9 +234,24 @@ def adaptation_section(runs: list[Run]) -> Section:
             for key in metrics:
                 if key.endswith("_before") and f"{key[:-7]}_after" in metrics:
                     before, after = metrics[key], metrics[f"{key[:-7]}_after"]
-                    change = after - before if isinstance(before, int | float) and isinstance(after, int | float) else None
-                    rows += with_run(run, [{"stage": stage, "metric": key[:-7], "before": before, "after": after,
-                                            "change": change}], runs)
+                    change = (
+                        after - before
+                        if isinstance(before, int | float) and isinstance(after, int | float)
+                        else None
+                    )
+                    rows += with_run(
+                        run,
+                        [
+                            {
+                                "stage": stage,
+                                "metric": key[:-7],
+                                "before": before,
+                                "after": after,
+                                "change": change,
+                            }
+                        ],
+                        runs,
+                    )
     section.text = (
         "Curves of each adaptation stage (SFT, then DPO, then RL when run) and the held-out metrics "
         "each stage measured before and after training."
@@ -234,12 +281,30 @@ def energy_section(runs: list[Run]) -> Section:
                 continue
             # the stages before the report: it cannot count itself or what runs after it (a release)
             stages = list(itertools.takewhile(lambda s: s["stage"] != "report", whole["stages"]))
-            per_run = [{"stage": s["stage"], "device": s["device"], "wall_s": s["wall_s"], "method": s["method"],
-                        "kWh": s["kwh"], "kg CO2e": s["kg_co2e"]} for s in stages]
-            per_run.append({"stage": "total", "wall_s": sum(s["wall_s"] for s in stages),
-                            "kWh": sum(s["kwh"] for s in stages), "kg CO2e": sum(s["kg_co2e"] for s in stages)})
+            per_run = [
+                {
+                    "stage": s["stage"],
+                    "device": s["device"],
+                    "wall_s": s["wall_s"],
+                    "method": s["method"],
+                    "kWh": s["kwh"],
+                    "kg CO2e": s["kg_co2e"],
+                }
+                for s in stages
+            ]
+            per_run.append(
+                {
+                    "stage": "total",
+                    "wall_s": sum(s["wall_s"] for s in stages),
+                    "kWh": sum(s["kwh"] for s in stages),
+                    "kg CO2e": sum(s["kg_co2e"] for s in stages),
+                }
+            )
             if run is runs[0]:
-                notes = [*whole["assumptions"], f"PUE {whole['pue']}, grid {whole['grid_gco2e_per_kwh']} gCO2e/kWh"]
+                notes = [
+                    *whole["assumptions"],
+                    f"PUE {whole['pue']}, grid {whole['grid_gco2e_per_kwh']} gCO2e/kWh",
+                ]
             rows += with_run(run, per_run, runs)
             continue
         for rel in ("train", *(f"adapt/{s}" for s in ADAPT_STAGES)):
@@ -251,21 +316,40 @@ def energy_section(runs: list[Run]) -> Section:
             except artifacts.ArtifactError as err:  # e.g. an unknown GPU: say so, keep the rest
                 per_run.append({"stage": rel, "method": f"unavailable: {err}"})
                 continue
-            per_run.append({"stage": rel, "device": e.device, "wall_s": e.wall_s, "method": e.method,
-                            "kWh": e.kwh, "kg CO2e": e.kg_co2e})
+            per_run.append(
+                {
+                    "stage": rel,
+                    "device": e.device,
+                    "wall_s": e.wall_s,
+                    "method": e.method,
+                    "kWh": e.kwh,
+                    "kg CO2e": e.kg_co2e,
+                }
+            )
             if run is runs[0] and rel == "train":
-                notes = [e.method_detail, *e.assumptions, f"PUE {e.pue}, grid {e.grid_gco2e_per_kwh} gCO2e/kWh"]
+                notes = [
+                    e.method_detail,
+                    *e.assumptions,
+                    f"PUE {e.pue}, grid {e.grid_gco2e_per_kwh} gCO2e/kWh",
+                ]
         measured = [r for r in per_run if "kWh" in r]
         if measured:
-            per_run.append({"stage": "total", "wall_s": sum(r["wall_s"] for r in measured),
-                            "kWh": sum(r["kWh"] for r in measured), "kg CO2e": sum(r["kg CO2e"] for r in measured)})
+            per_run.append(
+                {
+                    "stage": "total",
+                    "wall_s": sum(r["wall_s"] for r in measured),
+                    "kWh": sum(r["kWh"] for r in measured),
+                    "kg CO2e": sum(r["kg CO2e"] for r in measured),
+                }
+            )
         rows += with_run(run, per_run, runs)
     if not rows:
         section.missing = "no training metrics (train/metrics.jsonl) to account energy for"
         return section
     section.text = "How the figures were made: " + _esc("; ".join(notes)) + "."
-    section.tables.append(("Energy and emissions per stage (data stages included when the run has pipeline.json)",
-                           rows))
+    section.tables.append(
+        ("Energy and emissions per stage (data stages included when the run has pipeline.json)", rows)
+    )
     return section
 
 
@@ -275,21 +359,29 @@ def energy_section(runs: list[Run]) -> Section:
 def lineage_section(runs: list[Run]) -> Section:
     section = Section("Lineage")
     run = runs[0]
-    final = next((run.path / rel for rel in ("hf", "adapt/rl", "adapt/dpo", "adapt/sft", "train")
-                  if (run.path / rel / artifacts.MANIFEST).is_file()), None)
+    final = next(
+        (
+            run.path / rel
+            for rel in ("hf", "adapt/rl", "adapt/dpo", "adapt/sft", "train")
+            if (run.path / rel / artifacts.MANIFEST).is_file()
+        ),
+        None,
+    )
     if final is None:
         section.missing = "no model artifact in this run"
         return section
     rows: list[dict[str, Any]] = []
 
     def walk(node: dict[str, Any], depth: int) -> None:
-        rows.append({
-            "artifact": "  " * depth + str(node.get("kind")),
-            "path": str(node.get("path")),
-            "manifest sha256": (node.get("manifest_sha256") or "")[:16],
-            "created": node.get("created"),
-            "command": " ".join(node.get("command") or [])[:120],
-        })
+        rows.append(
+            {
+                "artifact": "  " * depth + str(node.get("kind")),
+                "path": str(node.get("path")),
+                "manifest sha256": (node.get("manifest_sha256") or "")[:16],
+                "created": node.get("created"),
+                "command": " ".join(node.get("command") or [])[:120],
+            }
+        )
         for child in node.get("inputs", []):
             walk(child, depth + 1)
 
@@ -297,7 +389,9 @@ def lineage_section(runs: list[Run]) -> Section:
     section.text = f"The final model (<code>{_esc(final)}</code>) and every artifact it was made from, with manifest hashes."
     # The release (glasslm release) runs after the report and ships it: the link is the same whether or not
     # the card exists yet, so the report does not change when the release is made (glasslm reproduce).
-    section.text += (" Model card: <a href='../release/README.md'>release/README.md</a> (made by <code>glasslm "
-                     "release RUN</code>, the pipeline's last stage, which ships this report).")
+    section.text += (
+        " Model card: <a href='../release/README.md'>release/README.md</a> (made by <code>glasslm "
+        "release RUN</code>, the pipeline's last stage, which ships this report)."
+    )
     section.tables.append(("Lineage of the final model", rows))
     return section

@@ -59,8 +59,12 @@ def markdown_table(caption: str, rows: list[dict[str, Any]]) -> list[str]:
 
 def markdown_text(text: str) -> str:
     """Section text (a little HTML) as Markdown: marks in bold, code in backticks, breaks as lines."""
-    text = re.sub(r"<code class='sample'>(.*?)</code>", lambda m: "\n\n    " + m.group(1).replace("\n", "\n    ") + "\n",
-                  text, flags=re.S)
+    text = re.sub(
+        r"<code class='sample'>(.*?)</code>",
+        lambda m: "\n\n    " + m.group(1).replace("\n", "\n    ") + "\n",
+        text,
+        flags=re.S,
+    )
     for tag, md in (("mark", "**"), ("code", "`"), ("b", "**"), ("i", "*")):
         text = text.replace(f"<{tag}>", md).replace(f"</{tag}>", md)
     text = re.sub(r"<br\s*/?>", "\n", text)

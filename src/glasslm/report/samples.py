@@ -88,12 +88,16 @@ def samples_section(runs: list[Run]) -> Section:
     index = None
     try:
         index = trace_index.load_index(trace_index.find_index(run.path))
-        intro = (f" <mark>Marked</mark> text occurs verbatim in the training data (maximal spans of at least "
-                 f"{trace_span.DEFAULT_MIN_LEN} tokens, found with the trace index as in OLMoTrace).")
+        intro = (
+            f" <mark>Marked</mark> text occurs verbatim in the training data (maximal spans of at least "
+            f"{trace_span.DEFAULT_MIN_LEN} tokens, found with the trace index as in OLMoTrace)."
+        )
     except artifacts.ArtifactError as err:
         intro = " Not traced: " + html.escape(str(err))
-    parts = [f"Greedy completions ({MAX_NEW_TOKENS} new tokens at most) of the pretrained and the final model, "
-             "continuing plain text and answering a chat turn." + intro]
+    parts = [
+        f"Greedy completions ({MAX_NEW_TOKENS} new tokens at most) of the pretrained and the final model, "
+        "continuing plain text and answering a chat turn." + intro
+    ]
     rows: list[dict[str, Any]] = []
     try:
         tokenizer = trace_span.load_tokenizer(index) if index is not None else None
@@ -103,22 +107,31 @@ def samples_section(runs: list[Run]) -> Section:
                 shown = html.escape(text)
                 if index is not None and tokenizer is not None and text.strip():
                     try:
-                        traced = trace_span.trace_spans(index, text, min_len=trace_span.DEFAULT_MIN_LEN, max_docs=3)
+                        traced = trace_span.trace_spans(
+                            index, text, min_len=trace_span.DEFAULT_MIN_LEN, max_docs=3
+                        )
                     except trace_span.QueryError as err:
                         shown += f" <i>(not traced: {html.escape(str(err))})</i>"
                     else:
                         shown = highlight(text, traced["spans"], tokenizer)
-                        rows += [{
-                            "sample": f"{model_label} {n}",
-                            "span": s["text"],
-                            "tokens": s["length"],
-                            "occurrences": s["count"],
-                            "documents (id · source)": "; ".join(f"{d['doc_id']} · {d['source']}" for d in s["docs"]),
-                        } for s in traced["spans"]]
+                        rows += [
+                            {
+                                "sample": f"{model_label} {n}",
+                                "span": s["text"],
+                                "tokens": s["length"],
+                                "occurrences": s["count"],
+                                "documents (id · source)": "; ".join(
+                                    f"{d['doc_id']} · {d['source']}" for d in s["docs"]
+                                ),
+                            }
+                            for s in traced["spans"]
+                        ]
                 if not text:
                     shown = "<i>(ended at once: the model's first token was end-of-text)</i>"
-                parts.append(f"{model_label} {n}. prompt <code>{html.escape(label)}</code>"
-                             f"<code class='sample'>{shown}</code>")
+                parts.append(
+                    f"{model_label} {n}. prompt <code>{html.escape(label)}</code>"
+                    f"<code class='sample'>{shown}</code>"
+                )
     finally:
         if index is not None:
             index.close()

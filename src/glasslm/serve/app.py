@@ -61,8 +61,14 @@ class ServeLimits:
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -70,8 +76,13 @@ class APIError(Exception):
         return error_response(self.status, self.message, self.type, self.param, self.code)
 
 
-def error_response(status: int, message: str, type: str = "invalid_request_error",
-                   param: str | None = None, code: str | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> JSONResponse:
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
 
@@ -95,8 +106,9 @@ class APIKeyMiddleware:
             if not secrets.compare_digest(given.encode(), self.api_key):
                 self.server.errors_total += 1
                 what = "Missing" if not header else "Incorrect"
-                response = error_response(401, f"{what} API key: send 'Authorization: Bearer <key>'",
-                                          code="invalid_api_key")
+                response = error_response(
+                    401, f"{what} API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -149,8 +161,12 @@ class BodyLimitMiddleware:
     async def refuse(self, declared: int | None, scope: Scope, receive: Receive, send: Send) -> None:
         self.server.errors_total += 1
         size = f"{declared} bytes" if declared is not None else f"more than {self.limit} bytes"
-        response = error_response(413, f"the request body has {size}; this server accepts at most "
-                                  f"{self.limit} (glasslm serve --max-body-bytes)", code="request_too_large")
+        response = error_response(
+            413,
+            f"the request body has {size}; this server accepts at most "
+            f"{self.limit} (glasslm serve --max-body-bytes)",
+            code="request_too_large",
+        )
         # Unread body bytes cannot be answered on this connection: close it after the reply.
         response.headers["connection"] = "close"
         await response(scope, receive, send)
@@ -211,12 +227,23 @@ class ChatRequest(_Sampling):
 class Server:
     """Turns OpenAI requests into engine requests and engine events into OpenAI responses."""
 
-    def __init__(self, engine: Engine, model_name: str, limits: ServeLimits, tracer: Tracer | None = None,
-                 trace_min_len: int = DEFAULT_MIN_LEN):
+    def __init__(
+        self,
+        engine: Engine,
+        model_name: str,
+        limits: ServeLimits,
+        tracer: Tracer | None = None,
+        trace_min_len: int = DEFAULT_MIN_LEN,
+    ):
         self.tracer, self.trace_min_len = tracer, trace_min_len
         if engine.tokenizer is None:
             raise ValueError("the server needs an engine with a tokenizer")
-        self.engine, self.tokenizer, self.model_name, self.limits = engine, engine.tokenizer, model_name, limits
+        self.engine, self.tokenizer, self.model_name, self.limits = (
+            engine,
+            engine.tokenizer,
+            model_name,
+            limits,
+        )
         self.scheduler = Scheduler(engine, max_queue=limits.max_queue)
         self.created = int(time.time())
         self.requests_total = 0
@@ -232,34 +259,64 @@ class Server:
     # ---- validation shared by both endpoints
     def check_model(self, name: str) -> None:
         if name != self.model_name:
-            raise APIError(404, f"The model '{name}' does not exist; this server serves '{self.model_name}' "
-                           "(see GET /v1/models)", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model '{name}' does not exist; this server serves '{self.model_name}' "
+                "(see GET /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
 
-    def sampling(self, req: _Sampling, max_tokens: int | None, default_max: int, stop_ids: list[int]) -> SamplingParams:
+    def sampling(
+        self, req: _Sampling, max_tokens: int | None, default_max: int, stop_ids: list[int]
+    ) -> SamplingParams:
         if req.presence_penalty or req.frequency_penalty:
-            raise APIError(400, "presence_penalty and frequency_penalty are not supported; use repetition_penalty",
-                           param="presence_penalty")
+            raise APIError(
+                400,
+                "presence_penalty and frequency_penalty are not supported; use repetition_penalty",
+                param="presence_penalty",
+            )
         n_max = max_tokens if max_tokens is not None else min(default_max, self.limits.max_new_tokens)
         if n_max > self.limits.max_new_tokens:
-            raise APIError(400, f"max_tokens is {n_max}; this server allows at most {self.limits.max_new_tokens}",
-                           param="max_tokens", code="max_tokens_exceeded")
+            raise APIError(
+                400,
+                f"max_tokens is {n_max}; this server allows at most {self.limits.max_new_tokens}",
+                param="max_tokens",
+                code="max_tokens_exceeded",
+            )
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise APIError(400, "stop: give up to 4 non-empty strings", param="stop")
-        return SamplingParams(max_new_tokens=n_max, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                              repetition_penalty=req.repetition_penalty, stop=stop, seed=req.seed,
-                              ignore_eos=req.ignore_eos, stop_token_ids=stop_ids)
+        return SamplingParams(
+            max_new_tokens=n_max,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            repetition_penalty=req.repetition_penalty,
+            stop=stop,
+            seed=req.seed,
+            ignore_eos=req.ignore_eos,
+            stop_token_ids=stop_ids,
+        )
 
     def trace_options(self, req: _Sampling) -> TraceOptions | None:
         """The request's tracing options; 400 before any generation if it asks for tracing and there is no index."""
         if req.trace is None or req.trace is False:
             return None
         if self.tracer is None:
-            raise APIError(400, "this server has no trace index, so 'trace' cannot be answered; restart it with "
-                           "one: glasslm trace index RUN, then glasslm serve MODEL --trace RUN",
-                           param="trace", code="trace_unavailable")
+            raise APIError(
+                400,
+                "this server has no trace index, so 'trace' cannot be answered; restart it with "
+                "one: glasslm trace index RUN, then glasslm serve MODEL --trace RUN",
+                param="trace",
+                code="trace_unavailable",
+            )
         options = TraceOptions() if req.trace is True else req.trace
-        return options if options.min_len is not None else options.model_copy(update={"min_len": self.trace_min_len})
+        return (
+            options
+            if options.min_len is not None
+            else options.model_copy(update={"min_len": self.trace_min_len})
+        )
 
     async def trace(self, texts: list[str], options: TraceOptions) -> dict[str, Any]:
         """The ``trace`` object of a response: per choice, its spans found verbatim in the training data."""
@@ -268,18 +325,29 @@ class Server:
         started = time.monotonic()
 
         def run() -> list[dict[str, Any]]:  # CPU-bound binary searches: off the event loop
-            return [{"index": i, **tracer.trace(text, min_len=min_len, max_docs=max_docs)}
-                    for i, text in enumerate(texts)]
+            return [
+                {"index": i, **tracer.trace(text, min_len=min_len, max_docs=max_docs)}
+                for i, text in enumerate(texts)
+            ]
 
         choices = await asyncio.to_thread(run)
-        return {**tracer.describe(), "min_len": min_len, "max_docs": max_docs, "choices": choices,
-                "elapsed_ms": round((time.monotonic() - started) * 1000, 1)}
+        return {
+            **tracer.describe(),
+            "min_len": min_len,
+            "max_docs": max_docs,
+            "choices": choices,
+            "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+        }
 
     def check_prompt(self, ids: list[int]) -> None:
         limit = min(self.limits.max_prompt_tokens, self.engine.max_len - 1)
         if len(ids) > limit:
-            raise APIError(413, f"the prompt has {len(ids)} tokens; this server accepts at most {limit}",
-                           param="prompt", code="context_length_exceeded")
+            raise APIError(
+                413,
+                f"the prompt has {len(ids)} tokens; this server accepts at most {limit}",
+                param="prompt",
+                code="context_length_exceeded",
+            )
         if not ids:
             raise APIError(400, "the prompt is empty", param="prompt")
         vocab = self.engine.config.vocab_size
@@ -288,8 +356,9 @@ class Server:
 
     def submit_all(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[Handle]:
         if len(prompts) * n > self.limits.max_choices:
-            raise APIError(400, f"{len(prompts)} prompts × n={n} choices; at most {self.limits.max_choices}",
-                           param="n")
+            raise APIError(
+                400, f"{len(prompts)} prompts × n={n} choices; at most {self.limits.max_choices}", param="n"
+            )
         handles: list[Handle] = []
         try:
             for ids in prompts:
@@ -340,15 +409,29 @@ class Server:
         return ids
 
     # ---- metrics and logs
-    def record(self, rid: str, handles: list[Handle], out_tokens: int, started: float, first: float | None,
-               reasons: list[str | None]) -> None:
+    def record(
+        self,
+        rid: str,
+        handles: list[Handle],
+        out_tokens: int,
+        started: float,
+        first: float | None,
+        reasons: list[str | None],
+    ) -> None:
         prompt_tokens = sum(h.prompt_tokens for h in handles)
         self.requests_total += 1
         self.tokens_in += prompt_tokens
         self.tokens_out += out_tokens
         ttft = f"{(first - started) * 1000:.0f}ms" if first is not None else "-"
-        log.info("request %s: %d prompt tokens, %d completion tokens, %.0f ms (first token %s), finish %s",
-                 rid, prompt_tokens, out_tokens, (time.monotonic() - started) * 1000, ttft, ",".join(map(str, reasons)))
+        log.info(
+            "request %s: %d prompt tokens, %d completion tokens, %.0f ms (first token %s), finish %s",
+            rid,
+            prompt_tokens,
+            out_tokens,
+            (time.monotonic() - started) * 1000,
+            ttft,
+            ",".join(map(str, reasons)),
+        )
 
     def metrics_text(self) -> str:
         sizes = self.scheduler.batch_sizes
@@ -366,7 +449,9 @@ class Server:
         return "".join(f"{k} {v}\n" for k, v in lines)
 
 
-async def _gather(handles: list[Handle], request: Request, scheduler: Scheduler) -> list[tuple[str, list[Event]]]:
+async def _gather(
+    handles: list[Handle], request: Request, scheduler: Scheduler
+) -> list[tuple[str, list[Event]]]:
     """Wait for every handle to finish, aborting all of them if the client goes away."""
 
     async def collect(h: Handle) -> list[Event]:
@@ -420,9 +505,15 @@ async def _merge(handles: list[Handle]) -> AsyncIterator[tuple[int, Event]]:
             t.cancel()
 
 
-def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
-               limits: ServeLimits | None = None, tracer: Tracer | None = None,
-               trace_min_len: int = DEFAULT_MIN_LEN) -> FastAPI:
+def create_app(
+    engine: Engine,
+    model_name: str,
+    *,
+    api_key: str | None = None,
+    limits: ServeLimits | None = None,
+    tracer: Tracer | None = None,
+    trace_min_len: int = DEFAULT_MIN_LEN,
+) -> FastAPI:
     """The ASGI app. ``api_key`` (or ``$GLASSLM_API_KEY``) turns on bearer-token auth for every path but
     ``/health``;
     ``tracer`` lets requests ask for ``"trace"`` (spans shorter than ``trace_min_len`` tokens unless
@@ -460,8 +551,9 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
         # 400 as OpenAI and vLLM answer (the openai client raises BadRequestError), not FastAPI's 422.
         first = errors[0] if errors else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        message = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg')}"
-                            for e in errors[:5])
+        message = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg')}" for e in errors[:5]
+        )
         return error_response(400, f"invalid request: {message}", param=where or None, code="invalid_value")
 
     @app.exception_handler(Exception)
@@ -476,8 +568,12 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_name, "running": server.scheduler.running,
-                "waiting": server.scheduler.waiting}
+        return {
+            "status": "ok",
+            "model": model_name,
+            "running": server.scheduler.running,
+            "waiting": server.scheduler.waiting,
+        }
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
@@ -485,8 +581,10 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": server.created,
-                                            "owned_by": "glasslm"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": server.created, "owned_by": "glasslm"}],
+        }
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str) -> dict[str, Any]:
@@ -497,20 +595,41 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
     async def completions(body: CompletionRequest, request: Request) -> Any:
         server.check_model(body.model)
         if body.echo or body.logprobs:
-            raise APIError(400, "echo and logprobs are not supported", param="echo" if body.echo else "logprobs")
+            raise APIError(
+                400, "echo and logprobs are not supported", param="echo" if body.echo else "logprobs"
+            )
         trace = server.trace_options(body)
         prompts = await asyncio.to_thread(server.completion_prompts, body)  # off the event loop
         params = server.sampling(body, body.max_tokens, 16, [])  # OpenAI's default max_tokens is 16
         handles = server.submit_all(prompts, body.n, params)
         rid, created, started = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
         if body.stream:
-            return _stream(server, handles, request, rid, started, include_usage=_usage_wanted(body), trace=trace,
-                           chunk=lambda i, delta, reason: {
-                               "id": rid, "object": "text_completion", "created": created, "model": model_name,
-                               "choices": [{"index": i, "text": delta, "logprobs": None, "finish_reason": reason}]})
-        return await _respond(server, handles, request, rid, started, trace,
-                              {"id": rid, "object": "text_completion", "created": created, "model": model_name},
-                              lambda text: {"text": text})
+            return _stream(
+                server,
+                handles,
+                request,
+                rid,
+                started,
+                include_usage=_usage_wanted(body),
+                trace=trace,
+                chunk=lambda i, delta, reason: {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model_name,
+                    "choices": [{"index": i, "text": delta, "logprobs": None, "finish_reason": reason}],
+                },
+            )
+        return await _respond(
+            server,
+            handles,
+            request,
+            rid,
+            started,
+            trace,
+            {"id": rid, "object": "text_completion", "created": created, "model": model_name},
+            lambda text: {"text": text},
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
@@ -524,31 +643,77 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
         handles = server.submit_all([prompt], body.n, params)
         rid, created, started = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
         if body.stream:
+
             def chunk(i: int, delta: str | None, reason: str | None) -> dict[str, Any]:
                 d: dict[str, Any] = {} if delta is None else {"content": delta}
-                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                        "choices": [{"index": i, "delta": d, "logprobs": None, "finish_reason": reason}]}
+                return {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model_name,
+                    "choices": [{"index": i, "delta": d, "logprobs": None, "finish_reason": reason}],
+                }
 
-            first = [{"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                      "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                   "finish_reason": None}]} for i in range(len(handles))]
-            return _stream(server, handles, request, rid, started, include_usage=_usage_wanted(body),
-                           chunk=chunk, first=first, chat=True, trace=trace)
-        return await _respond(server, handles, request, rid, started, trace,
-                              {"id": rid, "object": "chat.completion", "created": created, "model": model_name},
-                              lambda text: {"message": {"role": "assistant", "content": text}})
+            first = [
+                {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model_name,
+                    "choices": [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+                for i in range(len(handles))
+            ]
+            return _stream(
+                server,
+                handles,
+                request,
+                rid,
+                started,
+                include_usage=_usage_wanted(body),
+                chunk=chunk,
+                first=first,
+                chat=True,
+                trace=trace,
+            )
+        return await _respond(
+            server,
+            handles,
+            request,
+            rid,
+            started,
+            trace,
+            {"id": rid, "object": "chat.completion", "created": created, "model": model_name},
+            lambda text: {"message": {"role": "assistant", "content": text}},
+        )
 
     return app
 
 
-async def _respond(server: Server, handles: list[Handle], request: Request, rid: str, started: float,
-                   trace: TraceOptions | None, head: dict[str, Any],
-                   content: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+async def _respond(
+    server: Server,
+    handles: list[Handle],
+    request: Request,
+    rid: str,
+    started: float,
+    trace: TraceOptions | None,
+    head: dict[str, Any],
+    content: Callable[[str], dict[str, Any]],
+) -> dict[str, Any]:
     """The non-streaming body shared by both endpoints: ``head`` + one choice per handle (its ``content``
     under the endpoint's key), usage, and the trace when asked for; the request is logged."""
     results = await _gather(handles, request, server.scheduler)
-    choices = [{"index": i, **content(text), "logprobs": None, "finish_reason": evs[-1].finish_reason}
-               for i, (text, evs) in enumerate(results)]
+    choices = [
+        {"index": i, **content(text), "logprobs": None, "finish_reason": evs[-1].finish_reason}
+        for i, (text, evs) in enumerate(results)
+    ]
     out_tokens = sum(evs[-1].completion_tokens for _, evs in results)
     server.record(rid, handles, out_tokens, started, None, [evs[-1].finish_reason for _, evs in results])
     response = {**head, "choices": choices, "usage": _usage(handles, out_tokens)}
@@ -566,10 +731,19 @@ def _usage(handles: list[Handle], out_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": out_tokens, "total_tokens": prompt + out_tokens}
 
 
-def _stream(server: Server, handles: list[Handle], request: Request, rid: str, started: float, *,
-            include_usage: bool, chunk: Callable[[int, Any, str | None], dict[str, Any]],
-            first: list[dict[str, Any]] | None = None, chat: bool = False,
-            trace: TraceOptions | None = None) -> StreamingResponse:
+def _stream(
+    server: Server,
+    handles: list[Handle],
+    request: Request,
+    rid: str,
+    started: float,
+    *,
+    include_usage: bool,
+    chunk: Callable[[int, Any, str | None], dict[str, Any]],
+    first: list[dict[str, Any]] | None = None,
+    chat: bool = False,
+    trace: TraceOptions | None = None,
+) -> StreamingResponse:
     """Server-sent events: one chunk per text delta, a last chunk per choice with its finish reason,
     optionally a usage chunk, optionally a chunk with ``trace`` (and no choices), then ``data: [DONE]``. A client that disconnects cancels this generator,
     whose ``finally`` aborts the requests so their slots free up at the next step."""
@@ -592,14 +766,26 @@ def _stream(server: Server, handles: list[Handle], request: Request, rid: str, s
                     reasons[i] = event.finish_reason
                     yield _sse(chunk(i, None if chat else "", event.finish_reason))
             if include_usage:
-                usage: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                         "created": int(time.time()), "model": server.model_name, "choices": [],
-                         "usage": _usage(handles, out_tokens)}
+                usage: dict[str, Any] = {
+                    "id": rid,
+                    "object": "chat.completion.chunk" if chat else "text_completion",
+                    "created": int(time.time()),
+                    "model": server.model_name,
+                    "choices": [],
+                    "usage": _usage(handles, out_tokens),
+                }
                 yield _sse(usage)
             if trace is not None:
-                yield _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                            "created": int(time.time()), "model": server.model_name, "choices": [],
-                            "trace": await server.trace(texts, trace)})
+                yield _sse(
+                    {
+                        "id": rid,
+                        "object": "chat.completion.chunk" if chat else "text_completion",
+                        "created": int(time.time()),
+                        "model": server.model_name,
+                        "choices": [],
+                        "trace": await server.trace(texts, trace),
+                    }
+                )
             yield "data: [DONE]\n\n"
         except Exception as e:  # the engine failed mid-stream: tell the client in OpenAI's error shape
             server.errors_total += 1
@@ -609,5 +795,8 @@ def _stream(server: Server, handles: list[Handle], request: Request, rid: str, s
                 server.scheduler.abort(h)
             server.record(rid, handles, out_tokens, started, first_token, reasons)
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

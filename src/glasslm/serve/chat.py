@@ -10,8 +10,10 @@ from glasslm.model.generate import Engine, SamplingParams
 from glasslm.serve.tracing import DEFAULT_MIN_LEN, ENABLE_HINT, Tracer, format_trace
 from glasslm.tokenizer import ROLE_TOKENS
 
-HELP = ("commands: /reset (forget the conversation), /trace [MIN_LEN] (the last reply's spans found verbatim "
-        "in the training data), /exit (or Ctrl-D) to leave")
+HELP = (
+    "commands: /reset (forget the conversation), /trace [MIN_LEN] (the last reply's spans found verbatim "
+    "in the training data), /exit (or Ctrl-D) to leave"
+)
 
 
 @dataclass
@@ -45,7 +47,9 @@ class ChatSession:
         room = self.engine.max_len - 1 - len(ids)
         if room < 1:
             self.messages.pop()
-            raise ValueError(f"the conversation has {len(ids)} tokens, the model holds {self.engine.max_len}: /reset")
+            raise ValueError(
+                f"the conversation has {len(ids)} tokens, the model holds {self.engine.max_len}: /reset"
+            )
         params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
         parts = []
         for event in self.engine.stream(ids, params):
@@ -107,7 +111,7 @@ def run_chat(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = s
 
 
 def _trace_command(session: ChatSession, command: str) -> str:
-    arg = command[len("/trace"):].strip()
+    arg = command[len("/trace") :].strip()
     if arg and not (arg.isdigit() and int(arg) >= 1):
         return f"(usage: /trace [MIN_LEN], MIN_LEN a number of tokens >= 1; got {arg!r})"
     return session.trace_last(int(arg) if arg else None)

@@ -20,11 +20,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("generate", help="complete prompts with a model (KV-cache, batched)",
-                       description="Complete one or more prompts. One prompt streams to the terminal; "
-                       "several are generated as one batch.", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.epilog = ('example:\n  glasslm generate runs/demo --prompt "Once upon a time" --max-new-tokens 64 '
-                "--temperature 0.8 --top-p 0.95 --seed 0")
+    p = sub.add_parser(
+        "generate",
+        help="complete prompts with a model (KV-cache, batched)",
+        description="Complete one or more prompts. One prompt streams to the terminal; "
+        "several are generated as one batch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.epilog = (
+        'example:\n  glasslm generate runs/demo --prompt "Once upon a time" --max-new-tokens 64 '
+        "--temperature 0.8 --top-p 0.95 --seed 0"
+    )
     _model_args(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     p.add_argument("--prompt-file", type=Path, default=None, help="more prompts, one per line")
@@ -33,55 +39,96 @@ def register(sub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("chat", help="chat with a model in the terminal (/reset, /exit)",
-                       description="Interactive chat: history, OLMo-2 chat template, streamed replies. "
-                       "Type /reset to start over, /trace to see which parts of the last reply occur verbatim in the "
-                       "training data (needs a trace index), and /exit (or Ctrl-D) to leave.")
+    p = sub.add_parser(
+        "chat",
+        help="chat with a model in the terminal (/reset, /exit)",
+        description="Interactive chat: history, OLMo-2 chat template, streamed replies. "
+        "Type /reset to start over, /trace to see which parts of the last reply occur verbatim in the "
+        "training data (needs a trace index), and /exit (or Ctrl-D) to leave.",
+    )
     _model_args(p)
     p.add_argument("--system", default=None, help="system message at the start of the conversation")
     _sampling_args(p, default_max=256, default_temperature=0.7)
     _trace_args(p, "/trace shows the last reply's spans found verbatim in the training data")
     p.set_defaults(func=_chat)
 
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
-                       description="Serve /v1/completions, /v1/chat/completions (streaming too), /v1/models, "
-                       "/health and /metrics.", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.epilog = ("example:\n  glasslm serve runs/demo --port 8000 --api-key secret\n"
-                "  curl -H 'Authorization: Bearer secret' localhost:8000/v1/models")
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server with continuous batching",
+        description="Serve /v1/completions, /v1/chat/completions (streaming too), /v1/models, "
+        "/health and /metrics.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.epilog = (
+        "example:\n  glasslm serve runs/demo --port 8000 --api-key secret\n"
+        "  curl -H 'Authorization: Bearer secret' localhost:8000/v1/models"
+    )
     _model_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every path but /health, "
-                   "/docs and /openapi.json included (or set $GLASSLM_API_KEY)")
-    p.add_argument("--model-name", default=None, help="the model id clients send (default: the model folder's name)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every path but /health, "
+        "/docs and /openapi.json included (or set $GLASSLM_API_KEY)",
+    )
+    p.add_argument(
+        "--model-name", default=None, help="the model id clients send (default: the model folder's name)"
+    )
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (cache slots)")
-    p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond the batch; more get 429")
+    p.add_argument(
+        "--max-queue", type=int, default=64, help="waiting requests beyond the batch; more get 429"
+    )
     p.add_argument("--max-prompt-tokens", type=int, default=2048, help="longer prompts get 413")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="a larger max_tokens gets 400")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20,
-                   help="larger request bodies get 413 before they are read (default 1 MiB)")
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=1 << 20,
+        help="larger request bodies get 413 before they are read (default 1 MiB)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    _trace_args(p, 'requests with "trace": true get the spans of their output found verbatim in the training data')
+    _trace_args(
+        p, 'requests with "trace": true get the spans of their output found verbatim in the training data'
+    )
     p.set_defaults(func=_serve)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, help="checkpoint, training run, run directory or HF folder")
-    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json if the model does not carry one")
+    p.add_argument(
+        "--tokenizer", type=Path, default=None, help="tokenizer.json if the model does not carry one"
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: bfloat16 on GPU, float32 on CPU")
-    p.add_argument("--max-len", type=int, default=None, help="cache length per request (default: model's max)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step (compiles at start-up; eager if compiling fails)")
+    p.add_argument(
+        "--dtype", default="auto", choices=["auto", *DTYPES], help="auto: bfloat16 on GPU, float32 on CPU"
+    )
+    p.add_argument(
+        "--max-len", type=int, default=None, help="cache length per request (default: model's max)"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the decode step (compiles at start-up; eager if compiling fails)",
+    )
 
 
 def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
     from glasslm.serve.tracing import DEFAULT_MIN_LEN
 
-    p.add_argument("--trace", type=Path, default=None, metavar="INDEX_OR_RUN",
-                   help=f"trace index (or a run directory holding trace_index/): {what}; default: the "
-                   "trace_index beside MODEL when MODEL is a run directory")
-    p.add_argument("--trace-min-len", type=int, default=DEFAULT_MIN_LEN, help="shortest span traced, in tokens")
+    p.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="INDEX_OR_RUN",
+        help=f"trace index (or a run directory holding trace_index/): {what}; default: the "
+        "trace_index beside MODEL when MODEL is a run directory",
+    )
+    p.add_argument(
+        "--trace-min-len", type=int, default=DEFAULT_MIN_LEN, help="shortest span traced, in tokens"
+    )
 
 
 def _tracer(args: argparse.Namespace) -> Any:
@@ -107,9 +154,16 @@ def _sampling_args(p: argparse.ArgumentParser, default_max: int, default_tempera
 
 
 def _params(args: argparse.Namespace) -> SamplingParams:
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=list(args.stop),
-                            seed=args.seed, ignore_eos=args.ignore_eos)
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        stop=list(args.stop),
+        seed=args.seed,
+        ignore_eos=args.ignore_eos,
+    )
     try:
         params.validate()
     except ValueError as e:
@@ -119,7 +173,9 @@ def _params(args: argparse.Namespace) -> SamplingParams:
 
 def build_engine(args: argparse.Namespace, max_batch: int = 8) -> tuple[Engine, Path]:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype_name = (
+        args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    )
     loaded = load_model(args.model, device=device, dtype=DTYPES[dtype_name])
     tok_path = args.tokenizer or loaded.tokenizer_path
     if tok_path is None:
@@ -141,8 +197,12 @@ def _generate(args: argparse.Namespace) -> int:
     params = _params(args)
     engine, model_dir = build_engine(args, max_batch=min(len(prompts), 32))
     tok = engine.tokenizer
-    inputs = [tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True) if args.chat
-              else tok.encode(p) for p in prompts]
+    inputs = [
+        tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)
+        if args.chat
+        else tok.encode(p)
+        for p in prompts
+    ]
     try:
         if len(prompts) == 1 and not args.json:
             sys.stdout.write(prompts[0] if not args.chat else "")
@@ -157,14 +217,24 @@ def _generate(args: argparse.Namespace) -> int:
     data = {
         "model": str(model_dir),
         "params": {k: v for k, v in params.__dict__.items() if k != "stop_token_ids"},
-        "results": [{"prompt": p, "text": r.text, "finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,
-                     "completion_tokens": r.completion_tokens, "token_ids": r.token_ids}
-                    for p, r in zip(prompts, results, strict=True)],
+        "results": [
+            {
+                "prompt": p,
+                "text": r.text,
+                "finish_reason": r.finish_reason,
+                "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens,
+                "token_ids": r.token_ids,
+            }
+            for p, r in zip(prompts, results, strict=True)
+        ],
     }
 
     def render(d: dict[str, Any]) -> str:
-        blocks = [f"=== {i}: {r['finish_reason']}, {r['completion_tokens']} tokens ===\n{r['prompt']}{r['text']}"
-                  for i, r in enumerate(d["results"])]
+        blocks = [
+            f"=== {i}: {r['finish_reason']}, {r['completion_tokens']} tokens ===\n{r['prompt']}{r['text']}"
+            for i, r in enumerate(d["results"])
+        ]
         return "\n".join(blocks)
 
     emit(args, data, render)
@@ -176,7 +246,9 @@ def _chat(args: argparse.Namespace) -> int:
 
     tracer = _tracer(args)
     engine, _ = build_engine(args, max_batch=1)
-    session = ChatSession(engine, _params(args), system=args.system, tracer=tracer, trace_min_len=args.trace_min_len)
+    session = ChatSession(
+        engine, _params(args), system=args.system, tracer=tracer, trace_min_len=args.trace_min_len
+    )
     try:
         return run_chat(session)
     finally:
@@ -189,17 +261,25 @@ def _serve(args: argparse.Namespace) -> int:
 
     from glasslm.serve.app import ServeLimits, create_app
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.max_body_bytes < 1:
         raise ConfigError(f"--max-body-bytes must be at least 1, got {args.max_body_bytes}")
     tracer = _tracer(args)
     engine, model_dir = build_engine(args, max_batch=args.max_batch)
     name = args.model_name or Path(args.model).resolve().name
-    limits = ServeLimits(max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
-                         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes)
-    app = create_app(engine, name, api_key=args.api_key, limits=limits, tracer=tracer,
-                     trace_min_len=args.trace_min_len)
-    logging.getLogger("glasslm.serve").info("serving %s (from %s) on http://%s:%d/v1", name, model_dir,
-                                            args.host, args.port)
+    limits = ServeLimits(
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_new_tokens=args.max_new_tokens,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+    )
+    app = create_app(
+        engine, name, api_key=args.api_key, limits=limits, tracer=tracer, trace_min_len=args.trace_min_len
+    )
+    logging.getLogger("glasslm.serve").info(
+        "serving %s (from %s) on http://%s:%d/v1", name, model_dir, args.host, args.port
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -77,8 +77,10 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         with self._lock:
             if self.engine.num_waiting >= self.max_queue:
-                raise QueueFull(f"{self.engine.num_waiting} requests are already waiting (limit {self.max_queue}); "
-                                "retry later")
+                raise QueueFull(
+                    f"{self.engine.num_waiting} requests are already waiting (limit {self.max_queue}); "
+                    "retry later"
+                )
             request_id = self.engine.add(prompt, params)
             handle = Handle(request_id, len(prompt), loop)
             self._handles[request_id] = handle

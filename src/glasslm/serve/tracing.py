@@ -51,7 +51,9 @@ class Tracer:
     def close(self) -> None:
         self.index.close()
 
-    def trace(self, text: str, min_len: int = DEFAULT_MIN_LEN, max_docs: int = DEFAULT_MAX_DOCS) -> dict[str, Any]:
+    def trace(
+        self, text: str, min_len: int = DEFAULT_MIN_LEN, max_docs: int = DEFAULT_MAX_DOCS
+    ) -> dict[str, Any]:
         """``glasslm trace span``'s answer for ``text`` with each span's ``start``/``end`` as character
         offsets in ``text`` (``token_start``/``token_end``: positions in the index tokenizer's tokens).
 
@@ -61,36 +63,62 @@ class Tracer:
         result: dict[str, Any] = {"n_tokens": 0, "covered_tokens": 0, "covered_chars": 0, "spans": []}
         with self._lock:
             try:
-                data = span_mod.trace_spans(self.index, text, min_len=min_len, max_docs=max_docs, steps=self.steps,
-                                            tokenizer=self.tokenizer)
+                data = span_mod.trace_spans(
+                    self.index,
+                    text,
+                    min_len=min_len,
+                    max_docs=max_docs,
+                    steps=self.steps,
+                    tokenizer=self.tokenizer,
+                )
             except span_mod.QueryError as e:
                 return {**result, "error": str(e)}
             offsets = self.tokenizer.hf.encode(text, add_special_tokens=False).offsets
         if len(offsets) != data["n_tokens"]:  # both tokenize with the index's tokenizer; guard the pairing
-            raise RuntimeError(f"tokenization of the traced text changed between calls ({len(offsets)} vs "
-                               f"{data['n_tokens']} tokens)")
+            raise RuntimeError(
+                f"tokenization of the traced text changed between calls ({len(offsets)} vs "
+                f"{data['n_tokens']} tokens)"
+            )
         covered = [False] * len(text)
         spans = []
         for s in data["spans"]:
             start, end = offsets[s["start"]][0], offsets[s["end"] - 1][1]
             covered[start:end] = [True] * (end - start)
-            spans.append({
-                "start": start,
-                "end": end,
-                "text": text[start:end],
-                "token_start": s["start"],
-                "token_end": s["end"],
-                "length": s["length"],
-                "count": s["count"],
-                "docs": [{"doc_id": d["doc_id"], "source": d["source"], "snippet": d["snippet"],
-                          "offset": d["offset"], "steps": d["steps"]} for d in s["docs"]],
-            })
-        return {"n_tokens": data["n_tokens"], "covered_tokens": data["covered_tokens"],
-                "covered_chars": sum(covered), "spans": spans}
+            spans.append(
+                {
+                    "start": start,
+                    "end": end,
+                    "text": text[start:end],
+                    "token_start": s["start"],
+                    "token_end": s["end"],
+                    "length": s["length"],
+                    "count": s["count"],
+                    "docs": [
+                        {
+                            "doc_id": d["doc_id"],
+                            "source": d["source"],
+                            "snippet": d["snippet"],
+                            "offset": d["offset"],
+                            "steps": d["steps"],
+                        }
+                        for d in s["docs"]
+                    ],
+                }
+            )
+        return {
+            "n_tokens": data["n_tokens"],
+            "covered_tokens": data["covered_tokens"],
+            "covered_chars": sum(covered),
+            "spans": spans,
+        }
 
     def describe(self) -> dict[str, Any]:
         """What every traced response carries once: which index, whether steps are known and why not."""
-        return {"index": str(self.path), "steps_available": self.steps is not None, "steps_note": self.steps_note}
+        return {
+            "index": str(self.path),
+            "steps_available": self.steps is not None,
+            "steps_note": self.steps_note,
+        }
 
 
 def open_tracer(explicit: Path | None, model: Path) -> Tracer | None:
@@ -112,18 +140,27 @@ def open_tracer(explicit: Path | None, model: Path) -> Tracer | None:
         return None
 
 
-def format_trace(result: dict[str, Any], min_len: int, steps_note: str | None = None, max_docs: int = 3) -> str:
+def format_trace(
+    result: dict[str, Any], min_len: int, steps_note: str | None = None, max_docs: int = 3
+) -> str:
     """A compact terminal rendering: one line per span, then one line per document."""
     if result.get("error"):
         return f"trace: cannot trace this text: {result['error']}"
     spans = result["spans"]
-    lines = [f"trace: {len(spans)} span(s) of >= {min_len} tokens; {result['covered_tokens']}/{result['n_tokens']} "
-             "tokens of the reply occur verbatim in the training data"]
+    lines = [
+        f"trace: {len(spans)} span(s) of >= {min_len} tokens; {result['covered_tokens']}/{result['n_tokens']} "
+        "tokens of the reply occur verbatim in the training data"
+    ]
     for s in spans:
-        lines.append(f"  [{s['start']}:{s['end']}] {s['text']!r} ({s['length']} tokens, {s['count']:,} occurrence(s))")
+        lines.append(
+            f"  [{s['start']}:{s['end']}] {s['text']!r} ({s['length']} tokens, {s['count']:,} occurrence(s))"
+        )
         for d in s["docs"][:max_docs]:
-            steps = "steps -" if d["steps"] is None else (
-                f"steps {_compact(d['steps'])}" if d["steps"] else "not trained on")
+            steps = (
+                "steps -"
+                if d["steps"] is None
+                else (f"steps {_compact(d['steps'])}" if d["steps"] else "not trained on")
+            )
             snippet = " ".join(d["snippet"].split())
             lines.append(f"    {d['doc_id']} ({d['source']}; {steps}): {snippet[:160]}")
         if len(s["docs"]) > max_docs:

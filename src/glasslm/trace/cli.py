@@ -41,19 +41,27 @@ def register(sub: Any) -> None:
     p.add_argument("--max-docs", type=int, default=span_mod.MAX_DOCS, help="documents listed per span")
     add_json_flag(p)
 
-    p = sub.add_parser("energy", help="energy (kWh) and carbon (kg CO2e) of a pipeline run or a training run",
-                       description="energy (kWh) and carbon (kg CO2e), with the method stated: of every stage of "
-                       "a pipeline run (RUN with pipeline.json; data stages included), or of one training run")
+    p = sub.add_parser(
+        "energy",
+        help="energy (kWh) and carbon (kg CO2e) of a pipeline run or a training run",
+        description="energy (kWh) and carbon (kg CO2e), with the method stated: of every stage of "
+        "a pipeline run (RUN with pipeline.json; data stages included), or of one training run",
+    )
     p.set_defaults(func=_energy)
     p.add_argument("run", type=Path, help="pipeline run directory (every stage), or a training run")
     add_config_options(p)
-    p.epilog = (p.epilog or "") + "\nKeys: energy.pue, energy.grid_gco2e_per_kwh, energy.cpu_watts_per_core, " \
+    p.epilog = (
+        (p.epilog or "") + "\nKeys: energy.pue, energy.grid_gco2e_per_kwh, energy.cpu_watts_per_core, "
         "energy.tdp_watts.<GPU name>"
+    )
     add_json_flag(p)
 
-    p = sub.add_parser("reproduce", help="re-run the glasslm verb recorded for an artifact; compare outputs",
-                       description="re-run the glasslm verb recorded in DIR/manifest.json with its recorded "
-                       "config and inputs; exit 0 if every output file hashes identically, 1 otherwise")
+    p = sub.add_parser(
+        "reproduce",
+        help="re-run the glasslm verb recorded for an artifact; compare outputs",
+        description="re-run the glasslm verb recorded in DIR/manifest.json with its recorded "
+        "config and inputs; exit 0 if every output file hashes identically, 1 otherwise",
+    )
     p.set_defaults(func=_reproduce)
     p.add_argument("path", type=Path, help="artifact directory")
     p.add_argument("--keep", type=Path, default=None, help="keep the re-run's output in this directory")
@@ -78,8 +86,10 @@ def _index(args: argparse.Namespace) -> int:
         out = args.source / "trace_index"
     path = index_mod.build_index(args.source, out)
     index = index_mod.load_index(path)
-    print(f"wrote {path}: {index.n_tokens:,} tokens, {len(index.doc_offset):,} documents "
-          f"(suffix array built in {index.manifest['metrics']['sa_build_seconds']} s)")
+    print(
+        f"wrote {path}: {index.n_tokens:,} tokens, {len(index.doc_offset):,} documents "
+        f"(suffix array built in {index.manifest['metrics']['sa_build_seconds']} s)"
+    )
     index.close()
     return 0
 
@@ -121,14 +131,23 @@ def _span(args: argparse.Namespace) -> int:
 
 
 def _render_spans(d: dict[str, Any]) -> str:
-    lines = [f"{len(d['spans'])} span(s) of >= {d['min_len']} tokens; {d['covered_tokens']}/{d['n_tokens']} "
-             f"output tokens occur verbatim in the training data"]
+    lines = [
+        f"{len(d['spans'])} span(s) of >= {d['min_len']} tokens; {d['covered_tokens']}/{d['n_tokens']} "
+        f"output tokens occur verbatim in the training data"
+    ]
     for s in d["spans"]:
-        lines.append(f"\n[{s['start']}:{s['end']}] {s['length']} tokens, {s['count']:,} occurrence(s): {s['text']!r}")
+        lines.append(
+            f"\n[{s['start']}:{s['end']}] {s['length']} tokens, {s['count']:,} occurrence(s): {s['text']!r}"
+        )
         rows = [
-            {"doc_id": h["doc_id"], "source": h["source"],
-             "steps": "-" if h["steps"] is None else (",".join(map(str, h["steps"][:8])) or "not trained on"),
-             "snippet": h["snippet"].replace("\n", " ")[:160]}
+            {
+                "doc_id": h["doc_id"],
+                "source": h["source"],
+                "steps": "-"
+                if h["steps"] is None
+                else (",".join(map(str, h["steps"][:8])) or "not trained on"),
+                "snippet": h["snippet"].replace("\n", " ")[:160],
+            }
             for h in s["docs"]
         ]
         lines.append(format_table(rows))
@@ -143,7 +162,10 @@ def _energy(args: argparse.Namespace) -> int:
         data = energy_mod.pipeline_energy(args.run, config)
 
         def render_all(d: dict[str, Any]) -> str:
-            rows = [{k: s.get(k) for k in ("stage", "wall_s", "method", "kwh", "kg_co2e", "device")} for s in d["stages"]]
+            rows = [
+                {k: s.get(k) for k in ("stage", "wall_s", "method", "kwh", "kg_co2e", "device")}
+                for s in d["stages"]
+            ]
             rows.append({"stage": "total", "wall_s": d["wall_s"], "kwh": d["kwh"], "kg_co2e": d["kg_co2e"]})
             text = f"{d['run']}: every stage of the pipeline\n" + format_table(rows)
             text += f"\nPUE {d['pue']}, grid {d['grid_gco2e_per_kwh']} gCO2e/kWh"
@@ -154,9 +176,21 @@ def _energy(args: argparse.Namespace) -> int:
     report = energy_mod.run_energy(args.run, config)
 
     def render(d: dict[str, Any]) -> str:
-        rows = [{"quantity": k, "value": d[k]} for k in (
-            "device", "world_size", "wall_s", "device_hours", "method", "device_kwh", "pue", "kwh",
-            "grid_gco2e_per_kwh", "kg_co2e")]
+        rows = [
+            {"quantity": k, "value": d[k]}
+            for k in (
+                "device",
+                "world_size",
+                "wall_s",
+                "device_hours",
+                "method",
+                "device_kwh",
+                "pue",
+                "kwh",
+                "grid_gco2e_per_kwh",
+                "kg_co2e",
+            )
+        ]
         rows += [{"quantity": f"measured kWh: {k}", "value": v} for k, v in d["sources_kwh"].items()]
         text = f"{d['run']}\n" + format_table(rows) + f"\nmethod: {d['method_detail']}"
         return text + "".join(f"\nassumes: {a}" for a in d["assumptions"])
@@ -182,8 +216,11 @@ def _reproduce(args: argparse.Namespace) -> int:
             lines.append(format_table([{"file": f["path"], "status": f["status"]} for f in d["files"]]))
         if d["problems"] and d["output"]:
             lines.append("re-run output (tail):\n" + d["output"])
-        lines.append("IDENTICAL" if d["identical"] else
-                     f"NOT IDENTICAL: {', '.join(d['differing']) or 'see problems above'}")
+        lines.append(
+            "IDENTICAL"
+            if d["identical"]
+            else f"NOT IDENTICAL: {', '.join(d['differing']) or 'see problems above'}"
+        )
         return "\n".join(lines)
 
     emit(args, data, render)

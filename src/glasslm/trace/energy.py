@@ -128,7 +128,9 @@ def _run_facts(run: Path, rows: list[dict[str, Any]]) -> tuple[float, str, int, 
     walls = [w for r in rows if (w := _num(r.get("wall_s"))) is not None]
     wall = _num(metrics.get("wall_s")) or (max(walls) if walls else None)
     if wall is None:
-        raise ArtifactError(f"{run}: no wall time recorded (no wall_s in manifest.json metrics or metrics.jsonl)")
+        raise ArtifactError(
+            f"{run}: no wall time recorded (no wall_s in manifest.json metrics or metrics.jsonl)"
+        )
     energies = [e for r in rows if (e := _num(r.get("energy_j"))) is not None]
     energy = _num(metrics.get("energy_j"))
     if energy is None and energies:
@@ -162,7 +164,10 @@ def tdp_estimate(device: str, world: int, wall_s: float, config: EnergyConfig) -
             raise ArtifactError(f"device '{device}': core count unknown; cannot estimate CPU power")
         watts = config.cpu_watts_per_core * cores
         # Processes of a CPU run share the one machine's cores: count the cores once.
-        return watts * wall_s, f"TDP estimate: {config.cpu_watts_per_core:g} W/core × {cores} cores × wall time"
+        return (
+            watts * wall_s,
+            f"TDP estimate: {config.cpu_watts_per_core:g} W/core × {cores} cores × wall time",
+        )
     match = next((k for k in sorted(config.tdp_watts, key=len, reverse=True) if k in device), None)
     if match is None:
         raise ArtifactError(
@@ -255,8 +260,10 @@ def pipeline_energy(run_dir: str | Path, config: EnergyConfig | None = None) -> 
     run = Path(run_dir)
     state_file = run / "pipeline.json"
     if not state_file.is_file():
-        raise ArtifactError(f"{run}: not a pipeline run (no pipeline.json); `glasslm energy` on a training run "
-                            "counts that training only")
+        raise ArtifactError(
+            f"{run}: not a pipeline run (no pipeline.json); `glasslm energy` on a training run "
+            "counts that training only"
+        )
     state = json.loads(state_file.read_text())
     stages: list[dict[str, Any]] = []
     assumptions: list[str] = []
@@ -265,8 +272,16 @@ def pipeline_energy(run_dir: str | Path, config: EnergyConfig | None = None) -> 
             continue
         if name in TRAINING_STAGES and (run / TRAINING_STAGES[name] / "metrics.jsonl").is_file():
             e = run_energy(run / TRAINING_STAGES[name], config)
-            stages.append({"stage": name, "device": e.device, "wall_s": e.wall_s, "method": e.method,
-                           "kwh": e.kwh, "kg_co2e": e.kg_co2e})
+            stages.append(
+                {
+                    "stage": name,
+                    "device": e.device,
+                    "wall_s": e.wall_s,
+                    "method": e.method,
+                    "kwh": e.kwh,
+                    "kg_co2e": e.kg_co2e,
+                }
+            )
             continue
         device = info.get("cpu")
         if device is None:
@@ -277,10 +292,27 @@ def pipeline_energy(run_dir: str | Path, config: EnergyConfig | None = None) -> 
         seconds = float(info.get("seconds") or 0.0)
         joules, _ = tdp_estimate(device, 1, seconds, config)
         kwh = joules / 3.6e6 * config.pue
-        stages.append({"stage": name, "device": device, "wall_s": seconds, "method": "tdp-estimate",
-                       "kwh": kwh, "kg_co2e": kwh * config.grid_gco2e_per_kwh / 1000})
-    assumptions.append(f"non-training stages: {config.cpu_watts_per_core:g} W/core x cores x the stage's wall time")
+        stages.append(
+            {
+                "stage": name,
+                "device": device,
+                "wall_s": seconds,
+                "method": "tdp-estimate",
+                "kwh": kwh,
+                "kg_co2e": kwh * config.grid_gco2e_per_kwh / 1000,
+            }
+        )
+    assumptions.append(
+        f"non-training stages: {config.cpu_watts_per_core:g} W/core x cores x the stage's wall time"
+    )
     total_kwh = sum(s["kwh"] for s in stages)
-    return {"run": str(run), "stages": stages, "wall_s": sum(s["wall_s"] for s in stages), "kwh": total_kwh,
-            "kg_co2e": total_kwh * config.grid_gco2e_per_kwh / 1000, "pue": config.pue,
-            "grid_gco2e_per_kwh": config.grid_gco2e_per_kwh, "assumptions": assumptions}
+    return {
+        "run": str(run),
+        "stages": stages,
+        "wall_s": sum(s["wall_s"] for s in stages),
+        "kwh": total_kwh,
+        "kg_co2e": total_kwh * config.grid_gco2e_per_kwh / 1000,
+        "pue": config.pue,
+        "grid_gco2e_per_kwh": config.grid_gco2e_per_kwh,
+        "assumptions": assumptions,
+    }

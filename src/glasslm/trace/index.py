@@ -75,9 +75,13 @@ def resolve_sources(path: str | Path) -> tuple[Path, Path | None]:
             return path, None
         if kind == "train_run":
             return _tokens_of_run(path), path
-        raise ArtifactError(f"{path}: is a '{kind}' artifact; give a tokens artifact, a training run or a run directory")
+        raise ArtifactError(
+            f"{path}: is a '{kind}' artifact; give a tokens artifact, a training run or a run directory"
+        )
     if not path.is_dir():
-        raise ArtifactError(f"{path}: no such directory (expected a tokens artifact, a training run or a run directory)")
+        raise ArtifactError(
+            f"{path}: no such directory (expected a tokens artifact, a training run or a run directory)"
+        )
     run = path / "train"
     if (run / artifacts.MANIFEST).is_file() and artifacts.read_manifest(run).get("kind") == "train_run":
         return _tokens_of_run(run), run
@@ -87,7 +91,9 @@ def resolve_sources(path: str | Path) -> tuple[Path, Path | None]:
 def _tokens_of_run(run: Path) -> Path:
     config_file = run / "config.yaml"
     if not config_file.is_file():
-        raise ArtifactError(f"{run}: training run without config.yaml; cannot tell which tokens it trained on")
+        raise ArtifactError(
+            f"{run}: training run without config.yaml; cannot tell which tokens it trained on"
+        )
     config = yaml.safe_load(config_file.read_text()) or {}
     tokens = (config.get("data") or {}).get("tokens")
     if not tokens:
@@ -107,7 +113,9 @@ def read_stream(tokens_dir: Path, split: str = "train") -> TokenStream:
     arrays = [np.load(p, mmap_mode="r") for p in parts]
     dtypes = {a.dtype for a in arrays}
     if len(dtypes) != 1 or next(iter(dtypes)) not in (np.dtype(np.uint16), np.dtype(np.uint32)):
-        raise ArtifactError(f"{split_dir}: parts must all be uint16 or all uint32, found {sorted(map(str, dtypes))}")
+        raise ArtifactError(
+            f"{split_dir}: parts must all be uint16 or all uint32, found {sorted(map(str, dtypes))}"
+        )
     starts = np.cumsum([0] + [len(a) for a in arrays])[:-1]
     part_offset = {int(p.stem.split("-")[1]): int(off) for p, off in zip(parts, starts, strict=True)}
     tokens = np.concatenate(arrays) if len(arrays) > 1 else np.asarray(arrays[0])
@@ -115,7 +123,9 @@ def read_stream(tokens_dir: Path, split: str = "train") -> TokenStream:
     part = np.asarray(table["part"], dtype=np.int64)
     missing = set(np.unique(part).tolist()) - set(part_offset)
     if missing:
-        raise ArtifactError(f"{split_dir}/index.parquet: names parts {sorted(missing)} that have no .npy file")
+        raise ArtifactError(
+            f"{split_dir}/index.parquet: names parts {sorted(missing)} that have no .npy file"
+        )
     start = np.asarray(table["start"], dtype=np.int64)
     offset = np.array([part_offset[p] for p in part.tolist()], dtype=np.int64) + start
     order = np.argsort(offset, kind="stable")
@@ -170,8 +180,10 @@ def build_index(source: str | Path, out: str | Path) -> Path:
         big_endian = stream.tokens.astype(stream.tokens.dtype.newbyteorder(">"))
         big_endian.tofile(art.path / STREAM)
         np.save(art.path / SUFFIX_ARRAY, sa)
-        pq.write_table(pa.table({k: list(v) if v.dtype == object else v for k, v in stream.docs.items()}),
-                       art.path / DOCS)
+        pq.write_table(
+            pa.table({k: list(v) if v.dtype == object else v for k, v in stream.docs.items()}),
+            art.path / DOCS,
+        )
         shutil.copyfile(tokenizer, art.path / TOKENIZER)
         art.metrics.update(
             n_tokens=int(len(stream.tokens)),
@@ -216,9 +228,13 @@ class SuffixIndex:
         self.sa = np.load(path / SUFFIX_ARRAY, mmap_mode="r")
         self._file = open(path / STREAM, "rb")  # noqa: SIM115 (lives as long as the mmap)
         size = (path / STREAM).stat().st_size
-        self.stream: mmap.mmap | bytes = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self.stream: mmap.mmap | bytes = (
+            mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        )
         if size != self.n_tokens * self.width or len(self.sa) != self.n_tokens:
-            raise ArtifactError(f"{path}: {STREAM} or {SUFFIX_ARRAY} does not match n_tokens in the manifest; rebuild it")
+            raise ArtifactError(
+                f"{path}: {STREAM} or {SUFFIX_ARRAY} does not match n_tokens in the manifest; rebuild it"
+            )
         docs = pq.read_table(path / DOCS).to_pydict()
         self.doc_offset = np.asarray(docs["offset"], dtype=np.int64)
         self.doc_len = np.asarray(docs["end"], dtype=np.int64) - np.asarray(docs["start"], dtype=np.int64)
@@ -325,11 +341,15 @@ def load_index(path: str | Path, check_stale: bool = True) -> SuffixIndex:
     if check_stale:
         # The input reference is relative to the index (a moved run still finds its tokens); the config's
         # absolute path is the fallback for indexes built before inputs were stored so.
-        tokens = artifacts.input_of_kind(path, "tokens") or Path(index.manifest.get("config", {}).get("tokens", ""))
+        tokens = artifacts.input_of_kind(path, "tokens") or Path(
+            index.manifest.get("config", {}).get("tokens", "")
+        )
         recorded = index.manifest.get("tokens_manifest_sha256")
         if not (tokens / artifacts.MANIFEST).is_file():
             index.close()
-            raise StaleIndexError(f"{path}: the tokens artifact it indexes ({tokens}) is gone; rebuild or move it back")
+            raise StaleIndexError(
+                f"{path}: the tokens artifact it indexes ({tokens}) is gone; rebuild or move it back"
+            )
         if artifacts.manifest_hash(tokens) != recorded:
             index.close()
             raise StaleIndexError(
@@ -345,7 +365,9 @@ def find_index(path: str | Path) -> Path:
     if (path / artifacts.MANIFEST).is_file() and artifacts.read_manifest(path).get("kind") == KIND:
         return path
     for candidate in (path / "trace_index", path / "trace", path.parent / "trace_index"):
-        if (candidate / artifacts.MANIFEST).is_file() and artifacts.read_manifest(candidate).get("kind") == KIND:
+        if (candidate / artifacts.MANIFEST).is_file() and artifacts.read_manifest(candidate).get(
+            "kind"
+        ) == KIND:
             return candidate
     raise ArtifactError(
         f"{path}: no trace index here (looked for a '{KIND}' artifact, and in trace_index/); "

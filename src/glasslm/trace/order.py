@@ -35,7 +35,9 @@ class TraceSource:
 
 def _run_dir(path: Path) -> Path | None:
     for candidate in (path, path / "train"):
-        if (candidate / artifacts.MANIFEST).is_file() and artifacts.read_manifest(candidate).get("kind") == "train_run":
+        if (candidate / artifacts.MANIFEST).is_file() and artifacts.read_manifest(candidate).get(
+            "kind"
+        ) == "train_run":
             return candidate
     return None
 
@@ -44,7 +46,9 @@ def resolve(path: str | Path, overrides: dict[str, Any] | None = None) -> TraceS
     """A tokens artifact, a training run, or a run directory → tokens + loader settings (+ flags)."""
     path = Path(path)
     if not path.exists():
-        raise ArtifactError(f"{path}: no such directory (expected a tokens artifact, a training run or a run directory)")
+        raise ArtifactError(
+            f"{path}: no such directory (expected a tokens artifact, a training run or a run directory)"
+        )
     run = _run_dir(path)
     loader, steps = LoaderConfig(), None
     if run is None:
@@ -119,8 +123,16 @@ def doc_steps(loader: TokenLoader, doc_id: str, max_steps: int) -> dict[str, Any
             for slot, inst in enumerate(loader.global_instances(index).tolist()):
                 if inst in by_instance:
                     piece = by_instance[inst]
-                    seen.append({"step": index + 1, "epoch": epoch, "slot": slot, "instance": inst,
-                                 "doc_start": piece["doc_start"], "doc_end": piece["doc_end"]})
+                    seen.append(
+                        {
+                            "step": index + 1,
+                            "epoch": epoch,
+                            "slot": slot,
+                            "instance": inst,
+                            "doc_start": piece["doc_start"],
+                            "doc_end": piece["doc_end"],
+                        }
+                    )
     return {
         **loader.doc_info(doc_id),
         "max_steps": max_steps,

@@ -148,7 +148,11 @@ def doc_hits(
         seen.add(row)
         doc_start = int(index.doc_offset[row])
         doc_end = doc_start + int(index.doc_len[row])
-        if index.eos_id is not None and doc_end > doc_start and index.tokens(doc_end - 1, doc_end)[0] == index.eos_id:
+        if (
+            index.eos_id is not None
+            and doc_end > doc_start
+            and index.tokens(doc_end - 1, doc_end)[0] == index.eos_id
+        ):
             doc_end -= 1  # the trailing EOS is not text
         info = index.doc_info(row)
         hits.append(
@@ -158,7 +162,9 @@ def doc_hits(
                 offset=pos,
                 before=tokenizer.decode(index.tokens(max(doc_start, pos - context), pos).tolist()),
                 match=tokenizer.decode(index.tokens(pos, pos + length).tolist()),
-                after=tokenizer.decode(index.tokens(pos + length, min(doc_end, pos + length + context)).tolist()),
+                after=tokenizer.decode(
+                    index.tokens(pos + length, min(doc_end, pos + length + context)).tolist()
+                ),
             )
         )
         if len(hits) >= max_docs:
@@ -213,5 +219,10 @@ def trace_spans(
 def count_text(index: SuffixIndex, text: str) -> dict[str, Any]:
     tokenizer = load_tokenizer(index)
     ids = tokenize(tokenizer, text)
-    return {"index": str(index.path), "text": text, "tokens": ids, "n_tokens": len(ids), "count": count(index, ids)}
-
+    return {
+        "index": str(index.path),
+        "text": text,
+        "tokens": ids,
+        "n_tokens": len(ids),
+        "count": count(index, ids),
+    }

@@ -45,7 +45,10 @@ def steps_taken(run: Path) -> int:
 def steps_lookup(index: SuffixIndex) -> tuple[StepsLookup | None, str]:
     """A function from stream offsets to the training steps that saw them, or None and the reason."""
     if not index.manifest.get("config", {}).get("train_run"):
-        return None, "index built from a tokens artifact, not a run: build it from the run directory to see steps"
+        return (
+            None,
+            "index built from a tokens artifact, not a run: build it from the run directory to see steps",
+        )
     # Inputs are found relative to the index (a moved run still works); the config's absolute paths are
     # the fallback for indexes built before.
     run = artifacts.input_of_kind(index.path, "train_run") or Path(index.manifest["config"]["train_run"])
@@ -67,7 +70,10 @@ def steps_lookup(index: SuffixIndex) -> tuple[StepsLookup | None, str]:
     def lookup(offsets: list[int]) -> dict[int, list[int]]:
         return {off: _steps_of_offset(loader, index, doc_stream, off, taken) for off in offsets}
 
-    return lookup, f"training steps (1-based, as logged) among the {taken} the run took; loader seed {loader.config.seed}"
+    return (
+        lookup,
+        f"training steps (1-based, as logged) among the {taken} the run took; loader seed {loader.config.seed}",
+    )
 
 
 def _doc_stream_positions(loader: Any, index: SuffixIndex) -> dict[str, tuple[int, int]]:
@@ -80,8 +86,9 @@ def _doc_stream_positions(loader: Any, index: SuffixIndex) -> dict[str, tuple[in
     return where
 
 
-def _steps_of_offset(loader: Any, index: SuffixIndex, doc_stream: dict[str, tuple[int, int]],
-                     offset: int, taken: int) -> list[int]:
+def _steps_of_offset(
+    loader: Any, index: SuffixIndex, doc_stream: dict[str, tuple[int, int]], offset: int, taken: int
+) -> list[int]:
     row = index.doc_of(offset)
     found = doc_stream.get(index.doc_id[row])
     if found is None:

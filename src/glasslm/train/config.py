@@ -186,7 +186,9 @@ class TrainerConfig:
 
     def validate(self) -> None:
         if self.loss_chunk_tokens < 0:
-            raise ConfigError(f"trainer.loss_chunk_tokens must be >= 0 (0 = no chunking), got {self.loss_chunk_tokens}")
+            raise ConfigError(
+                f"trainer.loss_chunk_tokens must be >= 0 (0 = no chunking), got {self.loss_chunk_tokens}"
+            )
         if self.eval_every < 0:
             raise ConfigError(f"trainer.eval_every must be >= 0 (0 = off), got {self.eval_every}")
         if self.max_steps is None and self.max_tokens is None:

@@ -187,7 +187,9 @@ class HeldoutEval:
     evaluation on or off; ``evaluate_model`` switches to eval mode and restores the training mode.
     """
 
-    def __init__(self, tokens_dir: Path, tokenizer_path: Path | None, max_docs: int | None, batch_tokens: int):
+    def __init__(
+        self, tokens_dir: Path, tokenizer_path: Path | None, max_docs: int | None, batch_tokens: int
+    ):
         from glasslm.config import ConfigError
         from glasslm.eval.harness import EvalConfig
         from glasslm.tokenizer import Tokenizer
@@ -260,7 +262,12 @@ class WandbLog:
     ID_FILE = "glasslm-run-id"
 
     def __init__(
-        self, run_dir: Path, project: str, mode: Literal["offline", "online"], name: str, config: dict[str, Any]
+        self,
+        run_dir: Path,
+        project: str,
+        mode: Literal["offline", "online"],
+        name: str,
+        config: dict[str, Any],
     ):
         self.require()
         import wandb
@@ -272,8 +279,14 @@ class WandbLog:
         id_file.write_text(run_id + "\n")
         # dir=run_dir: wandb puts its files under <dir>/wandb/.
         self.run = wandb.init(
-            project=project, name=name, mode=mode, dir=str(run_dir), config=config, id=run_id,
-            resume="allow", settings=wandb.Settings(console="off"),
+            project=project,
+            name=name,
+            mode=mode,
+            dir=str(run_dir),
+            config=config,
+            id=run_id,
+            resume="allow",
+            settings=wandb.Settings(console="off"),
         )
 
     @staticmethod
@@ -291,7 +304,8 @@ class WandbLog:
 
     def write(self, row: dict[str, Any]) -> None:
         scalars = {
-            k: float(v) for k, v in row.items()
+            k: float(v)
+            for k, v in row.items()
             if k not in ("step", "time") and isinstance(v, int | float)  # bools (skipped) as 0/1
         }
         self.run.log(scalars, step=int(row["step"]))

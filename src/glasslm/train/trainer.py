@@ -150,10 +150,13 @@ class Trainer:
         if world.device.type == "cpu" and not self.bf16 and world.strategy != "fsdp" and not tc.compile:
             started = self._resumed_linear_backend()  # FSDP2/inductor (above) bring their own kernels
             choice = (
-                onednn.LinearChoice(started, "resumed") if started is not None
+                onednn.LinearChoice(started, "resumed")
+                if started is not None
                 else onednn.choose_backend(model, self.micro_batch * lc.seq_len, tc.onednn_linear)
             )
-            self.linear_choice = cast(onednn.LinearChoice, distributed.broadcast_object(choice, world))  # rank 0's
+            self.linear_choice = cast(
+                onednn.LinearChoice, distributed.broadcast_object(choice, world)
+            )  # rank 0's
         self.onednn = onednn.apply_choice(model, self.linear_choice)
         # The chunked head + loss (model/loss.py: head_objective) applies the head weight outside the
         # model's forward: the step's forward is then ``model.hidden`` (distributed.HiddenStates, which
@@ -198,8 +201,12 @@ class Trainer:
         if tc.eval_every > 0:
             tokens_dir = getattr(self, "tokens_dir", None)  # adaptation trainers read no tokens artifact
             if tokens_dir is None:
-                raise ConfigError("trainer.eval_every: in-loop held-out evaluation needs a tokens artifact; set it to 0")
-            self.heldout_eval = HeldoutEval(tokens_dir, self.tokenizer, tc.eval_max_docs, tc.eval_batch_tokens)
+                raise ConfigError(
+                    "trainer.eval_every: in-loop held-out evaluation needs a tokens artifact; set it to 0"
+                )
+            self.heldout_eval = HeldoutEval(
+                tokens_dir, self.tokenizer, tc.eval_max_docs, tc.eval_batch_tokens
+            )
 
     # ------------------------------------------------------------ what is trained on (overridable)
     # Pretraining reads a tokens artifact and minimises next-token cross-entropy. Adaptation
@@ -235,12 +242,19 @@ class Trainer:
         """Forward one micro-batch and return ``_loss``'s (objective, named sums); with the chunked
         head, the same values from the hidden states without materialising the logits."""
         with self._autocast():
-            out = self.model(micro["input_ids"], position_ids=micro.get("position_ids"), doc_ids=micro.get("doc_ids"))
+            out = self.model(
+                micro["input_ids"], position_ids=micro.get("position_ids"), doc_ids=micro.get("doc_ids")
+            )
         if not self.chunked_head:
             return self._loss(out, micro)
         return head_objective(
-            out, self.plain_model.lm_head.weight, micro["labels"], self.config.trainer.z_loss,
-            self.config.trainer.loss_chunk_tokens, torch.bfloat16 if self.bf16 else None, self.onednn,
+            out,
+            self.plain_model.lm_head.weight,
+            micro["labels"],
+            self.config.trainer.z_loss,
+            self.config.trainer.loss_chunk_tokens,
+            torch.bfloat16 if self.bf16 else None,
+            self.onednn,
         )
 
     def _data_state(self) -> dict[str, Any]:
@@ -438,7 +452,9 @@ class Trainer:
         tc = self.config.trainer
         if not (tc.wandb and self.world.is_main):
             return None
-        return WandbLog(self.out, tc.wandb_project, tc.wandb_mode, tc.wandb_name or self.out.name, to_dict(self.config))
+        return WandbLog(
+            self.out, tc.wandb_project, tc.wandb_mode, tc.wandb_name or self.out.name, to_dict(self.config)
+        )
 
     def trainer_state(self, wall_s: float, energy_j: float) -> dict[str, Any]:
         return {
@@ -543,7 +559,8 @@ class Trainer:
                             world,
                             f"step {self.step}/{self.total_steps} loss {out['loss']:.4f} "
                             f"lr {out['lr']:.2e} gnorm {out['grad_norm']:.3f} {tps:,.0f} tok/s "
-                            f"eta {eta:,.0f}s" + (" [skipped]" if out["skipped"] else "")
+                            f"eta {eta:,.0f}s"
+                            + (" [skipped]" if out["skipped"] else "")
                             + (f" held-out bpb {evals['eval/bpb_macro']:.4f}" if evals else ""),
                         )
                 if self.step % tc.checkpoint_every == 0 or self.step == self.total_steps:

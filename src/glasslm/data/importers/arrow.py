@@ -71,8 +71,18 @@ def batch_items(batch: pa.RecordBatch, first_row: int, options: ReadOptions) -> 
             yield bad(first_row + i, reason, _raw({text_col: text, id_col: given, **metadata}))
             continue
         doc_id = content_id(text) if given is None else str(given)
-        yield Item(first_row + i, {"id": doc_id, "text": text, "added": options.date, "created": options.date,
-                                   "metadata": {**metadata, **extra} if extra else metadata}, None, b"")
+        yield Item(
+            first_row + i,
+            {
+                "id": doc_id,
+                "text": text,
+                "added": options.date,
+                "created": options.date,
+                "metadata": {**metadata, **extra} if extra else metadata,
+            },
+            None,
+            b"",
+        )
 
 
 def read_parquet(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
@@ -112,8 +122,11 @@ def read_arrow(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         except (pa.ArrowException, OSError) as e:
             yield bad(0, f"unreadable Arrow file: {e}")
             return
-        batches = (reader.get_batch(i) for i in range(reader.num_record_batches)) \
-            if isinstance(reader, pa.ipc.RecordBatchFileReader) else iter(reader)
+        batches = (
+            (reader.get_batch(i) for i in range(reader.num_record_batches))
+            if isinstance(reader, pa.ipc.RecordBatchFileReader)
+            else iter(reader)
+        )
         row = 0
         while True:
             try:
@@ -130,6 +143,7 @@ def read_arrow(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
 
 def hf_data_files(fs: Any, root: str) -> list[tuple[str, str | None]]:
     """(arrow file path, split) of a ``save_to_disk`` folder, in the dataset's own order."""
+
     def state_files(folder: str) -> list[str]:
         with fs.open(f"{folder}/state.json", "rb") as f:
             state = json.load(f)

@@ -55,6 +55,10 @@ def read_jsonl(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
                     continue
                 obj, reason = parse_json_line(line)
                 doc, reason = (None, reason) if reason is not None else as_document(obj, options.require_id)
-                yield Item(number, doc, None, b"") if doc is not None else bad(number, reason or "unusable", line)
+                yield (
+                    Item(number, doc, None, b"")
+                    if doc is not None
+                    else bad(number, reason or "unusable", line)
+                )
     except _stream_errors() as e:
         yield bad(number + 1, f"truncated or corrupt compressed stream after line {number}: {e}")

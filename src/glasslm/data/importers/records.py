@@ -30,9 +30,13 @@ class ImportInput:
 
     def validate(self) -> None:
         if not self.path:
-            raise ConfigError("config key 'corpus.inputs[].path' is required (a file, directory, glob or URL)")
+            raise ConfigError(
+                "config key 'corpus.inputs[].path' is required (a file, directory, glob or URL)"
+            )
         if self.format not in FORMATS:
-            raise ConfigError(f"config key 'corpus.inputs[].format': unknown {self.format!r}; choose from {list(FORMATS)}")
+            raise ConfigError(
+                f"config key 'corpus.inputs[].format': unknown {self.format!r}; choose from {list(FORMATS)}"
+            )
         if self.link and self.format not in ("auto", "jsonl"):
             raise ConfigError("config key 'corpus.inputs[].link': only Dolma JSONL can be linked in place")
         if self.max_bytes < 0:
@@ -102,7 +106,10 @@ def as_document(obj: Any, require_id: bool = False) -> tuple[dict[str, Any] | No
         return None, reason
     if obj.get("id") is None:
         if require_id:
-            return None, "missing field: 'id' (a linked file is used as it is: import without --link to derive ids)"
+            return (
+                None,
+                "missing field: 'id' (a linked file is used as it is: import without --link to derive ids)",
+            )
         obj["id"] = content_id(obj["text"])
     reason = validate(obj)
     return (obj, None) if reason is None else (None, reason)

@@ -41,10 +41,18 @@ from glasslm.data.importers.records import ImportInput, Item, ReadOptions
 from glasslm.data.importers.sources import SourceFile, expand, source_file
 
 Reader = Callable[[SourceFile, ReadOptions], Iterator[Item]]
-READERS: dict[str, Reader] = {"jsonl": jsonl.read_jsonl, "parquet": arrow.read_parquet, "arrow": arrow.read_arrow,
-                              "warc": warc.read_warc}
-SUFFIXES: dict[str, tuple[str, ...]] = {"jsonl": jsonl.SUFFIXES, "parquet": (".parquet", ".pq"),
-                                        "arrow": (".arrow", ".feather"), "warc": warc.SUFFIXES}
+READERS: dict[str, Reader] = {
+    "jsonl": jsonl.read_jsonl,
+    "parquet": arrow.read_parquet,
+    "arrow": arrow.read_arrow,
+    "warc": warc.read_warc,
+}
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    "jsonl": jsonl.SUFFIXES,
+    "parquet": (".parquet", ".pq"),
+    "arrow": (".arrow", ".feather"),
+    "warc": warc.SUFFIXES,
+}
 DEFAULT_SOURCE = "imported"
 
 
@@ -67,7 +75,9 @@ class ShardWriter:
         if self.pending:
             # ISA-L level 1: ~5x zlib's speed on our text and slightly smaller (documents.write_jsonl);
             # deterministic, so the same documents still give the same bytes.
-            write_jsonl(self.out_dir / f"{self.source}-{self.shards:04d}.jsonl.gz", self.pending, isal_level=1)
+            write_jsonl(
+                self.out_dir / f"{self.source}-{self.shards:04d}.jsonl.gz", self.pending, isal_level=1
+            )
             self.shards += 1
             self.pending, self.pending_bytes = [], 0
 
@@ -104,7 +114,9 @@ class Plan:
     """The files of one input group and how each is read."""
 
     spec: ImportInput
-    files: list[tuple[str, str, Reader, dict[str, Any]]] = field(default_factory=list)  # path, format, reader, metadata
+    files: list[tuple[str, str, Reader, dict[str, Any]]] = field(
+        default_factory=list
+    )  # path, format, reader, metadata
     fs: Any = None
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why it is not read
 
@@ -125,8 +137,10 @@ def plan(spec: ImportInput) -> Plan:
     fmt = spec.format
     is_dir = bool(paths) and (len(paths) > 1 or paths[0] != root) and fs.isdir(root)
     if fmt == "hf" or (fmt == "auto" and is_dir and arrow.is_hf_folder(fs, root)):
-        out.files = [(p, "hf", arrow.read_arrow, {"split": split} if split else {})
-                     for p, split in arrow.hf_data_files(fs, root)]
+        out.files = [
+            (p, "hf", arrow.read_arrow, {"split": split} if split else {})
+            for p, split in arrow.hf_data_files(fs, root)
+        ]
         return out
     known = {p: format_of(p) for p in paths}
     if fmt == "text" or (fmt == "auto" and not any(known.values())):
@@ -140,8 +154,10 @@ def plan(spec: ImportInput) -> Plan:
         else:
             out.files.append((p, got, READERS[got], {}))
     if not out.files:
-        raise ConfigError(f"{spec.path}: no {fmt if fmt != 'auto' else 'jsonl/parquet/arrow/warc'} files found "
-                          "(for a tree of text, Markdown or code give format text)")
+        raise ConfigError(
+            f"{spec.path}: no {fmt if fmt != 'auto' else 'jsonl/parquet/arrow/warc'} files found "
+            "(for a tree of text, Markdown or code give format text)"
+        )
     return out
 
 
@@ -153,8 +169,12 @@ class Totals:
     bytes: int = 0
 
     def to_json(self) -> dict[str, int]:
-        return {"records": self.records, "imported": self.imported, "quarantined": self.quarantined,
-                "bytes": self.bytes}
+        return {
+            "records": self.records,
+            "imported": self.imported,
+            "quarantined": self.quarantined,
+            "bytes": self.bytes,
+        }
 
 
 @dataclass
@@ -168,9 +188,15 @@ class ImportResult:
     notes: list[str]
 
     def metrics(self) -> dict[str, Any]:
-        return {**self.totals.to_json(), "docs": self.totals.imported, "domains": self.domains,
-                "quarantined_by_reason": self.quarantined_by_reason, "inputs": self.inputs,
-                "duplicate_ids": self.duplicate_ids, "notes": self.notes}
+        return {
+            **self.totals.to_json(),
+            "docs": self.totals.imported,
+            "domains": self.domains,
+            "quarantined_by_reason": self.quarantined_by_reason,
+            "inputs": self.inputs,
+            "duplicate_ids": self.duplicate_ids,
+            "notes": self.notes,
+        }
 
 
 class Importer:
@@ -200,7 +226,9 @@ class Importer:
     def run_input(self, spec: ImportInput) -> None:
         p = plan(spec)
         if spec.link and not isinstance(p.fs, LocalFileSystem):
-            raise ConfigError(f"{spec.path}: --link needs local files (a remote file cannot be referenced in place)")
+            raise ConfigError(
+                f"{spec.path}: --link needs local files (a remote file cannot be referenced in place)"
+            )
         counts = Totals()
         capped = False
         for path, fmt, reader, extra in p.files:
@@ -209,17 +237,35 @@ class Importer:
                 continue
             src = source_file(p.fs, path)
             if isinstance(p.fs, LocalFileSystem) and Path(path).is_relative_to(self.root.resolve()):
-                src.uri = Path(path).relative_to(self.root.resolve()).as_posix()  # part of the artifact: moves with it
+                src.uri = (
+                    Path(path).relative_to(self.root.resolve()).as_posix()
+                )  # part of the artifact: moves with it
             options = ReadOptions(spec.text_column, spec.id_column, self.date, extra, require_id=spec.link)
             capped = self.read_file(src, fmt, reader, options, spec, counts)
         for path, why in p.skipped.items():
             self.notes.append(f"{path}: skipped, {why}")
-        self.inputs.append({"path": spec.path, "source": spec.source, "format": spec.format, "link": spec.link,
-                            "files": len(p.files), "capped": capped, "skipped_files": len(p.skipped),
-                            **counts.to_json()})
+        self.inputs.append(
+            {
+                "path": spec.path,
+                "source": spec.source,
+                "format": spec.format,
+                "link": spec.link,
+                "files": len(p.files),
+                "capped": capped,
+                "skipped_files": len(p.skipped),
+                **counts.to_json(),
+            }
+        )
 
-    def read_file(self, src: SourceFile, fmt: str, reader: Reader, options: ReadOptions, spec: ImportInput,
-                  counts: Totals) -> bool:
+    def read_file(
+        self,
+        src: SourceFile,
+        fmt: str,
+        reader: Reader,
+        options: ReadOptions,
+        spec: ImportInput,
+        counts: Totals,
+    ) -> bool:
         """Read one file to the end (or the input's cap); True when the cap was reached."""
         file = Totals()
         capped = False
@@ -240,8 +286,9 @@ class Importer:
                     doc["source"] = source
                     self.writer(source).add(doc, text_bytes)
                 self.id_hashes.append(hash(doc["id"]))
-                domain = self.domains.setdefault(source if not spec.link else str(doc.get("source") or DEFAULT_SOURCE),
-                                                 Counter())
+                domain = self.domains.setdefault(
+                    source if not spec.link else str(doc.get("source") or DEFAULT_SOURCE), Counter()
+                )
                 domain["docs"] += 1
                 domain["bytes"] += text_bytes
                 file.imported += 1
@@ -255,8 +302,10 @@ class Importer:
         if spec.link:
             self._link(src, spec)
             if link_kept:
-                self.notes.append(f"{src.uri}: {link_kept} documents keep their own 'source' (--link does not "
-                                  f"rewrite files; import without --link to set source {spec.source!r})")
+                self.notes.append(
+                    f"{src.uri}: {link_kept} documents keep their own 'source' (--link does not "
+                    f"rewrite files; import without --link to set source {spec.source!r})"
+                )
         assert file.records == file.imported + file.quarantined
         src.counts.update(records=file.records, imported=file.imported, quarantined=file.quarantined)
         entry = src.record()
@@ -280,7 +329,9 @@ class Importer:
         """Start from an earlier import (or default corpus): its shards, sources and totals carry over."""
         manifest = read_manifest(artifact)
         if manifest.get("kind") != "documents":
-            raise ConfigError(f"{artifact}: --extend needs a documents artifact, got {manifest.get('kind')!r}")
+            raise ConfigError(
+                f"{artifact}: --extend needs a documents artifact, got {manifest.get('kind')!r}"
+            )
         for shard in list_local_shards(artifact / "documents"):
             target = self.docs_dir / shard.relative_to(artifact / "documents")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -293,7 +344,9 @@ class Importer:
                     shutil.copy2(shard, target)
         metrics = manifest.get("metrics", {})
         for name, d in (metrics.get("domains") or metrics.get("sources") or {}).items():
-            self.domains.setdefault(name, Counter()).update({"docs": d.get("docs", 0), "bytes": d.get("bytes", 0)})
+            self.domains.setdefault(name, Counter()).update(
+                {"docs": d.get("docs", 0), "bytes": d.get("bytes", 0)}
+            )
         old_q = artifact / "quarantine.jsonl"
         if old_q.is_file():
             self.quarantine.copy_from(old_q)
@@ -310,14 +363,26 @@ class Importer:
         self.quarantine.close()
         t = self.totals
         if t.records != t.imported + t.quarantined:
-            raise AssertionError(f"import totals do not add up: {t.records} read != {t.imported} imported "
-                                 f"+ {t.quarantined} quarantined")
+            raise AssertionError(
+                f"import totals do not add up: {t.records} read != {t.imported} imported "
+                f"+ {t.quarantined} quarantined"
+            )
         domains = {}
         for name, c in sorted(self.domains.items()):
-            domains[name] = {"docs": c["docs"], "bytes": c["bytes"],
-                             "shards": len([p for p in list_local_shards(self.docs_dir) if p.name.startswith(f"{name}-")])}
-        return ImportResult(t, self.inputs, self.sources, domains, dict(sorted(self.quarantine.counts.items())),
-                            self.duplicate_ids(), self.notes)
+            domains[name] = {
+                "docs": c["docs"],
+                "bytes": c["bytes"],
+                "shards": len([p for p in list_local_shards(self.docs_dir) if p.name.startswith(f"{name}-")]),
+            }
+        return ImportResult(
+            t,
+            self.inputs,
+            self.sources,
+            domains,
+            dict(sorted(self.quarantine.counts.items())),
+            self.duplicate_ids(),
+            self.notes,
+        )
 
     def duplicate_ids(self) -> dict[str, Any]:
         """Ids given to more than one document, with where each copy is (shard:line)."""
@@ -338,8 +403,14 @@ class Importer:
         return {"count": repeated_total, "examples": dict(sorted(dups.items()))}
 
 
-def run_import(inputs: list[ImportInput], root: Path, *, shard_bytes: int = 2_000_000,
-               date: str = "2026-01-01T00:00:00Z", extend: Path | None = None) -> ImportResult:
+def run_import(
+    inputs: list[ImportInput],
+    root: Path,
+    *,
+    shard_bytes: int = 2_000_000,
+    date: str = "2026-01-01T00:00:00Z",
+    extend: Path | None = None,
+) -> ImportResult:
     """Import every input group into ``root`` (an artifact being built); returns totals and lineage."""
     if not inputs:
         raise ConfigError("nothing to import: give SRC paths or corpus.inputs")
@@ -348,8 +419,10 @@ def run_import(inputs: list[ImportInput], root: Path, *, shard_bytes: int = 2_00
         importer.extend(extend)
         clash = {s.source for s in inputs if s.source} & set(importer.domains)
         if clash:
-            raise ConfigError(f"--extend {extend}: source(s) {sorted(clash)} already there; name the new domain "
-                              "differently (--source)")
+            raise ConfigError(
+                f"--extend {extend}: source(s) {sorted(clash)} already there; name the new domain "
+                "differently (--source)"
+            )
     for spec in inputs:
         importer.run_input(spec)
     return importer.finish()

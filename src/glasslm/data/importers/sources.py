@@ -111,8 +111,14 @@ class SourceFile:
         self._stream = None
 
     def record(self) -> dict[str, Any]:
-        return {"uri": self.uri, "bytes": self.size, "mtime": self.mtime, "etag": self.etag,
-                "sha256": self.sha256, **self.counts}
+        return {
+            "uri": self.uri,
+            "bytes": self.size,
+            "mtime": self.mtime,
+            "etag": self.etag,
+            "sha256": self.sha256,
+            **self.counts,
+        }
 
 
 def _mtime(info: Mapping[str, Any]) -> str | None:
@@ -132,8 +138,9 @@ def _etag(info: Mapping[str, Any]) -> str | None:
 def source_file(fs: Any, path: str) -> SourceFile:
     info = fs.info(path)
     uri = path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
-    return SourceFile(uri=uri, fs=fs, path=path, size=int(info.get("size") or 0), mtime=_mtime(info),
-                      etag=_etag(info))
+    return SourceFile(
+        uri=uri, fs=fs, path=path, size=int(info.get("size") or 0), mtime=_mtime(info), etag=_etag(info)
+    )
 
 
 def has_magic(path: str) -> bool:
@@ -141,7 +148,7 @@ def has_magic(path: str) -> bool:
 
 
 def _hidden(path: str, root: str) -> bool:
-    rel = path[len(root):].strip("/") if path.startswith(root) else path
+    rel = path[len(root) :].strip("/") if path.startswith(root) else path
     return any(part.startswith(".") for part in rel.split("/"))
 
 
@@ -184,12 +191,15 @@ def changed_sources(manifest: Mapping[str, Any], rehash: bool = False) -> list[s
         except (OSError, ValueError, ImportError) as e:
             problems.append(f"{uri}: unreadable ({e})")
             continue
-        same_stat = now.size == entry.get("bytes") and (now.etag or now.mtime) == (entry.get("etag") or entry.get("mtime"))
+        same_stat = now.size == entry.get("bytes") and (now.etag or now.mtime) == (
+            entry.get("etag") or entry.get("mtime")
+        )
         if same_stat and not rehash:
             continue
         now.finish()
         if now.sha256 != entry.get("sha256"):
-            problems.append(f"{uri}: changed since the import (bytes {entry.get('bytes')} -> {now.size}, "
-                            f"sha256 {str(entry.get('sha256'))[:12]}… -> {str(now.sha256)[:12]}…)")
+            problems.append(
+                f"{uri}: changed since the import (bytes {entry.get('bytes')} -> {now.size}, "
+                f"sha256 {str(entry.get('sha256'))[:12]}… -> {str(now.sha256)[:12]}…)"
+            )
     return problems
-

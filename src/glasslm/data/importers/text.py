@@ -94,7 +94,11 @@ class TextTree:
                     self.licenses[directory] = (found, self.relative(path))
 
     def relative(self, path: str) -> str:
-        return path[len(self.root):].lstrip("/") if path.startswith(self.root + "/") else path.rsplit("/", 1)[-1]
+        return (
+            path[len(self.root) :].lstrip("/")
+            if path.startswith(self.root + "/")
+            else path.rsplit("/", 1)[-1]
+        )
 
     def nearest_license(self, path: str) -> tuple[str, str] | None:
         directory = path.rsplit("/", 1)[0]
@@ -124,5 +128,15 @@ class TextTree:
             metadata.update(license=identify_license(text), license_from="itself")
         elif (found := self.nearest_license(src.path)) is not None:
             metadata.update(license=found[0], license_from=found[1])
-        yield Item(0, {"id": content_id(rel, text), "text": text, "added": options.date,
-                       "created": options.date, "metadata": {**metadata, **options.extra}}, None, b"")
+        yield Item(
+            0,
+            {
+                "id": content_id(rel, text),
+                "text": text,
+                "added": options.date,
+                "created": options.date,
+                "metadata": {**metadata, **options.extra},
+            },
+            None,
+            b"",
+        )

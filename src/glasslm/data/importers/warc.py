@@ -87,7 +87,9 @@ def page_item(index: int, record: Any, body: bytes, options: ReadOptions) -> Ite
     if status is not None and not str(status).startswith("2"):
         return bad(index, f"HTTP status {status}", body[:_RAW_HEAD])
     if not _looks_like_html(content_type, body):
-        return bad(index, f"not HTML: {content_type.split(';')[0].strip() or 'no content type'}", body[:_RAW_HEAD])
+        return bad(
+            index, f"not HTML: {content_type.split(';')[0].strip() or 'no content type'}", body[:_RAW_HEAD]
+        )
     from glasslm.data.importers.html import extract_main_text  # resiliparse: loaded by WARC imports only
 
     try:
@@ -98,16 +100,33 @@ def page_item(index: int, record: Any, body: bytes, options: ReadOptions) -> Ite
         return bad(index, "HTML yields no text", body)
     record_id = headers.get_header("WARC-Record-ID")
     date = headers.get_header("WARC-Date")
-    return Item(index, {
-        "id": record_id or content_id(url or "", text), "text": text, "added": options.date,
-        "created": date or options.date,
-        "metadata": {"url": url, "warc_date": date, "warc_record_id": record_id, "content_type": content_type,
-                     "license": page_license(body), **options.extra},
-    }, None, b"")
+    return Item(
+        index,
+        {
+            "id": record_id or content_id(url or "", text),
+            "text": text,
+            "added": options.date,
+            "created": date or options.date,
+            "metadata": {
+                "url": url,
+                "warc_date": date,
+                "warc_record_id": record_id,
+                "content_type": content_type,
+                "license": page_license(body),
+                **options.extra,
+            },
+        },
+        None,
+        b"",
+    )
 
 
-_LICENSE_META = re.compile(rb"""<meta\s+name=["']license["']\s+content=["']([^"'<>]{1,200})["']""", re.IGNORECASE)
-_LICENSE_LINK = re.compile(rb"""<link\s+[^>]*rel=["']license["'][^>]*href=["']([^"'<>]{1,300})["']""", re.IGNORECASE)
+_LICENSE_META = re.compile(
+    rb"""<meta\s+name=["']license["']\s+content=["']([^"'<>]{1,200})["']""", re.IGNORECASE
+)
+_LICENSE_LINK = re.compile(
+    rb"""<link\s+[^>]*rel=["']license["'][^>]*href=["']([^"'<>]{1,300})["']""", re.IGNORECASE
+)
 _CC_URL = re.compile(r"creativecommons\.org/(licenses|publicdomain)/([a-z-]+)/(\d\.\d)", re.IGNORECASE)
 
 
@@ -147,9 +166,13 @@ def read_warc(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
             except Exception as e:  # noqa: BLE001 - chunked/gzip/brotli payload damage: one bad record
                 yield bad(index, f"undecodable payload: {type(e).__name__}: {e}")
                 continue
-            if record.raw_stream.limit:  # the file ended inside this record (read-ahead sets stream.error early)
+            if (
+                record.raw_stream.limit
+            ):  # the file ended inside this record (read-ahead sets stream.error early)
                 blamed = True
-                yield bad(index, f"truncated record (stream ended inside it: {stream.error or 'short read'})", body)
+                yield bad(
+                    index, f"truncated record (stream ended inside it: {stream.error or 'short read'})", body
+                )
                 continue
             yield page_item(index, record, body, options)
     except Exception as e:  # noqa: BLE001 - warcio's parse errors are several types: one entry, reading stops

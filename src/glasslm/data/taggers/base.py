@@ -55,8 +55,13 @@ class Tagger(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What goes into the attributes manifest to say exactly what produced the attributes."""
-        return {"name": self.name, "version": self.version, "class": type(self).__qualname__,
-                "module": type(self).__module__, "options": dict(self.options)}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "class": type(self).__qualname__,
+            "module": type(self).__module__,
+            "options": dict(self.options),
+        }
 
     @abstractmethod
     def tag(self, text: str) -> Attributes:
@@ -75,7 +80,9 @@ def register(name: str) -> Callable[[T], T]:
     def wrap(cls: T) -> T:
         existing = _REGISTRY.get(name)
         if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"tagger name '{name}' is taken by {existing.__module__}.{existing.__qualname__}")
+            raise ValueError(
+                f"tagger name '{name}' is taken by {existing.__module__}.{existing.__qualname__}"
+            )
         cls.name = name
         _REGISTRY[name] = cls
         return cls

@@ -103,7 +103,9 @@ def ngram_fractions(ids: np.ndarray, lengths: np.ndarray, total_chars: int) -> d
             # Counter.most_common(1) returns, among the most frequent n-grams, the one seen first.
             top = counts.max()
             winner = first[counts == top].min()
-            out[f"fraction_of_characters_in_most_common_{n}grams"] = int(top) * int(chars[winner]) / max(total_chars, 1)
+            out[f"fraction_of_characters_in_most_common_{n}grams"] = (
+                int(top) * int(chars[winner]) / max(total_chars, 1)
+            )
             continue
         all_chars = max(int(chars.sum()), 1)
         candidates = np.arange(len(hashes)) if candidates is None else candidates[candidates < len(hashes)]
@@ -189,8 +191,10 @@ class GopherTagger(Tagger):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         if self.options["duplicate_lines"] not in DUPLICATE_LINES:
-            raise ValueError(f"tagger 'gopher': option duplicate_lines must be one of {list(DUPLICATE_LINES)}, "
-                             f"got {self.options['duplicate_lines']!r}")
+            raise ValueError(
+                f"tagger 'gopher': option duplicate_lines must be one of {list(DUPLICATE_LINES)}, "
+                f"got {self.options['duplicate_lines']!r}"
+            )
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

@@ -57,5 +57,7 @@ class LangIdTagger(Tagger):
                 picked = {probs[0][0], *always} if probs else set(always)
                 scores = dict(probs)
                 for lang in sorted(picked):
-                    attrs.setdefault(f"paragraph_{lang}", []).append([start, end, score(scores.get(lang, 0.0))])
+                    attrs.setdefault(f"paragraph_{lang}", []).append(
+                        [start, end, score(scores.get(lang, 0.0))]
+                    )
         return attrs

@@ -103,16 +103,21 @@ class PiiTagger(Tagger):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         if self.options["phone_pattern"] not in PHONE_PATTERNS:
-            raise ValueError(f"tagger 'pii': option phone_pattern must be one of {list(PHONE_PATTERNS)}, "
-                             f"got {self.options['phone_pattern']!r}")
+            raise ValueError(
+                f"tagger 'pii': option phone_pattern must be one of {list(PHONE_PATTERNS)}, "
+                f"got {self.options['phone_pattern']!r}"
+            )
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {"phone_pattern": "glasslm"}
 
     def tag(self, text: str) -> Attributes:
-        found = {"EMAIL_ADDRESS": find_emails(text), "PHONE_NUMBER": find_phones(text, self.options["phone_pattern"]),
-                 "IP_ADDRESS": find_ips(text)}
+        found = {
+            "EMAIL_ADDRESS": find_emails(text),
+            "PHONE_NUMBER": find_phones(text, self.options["phone_pattern"]),
+            "IP_ADDRESS": find_ips(text),
+        }
         attrs: Attributes = {name: [[s, e, 1.0] for s, e in spans] for name, spans in found.items() if spans}
         total = sum(len(s) for s in found.values())
         words = len(text.split())

@@ -56,7 +56,9 @@ class ToxicityTagger(Tagger):
             attrs: Attributes = {"doc": [[0, len(text), score(probs[i])]]}
             i += 1
             if paras:
-                attrs["paragraph"] = [[s, e, score(p)] for (s, e), p in zip(paras, probs[i : i + len(paras)], strict=True)]
+                attrs["paragraph"] = [
+                    [s, e, score(p)] for (s, e), p in zip(paras, probs[i : i + len(paras)], strict=True)
+                ]
                 i += len(paras)
             out.append(attrs)
         return out

