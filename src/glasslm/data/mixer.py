@@ -350,7 +350,18 @@ def _duplicates(roots: list[Path], shard: str) -> dict[str, str]:
 
 
 def filter_shard(job: ShardJob) -> dict[str, Any]:
-    return resumable(_filter_state(job.scratch, job.index), lambda: _filter_shard(job))
+    return _from_state(
+        resumable(_filter_state(job.scratch, job.index), lambda: _to_state(_filter_shard(job)))
+    )
+
+
+def _to_state(part: dict[str, Any]) -> dict[str, Any]:
+    """A pass-1 result as scratch data (executors.save_state stores JSON values, not objects)."""
+    return {**part, "rows": [row.columns() for row in part["rows"]]}
+
+
+def _from_state(part: dict[str, Any]) -> dict[str, Any]:
+    return {**part, "rows": [ledger.LedgerRow(**row) for row in part["rows"]]}
 
 
 def _filter_state(scratch: Path, index: int) -> Path:
@@ -363,22 +374,22 @@ def _filter_shard(job: ShardJob) -> dict[str, Any]:
     attrs = Attributes(job.attribute_roots, job.name)
     dups = _duplicates(job.attribute_roots, job.name)
     rules_of = {s.name: source_rules(recipe, s) for s in recipe.sources}
-    rows: list[dict[str, Any]] = []
+    rows: list[ledger.LedgerRow] = []
     survivors: list[dict[str, Any]] = []  # documents after step 4, with their (possibly modified) text
     for line, doc in iter_documents(job.path, quarantine, seen_ids=set()):
         text: str = doc["text"]
         attributes = attrs.take(doc["id"])
         source = _match_source(recipe, doc.get("source"))
-        row = ledger.new_row(
+        row = ledger.LedgerRow.of(
             job.name, line, doc["id"], doc.get("source"), len(text.encode("utf-8", "surrogatepass"))
         )
-        row["duplicate_of"] = dups.get(doc["id"])
+        row.duplicate_of = dups.get(doc["id"])
         rows.append(row)
         if source is None:
-            ledger.fire(row, "unmatched_source", doc.get("source"))
-            row["decision"] = "removed"
+            row.fire("unmatched_source", doc.get("source"))
+            row.decision = "removed"
             continue
-        row["recipe_source"] = source.name
+        row.recipe_source = source.name
         edits: list[tuple[int, int, str]] = []
         span_rules: list[tuple[Rule, list[list[Any]]]] = []
         for rule in rules_of[source.name]:
@@ -389,9 +400,9 @@ def _filter_shard(job: ShardJob) -> dict[str, Any]:
             value = doc_value(spans, rule.aggregate)
             holds = rule.holds(value)
             if holds if rule.action == "exclude" else not holds:
-                ledger.fire(row, rule.label, value)
-        if row["rules"]:
-            row["decision"] = "removed"
+                row.fire(rule.label, value)
+        if row.rules:
+            row.decision = "removed"
             continue
         for rule, spans in span_rules:
             chosen = [
@@ -402,22 +413,22 @@ def _filter_shard(job: ShardJob) -> dict[str, Any]:
             if chosen:
                 replacement = rule.replacement if rule.action == "mask" else ""
                 edits.extend((int(s[0]), int(s[1]), replacement) for s in chosen)
-                ledger.fire(row, rule.label, len(chosen))
+                row.fire(rule.label, len(chosen))
         if edits:
             text = apply_edits(text, edits)
             if not text.strip():
-                ledger.fire(row, "empty_after_edits", 0)
-                row["decision"] = "removed"
+                row.fire("empty_after_edits", 0)
+                row.decision = "removed"
                 continue
-            row["decision"] = "modified"
+            row.decision = "modified"
         else:
-            row["decision"] = "kept"
+            row.decision = "kept"
         survivors.append({"row": len(rows) - 1, "doc": {**doc, "text": text}})
     for record in quarantine.records:
         raw = record["raw"].encode() if record["encoding"] == "utf-8" else b""
-        row = ledger.new_row(job.name, record["line"], _id_of(raw), None, _raw_bytes(record))
-        row["decision"] = "quarantined"
-        ledger.fire(row, "quarantine", record["reason"])
+        row = ledger.LedgerRow.of(job.name, record["line"], _id_of(raw), None, _raw_bytes(record))
+        row.decision = "quarantined"
+        row.fire("quarantine", record["reason"])
         rows.append(row)
     return {"rows": rows, "survivors": survivors, "quarantine": quarantine.records}
 
@@ -438,13 +449,9 @@ def _raw_bytes(record: dict[str, Any]) -> int:
     )
 
 
-def _usable_ids(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+def _usable_ids(rows: list[ledger.LedgerRow]) -> list[tuple[int, str]]:
     """(row position, id) of the rows pass 1 did not quarantine: what the cross-shard id check needs."""
-    return [
-        (r, row["id"])
-        for r, row in enumerate(rows)
-        if row["decision"] != "quarantined" and row["id"] is not None
-    ]
+    return [(r, row.id) for r, row in enumerate(rows) if row.decision != "quarantined" and row.id is not None]
 
 
 def filter_write_shard(job: ShardJob) -> dict[str, Any]:
@@ -490,7 +497,7 @@ def heldout_ngrams(job: WriteJob) -> np.ndarray:
 
 
 def filter_shard_cached(scratch: Path, index: int) -> dict[str, Any]:
-    return resumable(_filter_state(scratch, index), _missing_pass1)
+    return _from_state(resumable(_filter_state(scratch, index), _missing_pass1))
 
 
 def _missing_pass1() -> dict[str, Any]:
@@ -514,12 +521,12 @@ def _write_shard(job: WriteJob) -> dict[str, Any]:
 
 def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
     recipe = job.recipe
-    rows: list[dict[str, Any]] = part["rows"]
+    rows: list[ledger.LedgerRow] = part["rows"]
     weights = {s.name: s.weight for s in recipe.sources}
     for i in job.duplicate_ids:
         row = rows[i]
-        row.update(decision="quarantined", rules=[], first_rule=None)
-        ledger.fire(row, "quarantine", f"duplicate id: {row['id']} (first seen in an earlier shard)")
+        row.decision, row.rules, row.first_rule = "quarantined", [], None
+        row.fire("quarantine", f"duplicate id: {row.id} (first seen in an earlier shard)")
     train_candidates = [
         s
         for i, s in enumerate(part["survivors"])
@@ -539,38 +546,30 @@ def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
         if s["row"] in job.duplicate_ids:
             continue
         row, doc = rows[s["row"]], s["doc"]
-        source = row["recipe_source"]
+        source = row.recipe_source
+        assert source is not None  # survivors matched a recipe source in pass 1
         if i in job.heldout:
             target = heldout_docs.setdefault(source, [])
-            row.update(
-                split="held_out",
-                output_file=f"heldout/{source}/{out_name(job.name)}",
-                output_line=len(target) + 1,
-                copies=1,
-                output_bytes=len(doc["text"].encode("utf-8", "surrogatepass")),
-            )
+            row.split, row.output_file = "held_out", f"heldout/{source}/{out_name(job.name)}"
+            row.output_line, row.copies = len(target) + 1, 1
+            row.output_bytes = len(doc["text"].encode("utf-8", "surrogatepass"))
             target.append(doc)
             continue
         k = position[id(s)]
         if overlap is not None and overlap.matched[k]:
-            ledger.fire(row, "decon_heldout", round(overlap.fraction(k), 6))
-            row["decision"] = "removed"
+            row.fire("decon_heldout", round(overlap.fraction(k), 6))
+            row.decision = "removed"
             continue
         weight = weights[source]
         whole = math.floor(weight)
         # uniform() is in [0, 1): a whole weight needs no draw (same result, one hash less per document)
         copies = whole + int(weight > whole and uniform(recipe.seed, "sample", doc["id"]) < weight - whole)
         if copies == 0:
-            ledger.fire(row, "sample", weight)
-            row["decision"] = "removed"
+            row.fire("sample", weight)
+            row.decision = "removed"
             continue
-        row.update(
-            split="train",
-            output_file=train_name,
-            output_line=len(train_docs) + 1,
-            copies=copies,
-            output_bytes=len(doc["text"].encode("utf-8", "surrogatepass")),
-        )
+        row.split, row.output_file, row.output_line = "train", train_name, len(train_docs) + 1
+        row.copies, row.output_bytes = copies, len(doc["text"].encode("utf-8", "surrogatepass"))
         train_docs.append(doc)
         for c in range(1, copies):
             train_docs.append(
@@ -590,14 +589,14 @@ def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
     for source, docs in heldout_docs.items():
         write_jsonl(out / f"heldout/{source}/{out_name(job.name)}", docs, isal_level=1)
     for row in rows:
-        if row["split"] is None:
-            row["split"] = "none"
+        if row.split is None:
+            row.split = "none"
     ledger.write_part(job.scratch / f"ledger-{job.index:05d}.parquet", rows)
     late = [
         {
             "file": job.name,
-            "line": rows[i]["line"],
-            "reason": rows[i]["rules"][0]["value"].strip('"'),
+            "line": rows[i].line,
+            "reason": rows[i].rules[0]["value"].strip('"'),
             "raw": "",
             "encoding": "utf-8",
         }
@@ -649,7 +648,7 @@ def _two_pass(
     for i, part in enumerate(parts):
         for pos, s in enumerate(part["survivors"]):
             if s["row"] not in duplicate_ids.get(i, set()):
-                candidates.append((i, pos, s["doc"]["id"], part["rows"][s["row"]]["recipe_source"]))
+                candidates.append((i, pos, s["doc"]["id"], part["rows"][s["row"]].recipe_source))
     heldout = choose_heldout(recipe, candidates)
     del parts, candidates  # the workers re-read their pass-1 results from the work directory
 
