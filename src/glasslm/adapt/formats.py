@@ -14,13 +14,11 @@ A line that does not fit is quarantined with its file, line number and reason; l
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glasslm.data.documents import Quarantine, read_lines
+from glasslm.data.documents import Quarantine, iter_json_lines
 
 Messages = list[dict[str, str]]
 ROLES = ("system", "user", "assistant")
@@ -133,26 +131,6 @@ def parse_rl(obj: Any, known_datasets: frozenset[str] | None = None) -> RLTask:
             f"'dataset' {dataset!r} names no verifiable reward (known: {sorted(known_datasets)})"
         )
     return RLTask(messages=messages, ground_truth=str(truth), dataset=dataset)
-
-
-def iter_json_lines(path: Path, quarantine: Quarantine) -> Iterator[tuple[int, bytes, Any]]:
-    """(line number, raw bytes, parsed JSON) of every line that parses; the rest are quarantined."""
-    for number, raw, error in read_lines(path):
-        if error is not None or raw is None:
-            quarantine.add(path, number, error or "unreadable", b"")
-            continue
-        if not raw.strip():
-            quarantine.add(path, number, "empty line", raw)
-            continue
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            quarantine.add(path, number, f"invalid UTF-8: {e}", raw)
-            continue
-        except json.JSONDecodeError as e:
-            quarantine.add(path, number, f"malformed JSON: {e}", raw)
-            continue
-        yield number, raw, obj
 
 
 def _load(path: str | Path, parse: Any, quarantine: Quarantine | None) -> list[Any]:

@@ -201,16 +201,8 @@ def iter_documents(
     """
     path = location(path)
     q = quarantine if quarantine is not None else Quarantine()
-    for number, raw, error in read_lines(path):
-        if error is not None or raw is None:
-            q.add(path, number, error or "unreadable", b"")
-            continue
-        if not raw.strip():
-            q.add(path, number, "empty line", raw)
-            continue
-        obj, reason = parse_line(raw)
-        if reason is None:
-            reason = validate(obj)
+    for number, raw, obj in iter_json_lines(path, q):
+        reason = validate(obj)
         if reason is None and seen_ids is not None:
             if obj["id"] in seen_ids:
                 reason = f"duplicate id: {obj['id']}"
@@ -220,6 +212,25 @@ def iter_documents(
             q.add(path, number, reason, raw)
             continue
         yield number, obj
+
+
+def iter_json_lines(path: str | Path | Location, quarantine: Quarantine) -> Iterator[tuple[int, bytes, Any]]:
+    """(line number, raw bytes, JSON value) of every line that parses; the rest go to ``quarantine``
+    with their file, line and reason. The one reader of user JSONL that quarantines: corpus shards
+    (:func:`iter_documents`) and adaptation sets (``adapt/formats.py``) both read through it."""
+    path = location(path)
+    for number, raw, error in read_lines(path):
+        if error is not None or raw is None:
+            quarantine.add(path, number, error or "unreadable", b"")
+            continue
+        if not raw.strip():
+            quarantine.add(path, number, "empty line", raw)
+            continue
+        obj, reason = parse_line(raw)
+        if reason is not None:
+            quarantine.add(path, number, reason, raw)
+            continue
+        yield number, raw, obj
 
 
 def parse_line(raw: bytes) -> tuple[Any, str | None]:
