@@ -36,7 +36,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("glasslm.trace.cli", ("trace", "energy", "reproduce")),  # trace index|count|span
     ("glasslm.report.cli", ("report",)),
     ("glasslm.release.cli", ("release",)),  # release RUN, release verify DIR
-    ("glasslm.pipeline", ("pipeline",)),
+    ("glasslm.pipeline.cli", ("pipeline",)),
     ("glasslm.artifacts_cli", ("manifest",)),  # manifest show|verify
 ]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from glasslm import config as cfg
+from glasslm.pipeline.stages import RUN_SECTIONS
 
 T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], int | None]
@@ -41,6 +42,7 @@ def resolve_config(
         section=section,
         run_section=getattr(args, "run_section", None),
         wrap=getattr(args, "run_wrap", None),
+        run_sections=RUN_SECTIONS,
     )
 
 
@@ -123,6 +125,10 @@ def out_path(text: str) -> Path:
     """``--out``'s type: ``--out ""`` (an unset shell variable) would otherwise mean the current directory."""
     if not text.strip():
         raise argparse.ArgumentTypeError("--out is empty: name a new directory for the artifact")
+    if "://" in text and not text.startswith("file://"):  # s3://…: Path() would fold the '//' away
+        from glasslm.data.documents import location
+
+        return location(text)  # type: ignore[return-value]  # a UPath: the data stages take both
     return Path(text)
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -302,34 +302,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# The sections of a run config (configs/tiny.yaml …): one per pipeline stage, each holding that
-# stage's config. A verb given a whole run config reads its own section (see ``load``).
-RUN_SECTIONS = (
-    "stages",
-    "corpus",
-    "tag",
-    "dedupe",
-    "decon",
-    "mix",
-    "tokenizer",
-    "tokenize",
-    "train",
-    "eval",
-    "adapt_data",
-    "sft",
-    "dpo",
-    "rl",
-    "hf",
-    "trace",
-    "report",
-    "release",
-)
+def is_run_config(
+    cls: type, data: Mapping[str, Any], run_sections: Collection[str] | None, run_section: str
+) -> bool:
+    """Whether ``data`` is a whole run config (configs/tiny.yaml …) rather than ``cls``'s own config.
 
-
-def is_run_config(cls: type, data: Mapping[str, Any]) -> bool:
-    """A run config has only run sections, at least one of which ``cls`` does not know."""
-    keys = set(data)
-    return bool(keys) and keys <= set(RUN_SECTIONS) and not keys <= set(_field_types(cls))
+    ``run_sections``: the sections a run config may have (the pipeline's table gives them; this module
+    knows no stage). A run config has only those, at least one of which ``cls`` does not know. Without
+    them (a caller outside the command line), a file holding ``run_section`` as a key ``cls`` does not
+    know is taken for a run config.
+    """
+    keys, fields = set(data), set(_field_types(cls))
+    if run_sections is None:
+        return run_section in keys and run_section not in fields
+    return bool(keys) and keys <= set(run_sections) and not keys <= fields
 
 
 def load(
@@ -340,19 +326,20 @@ def load(
     section: str | None = None,
     run_section: str | None = None,
     wrap: str | None = None,
+    run_sections: Collection[str] | None = None,
 ) -> T:
     """Resolve a config: defaults (or ``base``) < YAML file < dotted overrides.
 
     ``section`` reads one top-level section of a larger YAML file. ``run_section``: if the file is a
-    whole run config (``is_run_config``), read that stage's section, nested under ``wrap`` when the
-    verb's config keeps its settings one level down (e.g. ``CorpusRun.corpus``).
+    whole run config (``is_run_config``, with ``run_sections``), read that stage's section, nested under
+    ``wrap`` when the verb's config keeps its settings one level down (e.g. ``CorpusRun.corpus``).
     """
     config = base if base is not None else cls()
     if path is not None:
         data = read_yaml(path)
         if section is not None:
             data = data.get(section, {})
-        elif run_section is not None and is_run_config(cls, data):
+        elif run_section is not None and is_run_config(cls, data, run_sections, run_section):
             data = data.get(run_section) or {}
             if wrap is not None:
                 data = {wrap: data}

@@ -2,7 +2,8 @@
 
 Safety: the recorded command is data, never a shell string. It must be a list starting with
 ``glasslm`` whose words the glasslm parser accepts as a verb that writes an artifact (``--out``);
-anything else is refused. The verb runs in this process through ``glasslm.cli.main``.
+anything else is refused. The verb runs in this process through the ``Commands`` the caller gives
+(``glasslm.cli``'s parser and entry point: this library module imports no command-line module).
 
 Procedure:
 
@@ -25,7 +26,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,15 @@ CONFIG_POSITIONALS = ("config_pos", "recipe")
 
 class RefusedCommand(ArtifactError):
     """The recorded command is not a glasslm verb that this tool will run."""
+
+
+@dataclass(frozen=True)
+class Commands:
+    """The command line that recorded commands are parsed and replayed with."""
+
+    parser: Callable[[str | None], argparse.ArgumentParser]  # the parser for one top-level name
+    run: Callable[[list[str]], int]  # run one command line (no program name), return its exit status
+    path_types: tuple[Callable[[str], Any], ...] = (Path,)  # argument types whose values are paths
 
 
 @dataclass
@@ -129,11 +139,11 @@ def check_inputs(path: Path, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _parse(words: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
+def _parse(
+    words: list[str], commands: Commands
+) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
     """(the parser, the parsed words, the words it left: dotted overrides)."""
-    from glasslm.cli import build_parser
-
-    parser = build_parser(words[0] if words and not words[0].startswith("-") else None)
+    parser = commands.parser(words[0] if words and not words[0].startswith("-") else None)
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -173,7 +183,11 @@ class PathMap:
 
 
 def rebuild_command(
-    manifest: dict[str, Any], out: Path, config_file: Path | None, artifact: Path | None = None
+    manifest: dict[str, Any],
+    out: Path,
+    config_file: Path | None,
+    commands: Commands,
+    artifact: Path | None = None,
 ) -> tuple[list[str], PathMap]:
     """The recorded argv with its output, config and paths replaced (see module docstring), and the map
     that re-pointed its paths (for the config's paths too)."""
@@ -185,7 +199,7 @@ def rebuild_command(
             f"the recorded command is not a glasslm command ({command[0]!r}); refusing to run it"
         )
     words = command[1:]
-    parser, args, unknown = _parse(words)
+    parser, args, unknown = _parse(words, commands)
     if not hasattr(args, "func"):
         raise RefusedCommand(
             f"the recorded command names no glasslm verb: {' '.join(command)}; refusing to run it"
@@ -196,7 +210,7 @@ def rebuild_command(
     out_value = getattr(args, "out", None) or getattr(args, "out_pos", None)
     where = _path_map(args, manifest, artifact)
     n_verb_words = 2 if getattr(args, "verb", None) else 1  # `model init` / `train`: names, never paths
-    paths = _path_arguments(parser, words, args)
+    paths = _path_arguments(parser, words, args, commands.path_types)
     overrides = set(unknown)  # dotted overrides: the resolved config passed below already holds them
     # A config given as a positional (`train CONFIG`, `data mix RECIPE`) is replaced by the recorded one.
     config_word = next((str(getattr(args, d)) for d in CONFIG_POSITIONALS if getattr(args, d, None)), None)
@@ -227,11 +241,14 @@ def rebuild_command(
     return new, where
 
 
-def _path_arguments(top: argparse.ArgumentParser, words: list[str], args: argparse.Namespace) -> set[str]:
-    """The values the verb's parser reads as paths (arguments typed Path): `--preset tiny` is a name even
-    when the working directory holds a folder `tiny`."""
-    from glasslm.clitools import out_path
-
+def _path_arguments(
+    top: argparse.ArgumentParser,
+    words: list[str],
+    args: argparse.Namespace,
+    path_types: tuple[Callable[[str], Any], ...],
+) -> set[str]:
+    """The values the verb's parser reads as paths (arguments of ``path_types``): `--preset tiny` is a
+    name even when the working directory holds a folder `tiny`."""
     parser: Any = top
     for word in words[: 2 if getattr(args, "verb", None) else 1]:
         sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
@@ -240,7 +257,7 @@ def _path_arguments(top: argparse.ArgumentParser, words: list[str], args: argpar
         parser = sub.choices[word]
     values: set[str] = set()
     for action in parser._actions:
-        if action.type in (Path, out_path):
+        if action.type in path_types:
             value = getattr(args, action.dest, None)
             values |= {str(v) for v in (value if isinstance(value, list) else [value]) if v is not None}
     return values
@@ -267,9 +284,7 @@ def map_config_paths(config: Any, where: PathMap) -> Any:
     return config
 
 
-def reproduce(path: str | Path, keep: str | Path | None = None) -> ReproduceReport:
-    from glasslm.cli import main
-
+def reproduce(path: str | Path, commands: Commands, keep: str | Path | None = None) -> ReproduceReport:
     path = Path(path)
     manifest = artifacts.read_manifest(path)
     report = ReproduceReport(
@@ -292,14 +307,14 @@ def reproduce(path: str | Path, keep: str | Path | None = None) -> ReproduceRepo
         run_out = work / "out"
         out = run_out / path.relative_to(made) if in_run else run_out
         rerun_config = work / "config.yaml" if config else None
-        rerun, where = rebuild_command(manifest, run_out, rerun_config, artifact=made)
+        rerun, where = rebuild_command(manifest, run_out, rerun_config, commands, artifact=made)
         report.rerun = ["glasslm", *rerun]
         if rerun_config is not None:
             rerun_config.write_text(yaml.safe_dump(map_config_paths(config, where), sort_keys=False))
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), _replaying(made):
             try:
-                report.exit_code = main(report.rerun[1:])
+                report.exit_code = commands.run(report.rerun[1:])
             except SystemExit as e:  # argparse errors
                 report.exit_code = int(e.code or 0) if isinstance(e.code, int) else 2
         report.output = captured.getvalue()[-4000:]

@@ -200,9 +200,11 @@ def _energy(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from glasslm.reproduce import reproduce
+    from glasslm.cli import build_parser, main
+    from glasslm.clitools import out_path
+    from glasslm.reproduce import Commands, reproduce
 
-    report = reproduce(args.path, keep=args.keep)
+    report = reproduce(args.path, Commands(build_parser, main, (Path, out_path)), keep=args.keep)
     data = report.to_json()
 
     def render(d: dict[str, Any]) -> str:
