@@ -11,6 +11,12 @@ No hub dataset is reachable, so the data is derived from what every Python insta
 
 Everything is a pure function of the config (seeded ``random.Random``), so the same config gives the
 same files. Held-out splits are disjoint from training by prompt text.
+
+The chat suite's held-out conversations (``chat_heldout.jsonl``, ``eval/chat_suite.py``) are natural
+questions a user would ask ("What does json.dumps do?", "Can you explain the "with" statement in
+Python?") about the held-out *subjects* (help topics, functions, classes) with their documentation as
+the reference answer. A held-out subject is never trained on in any form; :func:`check_disjoint`
+checks that on every build, by subject, question and answer text.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from glasslm.adapt.formats import Messages, Preference, RLTask
 from glasslm.config import ConfigError
 
 ADAPT_DATA = "adapt_data"  # the artifact kind `glasslm adapt data` writes
+CHAT_HELDOUT = "chat_heldout.jsonl"  # the chat suite's held-out conversations, in every adapt_data artifact
 
 TASK_FAMILIES = ("arithmetic", "reverse", "upper", "count", "first_letter", "length", "passage")
 DEFAULT_MODULES = [
@@ -51,6 +58,8 @@ class AdaptDataConfig:
     sft_verifiable: int = 2000  # solved verifiable training tasks mixed into SFT (from the rl_train pool)
     heldout_fraction: float = 0.1  # of instruction pairs, held out for SFT loss / DPO accuracy
     dpo_verifiable: int = 500  # preference pairs made from solved training tasks (right vs. wrong answer)
+    # Natural questions per held-out subject in chat_heldout.jsonl (differently phrased, one reference).
+    chat_questions: int = 2
 
     def validate(self) -> None:
         unknown = sorted(set(self.tasks) - set(TASK_FAMILIES))
@@ -66,6 +75,8 @@ class AdaptDataConfig:
             raise ConfigError(f"adapt_data.heldout_fraction must lie in [0, 1), got {self.heldout_fraction}")
         if self.max_operand < 2:
             raise ConfigError("adapt_data.max_operand must be >= 2")
+        if self.chat_questions < 0:
+            raise ConfigError(f"adapt_data.chat_questions must be >= 0, got {self.chat_questions}")
 
 
 # --------------------------------------------------------------------------- instruction pairs
@@ -99,20 +110,57 @@ def _title(text: str) -> str:
     return lines[0].strip() if lines else ""
 
 
-def help_topic_pairs(max_chars: int) -> list[tuple[str, str, str]]:
-    """(key, question, answer) from Python's help topics."""
+@dataclass(frozen=True)
+class Subject:
+    """One thing the documentation explains: a help topic, a function or a class, and its answer."""
+
+    key: str  # topic:<name> or doc:<module>.<name>
+    kind: str  # "topic", "function" or "class"
+    name: str  # the topic's title, or the dotted name
+    answer: str
+
+    @property
+    def instruction(self) -> str:
+        """The templated instruction the SFT and DPO sets ask."""
+        if self.kind == "topic":
+            return f"What does the Python help topic '{self.key[6:]}' ({self.name}) say?"
+        return f"Summarise the docstring of the {self.kind} {self.name}."
+
+    def ask(self, rng: random.Random) -> str:
+        """A question a user would ask about this subject, in one of several phrasings."""
+        if self.kind == "topic":
+            title = self.name[0].lower() + self.name[1:] if self.name[1:2].islower() else self.name
+            return rng.choice(_TOPIC_QUESTIONS).format(title=title)
+        module, _, short = self.name.rpartition(".")
+        templates = _FUNCTION_QUESTIONS if self.kind == "function" else _CLASS_QUESTIONS
+        return rng.choice(templates).format(name=self.name, module=module, short=short)
+
+
+_FUNCTION_QUESTIONS = ("What does {name} do?", "How do I use {name}?", "What is {name} for?",
+                       "Can you explain the function {name}?", "What does {short}() in the {module} module do?")  # fmt: skip
+_CLASS_QUESTIONS = ("What is {name}?", "What is the {name} class for?", "Can you explain the class {name}?",
+                    "What does the {short} class in {module} do?")  # fmt: skip
+_TOPIC_QUESTIONS = ("Can you explain {title} in Python?", "What should I know about {title} in Python?",
+                    "Tell me about {title} in Python.", "How does Python handle {title}?",
+                    "What does the Python documentation say about {title}?")  # fmt: skip
+
+
+def help_topic_subjects(max_chars: int) -> list[Subject]:
+    """Python's help topics with a prose answer of at least 40 characters."""
     from pydoc_data.topics import topics
 
-    pairs = []
+    subjects = []
     for key in sorted(topics):
         text = topics[key]
         answer = _first_paragraphs(text, max_chars)
-        if len(answer) < 40:
-            continue
-        title = _title(text)
-        question = f"What does the Python help topic '{key}' ({title}) say?"
-        pairs.append((f"topic:{key}", question, answer))
-    return pairs
+        if len(answer) >= 40:
+            subjects.append(Subject(f"topic:{key}", "topic", _title(text), answer))
+    return subjects
+
+
+def help_topic_pairs(max_chars: int) -> list[tuple[str, str, str]]:
+    """(key, question, answer) from Python's help topics."""
+    return [(s.key, s.instruction, s.answer) for s in help_topic_subjects(max_chars)]
 
 
 def _module_source(name: str) -> Path | None:
@@ -125,9 +173,9 @@ def _module_source(name: str) -> Path | None:
     return Path(spec.origin)
 
 
-def docstring_pairs(modules: list[str], max_chars: int) -> list[tuple[str, str, str]]:
-    """(key, question, answer) for public functions and classes with docstrings, read with ``ast``."""
-    pairs = []
+def docstring_subjects(modules: list[str], max_chars: int) -> list[Subject]:
+    """Public functions and classes with docstrings, read with ``ast`` (nothing is imported)."""
+    subjects = []
     for name in modules:
         source = _module_source(name)
         if source is None:
@@ -143,9 +191,13 @@ def docstring_pairs(modules: list[str], max_chars: int) -> list[tuple[str, str, 
             if len(answer) < 30:
                 continue
             kind = "class" if isinstance(node, ast.ClassDef) else "function"
-            question = f"Summarise the docstring of the {kind} {name}.{node.name}."
-            pairs.append((f"doc:{name}.{node.name}", question, answer))
-    return pairs
+            subjects.append(Subject(f"doc:{name}.{node.name}", kind, f"{name}.{node.name}", answer))
+    return subjects
+
+
+def docstring_pairs(modules: list[str], max_chars: int) -> list[tuple[str, str, str]]:
+    """(key, question, answer) for public functions and classes with docstrings, read with ``ast``."""
+    return [(s.key, s.instruction, s.answer) for s in docstring_subjects(modules, max_chars)]
 
 
 # --------------------------------------------------------------------------- verifiable tasks
@@ -361,6 +413,7 @@ class AdaptData:
     dpo_heldout: list[Preference]
     rl_train: list[RLTask]
     rl_heldout: list[RLTask]
+    chat_heldout: list[tuple[str, Messages]]  # (subject key, [user question, reference answer])
     counts: dict[str, Any]
 
     def files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
@@ -370,20 +423,63 @@ class AdaptData:
         yield "dpo_heldout.jsonl", [p.to_json() for p in self.dpo_heldout]
         yield "rl_train.jsonl", [t.to_json() for t in self.rl_train]
         yield "rl_heldout.jsonl", [t.to_json() for t in self.rl_heldout]
+        yield CHAT_HELDOUT, [{"messages": m, "subject": key} for key, m in self.chat_heldout]
 
 
 def _conversation(question: str, answer: str) -> Messages:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
+def chat_conversations(
+    subjects: list[Subject], per_subject: int, rng: random.Random
+) -> list[tuple[str, Messages]]:
+    """``per_subject`` differently phrased questions about each subject, its answer the reference."""
+    out = []
+    for s in subjects:
+        questions: list[str] = []
+        for _ in range(50 * per_subject):  # a subject kind has at least 4 phrasings: this always ends
+            if len(questions) == per_subject:
+                break
+            q = s.ask(rng)
+            if q not in questions:
+                questions.append(q)
+        out += [(s.key, _conversation(q, s.answer)) for q in questions]
+    return out
+
+
+class HeldOutLeak(ValueError):
+    """A held-out conversation's subject, question or answer occurs in a training set."""
+
+
+def check_disjoint(data: AdaptData, train_subjects: set[str]) -> None:
+    """Raise :class:`HeldOutLeak` if anything of ``chat_heldout`` is in the SFT, DPO or RL training data:
+    its subject among the trained subjects, its question among the training prompts, its reference
+    answer among the training answers (chosen and rejected alike)."""
+    prompts = {m["content"] for c in data.sft for m in c if m["role"] != "assistant"}
+    prompts |= {m["content"] for p in data.dpo for m in p.prompt}
+    prompts |= {m["content"] for t in data.rl_train for m in t.messages}
+    answers = {m["content"] for c in data.sft for m in c if m["role"] == "assistant"}
+    answers |= {m["content"] for p in data.dpo for m in [*p.chosen, *p.rejected]}
+    answers |= {t.ground_truth for t in data.rl_train}
+    for key, (question, reference) in data.chat_heldout:
+        for what, value, seen in (("subject", key, train_subjects), ("question", question["content"], prompts),
+                                  ("reference answer", reference["content"], answers)):  # fmt: skip
+            if value in seen:
+                raise HeldOutLeak(
+                    f"held-out conversation about {key}: its {what} {value[:80]!r} is in the training data"
+                )
+
+
 def build(config: AdaptDataConfig) -> AdaptData:
     config.validate()
     rng = random.Random(config.seed + 1)  # a stream apart from the task draws
-    instructions = help_topic_pairs(config.max_answer_chars) if config.help_topics else []
-    instructions += docstring_pairs(config.modules, config.max_answer_chars)
-    rng.shuffle(instructions)
-    n_held = round(len(instructions) * config.heldout_fraction)
-    inst_held, inst_train = instructions[:n_held], instructions[n_held:]
+    subjects = help_topic_subjects(config.max_answer_chars) if config.help_topics else []
+    subjects += docstring_subjects(config.modules, config.max_answer_chars)
+    rng.shuffle(subjects)
+    n_held = round(len(subjects) * config.heldout_fraction)
+    subj_held, subj_train = subjects[:n_held], subjects[n_held:]
+    inst_held = [(s.key, s.instruction, s.answer) for s in subj_held]
+    inst_train = [(s.key, s.instruction, s.answer) for s in subj_train]
 
     train_tasks, held_tasks = verifiable_tasks(config)
     sft_tasks = train_tasks[: config.sft_verifiable]
@@ -402,6 +498,11 @@ def build(config: AdaptDataConfig) -> AdaptData:
     dpo = preference_pairs(inst_train, dpo_pool, config, rng)
     rng.shuffle(dpo)
     dpo_held = preference_pairs(inst_held, held_tasks, AdaptDataConfig(dpo_verifiable=max(1, n_held)), rng)
+    # Its own stream, so the number of phrasings asked changes no other file. A held-out subject whose
+    # documentation repeats a trained one's word for word (an alias) is no test of generalisation.
+    trained_answers = {s.answer for s in subj_train}
+    chat_subjects = [s for s in subj_held if s.answer not in trained_answers]
+    chat = chat_conversations(chat_subjects, config.chat_questions, random.Random(config.seed + 2))
 
     families: dict[str, int] = {}
     for t in held_tasks:
@@ -413,18 +514,22 @@ def build(config: AdaptDataConfig) -> AdaptData:
         "dpo_heldout": len(dpo_held),
         "rl_train": len(train_tasks),
         "rl_heldout": len(held_tasks),
-        "instruction_pairs": len(instructions),
+        "chat_heldout": len(chat),
+        "instruction_pairs": len(subjects),
         "rl_heldout_families": families,
     }
-    return AdaptData(
+    data = AdaptData(
         sft=sft,
         sft_heldout=sft_held,
         dpo=dpo,
         dpo_heldout=dpo_held,
         rl_train=[t.task for t in train_tasks],
         rl_heldout=[t.task for t in held_tasks],
+        chat_heldout=chat,
         counts=counts,
     )
+    check_disjoint(data, {s.key for s in subj_train})
+    return data
 
 
 def find_data_file(path: str | Path, name: str) -> Path:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from glasslm import artifacts
+from glasslm.report import chat_table
 from glasslm.report.base import Run, Section, curve_figures, new_fig, read_json, read_jsonl, with_run
 
 ADAPT_STAGES = ("sft", "dpo", "rl")
@@ -256,6 +257,16 @@ def adaptation_section(runs: list[Run]) -> Section:
         "Curves of each adaptation stage (SFT, then DPO, then RL when run) and the held-out metrics "
         "each stage measured before and after training."
     )
+    chat = [row for run in runs for row in with_run(run, chat_table.chat_rows(run), runs)]
+    if chat:
+        section.text += (
+            " The chat suite: every stage measures the same held-out conversations (never trained on) "
+            "and is checked against the stage before it; Δ is the change from the row above."
+        )
+        regressions = chat_table.regressions_text(runs)
+        if regressions:
+            section.text += "<br>Chat-suite regressions:<br>" + regressions
+        section.tables.append(("Chat suite across the stages", chat))
     section.tables.append(("Held-out metrics before and after each stage", rows))
     return section
 
