@@ -3,6 +3,7 @@ server (moto in server mode) on 127.0.0.1 started here — never the network."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
 pytest.importorskip("upath")
 
+from glasslm import artifacts  # noqa: E402
 from glasslm.cli import main  # noqa: E402
 from glasslm.data import dedupe  # noqa: E402
 from glasslm.data.documents import iter_documents, read_jsonl, shard_names  # noqa: E402
@@ -21,7 +23,7 @@ BUCKET = "glasslm-test"
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[object]:
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -34,6 +36,7 @@ def s3() -> Iterator[object]:
             "AWS_SECRET_ACCESS_KEY": "test",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "GLASSLM_STAGING": str(tmp_path_factory.mktemp("staging")),
         }.items():
             mp.setenv(key, value)
         import s3fs
@@ -89,3 +92,46 @@ def test_import_and_dedupe_read_s3(s3: object, tmp_path: Path) -> None:
     }
     assert got == expected and any(b"dedupe" in v for v in got.values())
     assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+
+
+def test_every_data_stage_writes_to_s3_same_bytes_as_local(s3: object, tmp_path: Path) -> None:
+    """import → tag → dedupe → decon → mix → tokenize with every output on S3 (each stage reading the one
+    before from S3): the same files, byte for byte, as the same chain on local disk; `manifest verify`
+    re-hashes the S3 artifacts and their S3 inputs."""
+    from tests.data_chain_support import STAGES, local_files, raw_inputs, remote_files, run_chain, tree
+
+    raw = raw_inputs(tmp_path)
+    local = tmp_path / "local"
+    tokenizer = tmp_path / "tokenizer"
+    run_chain(raw, str(local), tokenizer, executor="process", workers=2)
+    remote = f"s3://{BUCKET}/run"
+    run_chain(raw, remote, tokenizer, executor="process", workers=2)
+    for stage in STAGES:
+        expected = tree(local_files(local / stage))
+        got = tree(remote_files(s3, f"{remote}/{stage}"))
+        assert got == expected, stage
+    assert main(["manifest", "verify", f"{remote}/tokens", "--recursive"]) == 0
+    # the S3 artifacts name their S3 inputs relative to themselves, as local ones do
+    tokens = json.loads(s3.cat_file(f"{BUCKET}/run/tokens/manifest.json"))  # type: ignore[attr-defined]
+    assert tokens["inputs"][0]["path"] == "../mix"
+
+    # verify re-hashes the objects: a changed one is reported
+    s3.pipe_file(f"{BUCKET}/run/mix/ledger.parquet", b"not the ledger")  # type: ignore[attr-defined]
+    report = artifacts.verify(f"{remote}/mix")
+    assert not report.ok and report.changed == ["ledger.parquet"]
+    assert main(["manifest", "verify", f"{remote}/tokens", "--recursive"]) == 1
+
+    # the manifest is the commit marker: a prefix without one is no artifact and is never replaced
+    s3.pipe_file(f"{BUCKET}/half/documents/a.jsonl.gz", b"partial")  # type: ignore[attr-defined]
+    with pytest.raises(artifacts.ArtifactError, match="no documents artifact"):
+        artifacts.find_artifact(f"s3://{BUCKET}/half", "documents")
+    assert main(["data", "dedupe", f"{remote}/corpus", "--out", f"s3://{BUCKET}/half"]) == 2
+    assert s3.cat_file(f"{BUCKET}/half/documents/a.jsonl.gz") == b"partial"  # type: ignore[attr-defined]
+
+    # re-running a stage replaces its S3 artifact whole: no stale objects, no staging prefix left
+    s3.pipe_file(f"{BUCKET}/run/mix/ledger.parquet", local.joinpath("mix/ledger.parquet").read_bytes())  # type: ignore[attr-defined]
+    assert main(["data", "dedupe", f"{remote}/corpus", "--out", f"{remote}/attributes/dedupe"]) == 0
+    assert tree(remote_files(s3, f"{remote}/attributes/dedupe")) == tree(
+        local_files(local / "attributes/dedupe")
+    )
+    assert not [p for p in s3.find(f"{BUCKET}/run") if ".tmp-" in p]  # type: ignore[attr-defined]

@@ -31,22 +31,37 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from glasslm import __version__
 from glasslm.config import to_dict
 
+if TYPE_CHECKING:
+    from glasslm.data.documents import Location
+
 MANIFEST = "manifest.json"
 _HASH_CHUNK = 1 << 20
+
+
+# Artifacts at object-store URLs (s3://, gs://: issue #19) are read and written through
+# glasslm.data.storage, imported lazily so that local use never loads fsspec.
+def is_url(path: object) -> bool:
+    """Whether ``path`` names an object-store location (``s3://``, ``gs://``…), not a local path."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
 
 
 class ArtifactError(RuntimeError):
     """An artifact is missing, of the wrong kind, or damaged."""
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path | Location) -> str:
+    if is_url(path):
+        from glasslm.data import storage
+
+        return storage.sha256(str(path))
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(str(path), "rb") as f:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -119,8 +134,18 @@ def _hash_files(root: Path, regular: Sequence[str]) -> dict[str, dict[str, Any]]
     }
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def read_manifest(path: str | Path | Location) -> dict[str, Any]:
+    if is_url(path):
+        from glasslm.data import storage
+
+        text = storage.read_text(storage.join(str(path), MANIFEST))
+        if text is None:
+            raise ArtifactError(f"{path}: not an artifact (no {MANIFEST})")
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"{path}/{MANIFEST}: not valid JSON ({e})") from None
+    path = Path(str(path))
     manifest = path / MANIFEST
     if not manifest.is_file():
         raise ArtifactError(f"{path}: not an artifact directory (no {MANIFEST})")
@@ -130,29 +155,45 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{manifest}: not valid JSON ({e})") from None
 
 
-def manifest_hash(path: str | Path) -> str:
-    return sha256_file(Path(path) / MANIFEST)
+def manifest_hash(path: str | Path | Location) -> str:
+    if is_url(path):
+        return sha256_file(f"{str(path).rstrip('/')}/{MANIFEST}")
+    return sha256_file(Path(str(path)) / MANIFEST)
 
 
-def input_ref(path: str | Path) -> dict[str, Any]:
+def input_ref(path: str | Path | Location) -> dict[str, Any]:
     """How a manifest names one of its inputs: path, kind and the hash of the input's manifest.
 
     The path is absolute here; ``write_manifest`` stores it relative to the artifact it writes."""
-    path = Path(path)
+    if is_url(path):
+        from glasslm.data import storage
+
+        url = storage.normalize(str(path))
+        return {"path": url, "kind": read_manifest(url).get("kind"), "sha256": manifest_hash(url)}
+    path = Path(str(path))
     manifest = read_manifest(path)
     return {"path": str(path.resolve()), "kind": manifest.get("kind"), "sha256": manifest_hash(path)}
 
 
-def input_location(artifact: str | Path, ref: Mapping[str, Any]) -> Path:
+def input_location(artifact: str | Path | Location, ref: Mapping[str, Any]) -> Path:
     """Where an input named in ``artifact``'s manifest is now: relative paths are relative to the artifact
-    (so a moved or copied run finds its own inputs); absolute ones come from manifests written before."""
-    recorded = Path(str(ref.get("path", "")))
+    (so a moved or copied run finds its own inputs); absolute ones come from manifests written before.
+    An input at a URL, or relative to an artifact at a URL, is a UPath (typed as Path: callers only read
+    through it, and UPath has the same reading interface)."""
+    text = str(ref.get("path", ""))
+    if is_url(text) or (is_url(artifact) and not Path(text).is_absolute()):
+        from glasslm.data import storage
+        from glasslm.data.documents import location
+
+        where = text if is_url(text) else storage.resolve(str(artifact), text)
+        return location(where)  # type: ignore[return-value]  # a UPath, see above
+    recorded = Path(text)
     if recorded.is_absolute():
         return recorded
-    return Path(os.path.normpath(Path(artifact).resolve() / recorded))
+    return Path(os.path.normpath(Path(str(artifact)).resolve() / recorded))
 
 
-def inputs_of(artifact: str | Path) -> list[tuple[dict[str, Any], Path]]:
+def inputs_of(artifact: str | Path | Location) -> list[tuple[dict[str, Any], Path]]:
     """Each input reference of an artifact's manifest with its current location."""
     return [(ref, input_location(artifact, ref)) for ref in read_manifest(artifact).get("inputs", [])]
 
@@ -165,7 +206,7 @@ def input_of_kind(artifact: str | Path, kind: str) -> Path | None:
 FILE_INPUT = "file"  # an input that is a plain file (an evaluation set), recorded with its own sha256
 
 
-def input_state(ref: Mapping[str, Any], where: Path) -> str:
+def input_state(ref: Mapping[str, Any], where: Path | Location) -> str:
     """``ok``, ``missing`` or ``changed``: an artifact input by its manifest hash, a file input by its bytes."""
     if ref.get("kind") == FILE_INPUT:
         if not where.is_file():
@@ -176,25 +217,39 @@ def input_state(ref: Mapping[str, Any], where: Path) -> str:
     return "ok" if not ref.get("sha256") or manifest_hash(where) == ref["sha256"] else "changed"
 
 
-def _relative_ref(ref: Mapping[str, Any], root: Path) -> dict[str, Any]:
+def _relative_ref(ref: Mapping[str, Any], root: Path, location: str | None = None) -> dict[str, Any]:
     """``ref`` with an absolute path made relative to ``root`` (the artifact or its temporary sibling:
-    same parent, so the same relative path)."""
+    same parent, so the same relative path). ``location``: the URL the artifact is built for (its
+    ``root`` is then a local staging directory): inputs in the same bucket are stored relative to it,
+    others as they are (a URL, an absolute local path)."""
     out = dict(ref)
+    if location is not None:
+        from glasslm.data import storage
+
+        recorded = str(out.get("path", ""))
+        rel = storage.relative(recorded, location) if is_url(recorded) else None
+        if rel is not None:
+            out["path"] = rel
+        return out
     path = Path(str(out.get("path", "")))
     if path.is_absolute():
         out["path"] = os.path.relpath(path, root.resolve())
     return out
 
 
-def find_artifact(path: str | Path, kinds: str | Sequence[str], subdirs: Sequence[str] = ()) -> Path:
+def find_artifact(
+    path: str | Path | Location, kinds: str | Sequence[str], subdirs: Sequence[str] = ()
+) -> Path:
     """Resolve ``path`` to an artifact of one of ``kinds``.
 
     ``path`` may be the artifact itself or a run directory (``runs/NAME``) that holds it in one of
     ``subdirs`` (default: a sub-directory named like the kind). The artifact found must hold regular
     files only (``check_regular``).
     """
-    path = Path(path)
     wanted = [kinds] if isinstance(kinds, str) else list(kinds)
+    if is_url(path):
+        return _find_remote(str(path), wanted, subdirs)  # type: ignore[return-value]  # a UPath
+    path = Path(str(path))
     found: Path | None = None
     if (path / MANIFEST).is_file():
         kind = read_manifest(path).get("kind")
@@ -213,6 +268,24 @@ def find_artifact(path: str | Path, kinds: str | Sequence[str], subdirs: Sequenc
         raise ArtifactError(f"{path}: no {' or '.join(wanted)} artifact here or in its sub-directories")
     check_regular(found)
     return found
+
+
+def _find_remote(url: str, wanted: Sequence[str], subdirs: Sequence[str]) -> Location:
+    """``find_artifact`` for a URL: the artifact (a UPath), found by its manifest, the commit marker."""
+    from glasslm.data import storage
+    from glasslm.data.documents import location
+
+    url = storage.normalize(url)
+    for candidate in [url, *(storage.join(url, sub) for sub in list(subdirs) or wanted)]:
+        text = storage.read_text(storage.join(candidate, MANIFEST))
+        if text is None:
+            continue
+        kind = json.loads(text).get("kind")
+        if kind in wanted:
+            return location(candidate)
+        if candidate == url and not subdirs:
+            raise ArtifactError(f"{url}: is a '{kind}' artifact, expected {' or '.join(wanted)}")
+    raise ArtifactError(f"{url}: no {' or '.join(wanted)} artifact here or in its sub-directories")
 
 
 @dataclass
@@ -250,15 +323,17 @@ def write_manifest(
     kind: str,
     *,
     config: Any = None,
-    inputs: Sequence[str | Path | Mapping[str, Any]] = (),
+    inputs: Sequence[str | Path | Location | Mapping[str, Any]] = (),
     command: Sequence[str] | None = None,
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    location: str | None = None,
 ) -> dict[str, Any]:
     """Hash everything under ``root`` and write its manifest (atomically). Returns the manifest.
 
-    ``root`` is the artifact or a temporary sibling of it: input paths are stored relative to it."""
-    refs = [_relative_ref(i if isinstance(i, Mapping) else input_ref(i), root) for i in inputs]
+    ``root`` is the artifact or a temporary sibling of it: input paths are stored relative to it.
+    ``location``: the object-store URL the artifact will be committed to (``root`` is its staging)."""
+    refs = [_relative_ref(i if isinstance(i, Mapping) else input_ref(i), root, location) for i in inputs]
     manifest: dict[str, Any] = {
         "kind": kind,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -336,7 +411,9 @@ def check_run_out(out: Path) -> None:
         )
 
 
-def check_out(out: Path, kind: str | None, inputs: Sequence[str | Path | Mapping[str, Any]] = ()) -> None:
+def check_out(
+    out: Path, kind: str | None, inputs: Sequence[str | Path | Location | Mapping[str, Any]] = ()
+) -> None:
     """Refuse an ``--out`` whose replacement could lose something glasslm did not make.
 
     Allowed: a path that does not exist, an empty directory, or an artifact of the same kind whose files
@@ -376,28 +453,61 @@ def check_out(out: Path, kind: str | None, inputs: Sequence[str | Path | Mapping
                 )
     target = out.resolve()
     for item in inputs:
-        where = Path(str(item.get("path", ""))) if isinstance(item, Mapping) else Path(item)
-        where = where.resolve()
+        recorded = str(item.get("path", "")) if isinstance(item, Mapping) else str(item)
+        if is_url(recorded):
+            continue  # an object-store input cannot be (or hold) a local --out
+        where = Path(recorded).resolve()
         if where == target or target in where.parents:
             raise ArtifactError(f"--out {out} would replace the input {where}; choose another --out")
 
 
 @contextlib.contextmanager
 def create_artifact(
-    out: str | Path,
+    out: str | Path | Location,
     kind: str,
     *,
     config: Any = None,
-    inputs: Sequence[str | Path | Mapping[str, Any]] = (),
+    inputs: Sequence[str | Path | Location | Mapping[str, Any]] = (),
     command: Sequence[str] | None = None,
     overwrite: bool = True,
 ) -> Iterator[ArtifactWriter]:
     """Build an artifact in a temporary sibling of ``out``; on success hash, fsync and rename it.
 
     ``out`` must pass ``check_out`` (the ``--out`` rule). On an exception the temporary directory is
-    removed and ``out`` is left as it was.
+    removed and ``out`` is left as it was. An object-store URL (``s3://…``) is built in a local staging
+    directory and committed with its manifest last (glasslm.data.storage).
     """
-    out = Path(out)
+    if is_url(out):
+        from glasslm.data import storage
+
+        url = storage.normalize(str(out))
+        if not overwrite and storage.read_text(storage.join(url, MANIFEST)) is not None:
+            raise ArtifactError(f"{url}: already exists")
+        try:
+            storage.check_out(url, kind, _FORCE)
+        except storage.StorageError as e:
+            raise ArtifactError(str(e)) from None
+        tmp = storage.staging_dir(url) / f"artifact.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        remote = ArtifactWriter(path=tmp, kind=kind)
+        try:
+            yield remote
+            write_manifest(
+                tmp,
+                kind,
+                config=config,
+                inputs=inputs,
+                command=command,
+                metrics=remote.metrics,
+                extra=remote.extra,
+                location=url,
+            )
+            storage.commit(tmp, url)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    out = Path(str(out))
     if out.exists() and not overwrite:
         raise ArtifactError(f"{out}: already exists")
     check_out(out, kind, inputs)
@@ -443,7 +553,7 @@ def publish(tmp: Path, out: Path) -> None:
 
 @dataclass
 class VerifyReport:
-    path: Path
+    path: Path | Location
     changed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
@@ -481,6 +591,8 @@ class VerifyReport:
 def verify(path: str | Path, check_inputs: bool = True) -> VerifyReport:
     """Re-hash an artifact and compare with its manifest (and, optionally, its inputs' manifests, found
     relative to this artifact: a moved or copied run checks its own copies)."""
+    if is_url(path):
+        return _verify_remote(str(path), check_inputs)
     path = Path(path)
     manifest = read_manifest(path)
     report = VerifyReport(path=path)
@@ -502,6 +614,39 @@ def verify(path: str | Path, check_inputs: bool = True) -> VerifyReport:
                 report.inputs_changed.append(str(parent))
         if isinstance(manifest.get("sources"), list):
             from glasslm.data.importers.sources import changed_sources  # lazy: data imports artifacts
+
+            report.sources_changed = changed_sources(manifest)
+    return report
+
+
+def _verify_remote(url: str, check_inputs: bool) -> VerifyReport:
+    """``verify`` for an artifact at an object-store URL: its objects re-hashed by streaming them."""
+    from glasslm.data import storage
+    from glasslm.data.documents import location
+
+    url = storage.normalize(url)
+    manifest = read_manifest(url)
+    report = VerifyReport(path=location(url))
+    recorded: dict[str, dict[str, Any]] = manifest.get("files", {})
+    present = {rel: size for rel, size in storage.listing(url).items() if rel != MANIFEST}
+    for rel, info in recorded.items():
+        if rel not in present:
+            report.missing.append(rel)
+        elif present[rel] != info.get("bytes") or storage.sha256(storage.join(url, rel)) != info["sha256"]:
+            report.changed.append(rel)
+    report.added = sorted(set(present) - set(recorded))
+    if check_inputs:
+        for ref in manifest.get("inputs", []):
+            recorded_path = str(ref.get("path", ""))
+            where = recorded_path if is_url(recorded_path) or Path(recorded_path).is_absolute() else None
+            where = where or storage.resolve(url, recorded_path)
+            state = input_state(ref, location(where))
+            if state == "missing":
+                report.inputs_missing.append(where)
+            elif state == "changed":
+                report.inputs_changed.append(where)
+        if isinstance(manifest.get("sources"), list):
+            from glasslm.data.importers.sources import changed_sources
 
             report.sources_changed = changed_sources(manifest)
     return report

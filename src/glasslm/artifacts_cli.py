@@ -8,12 +8,13 @@ from typing import Any
 
 from glasslm import artifacts
 from glasslm.clitools import add_json_flag, add_verb, emit, stage_verbs
+from glasslm.data.documents import location
 
 
 def register(sub: Any) -> None:
     verbs = stage_verbs(sub, "manifest", "inspect and verify artifact manifests")
     p = add_verb(verbs, "verify", _verify, "re-hash an artifact's files; exit 1 if anything changed")
-    p.add_argument("path", type=Path, help="artifact directory")
+    p.add_argument("path", type=location, help="artifact directory")
     p.add_argument(
         "--recursive", action="store_true", help="also verify every input artifact, back to the raw data"
     )
@@ -24,7 +25,7 @@ def register(sub: Any) -> None:
     )
     add_json_flag(p)
     p = add_verb(verbs, "show", _show, "print an artifact's manifest and its lineage")
-    p.add_argument("path", type=Path, help="artifact directory")
+    p.add_argument("path", type=location, help="artifact directory")
     add_json_flag(p)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from glasslm.artifacts import code_version
-from glasslm.data.documents import dumps_bytes, loads
+from glasslm.data.documents import Location, dumps_bytes, is_url, loads
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -101,13 +101,19 @@ def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], workers: int, bar: tqdm) 
             ray.shutdown()
 
 
-def work_dir(out: str | os.PathLike[str], fingerprint: str) -> Path:
+def work_dir(out: str | os.PathLike[str] | Location, fingerprint: str) -> Path:
     """A scratch directory beside ``out`` for per-shard results, named by the job's fingerprint.
 
     A rerun of the same job (same config, same inputs, same code) finds the shards an interrupted
     run finished and skips them; the stage deletes the directory once its artifact is published.
     """
-    out = Path(out)
+    if is_url(out):  # an object-store --out is staged locally (glasslm.data.storage), its work too
+        from glasslm.data import storage
+
+        path = storage.staging_dir(str(out)) / f"work-{fingerprint[:16]}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    out = Path(str(out))
     path = out.parent / f".{out.name}.work-{fingerprint[:16]}"
     path.mkdir(parents=True, exist_ok=True)
     return path

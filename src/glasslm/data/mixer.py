@@ -27,7 +27,7 @@ import operator
 import shutil
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,10 @@ from glasslm.data.documents import (
     QUARANTINE_FILE,
     Location,
     Quarantine,
-    attributes_path,
     category,
     iter_documents,
+    location,
+    open_binary,
     parse_line,
     read_jsonl,
     shard_names,
@@ -236,10 +237,10 @@ def uniform(seed: int, purpose: str, doc_id: str) -> float:
 class Attributes:
     """The attributes of one shard from several artifacts, matched to documents by id in order."""
 
-    def __init__(self, roots: list[Path], shard: str) -> None:
+    def __init__(self, roots: list[Location], shard: str) -> None:
         self.queues: list[dict[str, deque[dict[str, Any]]]] = []
         for root in roots:
-            path = attributes_path(root, shard)
+            path = location(root) / shard  # attributes_path, local or on an object store
             if not path.is_file():
                 raise ConfigError(
                     f"{root}: attributes artifact has no file for shard '{shard}' (expected {path})"
@@ -319,7 +320,7 @@ class ShardJob:
     name: str
     path: Location
     recipe: Recipe
-    attribute_roots: list[Path]
+    attribute_roots: list[Location]
     scratch: Path
     duplicate_ids: set[int] = field(default_factory=set)  # fused mode, second try: see filter_write_shard
 
@@ -331,16 +332,17 @@ def _match_source(recipe: Recipe, source: str | None) -> SourceRecipe | None:
     return None
 
 
-def _duplicates(roots: list[Path], shard: str) -> dict[str, str]:
+def _duplicates(roots: list[Location], shard: str) -> dict[str, str]:
     """id -> surviving id for whole-document duplicates of this shard (exact wins over near)."""
     found: dict[str, str] = {}
     for root in roots:
-        path = root / DUPLICATES_FILE
+        path = location(root) / DUPLICATES_FILE
         if not path.is_file():
             continue
-        table = pq.read_table(
-            path, filters=[("shard", "==", shard), ("kind", "in", ["exact_doc", "near_doc"])]
-        )
+        with open_binary(path) as f:
+            table = pq.read_table(
+                f, filters=[("shard", "==", shard), ("kind", "in", ["exact_doc", "near_doc"])]
+            )
         for doc_id, kind, of in zip(
             *(table.column(c).to_pylist() for c in ("id", "kind", "duplicate_of")), strict=True
         ):
@@ -681,7 +683,7 @@ def _two_pass(
 
 
 def run(
-    recipe: Recipe, documents: Path, attribute_roots: list[Path], root: Path, scratch: Path
+    recipe: Recipe, documents: Location, attribute_roots: Sequence[Location], root: Path, scratch: Path
 ) -> dict[str, Any]:
     """Execute ``recipe`` into the artifact directory ``root``; returns the manifest metrics."""
     started = time.perf_counter()
@@ -694,7 +696,8 @@ def run(
         raise ConfigError(f"{documents}: no document shards (*.jsonl.gz) found")
     workers, executor = recipe.workers or None, executor_name(recipe.executor)
     jobs = [
-        ShardJob(i, name, path, recipe, attribute_roots, scratch) for i, (name, path) in enumerate(shards)
+        ShardJob(i, name, path, recipe, list(attribute_roots), scratch)
+        for i, (name, path) in enumerate(shards)
     ]
     if any(s.heldout.fraction > 0 or s.heldout.count > 0 for s in recipe.sources):
         results = _two_pass(recipe, jobs, workers, executor)

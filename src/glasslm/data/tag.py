@@ -41,6 +41,7 @@ from glasslm.data.documents import (
     Location,
     Quarantine,
     attributes_path,
+    is_url,
     iter_documents,
     read_jsonl,
     shard_names,
@@ -265,7 +266,8 @@ def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bo
         ]
         write_jsonl(w.path / QUARANTINE_FILE, quarantine_lines)
         w.metrics = metrics
-        w.extra.update(experiment=config.experiment, documents=str(Path(docs_dir).resolve()))
+        where = str(docs_dir) if is_url(docs_dir) else str(Path(docs_dir).resolve())
+        w.extra.update(experiment=config.experiment, documents=where)
     shutil.rmtree(work, ignore_errors=True)
     return metrics
 

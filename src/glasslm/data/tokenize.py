@@ -44,7 +44,15 @@ from glasslm import artifacts
 from glasslm.artifacts import ArtifactError
 from glasslm.config import ConfigError
 from glasslm.data import executors
-from glasslm.data.documents import QUARANTINE_FILE, Quarantine, iter_documents, list_local_shards
+from glasslm.data.documents import (
+    QUARANTINE_FILE,
+    Location,
+    Quarantine,
+    is_url,
+    iter_documents,
+    list_shards,
+    location,
+)
 from glasslm.tokenizer import Tokenizer, find_tokenizer_file
 
 UINT16_VOCAB = 65_536
@@ -69,7 +77,7 @@ class TokenizeConfig:
 @dataclass
 class Task:
     index: int
-    shard: Path
+    shard: Location
     heldout: bool
     split: str | None  # fixed split, or None: heldout/<document source>
     tokenizer: Path
@@ -153,42 +161,48 @@ class TaskResult:
 # ---- inputs ------------------------------------------------------------------------------------
 @dataclass
 class Inputs:
-    root: Path  # the artifact or directory given
-    artifact: Path | None  # the mix/documents artifact, if it is one
-    train: list[Path]
-    heldout: list[tuple[Path, str | None]]  # (shard, split or None = by document source)
-    heldout_root: Path | None = None
+    """Local paths, or object-store locations (UPath) for an artifact at a URL: read the same way."""
+
+    root: Location  # the artifact or directory given
+    artifact: Location | None  # the mix/documents artifact, if it is one
+    train: list[Location]
+    heldout: list[tuple[Location, str | None]]  # (shard, split or None = by document source)
+    heldout_root: Location | None = None
 
 
-def find_inputs(path: str | Path, heldout: str | Path | None = None) -> Inputs:
+def find_inputs(path: str | Path | Location, heldout: str | Path | Location | None = None) -> Inputs:
     """Train shards and held-out shards of a mix or documents artifact, or of a plain directory."""
-    path = Path(path)
+    path = location(path)
     try:
-        artifact: Path | None = artifacts.find_artifact(path, ["mix", "documents"], subdirs=["mix", "corpus"])
+        artifact: Location | None = artifacts.find_artifact(
+            path, ["mix", "documents"], subdirs=["mix", "corpus"]
+        )
     except ArtifactError:
         if not path.exists():
             raise
         artifact = None
     root = artifact or path
     if (root / "documents").is_dir():
-        train = list_local_shards(root / "documents")  # tokenize writes beside a local artifact
+        train = list_shards(root / "documents")
     else:
-        train = [p for p in list_local_shards(root) if "heldout" not in p.relative_to(root).parts[:1]]
+        train = [p for p in list_shards(root) if "heldout" not in p.relative_to(root).parts[:1]]  # type: ignore[arg-type]  # both Path or both UPath
     if not train:
         raise ArtifactError(
             f"{root}: no document shards (*.jsonl, *.jsonl.gz, *.jsonl.zst) for the train split"
         )
     held_root = (
-        Path(heldout) if heldout is not None else (root / "heldout" if (root / "heldout").is_dir() else None)
+        location(heldout)
+        if heldout is not None
+        else (root / "heldout" if (root / "heldout").is_dir() else None)
     )
-    held: list[tuple[Path, str | None]] = []
+    held: list[tuple[Location, str | None]] = []
     if held_root is not None:
         if not held_root.exists():
             raise ArtifactError(f"--heldout {held_root}: no such file or directory")
         if (held_root / "heldout").is_dir():  # a mix artifact given as --heldout
             held_root = held_root / "heldout"
-        for shard in list_local_shards(held_root):
-            rel = shard.relative_to(held_root).parts if held_root.is_dir() else (shard.name,)
+        for shard in list_shards(held_root):
+            rel = shard.relative_to(held_root).parts if held_root.is_dir() else (shard.name,)  # type: ignore[arg-type]  # both Path or both UPath
             held.append((shard, f"heldout/{rel[0]}" if len(rel) > 1 else None))
     return Inputs(path, artifact, train, held, held_root)
 
@@ -308,7 +322,7 @@ def tokenizer_input(path: str | Path) -> tuple[Path, dict[str, Any]]:
 def _plan(
     inputs: Inputs, tokenizer: Path, work: Path, config: TokenizeConfig, workers: int
 ) -> tuple[list[Task], list[Task]]:
-    def tasks(shards: list[tuple[Path, str | None]], heldout: bool) -> list[Task]:
+    def tasks(shards: list[tuple[Location, str | None]], heldout: bool) -> list[Task]:
         parallel = min(workers, len(shards)) < workers
         return [
             Task(i, shard, heldout, split, tokenizer, work, config, rust_threads=parallel)
@@ -316,6 +330,10 @@ def _plan(
         ]
 
     return tasks(inputs.heldout, True), tasks([(p, TRAIN) for p in inputs.train], False)
+
+
+def _where(path: Location) -> str:
+    return str(path) if is_url(path) else str(path.resolve())
 
 
 def plan(
@@ -328,7 +346,7 @@ def plan(
     """(held-out tasks, train tasks, scratch directory) of a job; the same job gets the same scratch."""
     inputs = find_inputs(docs, heldout)
     file, ref = tokenizer_input(tokenizer)
-    shards = [str(p.resolve()) for p in inputs.train] + [f"{p.resolve()}|{s}" for p, s in inputs.heldout]
+    shards = [_where(p) for p in inputs.train] + [f"{_where(p)}|{s}" for p, s in inputs.heldout]
     stats = [
         (p.stat().st_size, p.stat().st_mtime_ns) for p in [*inputs.train, *(h for h, _ in inputs.heldout)]
     ]
@@ -367,13 +385,15 @@ def tokenize(
         t.exclude_ids, t.exclude_texts = exclude_ids, exclude_texts
     train_results = run(train_tasks, "tokenize train")
 
-    refs: list[str | Path | dict[str, Any]] = [inputs.artifact] if inputs.artifact is not None else []
+    refs: list[str | Path | Location | dict[str, Any]] = (
+        [inputs.artifact] if inputs.artifact is not None else []
+    )
     refs.append(tok_ref)
     with artifacts.create_artifact(out, "tokens", config={"tokenize": config}, inputs=refs) as art:
         # The config is exactly what `--config` takes (glasslm reproduce re-runs with it); the sources are
         # in `inputs`, and here too when the documents were a plain folder.
         art.extra["read_from"] = {
-            "docs": str(inputs.root.resolve()),
+            "docs": _where(inputs.root),
             "tokenizer": str(file),
             "heldout": str(inputs.heldout_root) if inputs.heldout_root else None,
         }
