@@ -16,7 +16,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-
 def modules() -> dict[str, Path]:
     found = {}
     for path in sorted((SRC / "glasslm").rglob("*.py")):
@@ -116,11 +115,5 @@ def test_no_import_cycles() -> None:
 
 def test_no_library_module_imports_a_cli_module() -> None:
     graph = import_graph()
-    bad = sorted(
-        f"{a} → {b}"
-        for a, targets in graph.items()
-        if not is_cli(a)
-        for b in targets
-        if is_cli(b)
-    )
+    bad = sorted(f"{a} → {b}" for a, targets in graph.items() if not is_cli(a) for b in targets if is_cli(b))
     assert not bad, f"library modules importing CLI modules: {', '.join(bad)}"

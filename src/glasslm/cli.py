@@ -1,7 +1,14 @@
 """The one entry point: ``glasslm <stage> <verb> INPUT… --out DIR [--config FILE] [--key=value …]``.
 
-Each stage module registers its own verbs; this file only assembles them and turns known errors
-into one clear line and a non-zero exit status.
+Each top-level group (``data``, ``train``, ``trace`` …) is registered by exactly one command-line
+module: the ``cli.py`` of the package that implements it, or ``<module>_cli.py`` beside a top-level
+module (``tokenizer_cli``, ``reproduce_cli``, ``artifacts_cli``). One module registers several groups
+only when they are all its folder's (``serve/cli.py``: generate, chat, serve; ``model/cli.py``: model,
+convert; ``trace/cli.py``: trace, energy). A group's verbs may live in helper modules beside it
+(``data/cli_*.py``), added by the group's module. ``GROUPS`` below is the one list; this file only
+assembles it and turns known errors into one clear line and a non-zero exit status. Library modules
+never import command-line modules: what they need from the command line (``run_pipeline``'s verb
+runner, ``reproduce``'s parser) is passed to them.
 """
 
 from __future__ import annotations
@@ -18,31 +25,29 @@ from glasslm.artifacts import ArtifactError, check_out, check_run_out, forcing, 
 from glasslm.clitools import split_overrides
 from glasslm.config import ConfigError
 
-# Stage modules, in pipeline order, each with ``register(subparsers)``, and the top-level names
-# each registers: a command imports only the modules it needs, so `glasslm data corpus` does not
-# pay for importing torch and matplotlib.
-STAGES: list[tuple[str, tuple[str, ...]]] = [
-    ("glasslm.data.cli_curate", ("data",)),  # data corpus, data tag
-    ("glasslm.data.cli_mix", ("data",)),  # data dedupe|decon|mix|why|stats
-    (
-        "glasslm.data.cli_tokens",
-        ("tokenizer", "data", "trace"),
-    ),  # tokenizer train|encode, data tokenize, trace batch|doc
-    ("glasslm.model.cli", ("model", "convert")),  # model init|info, convert to-hf|from-hf
-    ("glasslm.train.cli", ("train",)),
-    ("glasslm.eval.cli", ("eval",)),
-    ("glasslm.serve.cli", ("generate", "chat", "serve")),
-    ("glasslm.adapt.cli", ("adapt",)),  # adapt data|sft|dpo|rl
-    ("glasslm.trace.cli", ("trace", "energy", "reproduce")),  # trace index|count|span
-    ("glasslm.report.cli", ("report",)),
-    ("glasslm.release.cli", ("release",)),  # release RUN, release verify DIR
-    ("glasslm.pipeline.cli", ("pipeline",)),
-    ("glasslm.artifacts_cli", ("manifest",)),  # manifest show|verify
+# The top-level groups, in the order `glasslm --help` lists them, and the one function that registers
+# each ("module" means "module:register"). A command imports only the module it needs, so
+# `glasslm data corpus` does not pay for importing torch and matplotlib.
+GROUPS: list[tuple[tuple[str, ...], str]] = [
+    (("data",), "glasslm.data.cli"),  # data corpus|import|tag|dedupe|decon|mix|why|stats|tokenize
+    (("tokenizer",), "glasslm.tokenizer_cli"),  # tokenizer train|encode|import
+    (("trace",), "glasslm.trace.cli"),  # trace batch|doc|index|count|span
+    (("model", "convert"), "glasslm.model.cli"),  # model init|info, convert to-hf|from-hf
+    (("train",), "glasslm.train.cli"),
+    (("eval",), "glasslm.eval.cli"),
+    (("generate", "chat", "serve"), "glasslm.serve.cli"),
+    (("adapt",), "glasslm.adapt.cli"),  # adapt data|sft|dpo|rl
+    (("energy",), "glasslm.trace.cli:register_energy"),
+    (("reproduce",), "glasslm.reproduce_cli"),
+    (("report",), "glasslm.report.cli"),
+    (("release",), "glasslm.release.cli"),  # release RUN, release verify DIR
+    (("pipeline",), "glasslm.pipeline.cli"),
+    (("manifest",), "glasslm.artifacts_cli"),  # manifest show|verify
 ]
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with ``command`` (a top-level name), only the stage modules that define it."""
+    """The parser; with ``command`` (a top-level name), only the module that registers it."""
     parser = argparse.ArgumentParser(
         prog="glasslm",
         description="Build language models in the open: data, tokenizer, pretraining, evaluation, "
@@ -51,14 +56,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"glasslm {__version__}")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>")
-    known = {name for _, names in STAGES for name in names}
-    for module, names in STAGES:
+    known = {name for names, _ in GROUPS for name in names}
+    for names, target in GROUPS:
         if command in known and command not in names:
             continue
-        # A stage that is not built yet is simply not listed (only verbs that work appear);
-        # an import error inside an existing stage module still fails loudly.
+        module, _, function = target.partition(":")
+        # A group that is not built yet is simply not listed (only verbs that work appear);
+        # an import error inside an existing module still fails loudly.
         if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).register(sub)
+            getattr(importlib.import_module(module), function or "register")(sub)
     return parser
 
 

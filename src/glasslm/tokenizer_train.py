@@ -7,6 +7,7 @@ Kept apart from the runtime so that the tokenizer the data and model code load i
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import pre_tokenizers, trainers
 
 from glasslm import artifacts
-from glasslm.data.documents import iter_documents
+from glasslm.data.documents import Location, iter_documents
 from glasslm.tokenizer import (
     CHAT_TEMPLATE,
     CHAT_TEMPLATE_FILE,
@@ -45,7 +46,9 @@ def train_bpe(texts: Iterable[Sequence[str]], config: BPEConfig) -> HFTokenizer:
     return tok
 
 
-def _text_batches(shards: Sequence[Path], max_bytes: int | None, batch: int = 1000) -> Iterator[list[str]]:
+def _text_batches(
+    shards: Sequence[Location], max_bytes: int | None, batch: int = 1000
+) -> Iterator[list[str]]:
     seen = 0
     buf: list[str] = []
     for shard in shards:
@@ -64,7 +67,7 @@ def _text_batches(shards: Sequence[Path], max_bytes: int | None, batch: int = 10
 
 
 def bytes_per_token(
-    tok: Tokenizer, shards: Sequence[Path], max_bytes_per_source: int
+    tok: Tokenizer, shards: Sequence[Location], max_bytes_per_source: int
 ) -> dict[str, dict[str, float]]:
     """UTF-8 bytes per token (EOS not counted) per document source: the compression report."""
     totals: dict[str, list[int]] = {}
@@ -121,6 +124,40 @@ def train_tokenizer_artifact(
                 "bpe_train_seconds": round(train_seconds, 3),
                 "compression_split": "heldout" if inputs.heldout else "train",
                 "compression": bytes_per_token(tok, eval_shards, config.tokenizer.max_eval_bytes),
+            }
+        )
+        metrics = dict(art.metrics)
+    return metrics
+
+
+def import_tokenizer_artifact(file: str | Path, out: str | Path) -> dict[str, Any]:
+    """A given ``tokenizer.json`` (OLMo-2's, say) as a ``tokenizer`` artifact, instead of training one.
+
+    The file is recorded as a file input (its path and sha256), so lineage reaches it and ``manifest
+    verify`` notices when it changes; a chat template beside it is kept, else ours is written."""
+    from glasslm.model.presets import pad_vocab
+
+    source = Path(file)
+    if not source.is_file():
+        raise artifacts.ArtifactError(f"tokenizer.file: {source} is not a file (expected a tokenizer.json)")
+    try:
+        tok = Tokenizer.from_file(source)
+    except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+        raise artifacts.ArtifactError(f"{source}: not a usable tokenizer.json ({e})") from None
+    sha256 = artifacts.sha256_file(source)
+    ref = {"path": str(source.resolve()), "kind": artifacts.FILE_INPUT, "sha256": sha256}
+    with artifacts.create_artifact(out, "tokenizer", inputs=[ref]) as art:
+        art.extra["imported_from"] = {"path": str(source.resolve()), "sha256": sha256}
+        shutil.copyfile(source, art.path / "tokenizer.json")
+        (art.path / CHAT_TEMPLATE_FILE).write_text(tok.chat_template)
+        art.metrics.update(
+            {
+                "vocab_size": tok.vocab_size,
+                "padded_vocab_size": pad_vocab(tok.vocab_size),
+                "special_ids": {t: tok.hf.token_to_id(t) for t in SPECIAL_TOKENS},
+                "eos_id": tok.eos_id,
+                "pad_id": tok.pad_id,
+                "imported": True,
             }
         )
         metrics = dict(art.metrics)

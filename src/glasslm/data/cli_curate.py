@@ -18,15 +18,13 @@ from glasslm.clitools import (
     emit,
     format_table,
     resolve_config,
-    stage_verbs,
 )
 from glasslm.data.corpus import CorpusRun, build_corpus, reader_versions
 from glasslm.data.importers import FORMATS, ImportInput, ImportResult, run_import
 from glasslm.data.tag import TagRun, run_tag
 
 
-def register(sub: Any) -> None:
-    verbs = stage_verbs(sub, "data", "curate data: corpus, tag, dedupe, decon, mix, why, stats")
+def add_verbs(verbs: Any) -> None:
     p = add_verb(
         verbs,
         "corpus",

@@ -17,25 +17,23 @@ from glasslm.clitools import (
     emit,
     format_table,
     resolve_config,
-    stage_verbs,
 )
 from glasslm.config import ConfigError, to_dict
 from glasslm.data import decon, dedupe, ledger, mixer
+from glasslm.data.documents import location
 from glasslm.data.executors import fingerprint, work_dir
 
 
-def register(sub: Any) -> None:
-    verbs = stage_verbs(sub, "data", "data curation: corpus, tag, dedupe, decon, mix, why, stats")
-
+def add_verbs(verbs: Any) -> None:
     p = add_verb(verbs, "dedupe", _dedupe, "exact document/paragraph and MinHash near-duplicate attributes")
-    p.add_argument("documents", type=Path, help="documents artifact (or run directory)")
+    p.add_argument("documents", type=location, help="documents artifact (or run directory)")
     p.add_argument("--experiment", default=None, help="attribute name prefix (default: dedupe)")
     _parallel_flags(p)
     add_out(p)
     add_config_options(p, run_section="dedupe", wrap="dedupe")
 
     p = add_verb(verbs, "decon", _decon, "n-gram overlap of documents with evaluation sets")
-    p.add_argument("documents", type=Path, help="documents artifact (or run directory)")
+    p.add_argument("documents", type=location, help="documents artifact (or run directory)")
     p.add_argument("--tasks", type=Path, nargs="*", default=[], help="task files (JSONL, .arrow, .parquet)")
     p.add_argument("--experiment", default=None, help="attribute name prefix (default: decon)")
     _parallel_flags(p)
@@ -44,9 +42,15 @@ def register(sub: Any) -> None:
 
     p = add_verb(verbs, "mix", _mix, "apply a recipe: curated train/held-out shards and a ledger")
     p.add_argument("recipe", type=Path, help="recipe YAML (see configs/recipes/default.yaml)")
-    p.add_argument("--documents", type=Path, default=None, help="documents artifact (overrides the recipe)")
     p.add_argument(
-        "--attributes", type=Path, nargs="*", default=None, help="attribute artifacts (override the recipe)"
+        "--documents", type=location, default=None, help="documents artifact (overrides the recipe)"
+    )
+    p.add_argument(
+        "--attributes",
+        type=location,
+        nargs="*",
+        default=None,
+        help="attribute artifacts (override the recipe)",
     )
     _parallel_flags(p)
     add_out(p)
@@ -136,6 +140,8 @@ def _decon(args: argparse.Namespace) -> int:
 
 
 def _resolve(path: str | Path, recipe_file: Path) -> Path:
+    if "://" in str(path):  # an object-store artifact (s3://…): Path() would fold its '//'
+        return location(path)  # type: ignore[return-value]  # a UPath: find_artifact takes both
     path = Path(path)
     if not path.is_absolute() and not path.exists() and (recipe_file.parent / path).exists():
         return recipe_file.parent / path

@@ -1,4 +1,4 @@
-"""``glasslm trace index|count|span``, ``glasslm energy RUN`` and ``glasslm reproduce DIR``."""
+"""``glasslm trace batch|doc|index|count|span`` and ``glasslm energy RUN``: the trace/ folder's verbs."""
 
 from __future__ import annotations
 
@@ -25,7 +25,38 @@ from glasslm.trace import span as span_mod
 
 
 def register(sub: Any) -> None:
-    verbs = stage_verbs(sub, "trace", "trace model outputs back to the training data")
+    verbs = stage_verbs(sub, "trace", "trace training data: data order, index and span search")
+    for name, handler, text in (
+        ("batch", _trace_batch, "the documents (id, source, token span) in one step's batch"),
+        ("doc", _trace_doc, "every step in which a document's tokens were seen"),
+    ):
+        p = add_verb(verbs, name, handler, text)
+        p.add_argument(
+            "source",
+            type=Path,
+            metavar="RUN_OR_TOKENS",
+            help="training run, run directory or tokens artifact",
+        )
+        if name == "batch":
+            p.add_argument(
+                "--step",
+                type=int,
+                required=True,
+                help="training step as in metrics.jsonl (from 1; it read the loader's batch N-1)",
+            )
+        else:
+            p.add_argument("doc_id", help="document id as in the tokens index")
+            p.add_argument(
+                "--max-steps",
+                type=int,
+                default=None,
+                help="search steps 1..N (default: the steps the run took, else one epoch)",
+            )
+        p.add_argument("--seq-len", type=int, default=None)
+        p.add_argument("--global-batch-size", type=int, default=None)
+        p.add_argument("--seed", type=int, default=None)
+        add_json_flag(p)
+
     p = add_verb(verbs, "index", _index, "build a suffix-array index over a run's training token stream")
     p.add_argument("source", type=Path, help="tokens artifact, training run, or run directory")
     add_out(p, required=False)
@@ -41,6 +72,8 @@ def register(sub: Any) -> None:
     p.add_argument("--max-docs", type=int, default=span_mod.MAX_DOCS, help="documents listed per span")
     add_json_flag(p)
 
+
+def register_energy(sub: Any) -> None:
     p = sub.add_parser(
         "energy",
         help="energy (kWh) and carbon (kg CO2e) of a pipeline run or a training run",
@@ -54,17 +87,6 @@ def register(sub: Any) -> None:
         (p.epilog or "") + "\nKeys: energy.pue, energy.grid_gco2e_per_kwh, energy.cpu_watts_per_core, "
         "energy.tdp_watts.<GPU name>"
     )
-    add_json_flag(p)
-
-    p = sub.add_parser(
-        "reproduce",
-        help="re-run the glasslm verb recorded for an artifact; compare outputs",
-        description="re-run the glasslm verb recorded in DIR/manifest.json with its recorded "
-        "config and inputs; exit 0 if every output file hashes identically, 1 otherwise",
-    )
-    p.set_defaults(func=_reproduce)
-    p.add_argument("path", type=Path, help="artifact directory")
-    p.add_argument("--keep", type=Path, default=None, help="keep the re-run's output in this directory")
     add_json_flag(p)
 
 
@@ -199,31 +221,59 @@ def _energy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reproduce(args: argparse.Namespace) -> int:
-    from glasslm.cli import build_parser, main
-    from glasslm.clitools import out_path
-    from glasslm.reproduce import Commands, reproduce
+def _trace_source(args: argparse.Namespace) -> Any:
+    from glasslm.trace import order
 
-    report = reproduce(args.path, Commands(build_parser, main, (Path, out_path)), keep=args.keep)
-    data = report.to_json()
+    flags = {"seq_len": args.seq_len, "global_batch_size": args.global_batch_size, "seed": args.seed}
+    return order.resolve(args.source, flags)
+
+
+def _trace_batch(args: argparse.Namespace) -> int:
+    from glasslm.trace import order
+
+    source = _trace_source(args)
+    if args.step < 1:
+        raise ConfigError(f"--step counts from 1 (as in metrics.jsonl), got {args.step}")
+    data = {
+        "tokens": str(source.tokens),
+        "run": str(source.run) if source.run else None,
+        **order.batch_docs(order.open_loader(source), args.step),
+    }
 
     def render(d: dict[str, Any]) -> str:
-        lines = [f"artifact: {d['artifact']} ({d['kind']})", f"recorded: {' '.join(d['command'])}"]
-        if d["rerun"]:
-            lines.append(f"re-ran:   {' '.join(d['rerun'])}")
-        if d["recorded_code"] != d["code"]:
-            lines.append(f"code:     made by {d['recorded_code']}, re-run by {d['code']}")
-        lines += [f"problem:  {p}" for p in d["problems"]]
-        if d["files"]:
-            lines.append(format_table([{"file": f["path"], "status": f["status"]} for f in d["files"]]))
-        if d["problems"] and d["output"]:
-            lines.append("re-run output (tail):\n" + d["output"])
-        lines.append(
-            "IDENTICAL"
-            if d["identical"]
-            else f"NOT IDENTICAL: {', '.join(d['differing']) or 'see problems above'}"
+        head = (
+            f"step {d['step']} (loader batch {d['batch_index']}, epoch {d['epoch']}): "
+            f"{len(d['instances'])} instances, {len(d['documents'])} document spans"
         )
-        return "\n".join(lines)
+        cols = ["slot", "instance", "doc_id", "source", "doc_start", "doc_end", "doc_tokens"]
+        return head + "\n" + format_table(d["documents"], cols)
 
     emit(args, data, render)
-    return 0 if report.identical else 1
+    return 0
+
+
+def _trace_doc(args: argparse.Namespace) -> int:
+    from glasslm.trace import order
+
+    source = _trace_source(args)
+    loader = order.open_loader(source)
+    max_steps = args.max_steps if args.max_steps is not None else (source.run_steps or loader.steps_per_epoch)
+    try:
+        result = order.doc_steps(loader, args.doc_id, max_steps)
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from None
+    data = {"tokens": str(source.tokens), "run": str(source.run) if source.run else None, **result}
+
+    def render(d: dict[str, Any]) -> str:
+        head = (
+            f"{d['doc_id']} ({d['source']}, {d['tokens']} tokens, {d['tokens_in_instances']} in instances): "
+            f"seen in {len(d['seen'])} batch slots within steps 1..{d['max_steps']}"
+        )
+        return (
+            head
+            + "\n"
+            + format_table(d["seen"], ["step", "epoch", "slot", "instance", "doc_start", "doc_end"])
+        )
+
+    emit(args, data, render)
+    return 0

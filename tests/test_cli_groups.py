@@ -1,0 +1,55 @@
+"""The command line's shape: each top-level group registered by exactly one module (see glasslm/cli.py),
+one parser per command, and commands that need no torch do not import it."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from glasslm.cli import GROUPS, build_parser
+
+EXPECTED = {
+    "data": ["corpus", "import", "tag", "dedupe", "decon", "mix", "why", "stats", "tokenize"],
+    "tokenizer": ["train", "encode", "import"],
+    "trace": ["batch", "doc", "index", "count", "span"],
+}
+
+
+def _choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_group_has_exactly_one_registering_module() -> None:
+    names = [n for group, _ in GROUPS for n in group]
+    assert len(names) == len(set(names)), "a group registered twice"
+    assert list(_choices(build_parser())) == names  # nothing registered outside GROUPS, in GROUPS' order
+    for group, target in GROUPS:
+        module = target.partition(":")[0]
+        # several groups from one module only when they are that module's folder's
+        assert len(group) == 1 or module.rpartition(".")[2] == "cli", (group, module)
+
+
+@pytest.mark.parametrize("command", [n for group, _ in GROUPS for n in group])
+def test_a_command_builds_only_its_group(command: str) -> None:
+    choices = _choices(build_parser(command))
+    group = next(g for g, _ in GROUPS if command in g)
+    assert set(choices) == set(group)
+    if command in EXPECTED:
+        assert list(_choices(choices[command])) == EXPECTED[command]
+
+
+@pytest.mark.parametrize("command", ["data", "tokenizer", "pipeline", "manifest", "reproduce"])
+def test_commands_that_need_no_torch_do_not_import_it(command: str) -> None:
+    code = (
+        "import sys\n"
+        "from glasslm.cli import build_parser\n"
+        f"build_parser({command!r})\n"
+        "heavy = sorted(m for m in ('torch', 'matplotlib', 'transformers') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
