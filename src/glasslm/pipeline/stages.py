@@ -178,21 +178,27 @@ STAGES: list[Stage] = [
             ),
         ),
     ),
+    # tokenizer.file given: that tokenizer.json (OLMo-2's, say) is imported instead of training a BPE.
     Stage(
         "tokenizer",
         "tokenizer",
         ("mix",),
-        lambda c: [
-            "tokenizer",
-            "train",
-            c.path("mix"),
-            "--out",
-            c.path("tokenizer"),
-            "--config",
-            str(c.config_file),
-        ],
+        lambda c: (
+            ["tokenizer", "import", str(c.section["file"]), "--out", c.path("tokenizer")]
+            if c.section.get("file")
+            else [
+                "tokenizer",
+                "train",
+                c.path("mix"),
+                "--out",
+                c.path("tokenizer"),
+                "--config",
+                str(c.config_file),
+            ]
+        ),
         config="glasslm.tokenizer:BPEConfig",
         nested=True,
+        files=(FileKey("file", "a tokenizer.json", fingerprint="sha256", argument=True),),
     ),
     Stage(
         "tokenize",
