@@ -26,20 +26,20 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glasslm.model.generate import Engine, Event, SamplingParams
+from glasslm.serve.limits import ServeLimits
 from glasslm.serve.scheduler import Handle, QueueFull, Scheduler
 from glasslm.serve.tracing import DEFAULT_MAX_DOCS, DEFAULT_MIN_LEN, Tracer
 from glasslm.tokenizer import ROLE_TOKENS
@@ -48,16 +48,6 @@ log = logging.getLogger("glasslm.serve")
 API_KEY_ENV = "GLASSLM_API_KEY"
 OPEN_PATHS = frozenset({"/health"})  # answered without the API key
 INT64 = 2**63
-
-
-@dataclass
-class ServeLimits:
-    max_prompt_tokens: int = 2048  # longer prompts: 413
-    max_new_tokens: int = 1024  # a larger max_tokens: 400
-    max_queue: int = 64  # requests waiting beyond the running batch; more: 429
-    max_choices: int = 16  # prompts × n in one request
-    # A larger body: 413 before it is read on. 1 MiB holds ~250k tokens of text, far past max_prompt_tokens.
-    max_body_bytes: int = 1 << 20
 
 
 class APIError(Exception):
@@ -505,6 +495,171 @@ async def _merge(handles: list[Handle]) -> AsyncIterator[tuple[int, Event]]:
             t.cancel()
 
 
+# ---- endpoints: one router; each handler gets the Server (engine, limits, tokenizer) as a dependency
+router = APIRouter()
+
+
+def _server(request: Request) -> Server:
+    server: Server = request.app.state.server
+    return server
+
+
+ServerDep = Annotated[Server, Depends(_server)]
+
+
+@router.get("/health")
+async def health(server: ServerDep) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "model": server.model_name,
+        "running": server.scheduler.running,
+        "waiting": server.scheduler.waiting,
+    }
+
+
+@router.get("/metrics")
+async def metrics(server: ServerDep) -> PlainTextResponse:
+    return PlainTextResponse(server.metrics_text())
+
+
+def _model_card(server: Server) -> dict[str, Any]:
+    return {"id": server.model_name, "object": "model", "created": server.created, "owned_by": "glasslm"}
+
+
+@router.get("/v1/models")
+async def models(server: ServerDep) -> dict[str, Any]:
+    return {"object": "list", "data": [_model_card(server)]}
+
+
+@router.get("/v1/models/{name:path}")
+async def model(name: str, server: ServerDep) -> dict[str, Any]:
+    server.check_model(name)
+    return _model_card(server)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request, server: ServerDep) -> Any:
+    server.check_model(body.model)
+    if body.echo or body.logprobs:
+        raise APIError(400, "echo and logprobs are not supported", param="echo" if body.echo else "logprobs")
+    trace = server.trace_options(body)
+    prompts = await asyncio.to_thread(server.completion_prompts, body)  # off the event loop
+    params = server.sampling(body, body.max_tokens, 16, [])  # OpenAI's default max_tokens is 16
+    handles = server.submit_all(prompts, body.n, params)
+    rid, created, started = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
+    head = {"id": rid, "object": "text_completion", "created": created, "model": server.model_name}
+    if body.stream:
+        return _stream(
+            server,
+            handles,
+            request,
+            rid,
+            started,
+            include_usage=_usage_wanted(body),
+            trace=trace,
+            chunk=lambda i, delta, reason: {
+                **head,
+                "choices": [{"index": i, "text": delta, "logprobs": None, "finish_reason": reason}],
+            },
+        )
+    return await _respond(server, handles, request, rid, started, trace, head, lambda text: {"text": text})
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request, server: ServerDep) -> Any:
+    server.check_model(body.model)
+    if body.logprobs:
+        raise APIError(400, "logprobs are not supported", param="logprobs")
+    trace = server.trace_options(body)
+    prompt = await asyncio.to_thread(server.chat_prompt, body)  # off the event loop
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    params = server.sampling(body, max_tokens, server.limits.max_new_tokens, server.chat_stop_ids)
+    handles = server.submit_all([prompt], body.n, params)
+    rid, created, started = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
+    if not body.stream:
+        head = {"id": rid, "object": "chat.completion", "created": created, "model": server.model_name}
+        return await _respond(
+            server,
+            handles,
+            request,
+            rid,
+            started,
+            trace,
+            head,
+            lambda text: {"message": {"role": "assistant", "content": text}},
+        )
+    head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": server.model_name}
+
+    def chunk(i: int, delta: str | None, reason: str | None) -> dict[str, Any]:
+        d: dict[str, Any] = {} if delta is None else {"content": delta}
+        return {**head, "choices": [{"index": i, "delta": d, "logprobs": None, "finish_reason": reason}]}
+
+    first = [
+        {
+            **head,
+            "choices": [
+                {
+                    "index": i,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        }
+        for i in range(len(handles))
+    ]
+    return _stream(
+        server,
+        handles,
+        request,
+        rid,
+        started,
+        include_usage=_usage_wanted(body),
+        chunk=chunk,
+        first=first,
+        chat=True,
+        trace=trace,
+    )
+
+
+# ---- errors: every one in OpenAI's body, counted in /metrics
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    _server(request).errors_total += 1
+    return exc.response()
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    _server(request).errors_total += 1
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "the request body is not valid JSON", code="invalid_json")
+    # 400 as OpenAI and vLLM answer (the openai client raises BadRequestError), not FastAPI's 422.
+    first = errors[0] if errors else {}
+    where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+    message = "; ".join(
+        f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg')}" for e in errors[:5]
+    )
+    return error_response(400, f"invalid request: {message}", param=where or None, code="invalid_value")
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    _server(request).errors_total += 1
+    log.exception("request to %s failed", request.url.path, exc_info=exc)
+    return error_response(500, f"internal error: {exc}", type="server_error")
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, str(exc.detail), code=None)
+
+
+EXCEPTION_HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]] = {
+    APIError: _api_error,
+    RequestValidationError: _validation_error,
+    Exception: _server_error,
+    StarletteHTTPException: _http_error,
+}
+
+
 def create_app(
     engine: Engine,
     model_name: str,
@@ -529,171 +684,14 @@ def create_app(
         finally:
             server.scheduler.stop()
 
-    app = FastAPI(title="glasslm", lifespan=lifespan)
+    app = FastAPI(title="glasslm", lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.server = server
-
-    # The last added runs first: the key is checked before a byte of the body is read.
+    # Middleware, not a dependency: the key guards /docs and /openapi.json too, and both checks run
+    # before a byte of the body is read. The last added runs first: the key before the body limit.
     app.add_middleware(BodyLimitMiddleware, limit=server.limits.max_body_bytes, server=server)
     if api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=api_key, server=server)
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        server.errors_total += 1
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        server.errors_total += 1
-        errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return error_response(400, "the request body is not valid JSON", code="invalid_json")
-        # 400 as OpenAI and vLLM answer (the openai client raises BadRequestError), not FastAPI's 422.
-        first = errors[0] if errors else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        message = "; ".join(
-            f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg')}" for e in errors[:5]
-        )
-        return error_response(400, f"invalid request: {message}", param=where or None, code="invalid_value")
-
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        server.errors_total += 1
-        log.exception("request to %s failed", request.url.path, exc_info=exc)
-        return error_response(500, f"internal error: {exc}", type="server_error")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), code=None)
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "model": model_name,
-            "running": server.scheduler.running,
-            "waiting": server.scheduler.waiting,
-        }
-
-    @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(server.metrics_text())
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": model_name, "object": "model", "created": server.created, "owned_by": "glasslm"}],
-        }
-
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str) -> dict[str, Any]:
-        server.check_model(name)
-        return {"id": model_name, "object": "model", "created": server.created, "owned_by": "glasslm"}
-
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Any:
-        server.check_model(body.model)
-        if body.echo or body.logprobs:
-            raise APIError(
-                400, "echo and logprobs are not supported", param="echo" if body.echo else "logprobs"
-            )
-        trace = server.trace_options(body)
-        prompts = await asyncio.to_thread(server.completion_prompts, body)  # off the event loop
-        params = server.sampling(body, body.max_tokens, 16, [])  # OpenAI's default max_tokens is 16
-        handles = server.submit_all(prompts, body.n, params)
-        rid, created, started = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
-        if body.stream:
-            return _stream(
-                server,
-                handles,
-                request,
-                rid,
-                started,
-                include_usage=_usage_wanted(body),
-                trace=trace,
-                chunk=lambda i, delta, reason: {
-                    "id": rid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [{"index": i, "text": delta, "logprobs": None, "finish_reason": reason}],
-                },
-            )
-        return await _respond(
-            server,
-            handles,
-            request,
-            rid,
-            started,
-            trace,
-            {"id": rid, "object": "text_completion", "created": created, "model": model_name},
-            lambda text: {"text": text},
-        )
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest, request: Request) -> Any:
-        server.check_model(body.model)
-        if body.logprobs:
-            raise APIError(400, "logprobs are not supported", param="logprobs")
-        trace = server.trace_options(body)
-        prompt = await asyncio.to_thread(server.chat_prompt, body)  # off the event loop
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        params = server.sampling(body, max_tokens, server.limits.max_new_tokens, server.chat_stop_ids)
-        handles = server.submit_all([prompt], body.n, params)
-        rid, created, started = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
-        if body.stream:
-
-            def chunk(i: int, delta: str | None, reason: str | None) -> dict[str, Any]:
-                d: dict[str, Any] = {} if delta is None else {"content": delta}
-                return {
-                    "id": rid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [{"index": i, "delta": d, "logprobs": None, "finish_reason": reason}],
-                }
-
-            first = [
-                {
-                    "id": rid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [
-                        {
-                            "index": i,
-                            "delta": {"role": "assistant", "content": ""},
-                            "logprobs": None,
-                            "finish_reason": None,
-                        }
-                    ],
-                }
-                for i in range(len(handles))
-            ]
-            return _stream(
-                server,
-                handles,
-                request,
-                rid,
-                started,
-                include_usage=_usage_wanted(body),
-                chunk=chunk,
-                first=first,
-                chat=True,
-                trace=trace,
-            )
-        return await _respond(
-            server,
-            handles,
-            request,
-            rid,
-            started,
-            trace,
-            {"id": rid, "object": "chat.completion", "created": created, "model": model_name},
-            lambda text: {"message": {"role": "assistant", "content": text}},
-        )
-
+    app.include_router(router)
     return app
 
 

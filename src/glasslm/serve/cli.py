@@ -14,6 +14,7 @@ from glasslm.clitools import add_json_flag, emit
 from glasslm.config import ConfigError
 from glasslm.model.checkpoint import load_model
 from glasslm.model.generate import Engine, SamplingParams
+from glasslm.serve.limits import ServeLimits
 from glasslm.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -77,17 +78,27 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--model-name", default=None, help="the model id clients send (default: the model folder's name)"
     )
-    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (cache slots)")
+    limits = ServeLimits()  # the one source of the server's defaults
     p.add_argument(
-        "--max-queue", type=int, default=64, help="waiting requests beyond the batch; more get 429"
+        "--max-batch", type=int, default=limits.max_batch, help="requests decoded together (cache slots)"
     )
-    p.add_argument("--max-prompt-tokens", type=int, default=2048, help="longer prompts get 413")
-    p.add_argument("--max-new-tokens", type=int, default=1024, help="a larger max_tokens gets 400")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=limits.max_queue,
+        help="waiting requests beyond the batch; more get 429",
+    )
+    p.add_argument(
+        "--max-prompt-tokens", type=int, default=limits.max_prompt_tokens, help="longer prompts get 413"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=limits.max_new_tokens, help="a larger max_tokens gets 400"
+    )
     p.add_argument(
         "--max-body-bytes",
         type=int,
-        default=1 << 20,
-        help="larger request bodies get 413 before they are read (default 1 MiB)",
+        default=limits.max_body_bytes,
+        help=f"larger request bodies get 413 before they are read (default {limits.max_body_bytes >> 20} MiB)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _trace_args(
@@ -259,7 +270,7 @@ def _chat(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from glasslm.serve.app import ServeLimits, create_app
+    from glasslm.serve.app import create_app
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -274,6 +285,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
+        max_batch=args.max_batch,
     )
     app = create_app(
         engine, name, api_key=args.api_key, limits=limits, tracer=tracer, trace_min_len=args.trace_min_len
