@@ -47,6 +47,7 @@ from glasslm.data.documents import (
 )
 from glasslm.data.executors import STATE_SUFFIX, executor_name, map_shards, resumable
 from glasslm.data.minhash import Words, ngrams, words
+from glasslm.data.progress import reasons, stored_bytes
 
 
 @dataclass
@@ -405,7 +406,13 @@ def run(
         for name, path in shard_names(documents)
     ]
     results = map_shards(
-        decon_shard, tasks, workers=job.workers or None, executor=executor_name(job.executor), desc="decon"
+        decon_shard,
+        tasks,
+        workers=job.workers or None,
+        executor=executor_name(job.executor),
+        desc="decon",
+        sizes=[stored_bytes(t.path) for t in tasks],
+        quarantined=lambda r: reasons(r["quarantine"]),
     )
     if scratch is None:
         index_file.unlink()

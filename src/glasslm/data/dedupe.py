@@ -54,6 +54,7 @@ from glasslm.data.documents import (
 )
 from glasslm.data.executors import STATE_SUFFIX, executor_name, load_state, map_shards, resumable
 from glasslm.data.minhash import MinHasher, lsh_clusters
+from glasslm.data.progress import reasons, stored_bytes
 
 DUPLICATES_FILE = "duplicates.parquet"
 
@@ -432,6 +433,8 @@ def _run_single(
         workers=job.workers or None,
         executor=executor_name(job.executor),
         desc="dedupe: hash",
+        sizes=[stored_bytes(t.path) for t in tasks],
+        quarantined=lambda part: reasons(part["quarantine"]),
     )
     hashed = time.perf_counter()
     result = decide(parts, job.dedupe)
@@ -502,6 +505,8 @@ def _run_partitioned(
         hash_and_partition,
         [PartitionedShardTask(ShardTask(n, path, cfg, scratch), p) for n, path in names],
         desc="dedupe: hash",
+        sizes=[stored_bytes(path) for _, path in names],
+        quarantined=lambda size: reasons(size["quarantine"]),
         **run_on,
     )
     hashed = time.perf_counter()

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
 from glasslm.artifacts import code_version
 from glasslm.data.documents import Location, dumps_bytes, is_url, loads
+from glasslm.data.progress import StageProgress
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,32 +42,34 @@ def map_shards(
     desc: str = "shards",
     progress: bool = True,
     on_result: Callable[[R], None] | None = None,
+    sizes: Sequence[int] | None = None,
+    quarantined: Callable[[R], Mapping[str, int]] | None = None,
 ) -> list[R]:
     """``[fn(t) for t in tasks]``, in parallel; ``fn`` must be a module-level (picklable) function.
 
-    ``on_result`` is called in this process with each result as it arrives, in task order (for
-    progress reports such as docs/s and MB/s).
+    ``on_result`` is called in this process with each result as it arrives, in task order. With
+    ``progress``, the driver reports shards done / total, MB/s and ETA to stderr (data/progress.py):
+    ``sizes`` are the tasks' input bytes, ``quarantined`` reads a result's quarantined records per reason.
     """
     workers = workers or default_workers()
-    bar = tqdm(total=len(tasks), desc=desc, unit="shard", disable=not progress, leave=False)
+    sizes = list(sizes) if sizes is not None else [0] * len(tasks)
+    report = StageProgress(desc, len(tasks), sum(sizes), enabled=progress)
     results: list[R] = []
-    try:
-        for result in _run(fn, tasks, workers, executor, bar):
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-    finally:
-        bar.close()
+    for result in _run(fn, tasks, workers, executor):
+        report.update(sizes[len(results)], quarantined(result) if quarantined is not None else None)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    report.close()
     return results
 
 
-def _run(fn: Callable[[T], R], tasks: Sequence[T], workers: int, executor: str, bar: tqdm) -> Iterator[R]:
+def _run(fn: Callable[[T], R], tasks: Sequence[T], workers: int, executor: str) -> Iterator[R]:
     if executor == "ray":
-        yield from _run_ray(fn, tasks, workers, bar)
+        yield from _run_ray(fn, tasks, workers)
     elif executor == "local" or workers == 1 or len(tasks) <= 1:
         for t in tasks:
             yield fn(t)
-            bar.update(1)
     elif executor == "process":
         # fork is fast and safe here: workers only read files and run numpy/regex code.
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
@@ -75,12 +77,11 @@ def _run(fn: Callable[[T], R], tasks: Sequence[T], workers: int, executor: str, 
             futures = [pool.submit(fn, t) for t in tasks]
             for f in futures:
                 yield f.result()
-                bar.update(1)
     else:
         raise ValueError(f"unknown executor '{executor}' (choose local, process or ray)")
 
 
-def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], workers: int, bar: tqdm) -> Iterator[R]:
+def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], workers: int) -> Iterator[R]:
     import ray
 
     started_here = not ray.is_initialized()
@@ -95,7 +96,6 @@ def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], workers: int, bar: tqdm) 
         refs = [remote.remote(t) for t in tasks]
         for ref in refs:
             yield ray.get(ref)
-            bar.update(1)
     finally:
         if started_here:
             ray.shutdown()

@@ -59,6 +59,7 @@ from glasslm.data.executors import (
     map_shards,
     resumable,
 )
+from glasslm.data.progress import reasons, stored_bytes
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
@@ -644,7 +645,14 @@ def _two_pass(
 ) -> list[dict[str, Any]]:
     """Filter every shard, choose the held-out split among all survivors, then decon and write."""
     scratch = jobs[0].scratch
-    parts = map_shards(filter_shard, jobs, workers=workers, executor=executor, desc="mix: filter")
+    parts = map_shards(
+        filter_shard,
+        jobs,
+        workers=workers,
+        executor=executor,
+        desc="mix: filter",
+        sizes=[stored_bytes(j.path) for j in jobs],
+    )
     duplicate_ids = _cross_shard_duplicates([_usable_ids(part["rows"]) for part in parts])
     candidates: list[tuple[int, int, str, str]] = []
     for i, part in enumerate(parts):
@@ -679,7 +687,14 @@ def _two_pass(
             np.save(index_file, np.unique(np.concatenate(sets)) if sets else np.zeros(0, np.uint64))
         for j in write_jobs:
             j.heldout_index = index_file
-    return map_shards(write_shard, write_jobs, workers=workers, executor=executor, desc="mix: write")
+    return map_shards(
+        write_shard,
+        write_jobs,
+        workers=workers,
+        executor=executor,
+        desc="mix: write",
+        quarantined=lambda r: reasons(r["quarantine"]),
+    )
 
 
 def run(
@@ -703,7 +718,13 @@ def run(
         results = _two_pass(recipe, jobs, workers, executor)
     else:  # no held-out split: one pass per shard (see filter_write_shard)
         results = map_shards(
-            filter_write_shard, jobs, workers=workers, executor=executor, desc="mix: filter+write"
+            filter_write_shard,
+            jobs,
+            workers=workers,
+            executor=executor,
+            desc="mix: filter+write",
+            sizes=[stored_bytes(j.path) for j in jobs],
+            quarantined=lambda r: reasons(r["quarantine"]),
         )
         redo = [
             replace(jobs[i], duplicate_ids=d)

@@ -32,8 +32,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from glasslm.artifacts import create_artifact, find_artifact, input_ref, manifest_hash
 from glasslm.config import ConfigError, to_dict
 from glasslm.data.documents import (
@@ -56,6 +54,7 @@ from glasslm.data.executors import (
     resumable,
     work_dir,
 )
+from glasslm.data.progress import stored_bytes
 from glasslm.data.taggers import Attributes, available, get_tagger
 
 DEFAULT_TAGGERS = ["langid", "gopher", "c4", "stats", "pii", "code", "toxicity"]
@@ -178,27 +177,6 @@ def tag_shard(job: ShardJob) -> dict[str, Any]:
     return resumable(_marker(job.work, job.name), lambda: _tag_shard(job))
 
 
-class Progress:
-    """docs/s and MB/s over the shards finished in this run (resumed shards are not counted)."""
-
-    def __init__(self, total: int, enabled: bool, skip: set[str]) -> None:
-        self.skip = skip
-        self.bar = tqdm(total=total, desc="tag", unit="shard", disable=not enabled, leave=False)
-        self.start = time.perf_counter()
-        self.docs = self.bytes = 0
-
-    def update(self, summary: dict[str, Any]) -> None:
-        if summary["name"] not in self.skip:
-            self.docs += summary["docs"]
-            self.bytes += summary["bytes"]
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        self.bar.set_postfix_str(f"{self.docs / elapsed:,.0f} docs/s, {self.bytes / elapsed / 1e6:.2f} MB/s")
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -237,19 +215,17 @@ def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bo
     if resumed:
         print(f"tag: resuming — {len(resumed)} of {len(jobs)} shards already done in {work}", file=sys.stderr)
 
-    bar = Progress(len(jobs), progress, skip=resumed)
     start = time.perf_counter()
-    try:
-        summaries = map_shards(
-            tag_shard,
-            jobs,
-            workers=run.workers or None,
-            executor=_executor(run.executor),
-            progress=False,
-            on_result=bar.update,
-        )
-    finally:
-        bar.close()
+    summaries = map_shards(
+        tag_shard,
+        jobs,
+        workers=run.workers or None,
+        executor=_executor(run.executor),
+        desc="tag",
+        progress=progress,
+        sizes=[stored_bytes(j.path) for j in jobs],
+        quarantined=lambda summary: summary["quarantined"],
+    )
     elapsed = time.perf_counter() - start
 
     metrics = _metrics(summaries, elapsed, resumed, run)

@@ -53,6 +53,7 @@ from glasslm.data.documents import (
     list_shards,
     location,
 )
+from glasslm.data.progress import stored_bytes
 from glasslm.tokenizer import Tokenizer, find_tokenizer_file
 
 UINT16_VOCAB = 65_536
@@ -375,7 +376,14 @@ def tokenize(
 
     def run(tasks: list[Task], desc: str) -> list[TaskResult]:
         return executors.map_shards(
-            run_task_resumable, tasks, workers=workers, executor=executor, desc=desc, progress=config.progress
+            run_task_resumable,
+            tasks,
+            workers=workers,
+            executor=executor,
+            desc=desc,
+            progress=config.progress,
+            sizes=[stored_bytes(t.shard) for t in tasks],
+            quarantined=lambda r: r.quarantine.counts,
         )
 
     held_results = run(held_tasks, "tokenize held-out")

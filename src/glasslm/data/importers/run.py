@@ -39,6 +39,7 @@ from glasslm.data.documents import (
 from glasslm.data.importers import arrow, jsonl, text, warc
 from glasslm.data.importers.records import ImportInput, Item, ReadOptions
 from glasslm.data.importers.sources import SourceFile, expand, source_file
+from glasslm.data.progress import StageProgress
 
 Reader = Callable[[SourceFile, ReadOptions], Iterator[Item]]
 READERS: dict[str, Reader] = {
@@ -223,8 +224,11 @@ class Importer:
             self.writers[source] = ShardWriter(self.docs_dir, source, self.shard_bytes, first)
         return self.writers[source]
 
-    def run_input(self, spec: ImportInput) -> None:
-        p = plan(spec)
+    def run_input(
+        self, spec: ImportInput, p: Plan | None = None, report: StageProgress | None = None
+    ) -> None:
+        p = p or plan(spec)
+        report = report or StageProgress("import", len(p.files), enabled=False)
         if spec.link and not isinstance(p.fs, LocalFileSystem):
             raise ConfigError(
                 f"{spec.path}: --link needs local files (a remote file cannot be referenced in place)"
@@ -242,6 +246,7 @@ class Importer:
                 )  # part of the artifact: moves with it
             options = ReadOptions(spec.text_column, spec.id_column, self.date, extra, require_id=spec.link)
             capped = self.read_file(src, fmt, reader, options, spec, counts)
+            report.update(src.size)
         for path, why in p.skipped.items():
             self.notes.append(f"{path}: skipped, {why}")
         self.inputs.append(
@@ -410,6 +415,7 @@ def run_import(
     shard_bytes: int = 2_000_000,
     date: str = "2026-01-01T00:00:00Z",
     extend: Path | None = None,
+    progress: bool = True,
 ) -> ImportResult:
     """Import every input group into ``root`` (an artifact being built); returns totals and lineage."""
     if not inputs:
@@ -423,6 +429,11 @@ def run_import(
                 f"--extend {extend}: source(s) {sorted(clash)} already there; name the new domain "
                 "differently (--source)"
             )
-    for spec in inputs:
-        importer.run_input(spec)
-    return importer.finish()
+    plans = [(spec, plan(spec)) for spec in inputs]
+    report = StageProgress("import", sum(len(p.files) for _, p in plans), enabled=progress)
+    for spec, p in plans:
+        importer.run_input(spec, p, report)
+    result = importer.finish()
+    report.quarantined = Counter(result.quarantined_by_reason)  # by reason: known once all are read
+    report.close()
+    return result
