@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from test_adapt_support import build_tokenizer
 
 from glasslm import artifacts
 from glasslm.adapt import builders, formats
 from glasslm.cli import main
 from glasslm.model.checkpoint import load_model, resolve_model_dir
+from glasslm.model.modes import eval_mode
+from glasslm.model.olmo2 import OLMo2
 from glasslm.tokenizer import Tokenizer
 from glasslm.train.metrics import read_metrics
 
@@ -226,3 +230,47 @@ def test_rl_on_the_pretrained_tiny_model_raises_heldout_reward(tmp_path: Path) -
     assert m["heldout_prompts_after"] == 200
     assert m["reward_sampled_trained_change"] > 2 * m["reward_sampled_trained_change_se"]
     assert m["reward_sampled_trained_after"] > m["reward_sampled_trained_before"]
+
+
+class ReplyLogprob:
+    """A before/after evaluation of the kind a stage can be given: the log-probability the policy
+    gives a fixed assistant reply (computed for real on the model it is handed)."""
+
+    def evaluate(self, model: OLMo2, tokenizer: Tokenizer) -> dict[str, Any]:
+        chat = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]
+        ids = torch.tensor([tokenizer.encode_chat(chat)], device=next(model.parameters()).device)
+        with eval_mode(model), torch.no_grad():
+            logp = torch.log_softmax(model(ids[:, :-1]).float(), dim=-1)
+            total = float(logp.gather(-1, ids[:, 1:, None]).sum())
+        return {"probe/reply_logp": total, "probe/per_item": {"tokens": ids.shape[1]}}
+
+    def compare(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        return {"probe/reply_logp_change": after["probe/reply_logp"] - before["probe/reply_logp"]}
+
+
+def test_a_before_after_evaluation_plugs_into_a_stage(world: Path, sft_run: Path, tmp_path: Path) -> None:
+    from glasslm.adapt.base import BeforeAfterEval
+    from glasslm.adapt.sft_trainer import SFTConfig, sft_trainer
+    from glasslm.config import load
+    from glasslm.train import distributed
+
+    out = tmp_path / "sft-probe"
+    config = load(SFTConfig, None, [f"--model.init_from={world / 'base'}", f"--data.path={world / 'adapt' / 'data'}",
+                                    "--data.loader.seq_len=128", "--data.loader.global_batch_size=4",
+                                    "--trainer.max_steps=4", "--trainer.checkpoint_every=2", *COMMON])  # fmt: skip
+    tok = Tokenizer.from_file(world / "base" / "tokenizer.json")
+    probe = BeforeAfterEval(ReplyLogprob(), tok, "sft", name="probe")
+    world_ = distributed.init(config.distributed, "cpu")
+    result = sft_trainer(config, out, world_, "never", callbacks=[probe]).run()
+    before, after = (json.loads((out / f"probe_{w}.json").read_text()) for w in ("before", "after"))
+    m = artifacts.read_manifest(out)["metrics"]
+    assert m["probe/reply_logp_before"] == before["probe/reply_logp"] < 0
+    assert m["probe/reply_logp_after"] == after["probe/reply_logp"] < 0
+    assert m["probe/reply_logp_change"] == after["probe/reply_logp"] - before["probe/reply_logp"] != 0
+    assert "probe/per_item_before" not in m and before["probe/per_item"]["tokens"] > 3
+    assert m["heldout_loss_before"] == artifacts.read_manifest(sft_run)["metrics"]["heldout_loss_before"]
+    # Measuring more does not change what is trained: the same losses as the CLI's run, step by step.
+    assert [r["loss"] for r in read_metrics(out / "metrics.jsonl")] == [
+        r["loss"] for r in read_metrics(sft_run / "metrics.jsonl")
+    ]
+    assert result.metrics == m

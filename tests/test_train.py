@@ -205,6 +205,7 @@ def _first_loss(run: Path) -> float:
 def test_continued_pretraining_from_checkpoint_and_hf(reference: Path, tokens: Path, tmp_path: Path) -> None:
     from glasslm.train.config import TrainConfig
     from glasslm.train.distributed import World
+    from glasslm.train.pretrain import pretraining
     from glasslm.train.trainer import Trainer
 
     fresh_first = _first_loss(reference)
@@ -232,7 +233,7 @@ def test_continued_pretraining_from_checkpoint_and_hf(reference: Path, tokens: P
 
     def trainer(extra: list[str], out: Path) -> Trainer:
         config = load(TrainConfig, base, [f"--model.init_from={ck}", *extra])
-        return Trainer(config, out, World(0, 1, 0, torch.device("cpu"), "none"), "never")
+        return pretraining(config, out, World(0, 1, 0, torch.device("cpu"), "none"), "never")
 
     with_opt = trainer(["--model.load_optimizer=true"], tmp_path / "o")
     state = next(iter(with_opt.optimizer.state.values()))
@@ -241,7 +242,53 @@ def test_continued_pretraining_from_checkpoint_and_hf(reference: Path, tokens: P
     assert with_opt.run().final_loss is not None
     hf_opt = load(TrainConfig, base, [f"--model.init_from={tmp_path / 'hf'}", "--model.load_optimizer=true"])
     with pytest.raises(artifacts.ArtifactError, match="trainer state"):
-        Trainer(hf_opt, tmp_path / "x", World(0, 1, 0, torch.device("cpu"), "none"), "never")
+        pretraining(hf_opt, tmp_path / "x", World(0, 1, 0, torch.device("cpu"), "none"), "never")
+
+
+def test_a_callback_adds_row_fields_and_checkpoint_state(tokens: Path, tmp_path: Path) -> None:
+    from glasslm.config import load
+    from glasslm.train import checkpoint as ckpt
+    from glasslm.train.callbacks import Callback
+    from glasslm.train.config import TrainConfig
+    from glasslm.train.distributed import World
+    from glasslm.train.pretrain import pretraining
+    from glasslm.train.trainer import Trainer
+
+    class ParamNorm(Callback):
+        """The weights' norm in the logged rows; how often it was measured in the checkpoints."""
+
+        def __init__(self) -> None:
+            self.measured = 0
+
+        def measure(self, trainer: Trainer, step: int) -> dict[str, float]:
+            self.measured += 1
+            return {
+                "param_norm": float(
+                    torch.cat([p.detach().flatten() for p in trainer.model.module.parameters()]).norm()
+                )
+            }
+
+        def state(self) -> dict[str, int]:
+            return {"param_norm_rows": self.measured}
+
+    config = load(
+        TrainConfig,
+        write_config(
+            tmp_path / "c.yaml", tokens, trainer={"max_steps": 4, "checkpoint_every": 2, "log_every": 2}
+        ),
+    )
+    plain = pretraining(config, tmp_path / "plain", World(0, 1, 0, torch.device("cpu"), "none"), "never")
+    plain.run()
+    probed = pretraining(config, tmp_path / "probed", World(0, 1, 0, torch.device("cpu"), "none"), "never")
+    probed.callbacks.insert(0, ParamNorm())
+    probed.run()
+    rows = read_metrics(tmp_path / "probed" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [2, 4] and rows[0]["param_norm"] != rows[1]["param_norm"] > 0
+    assert [r["loss"] for r in rows] == [
+        r["loss"] for r in read_metrics(tmp_path / "plain" / "metrics.jsonl")
+    ]
+    states = [ckpt.read_trainer_state(tmp_path / "probed" / "checkpoints" / f"step00000{s}") for s in (2, 4)]
+    assert [s["param_norm_rows"] for s in states] == [1, 2]
 
 
 # ---------------------------------------------------------------- errors

@@ -19,6 +19,7 @@ from glasslm.model.loss import lm_loss
 from glasslm.model.olmo2 import ModelConfig, OLMo2
 from glasslm.train import distributed
 from glasslm.train.config import TrainConfig
+from glasslm.train.pretrain import pretraining
 from glasslm.train.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN")
@@ -74,13 +75,13 @@ def test_trainer_takes_the_fast_paths_on_cpu(tmp_path: Path) -> None:
     data = json.loads(write_config(tmp_path / "c.json", tokens, trainer={"max_steps": 1}).read_text())
     config = from_dict(TrainConfig, data)
     world = distributed.init(config.distributed, "cpu")
-    trainer = Trainer(config, tmp_path / "run", world, "never")
-    assert trainer.chunked_head and trainer.onednn
-    assert isinstance(distributed.unwrap(trainer.wrapped).lm_head, onednn.OneDNNLinear)
+    trainer = pretraining(config, tmp_path / "run", world, "never").model
+    assert trainer.hidden_states and trainer.onednn
+    assert isinstance(distributed.unwrap(trainer.state_module).lm_head, onednn.OneDNNLinear)
     config.trainer.onednn_linear, config.trainer.loss_chunk_tokens = False, 0
-    plain = Trainer(config, tmp_path / "run2", world, "never")
-    assert not plain.chunked_head and not plain.onednn
-    assert type(distributed.unwrap(plain.wrapped).lm_head) is torch.nn.Linear
+    plain = pretraining(config, tmp_path / "run2", world, "never").model
+    assert not plain.hidden_states and not plain.onednn
+    assert type(distributed.unwrap(plain.state_module).lm_head) is torch.nn.Linear
 
 
 # -- the library chosen by measurement (issue #23) ---------------------------------------------------
@@ -135,18 +136,19 @@ def _trainer(tmp_path: Path, name: str, **trainer: object) -> Trainer:
         ).read_text()
     )
     config = from_dict(TrainConfig, data)
-    return Trainer(config, tmp_path / name, distributed.init(config.distributed, "cpu"), "never")
+    return pretraining(config, tmp_path / name, distributed.init(config.distributed, "cpu"), "never")
 
 
 def test_trainer_records_its_choice_and_forcing_works(tmp_path: Path) -> None:
     auto = _trainer(tmp_path, "auto")
-    assert auto.config.trainer.onednn_linear == "auto" and auto.linear_choice.how == "measured"
-    head = distributed.unwrap(auto.wrapped).lm_head
-    assert auto.onednn == (auto.linear_choice.backend == "onednn") == isinstance(head, onednn.OneDNNLinear)
+    m = auto.model
+    assert auto.run_spec.config.trainer.onednn_linear == "auto" and m.linear_choice.how == "measured"
+    head = distributed.unwrap(m.state_module).lm_head
+    assert m.onednn == (m.linear_choice.backend == "onednn") == isinstance(head, onednn.OneDNNLinear)
     auto.run()
     recorded = json.loads((tmp_path / "auto" / "manifest.json").read_text())["metrics"]["linear_backend"]
-    assert recorded == auto.linear_choice.as_dict()
+    assert recorded == m.linear_choice.as_dict()
     for forced, backend in ((True, "onednn"), (False, "mkl")):
-        t = _trainer(tmp_path, f"forced-{backend}", onednn_linear=forced)
+        t = _trainer(tmp_path, f"forced-{backend}", onednn_linear=forced).model
         assert t.linear_choice.backend == backend and t.linear_choice.how == "forced"
         assert t.onednn == forced

@@ -1,10 +1,11 @@
-"""What SFT, DPO and GRPO share: their configs and a Trainer subclass that swaps data and loss.
+"""What SFT, DPO and GRPO share: their configs, their data, and how a stage becomes a Trainer.
 
 Adaptation runs *are* training runs: ``glasslm.train.trainer.Trainer`` does the loop, optimizer,
 schedule, gradient accumulation, DDP/FSDP, checkpoints (manifest ``stage`` "sft"/"dpo"/"rl"), exact
-resume and ``metrics.jsonl``. A subclass here overrides only what is trained on (``_setup_data``,
-``_batch``, ``_count``, ``_loss``, ``_data_state``) and adds before/after evaluations, which land in
-the run's manifest metrics and in ``RUN/eval_before.json`` / ``RUN/eval_after.json``.
+resume and ``metrics.jsonl``. A stage brings what is trained on: its data (loaded before the model,
+so unusable data fails fast), then, once the model exists, an objective, a batch source and a
+held-out ``Evaluation``, which ``BeforeAfterEval`` runs before the first step and after the last;
+its figures land in the run's manifest metrics and in ``RUN/eval_before.json`` / ``RUN/eval_after.json``.
 
 Every batch is a pure function of (data, seed, step): an epoch is a seeded permutation of the
 training items, step s takes the s-th slice, and each rank its share; so resuming from any checkpoint
@@ -14,30 +15,45 @@ replays exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
-import torch
 
 from glasslm import artifacts
 from glasslm.adapt.builders import find_data_file
 from glasslm.config import ConfigError
+from glasslm.data.documents import Quarantine
 from glasslm.model import checkpoint as model_ckpt
 from glasslm.model.modes import eval_mode
+from glasslm.model.olmo2 import OLMo2
 from glasslm.tokenizer import Tokenizer
 from glasslm.train import distributed
-from glasslm.train.config import TrainConfig, TrainerConfig
-from glasslm.train.trainer import RunResult, Trainer
+from glasslm.train.batches import BatchSource
+from glasslm.train.callbacks import Callback, log
+from glasslm.train.config import (
+    DistributedConfig,
+    ModelSpec,
+    OptimConfig,
+    ScheduleConfig,
+    TrainerConfig,
+)
+from glasslm.train.objective import Objective
+from glasslm.train.setup import batching, build_parts, start_run
+from glasslm.train.train_model import TrainModel
+from glasslm.train.trainer import Trainer
+
+if TYPE_CHECKING:
+    from glasslm.model.generate import Completion, SamplingParams
 
 EVAL_BEFORE, EVAL_AFTER = "eval_before.json", "eval_after.json"
 
 
 @dataclass
 class AdaptBatching:
-    """Duck-types the pretraining loader settings the trainer reads (``data.loader``)."""
+    """The loader settings of a stage (``data.loader``), named as pretraining's."""
 
     seq_len: int = 512  # tokens per row (SFT: packed rows; DPO/RL: the longest allowed sequence)
     global_batch_size: int = 8  # per optimizer step: SFT packed rows, DPO pairs, RL completions
@@ -62,11 +78,16 @@ def _adapt_trainer_defaults() -> TrainerConfig:
 
 
 @dataclass
-class AdaptConfig(TrainConfig):
-    """A training config whose data section reads adaptation JSONL instead of a tokens artifact."""
+class AdaptConfig:
+    """A training config (train.config.TrainConfig's sections, in its order) whose data section reads
+    adaptation JSONL instead of a tokens artifact."""
 
-    data: AdaptDataSpec = field(default_factory=AdaptDataSpec)  # type: ignore[assignment]
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: AdaptDataSpec = field(default_factory=AdaptDataSpec)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=_adapt_trainer_defaults)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:
         if self.model.architecture_overrides():
@@ -83,13 +104,6 @@ class AdaptConfig(TrainConfig):
             raise ConfigError(
                 "model.init_from is not set: adaptation starts from a model (--model.init_from=MODEL)"
             )
-
-
-@dataclass
-class _Vocab:
-    """What the trainer asks of its loader before building the model."""
-
-    vocab_size: int
 
 
 def data_ref(path: Path) -> dict[str, Any]:
@@ -114,143 +128,118 @@ def step_items(n: int, seed: int, step: int, per_step: int) -> list[int]:
     return out
 
 
-class AdaptTrainer(Trainer):
-    """Shared set-up: tokenizer from the init model, data files, a rank's slice, evaluations."""
+def split_micro(n: int, micro: int) -> Sequence[range]:
+    return [range(i, min(i + micro, n)) for i in range(0, n, micro)]
 
-    data_file = ""  # file name inside an adapt_data artifact (set by each subclass)
-    heldout_file = ""
-    config: AdaptConfig
 
-    def _setup_data(self, config: TrainConfig) -> None:
-        assert isinstance(config, AdaptConfig)
-        config.require()
-        self.config = config  # the trainer sets it only after the model is built; data set-up needs it now
-        init_dir = model_ckpt.resolve_model_dir(config.model.init_from or "")
-        tok_file = init_dir / model_ckpt.TOKENIZER
-        if not tok_file.is_file():
-            raise ConfigError(
-                f"{init_dir}: the init model carries no tokenizer.json; adaptation needs its tokenizer"
-            )
-        self.tok = Tokenizer.from_file(tok_file)
-        self.tokenizer = tok_file
+# ------------------------------------------------------------ the stage's data
 
-        self.train_path = find_data_file(config.data.path, self.data_file)
-        heldout = config.data.heldout
-        self.heldout_path: Path | None = None
-        if heldout is not None:
-            self.heldout_path = Path(heldout)
-        elif not Path(config.data.path).is_file():
-            self.heldout_path = find_data_file(config.data.path, self.heldout_file)
-        self.data_inputs = [data_ref(self.train_path)]
-        self.data_sha256 = artifacts.sha256_file(self.train_path)
-        self.loader = _Vocab(self.tok.vocab_size)  # type: ignore[assignment]
-        self.load_items(config)
 
-    def load_items(self, config: AdaptConfig) -> None:
-        raise NotImplementedError
+@dataclass
+class AdaptData:
+    """A stage's files and tokenizer (the init model's), read before the model is built."""
 
-    @property
-    def n_items(self) -> int:
-        raise NotImplementedError
+    tok: Tokenizer
+    tokenizer_file: Path
+    train_path: Path
+    heldout_path: Path | None
+    data_sha256: str
+    inputs: list[dict[str, Any]]
 
-    @property
-    def items_per_step(self) -> int:
-        return self.config.data.loader.global_batch_size
 
-    def local_items(self, step: int) -> list[int]:
+def open_data(config: AdaptConfig, data_file: str, heldout_file: str) -> AdaptData:
+    """``data_file``/``heldout_file``: the names inside an adapt_data artifact."""
+    config.require()
+    init_dir = model_ckpt.resolve_model_dir(config.model.init_from or "")
+    tok_file = init_dir / model_ckpt.TOKENIZER
+    if not tok_file.is_file():
+        raise ConfigError(
+            f"{init_dir}: the init model carries no tokenizer.json; adaptation needs its tokenizer"
+        )
+    train_path = find_data_file(config.data.path, data_file)
+    heldout: Path | None = None
+    if config.data.heldout is not None:
+        heldout = Path(config.data.heldout)
+    elif not Path(config.data.path).is_file():
+        heldout = find_data_file(config.data.path, heldout_file)
+    return AdaptData(Tokenizer.from_file(tok_file), tok_file, train_path, heldout,
+                     artifacts.sha256_file(train_path), [data_ref(train_path)])  # fmt: skip
+
+
+@dataclass
+class StepItems:
+    """Which training items (packed rows, pairs, prompts) step ``s`` takes on this rank, and what a
+    checkpoint records of the data position."""
+
+    n_items: int
+    per_step: int
+    loader: AdaptBatching
+    world: distributed.World
+    data_sha256: str
+
+    def local(self, step: int) -> list[int]:
         """This rank's contiguous share of the step's items."""
-        items = step_items(self.n_items, self.config.data.loader.seed, step, self.items_per_step)
+        items = step_items(self.n_items, self.loader.seed, step, self.per_step)
         share = len(items) // self.world.world_size
         return items[self.world.rank * share : (self.world.rank + 1) * share]
 
-    def _micro_batches(self, batch: dict[str, Any]) -> Iterator[dict[str, torch.Tensor]]:
-        for micro in batch["micros"]:
-            yield {k: v.to(self.world.device) for k, v in micro.items()}
-
-    def _data_state(self) -> dict[str, Any]:
-        lc = self.config.data.loader
-        return {"next_step": self.step + 1, "seq_len": lc.seq_len, "global_batch_size": lc.global_batch_size,
+    def position(self, step: int) -> dict[str, Any]:
+        lc = self.loader
+        return {"next_step": step + 1, "seq_len": lc.seq_len, "global_batch_size": lc.global_batch_size,
                 "seed": lc.seed, "data_sha256": self.data_sha256}  # fmt: skip
 
-    def _resolve(self, config: TrainConfig) -> TrainConfig:
-        """Paths made absolute (the architecture stays the init model's), so a run resumes from anywhere."""
-        assert isinstance(config, AdaptConfig)
 
-        def absolute(value: str | None) -> str | None:
-            return str(Path(value).resolve()) if value and Path(value).exists() else value
+# ------------------------------------------------------------ evaluation before and after
 
-        config.model.init_from = absolute(config.model.init_from)
-        config.data.path = absolute(config.data.path) or ""
-        config.data.heldout = absolute(config.data.heldout)
-        return config
 
-    # ------------------------------------------------------------ evaluation before and after
+class Evaluation(Protocol):
+    """Held-out figures of a policy, measured before the first step and after the last.
 
-    @property
-    def policy(self) -> torch.nn.Module:
-        """The plain model (no DDP/FSDP wrapper) for evaluation and sampling."""
-        return distributed.unwrap(self.wrapped)
+    ``evaluate`` gets the plain model (no DDP/FSDP wrapper; evaluation mode is the callee's to set
+    and restore) and the tokenizer, on every rank, and returns the same dict on every rank: numbers
+    go to the manifest as ``<key>_before`` / ``<key>_after``; dict values (per-item records) stay in
+    the JSON files. ``compare`` turns the two into paired figures for the manifest (or {}).
+    """
 
-    def evaluate(self) -> dict[str, Any]:
-        """Held-out metrics of the current model (same on every rank)."""
-        raise NotImplementedError
+    def evaluate(self, model: OLMo2, tokenizer: Tokenizer) -> dict[str, Any]: ...
 
-    def compare(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-        """Paired before/after figures over the same held-out items (none by default)."""
-        return {}
+    def compare(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]: ...
 
-    def run(self) -> RunResult:
-        self._check_distribution()
-        quarantine = getattr(self, "quarantine", None)
-        if quarantine is not None and quarantine.total and self.world.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            quarantine.write(self.out / "quarantine.jsonl")
-            _say(
-                self,
-                f"{quarantine.total} unusable lines quarantined ({dict(quarantine.counts)}): {self.out}/quarantine.jsonl",
-            )
-        before_file = self.out / EVAL_BEFORE
-        if before_file.is_file() and self.resume_from is not None:
-            before = json.loads(before_file.read_text())
+
+class BeforeAfterEval(Callback):
+    """Runs an ``Evaluation`` on the policy at start and at end: ``RUN/<name>_before.json`` and
+    ``RUN/<name>_after.json``, and the figures in the run's manifest metrics (with the ``stage``).
+    A resumed run reads its before-figures back instead of measuring a trained model as "before"."""
+
+    def __init__(self, evaluation: Evaluation, tokenizer: Tokenizer, stage: str, name: str = "eval"):
+        self.evaluation, self.tokenizer, self.stage = evaluation, tokenizer, stage
+        self.before_file, self.after_file = f"{name}_before.json", f"{name}_after.json"
+        self.before: dict[str, Any] = {}
+
+    def on_start(self, trainer: Trainer) -> None:
+        world, file = trainer.model.world, trainer.out / self.before_file
+        if file.is_file() and trainer.state.step > 0:
+            self.before = json.loads(file.read_text())
         else:
-            before = self.evaluate()
-            if self.world.is_main:
-                self.out.mkdir(parents=True, exist_ok=True)
-                before_file.write_text(json.dumps(before, indent=1) + "\n")
-        _say(self, "before: " + _fmt(before))
-        result = super().run()
-        after = self.evaluate()
-        _say(self, "after:  " + _fmt(after))
-        change = self.compare(before, after)
+            self.before = self.evaluation.evaluate(trainer.model.module, self.tokenizer)
+            if world.is_main:
+                file.write_text(json.dumps(self.before, indent=1) + "\n")
+        log(world, "before: " + _fmt(self.before))
+
+    def on_end(self, trainer: Trainer) -> dict[str, Any]:
+        world = trainer.model.world
+        after = self.evaluation.evaluate(trainer.model.module, self.tokenizer)
+        log(world, "after:  " + _fmt(after))
+        change = self.evaluation.compare(self.before, after)
         if change:
-            _say(self, "change: " + _fmt(change))
-        # Per-item records (dicts) stay in eval_before/after.json; the manifest gets the figures.
-        self.eval_metrics = {**{f"{k}_before": v for k, v in before.items() if not isinstance(v, dict)},
-                             **{f"{k}_after": v for k, v in after.items() if not isinstance(v, dict)},
-                             **change}  # fmt: skip
-        if self.world.is_main:
-            (self.out / EVAL_AFTER).write_text(json.dumps(after, indent=1) + "\n")
-            self._write_manifest(result)
-        distributed.barrier(self.world)
-        return result
-
-    def _check_distribution(self) -> None:
-        lc = self.config.data.loader
-        if self.items_per_step % self.world.world_size:
-            raise ConfigError(
-                f"data.loader.global_batch_size ({lc.global_batch_size}) must be divisible by "
-                f"the number of processes ({self.world.world_size})"
-            )
-
-    def _write_manifest(self, result: RunResult) -> None:
-        extra = getattr(self, "eval_metrics", None)
-        if extra is None:
-            return  # called from Trainer.run before the final evaluation: written once, below
-        super()._write_manifest(result)
-        if extra:  # fold the before/after figures into the run's manifest metrics
-            manifest = artifacts.read_manifest(self.out)
-            artifacts.write_manifest(self.out, manifest["kind"], config=self.config, inputs=self.inputs,
-                                     metrics={**manifest["metrics"], **extra, "stage": self.stage})  # fmt: skip
+            log(world, "change: " + _fmt(change))
+        if world.is_main:
+            (trainer.out / self.after_file).write_text(json.dumps(after, indent=1) + "\n")
+        # Per-item records (dicts) stay in the JSON files; the manifest gets the figures.
+        figures = {**{f"{k}_before": v for k, v in self.before.items() if not isinstance(v, dict)},
+                   **{f"{k}_after": v for k, v in after.items() if not isinstance(v, dict)},
+                   **change}  # fmt: skip
+        return {**figures, "stage": self.stage} if figures else {}
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
@@ -258,28 +247,19 @@ def _fmt(metrics: dict[str, Any]) -> str:
                      if not isinstance(v, dict))  # fmt: skip
 
 
-def _say(trainer: Trainer, message: str) -> None:
-    if trainer.world.is_main:
-        import sys
-
-        print(message, file=sys.stderr, flush=True)
-
-
-def split_micro(n: int, micro: int) -> Sequence[range]:
-    return [range(i, min(i + micro, n)) for i in range(0, n, micro)]
-
-
 def generate(
-    trainer: Trainer, prompts: Sequence[Sequence[int]], params: Any, max_batch: int = 32
-) -> list[Any]:
-    """Completions from the current policy with the generation engine (``model/generate.py``).
+    model: OLMo2,
+    tok: Tokenizer,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | list[SamplingParams],
+    max_batch: int = 32,
+) -> list[Completion]:
+    """Completions from ``model`` with the generation engine (``model/generate.py``).
 
     The model is in eval mode while it generates; its training mode is restored afterwards.
     """
     from glasslm.model.generate import Engine
 
-    model = trainer.policy  # type: ignore[attr-defined]
-    tok = trainer.tok  # type: ignore[attr-defined]
     new = max(p.max_new_tokens for p in params) if isinstance(params, list) else params.max_new_tokens
     longest = max(len(p) for p in prompts) + new + 1
     with eval_mode(model):
@@ -287,3 +267,99 @@ def generate(
             model, tok, max_batch=min(max_batch, len(prompts)), max_len=min(longest, model.config.max_seq_len)
         )
         return engine.generate([list(p) for p in prompts], params)
+
+
+# ------------------------------------------------------------ a stage as a Trainer
+
+
+@dataclass
+class StageParts:
+    objective: Objective
+    batches: BatchSource
+    evaluation: Evaluation
+
+
+@dataclass
+class StageContext:
+    """What a stage's parts are built from, once the model exists."""
+
+    model: TrainModel
+    out: Path
+    resumed: bool
+    micro_batch: int
+    data: AdaptData
+
+
+class StageData(Protocol):
+    """A stage's training and held-out items, loaded before the model is built."""
+
+    quarantine: Quarantine
+
+    @property
+    def items(self) -> StepItems: ...
+
+    def parts(self, ctx: StageContext) -> StageParts: ...
+
+
+C = TypeVar("C", bound=AdaptConfig)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the checkpoints' manifest ``stage``
+    data_file: str  # file names inside an adapt_data artifact
+    heldout_file: str
+
+
+def adapt_trainer(
+    stage: Stage,
+    config: C,
+    out: Path,
+    world: distributed.World,
+    resume: str,
+    load: Callable[[C, AdaptData, distributed.World], StageData],
+    callbacks: Sequence[Callback] = (),
+) -> Trainer:
+    """The Trainer of an adaptation stage: ``load`` reads its items; their ``parts`` (objective,
+    batch source, evaluation) are built once the model is ready. ``callbacks`` run after the stage's
+    evaluation and before the standard ones (metrics, energy, checkpoints)."""
+    data = open_data(config, stage.data_file, stage.heldout_file)
+    loaded = load(config, data, world)
+    lc = config.data.loader
+    batch = batching(lc, config.trainer, world)
+    start = start_run(config, out, world, resume, data.tok.vocab_size, f"the tokens of {data.tokenizer_file}",
+                      lc.seq_len)  # fmt: skip
+    _resolve(config)
+    parts = build_parts(
+        config, start, out, world, batch=batch, seq_len=lc.seq_len, hidden_states=False,
+        data_inputs=data.inputs, tokenizer=start.init_tokenizer or data.tokenizer_file, heldout_tokens=None,
+        stage=stage.name,
+    )  # fmt: skip
+    if loaded.items.per_step % world.world_size:
+        raise ConfigError(
+            f"{loaded.items.per_step} items per step do not split over {world.world_size} processes"
+        )
+    quarantine = loaded.quarantine
+    if quarantine.total and world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        quarantine.write(out / "quarantine.jsonl")
+        log(
+            world,
+            f"{quarantine.total} unusable lines quarantined ({dict(quarantine.counts)}): {out}/quarantine.jsonl",
+        )
+    ctx = StageContext(parts.model, out, start.resume_from is not None, batch.micro_batch, data)
+    stage_parts = loaded.parts(ctx)
+    evaluation = BeforeAfterEval(stage_parts.evaluation, data.tok, stage.name)
+    return Trainer(parts.model, parts.optimizer, parts.schedule, stage_parts.objective, stage_parts.batches,
+                   [evaluation, *callbacks, *parts.callbacks], parts.run, parts.state)  # fmt: skip
+
+
+def _resolve(config: AdaptConfig) -> None:
+    """Paths made absolute (the architecture stays the init model's), so a run resumes from anywhere."""
+
+    def absolute(value: str | None) -> str | None:
+        return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+    config.model.init_from = absolute(config.model.init_from)
+    config.data.path = absolute(config.data.path) or ""
+    config.data.heldout = absolute(config.data.heldout)

@@ -14,6 +14,7 @@ the chosen answer the higher (sum or per-token, per ``dpo.loss_type``) log-proba
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,9 +23,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from glasslm import artifacts
-from glasslm.adapt.base import AdaptConfig, AdaptTrainer, split_micro
+from glasslm.adapt.base import (
+    AdaptConfig,
+    AdaptData,
+    Stage,
+    StageContext,
+    StageParts,
+    StepItems,
+    adapt_trainer,
+    split_micro,
+)
 from glasslm.adapt.dpo import (
     DEFAULT_BETA,
+    DPOOutput,
     PairExample,
     collate_pairs,
     dpo_loss,
@@ -38,8 +49,15 @@ from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
 from glasslm.model import checkpoint as model_ckpt
 from glasslm.model.modes import eval_mode
+from glasslm.model.olmo2 import OLMo2
+from glasslm.tokenizer import Tokenizer
 from glasslm.train import distributed
+from glasslm.train.batches import StepBatch
+from glasslm.train.callbacks import Callback
+from glasslm.train.train_model import Micro, TrainModel
+from glasslm.train.trainer import Trainer
 
+STAGE = Stage("dpo", "dpo.jsonl", "dpo_heldout.jsonl")
 REFERENCE_CACHE = "reference_logprobs.safetensors"
 CACHE_KEY = "glasslm_cache_key"  # what the cached log-probs were computed from (JSON, sorted keys)
 
@@ -60,36 +78,48 @@ class DPOConfig(AdaptConfig):
     dpo: DPOOptions = field(default_factory=DPOOptions)
 
 
+def dpo_trainer(
+    config: DPOConfig, out: Path, world: distributed.World, resume: str, callbacks: Sequence[Callback] = ()
+) -> Trainer:
+    """The DPO run's Trainer; ``callbacks`` (e.g. more before/after evaluations) run after the stage's own."""
+    return adapt_trainer(STAGE, config, out, world, resume, DPOData, callbacks)
+
+
 def _tokenize_pairs(
-    trainer: AdaptTrainer, path: Path, limit: int | None, quarantine: Quarantine
+    tok: Tokenizer, seq_len: int, path: Path, limit: int | None, quarantine: Quarantine
 ) -> list[PairExample]:
-    seq_len = trainer.config.data.loader.seq_len
     prefs = load_preferences(path, quarantine)[:limit]
-    pairs = [p for p in (tokenize_pair(trainer.tok, pref, seq_len) for pref in prefs) if p is not None]
-    return pairs
+    return [p for p in (tokenize_pair(tok, pref, seq_len) for pref in prefs) if p is not None]
 
 
-class DPOTrainer(AdaptTrainer):
-    stage = "dpo"
-    data_file, heldout_file = "dpo.jsonl", "dpo_heldout.jsonl"
-    config: DPOConfig
+class DPOData:
+    """Training and held-out preference pairs; with the model, their reference log-probs."""
 
-    def load_items(self, config: AdaptConfig) -> None:
+    def __init__(self, config: DPOConfig, data: AdaptData, world: distributed.World):
+        self.config, self.data, self.world = config, data, world
         self.quarantine = Quarantine()
-        self.pairs = _tokenize_pairs(self, self.train_path, None, self.quarantine)
+        seq_len = config.data.loader.seq_len
+        self.pairs = _tokenize_pairs(data.tok, seq_len, data.train_path, None, self.quarantine)
         if not self.pairs:
             raise ConfigError(
-                f"{self.train_path}: no usable preference pair ({self.quarantine.total} quarantined)"
+                f"{data.train_path}: no usable preference pair ({self.quarantine.total} quarantined)"
             )
         self.heldout_pairs = (
-            _tokenize_pairs(self, self.heldout_path, config.data.eval_limit, self.quarantine)
-            if self.heldout_path
+            _tokenize_pairs(data.tok, seq_len, data.heldout_path, config.data.eval_limit, self.quarantine)
+            if data.heldout_path
             else []
         )
+        loader = config.data.loader
+        self.items = StepItems(len(self.pairs), loader.global_batch_size, loader, world, data.data_sha256)
 
-    @property
-    def n_items(self) -> int:
-        return len(self.pairs)
+    def parts(self, ctx: StageContext) -> StageParts:
+        ref_train, ref_heldout = self._reference(ctx)
+        objective = DPOObjective(self.config.dpo)
+        pad, device = self.data.tok.pad_id, self.world.device
+        batches = DPOBatches(self.pairs, ref_train, self.items, ctx.micro_batch, pad, device)
+        evaluation = DPOEval(objective, self.heldout_pairs, ref_heldout, self.config.dpo.reference_batch_size, pad,
+                             device)  # fmt: skip
+        return StageParts(objective, batches, evaluation)
 
     # ------------------------------------------------------------ the reference cache
 
@@ -98,12 +128,14 @@ class DPOTrainer(AdaptTrainer):
         init_hash = (
             artifacts.manifest_hash(init) if (init / artifacts.MANIFEST).is_file() else str(init.resolve())
         )
-        held = artifacts.sha256_file(self.heldout_path) if self.heldout_path else ""
-        return {"train_sha256": self.data_sha256, "heldout_sha256": held, "init_model": init_hash,
+        held = artifacts.sha256_file(self.data.heldout_path) if self.data.heldout_path else ""
+        return {"train_sha256": self.data.data_sha256, "heldout_sha256": held, "init_model": init_hash,
                 "seq_len": str(self.config.data.loader.seq_len), "heldout_limit": str(self.config.data.eval_limit)}  # fmt: skip
 
-    def _load_reference(self) -> None:
-        file = self.out / REFERENCE_CACHE
+    def _reference(self, ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training pairs', held-out pairs' reference log-probs): from the run's cache when it was
+        computed from the same data and initial model, else computed now and cached."""
+        file = ctx.out / REFERENCE_CACHE
         key = self._cache_key()
         if file.is_file():
             from safetensors import safe_open
@@ -112,70 +144,84 @@ class DPOTrainer(AdaptTrainer):
                 meta = f.metadata() or {}
             if meta.get(CACHE_KEY) == json.dumps(key, sort_keys=True):
                 tensors = load_file(str(file))
-                self.ref_train, self.ref_heldout = tensors["train"], tensors["heldout"]
-                return
-            if self.resume_from is not None:
+                return tensors["train"], tensors["heldout"]
+            if ctx.resumed:
                 raise ConfigError(
                     f"{file}: cached for other data or another initial model; cannot resume this run"
                 )
-        if self.resume_from is None:
-            model = self.policy  # at step 0 the policy *is* the reference
-        else:
-            model = model_ckpt.load_model(self.config.model.init_from or "", device=self.world.device).model
-        bs, pad, dev = self.config.dpo.reference_batch_size, self.tok.pad_id, self.world.device
-        self.ref_train = reference_logprobs(model, self.pairs, pad, bs, dev).float()
-        self.ref_heldout = reference_logprobs(model, self.heldout_pairs, pad, bs, dev).float()
+        dev = self.world.device
+        model: torch.nn.Module = ctx.model.module  # at step 0 the policy *is* the reference
+        if ctx.resumed:
+            model = model_ckpt.load_model(self.config.model.init_from or "", device=dev).model
+        bs, pad = self.config.dpo.reference_batch_size, self.data.tok.pad_id
+        ref_train = reference_logprobs(model, self.pairs, pad, bs, dev).float()
+        ref_heldout = reference_logprobs(model, self.heldout_pairs, pad, bs, dev).float()
         if self.world.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            ctx.out.mkdir(parents=True, exist_ok=True)
             tmp = file.with_suffix(".tmp")
             # One metadata entry: safetensors writes several in hash-map order, which differs run to run
             # (the same reference log-probs must give the same bytes: glasslm reproduce).
-            save_file(
-                {"train": self.ref_train, "heldout": self.ref_heldout},
-                str(tmp),
-                metadata={CACHE_KEY: json.dumps(key, sort_keys=True)},
-            )
+            save_file({"train": ref_train, "heldout": ref_heldout}, str(tmp),
+                      metadata={CACHE_KEY: json.dumps(key, sort_keys=True)})  # fmt: skip
             tmp.replace(file)
         distributed.barrier(self.world)
+        return ref_train, ref_heldout
 
-    def run(self) -> Any:
-        self._load_reference()
-        return super().run()
 
-    # ------------------------------------------------------------ batches and loss
+class DPOBatches:
+    """The step's pairs, each micro-batch its chosen rows then its rejected rows, with their
+    reference log-probs (``ref``)."""
 
-    def _batch(self, step: int) -> dict[str, Any]:
-        idx = self.local_items(step)
+    def __init__(
+        self,
+        pairs: list[PairExample],
+        ref: torch.Tensor,
+        items: StepItems,
+        micro_batch: int,
+        pad_id: int,
+        device: torch.device,
+    ):
+        self.pairs, self.ref, self.items = pairs, ref, items
+        self.micro_batch, self.pad_id, self.device = micro_batch, pad_id, device
+
+    def batch(self, step: int) -> StepBatch:
+        idx = self.items.local(step)
         micros = []
         for part in split_micro(len(idx), self.micro_batch):
             chosen = [idx[i] for i in part]
-            batch = collate_pairs([self.pairs[i] for i in chosen], self.tok.pad_id)
-            batch["ref"] = self.ref_train[chosen]
-            micros.append(batch)
-        return {"micros": micros}
+            batch = collate_pairs([self.pairs[i] for i in chosen], self.pad_id)
+            batch["ref"] = self.ref[chosen]
+            micros.append({k: v.to(self.device) for k, v in batch.items()})
+        return StepBatch(micros)
 
-    def _count(self, micro: dict[str, torch.Tensor]) -> int:
+    def position(self, step: int) -> dict[str, Any]:
+        return self.items.position(step)
+
+
+class DPOObjective:
+    """DPO's loss summed over the micro-batch's pairs (the step divides by its pairs)."""
+
+    def __init__(self, options: DPOOptions):
+        self.options = options
+
+    def count(self, micro: Micro) -> int:
         return int(micro["ref"].shape[0])
 
-    def _pair_terms(
+    def pair_terms(
         self, logits: torch.Tensor, labels: torch.Tensor, ref: torch.Tensor
-    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        kind = self.config.dpo.loss_type
+    ) -> tuple[DPOOutput, torch.Tensor, torch.Tensor]:
+        """(DPO output, chosen and rejected policy log-probs) of a batch of chosen-then-rejected rows."""
+        kind = self.options.loss_type
         sums, n = sequence_logprobs(logits, labels)
         k = ref.shape[0]
         chosen, rejected = policy_logps(sums[:k], n[:k], kind), policy_logps(sums[k:], n[k:], kind)
         ref_chosen = policy_logps(ref[:, 0].to(sums), ref[:, 2].to(sums), kind)
         ref_rejected = policy_logps(ref[:, 1].to(sums), ref[:, 3].to(sums), kind)
-        return (
-            dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.config.dpo.beta_value),
-            chosen,
-            rejected,
-        )
+        out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.options.beta_value)
+        return out, chosen, rejected
 
-    def _loss(
-        self, logits: torch.Tensor, micro: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out, chosen, rejected = self._pair_terms(logits, micro["labels"], micro["ref"])
+    def loss(self, model: TrainModel, micro: Micro) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out, chosen, rejected = self.pair_terms(model.forward(micro), micro["labels"], micro["ref"])
         objective = out.losses.sum()
         return objective, {
             "loss": objective,
@@ -185,23 +231,41 @@ class DPOTrainer(AdaptTrainer):
             "rejected_logp": rejected.detach().sum(),
         }
 
+
+class DPOEval:
+    """Held-out reward accuracy and margin against the reference, and ``logp_accuracy``."""
+
+    def __init__(
+        self,
+        objective: DPOObjective,
+        pairs: list[PairExample],
+        ref: torch.Tensor,
+        batch_size: int,
+        pad_id: int,
+        device: torch.device,
+    ):
+        self.objective, self.pairs, self.ref = objective, pairs, ref
+        self.batch_size, self.pad_id, self.device = batch_size, pad_id, device
+
     @torch.no_grad()
-    def evaluate(self) -> dict[str, Any]:
-        if not self.heldout_pairs:
+    def evaluate(self, model: OLMo2, tokenizer: Tokenizer) -> dict[str, Any]:
+        if not self.pairs:
             return {}
-        model = self.policy
         with eval_mode(model):
             acc = margin = logp_acc = 0.0
-            bs = self.config.dpo.reference_batch_size
-            for part in split_micro(len(self.heldout_pairs), bs):
+            for part in split_micro(len(self.pairs), self.batch_size):
                 idx = list(part)
-                batch = collate_pairs([self.heldout_pairs[i] for i in idx], self.tok.pad_id)
-                logits = model(batch["input_ids"].to(self.world.device))
-                out, chosen, rejected = self._pair_terms(logits, batch["labels"].to(self.world.device),
-                                                         self.ref_heldout[idx].to(self.world.device))  # fmt: skip
+                batch = collate_pairs([self.pairs[i] for i in idx], self.pad_id)
+                logits = model(batch["input_ids"].to(self.device))
+                out, chosen, rejected = self.objective.pair_terms(
+                    logits, batch["labels"].to(self.device), self.ref[idx].to(self.device)
+                )
                 acc += float((out.chosen_rewards > out.rejected_rewards).float().sum())
                 margin += float((out.chosen_rewards - out.rejected_rewards).sum())
                 logp_acc += float((chosen > rejected).float().sum())
-        n = len(self.heldout_pairs)
+        n = len(self.pairs)
         return {"reward_accuracy": acc / n, "reward_margin": margin / n, "logp_accuracy": logp_acc / n,
                 "heldout_pairs": n}  # fmt: skip
+
+    def compare(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        return {}

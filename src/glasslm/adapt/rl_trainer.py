@@ -7,7 +7,8 @@ current policy (temperature ``rl.temperature``; each completion has its own seed
 them with the prompt's verifiable reward (``adapt/rewards.py``), turns rewards into group-normalised
 advantages (groups whose rewards are all equal leave the batch, ``rl.filter_flat_groups``) and takes
 ``rl.ppo_epochs`` optimizer steps (default 1) on the clipped, token-level GRPO
-loss (``adapt/rl.py``). π_old is the policy that sampled: its log-probs are one no-grad forward before
+loss (``adapt/rl.py``): the batch source (``RolloutBatches``) samples and scores, the objective
+(``GRPOObjective``) computes the loss, with the reference model when ``rl.kl_coef > 0``. π_old is the policy that sampled: its log-probs are one no-grad forward before
 the first update, kept for the later epochs, where the ratio leaves 1 and the clip binds. With
 ``rl.kl_coef > 0`` a frozen copy of the initial model gives the reference log-probs.
 
@@ -23,12 +24,24 @@ process or under DDP (``distributed.strategy`` none or ddp).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from glasslm.adapt.base import AdaptConfig, AdaptTrainer, generate, split_micro
+from glasslm.adapt.base import (
+    AdaptConfig,
+    AdaptData,
+    Stage,
+    StageContext,
+    StageParts,
+    StepItems,
+    adapt_trainer,
+    generate,
+    split_micro,
+)
 from glasslm.adapt.builders import TASK_FAMILIES, family_of
 from glasslm.adapt.dpo import token_logprobs
 from glasslm.adapt.formats import RLTask, load_rl
@@ -38,6 +51,18 @@ from glasslm.adapt.sft import IGNORE
 from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
 from glasslm.model import checkpoint as model_ckpt
+from glasslm.model.olmo2 import OLMo2
+from glasslm.tokenizer import Tokenizer
+from glasslm.train import distributed
+from glasslm.train.batches import StepBatch
+from glasslm.train.callbacks import Callback
+from glasslm.train.train_model import Micro, TrainModel
+from glasslm.train.trainer import Trainer
+
+if TYPE_CHECKING:
+    from glasslm.model.generate import SamplingParams
+
+STAGE = Stage("rl", "rl_train.jsonl", "rl_heldout.jsonl")
 
 
 @dataclass
@@ -96,7 +121,7 @@ class RLConfig(AdaptConfig):
             )
 
 
-def _params(options: RLOptions, seed: int | None, greedy: bool = False) -> Any:
+def _params(options: RLOptions, seed: int | None, greedy: bool = False) -> SamplingParams:
     from glasslm.model.generate import SamplingParams
 
     if greedy:
@@ -105,66 +130,88 @@ def _params(options: RLOptions, seed: int | None, greedy: bool = False) -> Any:
                           top_p=options.top_p, seed=seed)  # fmt: skip
 
 
-class RLTrainer(AdaptTrainer):
-    stage = "rl"
-    data_file, heldout_file = "rl_train.jsonl", "rl_heldout.jsonl"
-    config: RLConfig
+def rl_trainer(
+    config: RLConfig, out: Path, world: distributed.World, resume: str, callbacks: Sequence[Callback] = ()
+) -> Trainer:
+    """The GRPO run's Trainer; ``callbacks`` (e.g. more before/after evaluations) run after the stage's own."""
+    return adapt_trainer(STAGE, config, out, world, resume, RLData, callbacks)
 
-    def load_items(self, config: AdaptConfig) -> None:
-        assert isinstance(config, RLConfig)
+
+class RLData:
+    """Training prompts (those that leave room for a completion, of ``rl.train_families``) and held-out ones."""
+
+    def __init__(self, config: RLConfig, data: AdaptData, world: distributed.World):
+        self.config, self.data, self.world = config, data, world
         self.quarantine = Quarantine()
         room = config.data.loader.seq_len - config.rl.max_new_tokens
-        tasks = load_rl(self.train_path, self.quarantine)
-        self.tasks = [t for t in tasks if len(self._prompt(t)) < room]
+        tasks = load_rl(data.train_path, self.quarantine)
+        self.tasks = [t for t in tasks if len(prompt_ids(data.tok, t)) < room]
         if config.rl.train_families:
             self.tasks = [t for t in self.tasks if _family(t) in config.rl.train_families]
         if not self.tasks:
             raise ConfigError(
-                f"{self.train_path}: no usable prompt shorter than data.loader.seq_len - rl.max_new_tokens"
+                f"{data.train_path}: no usable prompt shorter than data.loader.seq_len - rl.max_new_tokens"
                 + (f" in rl.train_families {config.rl.train_families}" if config.rl.train_families else "")
             )
-        held = load_rl(self.heldout_path, self.quarantine) if self.heldout_path else []
+        held = load_rl(data.heldout_path, self.quarantine) if data.heldout_path else []
         self.heldout = held[: config.data.eval_limit]
-        self.heldout_families = [_family(t) for t in self.heldout]  # builder family of each held-out prompt
-        self.reference: torch.nn.Module | None = None
-        self.rollout_stats: dict[str, float] = {}
-        self._rollout_batch: tuple[int, dict[str, Any]] | None = None
+        loader = config.data.loader
+        prompts_per_step = loader.global_batch_size // config.rl.group_size
+        self.items = StepItems(len(self.tasks), prompts_per_step, loader, world, data.data_sha256)
 
-    def _prompt(self, task: RLTask) -> list[int]:
-        return self.tok.encode_chat(task.messages, add_generation_prompt=True)
+    def parts(self, ctx: StageContext) -> StageParts:
+        batches = RolloutBatches(
+            ctx.model, self.data.tok, self.tasks, self.items, self.config.rl, ctx.micro_batch
+        )
+        objective = GRPOObjective(self.config.rl, self.config.model.init_from or "", self.world.device)
+        return StageParts(objective, batches, RLEval(self.heldout, self.config.rl))
 
-    @property
-    def n_items(self) -> int:
-        return len(self.tasks)
 
-    @property
-    def items_per_step(self) -> int:
-        return self.config.data.loader.global_batch_size // self.config.rl.group_size
+def prompt_ids(tok: Tokenizer, task: RLTask) -> list[int]:
+    return tok.encode_chat(task.messages, add_generation_prompt=True)
 
-    def _check_distribution(self) -> None:
-        super()._check_distribution()
-        if self.items_per_step % self.world.world_size:
-            raise ConfigError(
-                f"{self.items_per_step} prompts per step do not split over {self.world.world_size} processes"
-            )
 
-    # ------------------------------------------------------------ rollouts
+# ------------------------------------------------------------ rollouts
 
-    def _rollouts(self, step: int) -> tuple[list[list[int]], list[list[int]], torch.Tensor]:
-        rc, seed = self.config.rl, self.config.data.loader.seed
-        tasks = [self.tasks[i] for i in self.local_items(step)]
+
+class RolloutBatches:
+    """Each step: ``group_size`` completions per prompt sampled from the current policy, scored,
+    turned into group advantages, with π_old's token log-probs; ``rl.ppo_epochs`` updates on them."""
+
+    def __init__(
+        self,
+        model: TrainModel,
+        tok: Tokenizer,
+        tasks: list[RLTask],
+        items: StepItems,
+        rc: RLOptions,
+        micro: int,
+    ):
+        self.model, self.tok, self.tasks, self.items, self.rc, self.micro_batch = (
+            model,
+            tok,
+            tasks,
+            items,
+            rc,
+            micro,
+        )
+
+    def position(self, step: int) -> dict[str, Any]:
+        return self.items.position(step)
+
+    def _rollouts(self, step: int) -> tuple[list[list[int]], list[int], torch.Tensor, dict[str, float]]:
+        rc, seed, rank = self.rc, self.items.loader.seed, self.model.world.rank
+        tasks = [self.tasks[i] for i in self.items.local(step)]
         prompts, params = [], []
         for j, task in enumerate(tasks):
-            ids = self._prompt(task)
+            ids = prompt_ids(self.tok, task)
             for g in range(rc.group_size):
                 prompts.append(ids)
                 # Distinct per (seed, step, rank, completion); large primes keep the streams apart.
                 params.append(
-                    _params(
-                        rc, seed * 1_000_003 + step * 7919 + self.world.rank * 104_729 + j * rc.group_size + g
-                    )
+                    _params(rc, seed * 1_000_003 + step * 7919 + rank * 104_729 + j * rc.group_size + g)
                 )
-        outs = generate(self, prompts, params, max_batch=rc.engine_batch)
+        outs = generate(self.model.module, self.tok, prompts, params, max_batch=rc.engine_batch)
         rewards, rows, prompt_lens = [], [], []
         for k, out in enumerate(outs):
             task = tasks[k // rc.group_size]
@@ -174,25 +221,17 @@ class RLTrainer(AdaptTrainer):
             prompt_lens.append(len(prompts[k]))
         r = torch.tensor(rewards)
         groups = r.view(-1, rc.group_size)
-        self.rollout_stats = {
+        stats = {
             "reward": float(r.mean()),
             "groups_with_signal": float((groups.std(dim=1) > 0).float().mean()),
             "completion_tokens": sum(len(x) - p for x, p in zip(rows, prompt_lens, strict=True)) / len(rows),
             "ended_turn": sum(o.finish_reason == "stop" for o in outs) / len(outs),
         }
-        return rows, [[p] for p in prompt_lens], r
+        return rows, prompt_lens, r, stats
 
-    def _batch(self, step: int) -> dict[str, Any]:
-        # PPO epochs reuse one rollout batch (and its π_old log-probs) for several optimizer steps.
-        if self._rollout_batch is not None and self._rollout_batch[0] == step:
-            return self._rollout_batch[1]
-        batch = self._sample_batch(step)
-        self._rollout_batch = (step, batch)
-        return batch
-
-    def _sample_batch(self, step: int) -> dict[str, Any]:
-        rc = self.config.rl
-        rows, prompt_lens, rewards = self._rollouts(step)
+    def batch(self, step: int) -> StepBatch:
+        rc, dev = self.rc, self.model.world.device
+        rows, prompt_lens, rewards, stats = self._rollouts(step)
         advantages = group_advantages(rewards, rc.group_size, rc.adv_eps)
         if rc.filter_flat_groups:
             keep = signal_groups(rewards, rc.group_size)
@@ -205,72 +244,74 @@ class RLTrainer(AdaptTrainer):
             input_ids = torch.full((len(part), T), self.tok.pad_id, dtype=torch.long)
             labels = torch.full((len(part), T), IGNORE, dtype=torch.long)
             for r, i in enumerate(part):
-                ids, p = rows[i], prompt_lens[i][0]
+                ids, p = rows[i], prompt_lens[i]
                 input_ids[r, : len(ids) - 1] = torch.tensor(ids[:-1])
                 labels[r, p - 1 : len(ids) - 1] = torch.tensor(ids[p:])
             micro = {"input_ids": input_ids, "labels": labels, "advantages": advantages[list(part)]}
-            micro["old_logp"] = self._logprobs(self.policy, input_ids, labels)
-            if rc.kl_coef > 0:
-                micro["ref_logp"] = self._logprobs(self._reference(), input_ids, labels)
+            micro = {k: v.to(dev) for k, v in micro.items()}
+            micro["old_logp"] = logprobs(self.model, self.model.module, micro)
             micros.append(micro)
-        return {"micros": micros}
+        return StepBatch(micros, updates=rc.ppo_epochs, metrics=stats)
 
-    @torch.no_grad()
-    def _logprobs(
-        self, model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        dev = self.world.device
-        with self._autocast():
-            logits = model(input_ids.to(dev))
-        return token_logprobs(logits, labels.to(dev)).cpu()
 
-    def _reference(self) -> torch.nn.Module:
+@torch.no_grad()
+def logprobs(model: TrainModel, module: torch.nn.Module, micro: Micro) -> torch.Tensor:
+    """Token log-probs of ``micro``'s labels under ``module`` (π_old, or the reference), no gradient."""
+    with model.autocast():
+        logits = module(micro["input_ids"])
+    return token_logprobs(logits, micro["labels"])
+
+
+class GRPOObjective:
+    """The clipped, token-level GRPO loss summed over response tokens (the step divides by them);
+    with ``rl.kl_coef > 0`` plus the KL to a frozen copy of the initial model, loaded when first needed."""
+
+    def __init__(self, rc: RLOptions, init_from: str, device: torch.device):
+        self.rc, self.init_from, self.device = rc, init_from, device
+        self.reference: OLMo2 | None = None
+
+    def count(self, micro: Micro) -> int:
+        return int((micro["labels"] != IGNORE).sum())
+
+    def _reference(self) -> OLMo2:
         if self.reference is None:
-            loaded = model_ckpt.load_model(self.config.model.init_from or "", device=self.world.device)
+            loaded = model_ckpt.load_model(self.init_from, device=self.device)
             self.reference = loaded.model.eval().requires_grad_(False)
         return self.reference
 
-    def _count(self, micro: dict[str, torch.Tensor]) -> int:
-        return int((micro["labels"] != IGNORE).sum())
-
-    def _loss(
-        self, logits: torch.Tensor, micro: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        rc = self.config.rl
+    def loss(self, model: TrainModel, micro: Micro) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rc = self.rc
+        ref_logp = logprobs(model, self._reference(), micro) if rc.kl_coef > 0 else None
         mask = (micro["labels"] != IGNORE).float()
-        logp = token_logprobs(logits, micro["labels"])
-        terms = grpo_token_terms(logp, micro["old_logp"], micro["advantages"], rc.clip_eps, rc.kl_coef,
-                                 micro.get("ref_logp"))  # fmt: skip
+        logp = token_logprobs(model.forward(micro), micro["labels"])
+        terms = grpo_token_terms(
+            logp, micro["old_logp"], micro["advantages"], rc.clip_eps, rc.kl_coef, ref_logp
+        )
         objective = (terms.loss * mask).sum()
         return objective, {"loss": objective, "kl": (terms.kl.detach() * mask).sum(),
                            "clip_fraction": (terms.clipped * mask).sum(), "ratio": (terms.ratio * mask).sum()}  # fmt: skip
 
-    def train_step(self, step: int) -> dict[str, Any]:
-        """``rl.ppo_epochs`` optimizer steps on one rollout batch; metrics are their means (the loss
-        and ratio of the first epoch, on-policy, are those of plain GRPO)."""
-        epochs = []
-        for _ in range(self.config.rl.ppo_epochs):
-            epochs.append(super().train_step(step))
-        self._rollout_batch = None
-        out = dict(epochs[-1])
-        for key in ("loss", "kl", "clip_fraction", "ratio", "grad_norm"):
-            if key in out:
-                out[key] = sum(e[key] for e in epochs) / len(epochs)
-        out["skipped"] = any(e["skipped"] for e in epochs)
-        return {**out, **self.rollout_stats}
 
-    # ------------------------------------------------------------ pass@1
+# ------------------------------------------------------------ pass@1
+
+
+class RLEval:
+    """Greedy pass@1 and sampled reward on the held-out prompts, and their paired before/after change."""
+
+    def __init__(self, heldout: list[RLTask], rc: RLOptions):
+        self.heldout, self.rc = heldout, rc
+        self.families = [_family(t) for t in heldout]  # builder family of each held-out prompt
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, model: OLMo2, tokenizer: Tokenizer) -> dict[str, Any]:
         """Greedy pass@1 and sampled reward on the held-out prompts: overall, per reward type (pass@1),
         per family, over the trained families (``*_trained``, when ``rl.train_families`` is set), and
         per prompt (``per_prompt``, for the paired before/after comparison; kept out of the manifest)."""
         if not self.heldout:
             return {}
-        rc = self.config.rl
-        prompts = [self._prompt(t) for t in self.heldout]
-        outs = generate(self, prompts, _params(rc, None, greedy=True), max_batch=rc.engine_batch)
+        rc = self.rc
+        prompts = [prompt_ids(tokenizer, t) for t in self.heldout]
+        outs = generate(model, tokenizer, prompts, _params(rc, None, greedy=True), max_batch=rc.engine_batch)
         greedy = [
             reward_for(t.dataset)(o.text, t.ground_truth) for t, o in zip(self.heldout, outs, strict=True)
         ]
@@ -281,28 +322,30 @@ class RLTrainer(AdaptTrainer):
         }
         per_prompt = {"pass_at_1": greedy}
         if rc.eval_samples:
-            sampled = self._sampled_reward(prompts)
+            sampled = self._sampled_reward(model, tokenizer, prompts)
             result.update(self._breakdown("reward_sampled", sampled))
             per_prompt["reward_sampled"] = sampled
         return {**result, "per_prompt": per_prompt}
 
     def _breakdown(self, name: str, scores: list[float]) -> dict[str, float]:
         """``name`` overall, per family and over the trained families, from per-prompt scores."""
-        families = self.heldout_families
+        families = self.families
         out = {name: _mean(scores)}
-        trained = self.config.rl.train_families
+        trained = self.rc.train_families
         if trained:
             out[f"{name}_trained"] = _mean([s for f, s in zip(families, scores, strict=True) if f in trained])
         return {**out, **_means_by(f"{name}_family_", families, scores)}
 
-    def _sampled_reward(self, prompts: list[list[int]]) -> list[float]:
+    def _sampled_reward(self, model: OLMo2, tokenizer: Tokenizer, prompts: list[list[int]]) -> list[float]:
         """Per held-out prompt, the mean reward of ``rl.eval_samples`` completions sampled as in
         training: the expected reward GRPO maximises, on prompts it never trained on. The seeds depend
         only on the prompt's index, so before and after draw from the same random streams."""
-        rc = self.config.rl
+        rc = self.rc
         k = rc.eval_samples
         params = [_params(rc, 2_000_003 + i * k + j) for i in range(len(prompts)) for j in range(k)]
-        outs = generate(self, [p for p in prompts for _ in range(k)], params, max_batch=rc.engine_batch)
+        outs = generate(
+            model, tokenizer, [p for p in prompts for _ in range(k)], params, max_batch=rc.engine_batch
+        )
         scores = [reward_for(self.heldout[n // k].dataset)(o.text, self.heldout[n // k].ground_truth)
                   for n, o in enumerate(outs)]  # fmt: skip
         return [_mean(scores[i * k : (i + 1) * k]) for i in range(len(prompts))]
@@ -312,8 +355,8 @@ class RLTrainer(AdaptTrainer):
         and its standard error (the spread of per-prompt differences / √n), overall and over the
         trained families; for greedy pass@1 also how many prompts were gained and lost."""
         b, a = before.get("per_prompt", {}), after.get("per_prompt", {})
-        families = self.heldout_families
-        trained = self.config.rl.train_families
+        families = self.families
+        trained = self.rc.train_families
         out: dict[str, Any] = {}
         for name in ("pass_at_1", "reward_sampled"):
             if name not in b or name not in a or not len(b[name]) == len(a[name]) == len(families):

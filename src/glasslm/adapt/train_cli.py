@@ -1,6 +1,6 @@
 """``glasslm adapt sft|dpo|rl [CONFIG] --out RUN/adapt/<stage> [--model MODEL] [--data DATA] [--key=value …]``.
 
-Each verb runs the pretraining trainer with the stage's data and loss (``glasslm.adapt.base``), so it
+Each verb runs the Trainer with the stage's objective and batch source (``glasslm.adapt.base``), so it
 takes the same ``--resume``, trainer, optimizer, schedule and distributed keys as ``glasslm train``
 and runs under torchrun the same way.
 """
@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from glasslm.clitools import add_config_options, add_out, add_verb, resolve_config
 from glasslm.config import ConfigError
+
+if TYPE_CHECKING:
+    from glasslm.train.trainer import RunResult, Trainer
 
 STAGES = {
     "sft": ("supervised fine-tuning on chat data (assistant tokens only, packed)", "configs/adapt/sft.yaml"),
@@ -44,27 +48,28 @@ def register(verbs: Any) -> None:
         p.set_defaults(adapt_stage=stage)
 
 
-def classes(stage: str) -> tuple[type, type]:
+def classes(stage: str) -> tuple[type, Callable[..., Trainer]]:
+    """The stage's config class and the function that composes its Trainer."""
     if stage == "sft":
-        from glasslm.adapt.sft_trainer import SFTConfig, SFTTrainer
+        from glasslm.adapt.sft_trainer import SFTConfig, sft_trainer
 
-        return SFTConfig, SFTTrainer
+        return SFTConfig, sft_trainer
     if stage == "dpo":
-        from glasslm.adapt.dpo_trainer import DPOConfig, DPOTrainer
+        from glasslm.adapt.dpo_trainer import DPOConfig, dpo_trainer
 
-        return DPOConfig, DPOTrainer
-    from glasslm.adapt.rl_trainer import RLConfig, RLTrainer
+        return DPOConfig, dpo_trainer
+    from glasslm.adapt.rl_trainer import RLConfig, rl_trainer
 
-    return RLConfig, RLTrainer
+    return RLConfig, rl_trainer
 
 
-def run_stage(stage: str, config: Any, out: Path, resume: str = "never") -> Any:
+def run_stage(stage: str, config: Any, out: Path, resume: str = "never") -> RunResult:
     from glasslm.train import distributed
 
-    _, trainer_cls = classes(stage)
+    _, make_trainer = classes(stage)
     world = distributed.init(config.distributed, config.trainer.device)
     try:
-        return trainer_cls(config, Path(out), world, resume).run()
+        return make_trainer(config, Path(out), world, resume).run()
     finally:
         distributed.shutdown(world)
 

@@ -33,6 +33,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.filesystem import FileSystemWriter
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -213,7 +214,7 @@ class ReproducibleWriter(FileSystemWriter):
     the temporary directory's absolute path; torch's ``Metadata.storage_meta`` is optional and loading
     does not need it), so the same training run writes byte-identical checkpoints (``glasslm reproduce``)."""
 
-    def storage_meta(self) -> None:  # type: ignore[override]
+    def storage_meta(self) -> StorageMeta | None:
         return None
 
 

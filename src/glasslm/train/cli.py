@@ -44,7 +44,9 @@ def register(sub: Any) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from glasslm.train.config import TrainConfig
-    from glasslm.train.trainer import TrainingDiverged, check_fresh_out, train
+    from glasslm.train.pretrain import train
+    from glasslm.train.setup import check_fresh_out
+    from glasslm.train.trainer import TrainingDiverged
 
     if args.config_pos is not None and args.config is not None:
         raise ConfigError("give the config either as CONFIG or with --config, not both")

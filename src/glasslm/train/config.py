@@ -259,7 +259,7 @@ RESUMABLE_CHANGES = (
 )
 
 
-def config_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+def config_differences(a: object, b: object) -> list[str]:
     """Dotted keys whose values differ between two configs."""
 
     def flat(d: object, prefix: str = "") -> dict[str, object]:

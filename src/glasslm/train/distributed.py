@@ -86,9 +86,10 @@ class CheckpointedBlock(Block):
     ) -> torch.Tensor:
         if not self.training:
             return super().forward(x, cos, sin, mask, cache, layer)
-        return torch.utils.checkpoint.checkpoint(  # type: ignore[no-any-return]
+        out: torch.Tensor = torch.utils.checkpoint.checkpoint(
             super().forward, x, cos, sin, mask, cache, layer, use_reentrant=False
         )
+        return out
 
 
 def apply_ac(model: OLMo2) -> int:
@@ -134,7 +135,9 @@ def wrap(model: nn.Module, world: World, config: DistributedConfig, bf16: bool) 
             if bf16
             else MixedPrecisionPolicy()
         )
-        for block in model.blocks:  # type: ignore[union-attr]
+        if not isinstance(model, OLMo2):
+            raise TypeError(f"FSDP2 shards an OLMo2 block by block, not a {type(model).__name__}")
+        for block in model.blocks:
             fully_shard(block, reshard_after_forward=config.reshard_after_forward, mp_policy=mp)
         fully_shard(model, reshard_after_forward=config.reshard_after_forward, mp_policy=mp)
         return model
@@ -142,8 +145,13 @@ def wrap(model: nn.Module, world: World, config: DistributedConfig, bf16: bool) 
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "module", model)
-    return getattr(inner, "_orig_mod", inner)
+    """The module inside DDP and ``torch.compile`` wrappers (FSDP2 shards in place: nothing to unwrap)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    while isinstance(model, DistributedDataParallel | OptimizedModule):
+        model = model.module if isinstance(model, DistributedDataParallel) else model._orig_mod
+    return model
 
 
 def all_reduce_sum(t: torch.Tensor, world: World) -> torch.Tensor:

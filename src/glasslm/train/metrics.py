@@ -15,9 +15,12 @@ import resource
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from glasslm.model.olmo2 import OLMo2
 
 # Dense bf16 peak FLOP/s per device (vendor datasheets), for MFU. Unknown devices get no MFU.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
@@ -209,12 +212,12 @@ class HeldoutEval:
             suite=["perplexity"], tokens=str(tokens_dir), ppl_max_docs=max_docs, batch_tokens=batch_tokens
         )
 
-    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+    def __call__(self, model: OLMo2) -> dict[str, float]:
         """``eval/bpb/<domain>`` for every held-out domain, ``eval/bpb_macro`` and ``eval_s``."""
         from glasslm.eval.harness import evaluate_model
 
         start = time.monotonic()
-        results, _ = evaluate_model(model, self.tokenizer, self.config, where="in-loop evaluation")  # type: ignore[arg-type]
+        results, _ = evaluate_model(model, self.tokenizer, self.config, where="in-loop evaluation")
         ppl = results["perplexity"]
         row = {f"eval/bpb/{d['domain']}": float(d["bits_per_byte"]) for d in ppl["domains"]}
         row["eval/bpb_macro"] = float(ppl["macro"]["bits_per_byte"])

@@ -49,7 +49,7 @@ def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device)
     return torch.optim.AdamW(
         param_groups(model, config),
         lr=config.lr,
-        betas=tuple(config.betas),  # type: ignore[arg-type]
+        betas=(config.betas[0], config.betas[1]),
         eps=config.eps,
         fused=fused or None,
         foreach=None if fused else True,
