@@ -22,7 +22,8 @@ from glasslm.train.metrics import read_metrics
 
 TINY = ["--model.vocab_size=512", "--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2",
         "--model.n_kv_heads=1", "--model.mlp_hidden=64", "--model.max_seq_len=256"]  # fmt: skip
-COMMON = ["--trainer.threads=1", "--data.eval_limit=8", "--optim.lr=3e-3"]
+COMMON = ["--trainer.threads=1", "--data.eval_limit=8", "--optim.lr=3e-3", "--chat_suite.limit=8",
+          "--chat_suite.max_new_tokens=16"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +275,44 @@ def test_a_before_after_evaluation_plugs_into_a_stage(world: Path, sft_run: Path
         r["loss"] for r in read_metrics(sft_run / "metrics.jsonl")
     ]
     assert result.metrics == m
+
+
+# ------------------------------------------------------------------ the chat suite in every stage
+
+
+def test_sft_records_the_chat_suite_as_the_baseline(sft_run: Path) -> None:
+    record = artifacts.read_manifest(sft_run)["metrics"]["chat_suite"]
+    assert record["checked"] is False and record["passed"] and record["regressions"] == []
+    for when in ("before", "after"):
+        figures = record[when]
+        assert figures["conversations"] == 8 and figures["assistant_loss"] > 0 and 0 <= figures["chrf"] <= 100
+        assert 0 <= figures["end_of_turn_rate"] <= 1 and 0 <= figures["short_reply_share"] <= 1
+    assert set(record["stage_after"]) == {"heldout_loss", "eos_rate"}
+    replies = json.loads((sft_run / "chat_after.json").read_text())["replies"]
+    assert len(replies) == 8 and all(r["reply_tokens"] <= 16 for r in replies)
+    assert record["after"]["assistant_loss"] < record["before"]["assistant_loss"]  # SFT taught something
+
+
+def test_a_stage_that_regresses_the_chat_suite_fails_naming_the_metric(
+    world: Path, sft_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A step far too large wrecks the model: the held-out assistant loss must rise beyond 0.05 nats.
+    args = ["adapt", "dpo", "--model", str(sft_run), "--data", str(world / "adapt" / "data"),
+            "--data.loader.seq_len=128", "--data.loader.global_batch_size=4", "--trainer.max_steps=2",
+            *COMMON, "--optim.lr=0.5", "--trainer.skip_step.enabled=false"]  # fmt: skip
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "dpo")]) == 4
+    err = capsys.readouterr().err
+    assert "glasslm: error: dpo: chat suite regressed" in err and "assistant_loss went from" in err
+    assert "tolerance 0.05" in err
+    record = artifacts.read_manifest(tmp_path / "dpo")["metrics"]["chat_suite"]
+    assert record["checked"] and not record["passed"]
+    assert "assistant_loss" in {r["metric"] for r in record["regressions"]}
+    assert set(record["stage_after"]) == {"reward_accuracy"}
+    # The same regression, accepted in the config: the stage passes and the manifest says so.
+    metrics = [r["metric"] for r in record["regressions"]]
+    accept = f"--chat_suite.tolerances.accept=[{', '.join(metrics)}]"
+    assert main([*args, "--out", str(tmp_path / "dpo-accepted"), accept]) == 0
+    record = artifacts.read_manifest(tmp_path / "dpo-accepted")["metrics"]["chat_suite"]
+    assert record["passed"] and record["accepted"] == metrics
+    assert all(r["accepted"] for r in record["regressions"]) and record["regressions"]

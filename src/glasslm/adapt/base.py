@@ -15,6 +15,7 @@ replays exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,11 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 
 from glasslm import artifacts
-from glasslm.adapt.builders import find_data_file
+from glasslm.adapt.builders import CHAT_HELDOUT, find_data_file
 from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
+from glasslm.eval import chat_suite
+from glasslm.eval.chat_suite import ChatSuiteConfig
 from glasslm.model import checkpoint as model_ckpt
 from glasslm.model.modes import eval_mode
 from glasslm.model.olmo2 import OLMo2
@@ -88,8 +91,10 @@ class AdaptConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=_adapt_trainer_defaults)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    chat_suite: ChatSuiteConfig = field(default_factory=ChatSuiteConfig)
 
     def validate(self) -> None:
+        self.chat_suite.validate()
         if self.model.architecture_overrides():
             keys = ", ".join(f"model.{k}" for k in self.model.architecture_overrides())
             raise ConfigError(f"{keys}: the architecture comes from model.init_from; remove these keys")
@@ -215,6 +220,7 @@ class BeforeAfterEval(Callback):
         self.evaluation, self.tokenizer, self.stage = evaluation, tokenizer, stage
         self.before_file, self.after_file = f"{name}_before.json", f"{name}_after.json"
         self.before: dict[str, Any] = {}
+        self.after: dict[str, Any] = {}
 
     def on_start(self, trainer: Trainer) -> None:
         world, file = trainer.model.world, trainer.out / self.before_file
@@ -228,7 +234,7 @@ class BeforeAfterEval(Callback):
 
     def on_end(self, trainer: Trainer) -> dict[str, Any]:
         world = trainer.model.world
-        after = self.evaluation.evaluate(trainer.model.module, self.tokenizer)
+        after = self.after = self.evaluation.evaluate(trainer.model.module, self.tokenizer)
         log(world, "after:  " + _fmt(after))
         change = self.evaluation.compare(self.before, after)
         if change:
@@ -245,6 +251,85 @@ class BeforeAfterEval(Callback):
 def _fmt(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
                      if not isinstance(v, dict))  # fmt: skip
+
+
+class ChatSuiteEval(Callback):
+    """The chat suite (``eval/chat_suite.py``) before the first step and after the last, on the held-out
+    conversations; the stage's own headline figures (``own``, read from its ``BeforeAfterEval``) ride
+    along. A stage with ``check`` compares its after-figures with its before-figures, which are the
+    stage before's after-figures (the same model, the same greedy suite): a regression beyond
+    ``chat_suite.tolerances`` is recorded, and the command fails once the manifest is written
+    (``train_cli``), unless ``chat_suite.tolerances.accept`` lists the metric. Manifest: ``chat_suite``;
+    replies in ``RUN/chat_before.json`` / ``RUN/chat_after.json``."""
+
+    def __init__(self, config: ChatSuiteConfig, conversations: list[Any], tokenizer: Tokenizer, stage: str,
+                 check: bool, own: BeforeAfterEval, own_keys: Sequence[str]):  # fmt: skip
+        self.config, self.conversations, self.tokenizer = config, conversations, tokenizer
+        self.stage, self.check, self.own, self.own_keys = stage, check, own, own_keys
+        self.before: chat_suite.ChatResult | None = None
+
+    def _own(self, figures: dict[str, Any]) -> dict[str, float]:
+        return {k: figures[k] for k in self.own_keys if isinstance(figures.get(k), int | float)}
+
+    def _measure(self, trainer: Trainer, own: dict[str, Any]) -> chat_suite.ChatResult:
+        return chat_suite.run_chat_suite(trainer.model.module, self.tokenizer, self.conversations, self.config,
+                                         stage_metrics=lambda: self._own(own))  # fmt: skip
+
+    def on_start(self, trainer: Trainer) -> None:
+        world, file = trainer.model.world, trainer.out / "chat_before.json"
+        if file.is_file() and trainer.state.step > 0:
+            saved = json.loads(file.read_text())
+            self.before = chat_suite.ChatResult(saved["metrics"], [], saved.get("stage_metrics", {}))
+        else:
+            self.before = self._measure(trainer, self.own.before)
+            if world.is_main:
+                file.write_text(json.dumps(self.before.to_json(), indent=1) + "\n")
+        log(world, f"chat suite before ({len(self.conversations)} conversations): "
+                   + chat_suite.format_figures(self.before.metrics))  # fmt: skip
+
+    def on_end(self, trainer: Trainer) -> dict[str, Any]:
+        world = trainer.model.world
+        after = self._measure(trainer, self.own.after)
+        log(world, "chat suite after:  " + chat_suite.format_figures(after.metrics))
+        tolerances = self.config.tolerances
+        regressions = (chat_suite.check_regressions(self.before.metrics, after.metrics, tolerances)
+                       if self.check and self.before else None)  # fmt: skip
+        record = chat_suite.stage_record(
+            self.before, after, regressions, tolerances, self.config.max_new_tokens
+        )
+        for r in regressions or []:
+            log(world, f"chat suite {'accepted' if r.accepted else 'REGRESSION'}: {r.describe()}")
+        if regressions is not None and record["passed"]:
+            log(world, f"chat suite check: passed (tolerances {record['tolerances']})")
+        if world.is_main:
+            (trainer.out / "chat_after.json").write_text(json.dumps(after.to_json(), indent=1) + "\n")
+        return {chat_suite.CHAT_SUITE: record}
+
+
+def chat_callback(
+    config: AdaptConfig, stage: str, tokenizer: Tokenizer, own: BeforeAfterEval, own_keys: Sequence[str]
+) -> ChatSuiteEval | None:
+    """The stage's chat-suite callback, on ``chat_suite.conversations`` or the adapt_data artifact's
+    held-out conversations; None (said on stderr) when disabled or when the data is a bare JSONL file
+    with no conversations named. Every stage but SFT, the first, is checked."""
+    cc = config.chat_suite
+    if not cc.enabled:
+        return None
+    path: Path | None = Path(cc.conversations) if cc.conversations else None
+    if path is None and not Path(config.data.path).is_file():
+        try:
+            path = find_data_file(config.data.path, CHAT_HELDOUT)
+        except artifacts.ArtifactError as err:
+            raise ConfigError(
+                f"{err}: rebuild it with `glasslm adapt data`, or set chat_suite.conversations"
+            ) from err
+    if path is None:
+        print(f"chat suite skipped: data.path {config.data.path} is a file; set chat_suite.conversations "
+              "to measure held-out conversations", file=sys.stderr)  # fmt: skip
+        return None
+    conversations = chat_suite.load_conversations(path, cc.limit)
+    return ChatSuiteEval(cc, conversations, tokenizer, stage, cc.check if cc.check is not None else stage != "sft",
+                         own, own_keys)  # fmt: skip
 
 
 def generate(
@@ -309,6 +394,7 @@ class Stage:
     name: str  # the checkpoints' manifest ``stage``
     data_file: str  # file names inside an adapt_data artifact
     heldout_file: str
+    headline: tuple[str, ...] = ()  # the stage's own figures shown beside the chat suite's
 
 
 def adapt_trainer(
@@ -350,8 +436,10 @@ def adapt_trainer(
     ctx = StageContext(parts.model, out, start.resume_from is not None, batch.micro_batch, data)
     stage_parts = loaded.parts(ctx)
     evaluation = BeforeAfterEval(stage_parts.evaluation, data.tok, stage.name)
+    chat = chat_callback(config, stage.name, data.tok, evaluation, stage.headline)
+    own = [evaluation, chat] if chat else [evaluation]
     return Trainer(parts.model, parts.optimizer, parts.schedule, stage_parts.objective, stage_parts.batches,
-                   [evaluation, *callbacks, *parts.callbacks], parts.run, parts.state)  # fmt: skip
+                   [*own, *callbacks, *parts.callbacks], parts.run, parts.state)  # fmt: skip
 
 
 def _resolve(config: AdaptConfig) -> None:

@@ -57,7 +57,7 @@ from glasslm.train.callbacks import Callback
 from glasslm.train.train_model import Micro, TrainModel
 from glasslm.train.trainer import Trainer
 
-STAGE = Stage("dpo", "dpo.jsonl", "dpo_heldout.jsonl")
+STAGE = Stage("dpo", "dpo.jsonl", "dpo_heldout.jsonl", headline=("reward_accuracy",))
 REFERENCE_CACHE = "reference_logprobs.safetensors"
 CACHE_KEY = "glasslm_cache_key"  # what the cached log-probs were computed from (JSON, sorted keys)
 

@@ -62,7 +62,7 @@ from glasslm.train.trainer import Trainer
 if TYPE_CHECKING:
     from glasslm.model.generate import SamplingParams
 
-STAGE = Stage("rl", "rl_train.jsonl", "rl_heldout.jsonl")
+STAGE = Stage("rl", "rl_train.jsonl", "rl_heldout.jsonl", headline=("pass_at_1", "reward_sampled"))
 
 
 @dataclass

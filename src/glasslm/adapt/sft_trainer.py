@@ -49,7 +49,7 @@ from glasslm.train.callbacks import Callback
 from glasslm.train.train_model import Micro, TrainModel
 from glasslm.train.trainer import Trainer
 
-STAGE = Stage("sft", "sft.jsonl", "sft_heldout.jsonl")
+STAGE = Stage("sft", "sft.jsonl", "sft_heldout.jsonl", headline=("heldout_loss", "eos_rate"))
 
 
 @dataclass

@@ -75,6 +75,7 @@ def run_stage(stage: str, config: Any, out: Path, resume: str = "never") -> RunR
 
 
 def _run(args: argparse.Namespace) -> int:
+    from glasslm.eval.chat_suite import CHAT_SUITE, failure_of, format_figures
     from glasslm.train.trainer import TrainingDiverged
 
     stage = args.adapt_stage
@@ -98,4 +99,12 @@ def _run(args: argparse.Namespace) -> int:
         f"adapt {stage}: {result.steps} steps in {result.wall_s:.1f}s; final loss {result.final_loss:.4f}; "
         f"run at {result.run_dir}"
     )
+    record = result.metrics.get(CHAT_SUITE)
+    if isinstance(record, dict):
+        print(f"adapt {stage}: chat suite after: {format_figures(record['after'])}"
+              + ("" if not record["checked"] else "; check passed" if record["passed"] else "; check FAILED"))  # fmt: skip
+        failure = failure_of(stage, record)
+        if failure is not None:  # the manifest records it; the command (and a pipeline) stops here
+            print(f"glasslm: error: {failure}", file=sys.stderr)
+            return 4
     return 0

@@ -74,6 +74,10 @@ class ChatSuiteConfig:
     limit: int = 0  # conversations measured (0: all of them)
     batch: int = 64  # replies decoded at once
     tolerances: Tolerances = field(default_factory=Tolerances)
+    # Held-out conversations (SFT JSONL); None: the adapt_data artifact's chat_heldout.jsonl.
+    conversations: str | None = None
+    # Compare with the stage before and fail on a regression; None: every stage but SFT (the baseline).
+    check: bool | None = None
 
     def validate(self) -> None:
         if self.max_new_tokens < 1 or self.batch < 1 or self.limit < 0:
@@ -281,6 +285,13 @@ def check_regressions(
         if worse_sign * (after - before) > tolerance + 1e-9:
             out.append(Regression(metric, before, after, tolerance, metric in tolerances.accept))
     return out
+
+
+def failure_of(stage: str, record: Mapping[str, Any]) -> ChatRegressionError | None:
+    """The error a stage's manifest record (:func:`stage_record`) stands for, or None if it passed."""
+    failing = [Regression(r["metric"], r["before"], r["after"], r["tolerance"], r["accepted"])
+               for r in record.get("regressions", []) if not r.get("accepted")]  # fmt: skip
+    return ChatRegressionError(stage, failing) if failing else None
 
 
 def enforce(stage: str, regressions: Sequence[Regression]) -> None:
