@@ -69,11 +69,14 @@ def join(base: str, rel: str) -> str:
     return f"{base.rstrip('/')}/{rel}"
 
 
-def run_chain(inputs: Path, out: str, tokenizer: Path, executor: str = "process", workers: int = 2) -> None:
+def run_chain(
+    inputs: Path | str, out: str, tokenizer: Path, executor: str = "process", workers: int = 2
+) -> None:
     """Every data stage by its CLI verb, each reading the one before from ``out`` (a path or URL). The
-    tokenizer is trained on the first (local) run's mix when ``tokenizer`` does not exist yet."""
+    tokenizer is trained on the first (local) run's mix when ``tokenizer`` does not exist yet; the
+    recipe and task file are those ``raw_inputs`` wrote beside the tokenizer."""
     corpus = join(out, "corpus")
-    root = inputs.parent
+    root = tokenizer.parent
     attrs = [join(out, a) for a in ("attributes/tags", "attributes/dedupe", "attributes/decon")]
     run = ["--executor", executor, "--workers", str(workers)]
     steps: list[list[str]] = [

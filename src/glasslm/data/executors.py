@@ -92,7 +92,9 @@ def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], workers: int) -> Iterator
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
-        remote = ray.remote(fn)
+        # A task whose worker dies (killed, out of memory, node lost) runs again elsewhere: every task
+        # writes its outputs atomically and resumably, so a retry gives the same bytes.
+        remote = ray.remote(max_retries=3, retry_exceptions=False)(fn)
         refs = [remote.remote(t) for t in tasks]
         for ref in refs:
             yield ray.get(ref)
