@@ -233,7 +233,6 @@ class Trainer:
 
     def run(self) -> RunResult:
         world, spec, state = self.model.world, self.run_spec, self.state
-        self.clock = _Clock(state.wall_before, state.step)
         if world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         try:
@@ -247,6 +246,7 @@ class Trainer:
                 f"training {spec.total_steps} steps on {world.world_size} × {device_name(world.device)} "
                 f"({world.strategy}), {spec.tokens_per_step:,} tokens/step → {self.out}",
             )
+            self.clock = _Clock(state.wall_before, state.step)  # training time: from here to the last step
             while state.step < spec.total_steps:
                 state.step += 1
                 step, last = state.step, state.step == spec.total_steps
@@ -257,7 +257,8 @@ class Trainer:
                 with self.clock.paused():
                     for callback in self.callbacks:
                         callback.on_step_end(self, step, last)
-            metrics = self._metrics()
+            wall = self.clock.wall()
+            metrics = self._metrics(wall)
             for callback in self.callbacks:
                 metrics.update(callback.on_end(self))
         finally:
@@ -269,7 +270,7 @@ class Trainer:
             )
         distributed.barrier(world)
         return RunResult(
-            self.out, state.step, state.step * spec.tokens_per_step, state.last_loss, self.clock.wall(),
+            self.out, state.step, state.step * spec.tokens_per_step, state.last_loss, wall,
             metrics.get("energy_j"), world.is_main, metrics,
         )  # fmt: skip
 
@@ -305,14 +306,14 @@ class Trainer:
             + (" [skipped]" if out["skipped"] else ""),
         )
 
-    def _metrics(self) -> dict[str, Any]:
+    def _metrics(self, wall: float) -> dict[str, Any]:
         """The run's manifest metrics (callbacks add theirs: energy, before/after evaluation)."""
         state, world = self.state, self.model.world
         return {
             "final_loss": state.last_loss,
             "steps": state.step,
             "tokens": state.step * self.run_spec.tokens_per_step,
-            "wall_s": round(self.clock.wall(), 3),
+            "wall_s": round(wall, 3),
             "energy_j": None,
             "device": device_name(world.device),
             "world_size": world.world_size,
