@@ -106,6 +106,24 @@ def test_olmo2_configs_name_a_tokenizer_file_and_preflight_checks_it() -> None:
         file = Path(config.tokenizer["file"])
         assert file == ROOT / "configs" / "tokenizers" / "olmo2-dolma2.json"
         pipeline.check_sections(config)
-        if not file.is_file():
-            with pytest.raises(ConfigError, match=f"tokenizer.file: {file} does not exist"):
-                pipeline.plan(config)
+        # Whether or not scripts/get_olmo2_tokenizer.sh has put the file there: a missing one is named
+        # before any stage runs, with how to get OLMo-2's.
+        config.tokenizer["file"] = str(ROOT / "configs" / "tokenizers" / "absent.json")
+        with pytest.raises(
+            ConfigError, match=r"absent.json does not exist \(OLMo-2's tokenizer: .*get_olmo2"
+        ):
+            pipeline.plan(config)
+
+
+def test_corpus_inputs_take_bare_urls_as_the_olmo2_configs_document() -> None:
+    """The documented raw-data command: `--corpus.inputs='[s3://…/*.json.gz]'` (strings, not mappings)."""
+    path = ROOT / "configs" / "olmo2-1b.yaml"
+    config = cfg.load(
+        pipeline.PipelineConfig, path, ["--corpus.inputs=[s3://my-bucket/dolma/*.json.gz, /data/extra.jsonl]"]
+    )
+    pipeline.check_sections(config)
+    inputs = config.corpus["inputs"]
+    assert [i["path"] if isinstance(i, dict) else i for i in inputs] == [
+        "s3://my-bucket/dolma/*.json.gz",
+        "/data/extra.jsonl",
+    ]

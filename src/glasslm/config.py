@@ -109,6 +109,10 @@ def _coerce(value: Any, tp: Any, key: str, from_string: bool) -> Any:
             value = yaml.safe_load(value)
         if isinstance(value, inner):
             return value
+        # A dataclass naming a SHORTHAND field takes a bare string for it: `inputs: [s3://b/*.gz]`.
+        shorthand = getattr(inner, "SHORTHAND", None)
+        if isinstance(value, str) and shorthand:
+            value = {shorthand: value}
         if not isinstance(value, Mapping):
             raise fail
         return from_dict(inner, value, prefix=key + ".")

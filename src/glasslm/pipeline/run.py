@@ -140,7 +140,10 @@ def preflight(config: Any, names: list[str], stages: Sequence[Stage] = STAGES) -
                     and not glob.glob(value)
                     and not Path(value).exists()
                 ):
-                    problems.append(f"{stage.name}.{file_key.key}: {value} does not exist")
+                    problems.append(
+                        f"{stage.name}.{file_key.key}: {value} does not exist"
+                        + (f" ({file_key.hint})" if file_key.hint else "")
+                    )
         if stage.checks is not None:
             problems += stage.checks(section)
     if any(_mentions(getattr(config, n), "executor", "ray") for n in names if hasattr(config, n)):

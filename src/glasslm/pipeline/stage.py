@@ -36,6 +36,7 @@ class FileKey:
     fingerprint: Literal["none", "stat", "sha256"] = "none"  # stat: size and mtime of every file it names
     default: Path | None = None  # the file used when the key is absent
     argument: bool = False  # the pipeline passes it on the command line: not part of the verb's config
+    hint: str = ""  # added to the preflight message when a file it names is missing: how to get one
 
     def values(self, section: Mapping[str, Any]) -> list[Any]:
         """The paths (or glob patterns) the key names in ``section``."""

