@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
         s3fs.S3FileSystem.clear_instance_cache()
         fs = s3fs.S3FileSystem()
+        # moto keeps its buckets in process-wide state, which outlives a server started by another test
+        # module (tests/test_ray_cluster.py shares this fixture): start from an empty store
+        urllib.request.urlopen(
+            urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"), timeout=30
+        ).close()
         fs.mkdir(BUCKET)
         yield fs
         s3fs.S3FileSystem.clear_instance_cache()
