@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from glasslm.cli import GROUPS, build_parser
+from glasslm.cli import GROUPS, build_parser, main
 
 EXPECTED = {
     "data": ["corpus", "import", "tag", "dedupe", "decon", "mix", "why", "stats", "tokenize"],
@@ -53,3 +53,13 @@ def test_commands_that_need_no_torch_do_not_import_it(command: str) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_out_url_is_refused_clearly_by_verbs_that_write_local_directories(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """Object storage is for the data stages' outputs; any other verb says so before any work."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["model", "init", "--preset", "tiny", "--out", "s3://bucket/model"])
+    assert exit_info.value.code == 2
+    assert "s3://bucket/model: this verb writes to a local directory" in capsys.readouterr().err

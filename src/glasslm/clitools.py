@@ -125,11 +125,26 @@ def out_path(text: str) -> Path:
     """``--out``'s type: ``--out ""`` (an unset shell variable) would otherwise mean the current directory."""
     if not text.strip():
         raise argparse.ArgumentTypeError("--out is empty: name a new directory for the artifact")
-    if "://" in text and not text.startswith("file://"):  # s3://…: Path() would fold the '//' away
+    if _is_url(text):
+        raise argparse.ArgumentTypeError(
+            f"{text}: this verb writes to a local directory; object storage is for the data stages' outputs "
+            "(data import|tag|dedupe|decon|mix|tokenize)"
+        )
+    return Path(text)
+
+
+def out_location(text: str) -> Path:
+    """``--out`` of the data stages: a local directory or an fsspec URL (``s3://…``), which they stage
+    locally and commit to the store (docs/scaling.md)."""
+    if _is_url(text):  # Path() would fold the '//' away
         from glasslm.data.documents import location
 
         return location(text)  # type: ignore[return-value]  # a UPath: the data stages take both
-    return Path(text)
+    return out_path(text)
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text and not text.startswith("file://")
 
 
 def add_out(
@@ -137,9 +152,12 @@ def add_out(
     required: bool = True,
     help: str = "artifact directory to write",
     default: Path | None = None,
+    urls: bool = False,
 ) -> None:
-    """``--out DIR`` and ``--force``: the output rule of artifacts.check_out (docs/glass-box.md)."""
-    parser.add_argument("--out", type=out_path, required=required, default=default, help=help)
+    """``--out DIR`` and ``--force``: the output rule of artifacts.check_out (docs/glass-box.md);
+    ``urls``: the verb also writes to object storage."""
+    kind = out_location if urls else out_path
+    parser.add_argument("--out", type=kind, required=required, default=default, help=help)
     parser.add_argument(
         "--force",
         action="store_true",

@@ -24,12 +24,12 @@ def register(sub: Any) -> None:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from glasslm.cli import build_parser, main
-    from glasslm.clitools import out_path
+    from glasslm.clitools import out_location, out_path
     from glasslm.data.documents import location
     from glasslm.reproduce import Commands, reproduce
 
     # Commands re-pointed when a run was moved: arguments read as paths (local or object-store).
-    commands = Commands(build_parser, main, (Path, out_path, location))
+    commands = Commands(build_parser, main, (Path, out_path, out_location, location))
     report = reproduce(args.path, commands, keep=args.keep)
     data = report.to_json()
 

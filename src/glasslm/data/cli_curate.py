@@ -76,7 +76,7 @@ def add_verbs(verbs: Any) -> None:
         default=None,
         help="documents artifact to start from (several imports make one multi-domain corpus)",
     )
-    add_out(p)
+    add_out(p, urls=True)
     add_config_options(p, run_section="corpus", wrap="corpus")
     add_json_flag(p)
     p.epilog = (p.epilog or "") + (
@@ -100,7 +100,7 @@ def add_verbs(verbs: Any) -> None:
         help="process pool (default), in-process, or Ray",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_out(p)
+    add_out(p, urls=True)
     add_config_options(p, run_section="tag", wrap="tag")
     add_json_flag(p)
 

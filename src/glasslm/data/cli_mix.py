@@ -29,7 +29,7 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("documents", type=location, help="documents artifact (or run directory)")
     p.add_argument("--experiment", default=None, help="attribute name prefix (default: dedupe)")
     _parallel_flags(p)
-    add_out(p)
+    add_out(p, urls=True)
     add_config_options(p, run_section="dedupe", wrap="dedupe")
 
     p = add_verb(verbs, "decon", _decon, "n-gram overlap of documents with evaluation sets")
@@ -37,7 +37,7 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("--tasks", type=Path, nargs="*", default=[], help="task files (JSONL, .arrow, .parquet)")
     p.add_argument("--experiment", default=None, help="attribute name prefix (default: decon)")
     _parallel_flags(p)
-    add_out(p)
+    add_out(p, urls=True)
     add_config_options(p, run_section="decon", wrap="decon")
 
     p = add_verb(verbs, "mix", _mix, "apply a recipe: curated train/held-out shards and a ledger")
@@ -53,7 +53,7 @@ def add_verbs(verbs: Any) -> None:
         help="attribute artifacts (override the recipe)",
     )
     _parallel_flags(p)
-    add_out(p)
+    add_out(p, urls=True)
     p.set_defaults(accepts_overrides=True)
 
     p = add_verb(

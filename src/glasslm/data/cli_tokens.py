@@ -28,7 +28,7 @@ def add_verbs(verbs: Any) -> None:
         "--heldout", type=Path, default=None, help="held-out documents (default: the mix's heldout/<source>/)"
     )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
-    add_out(p)
+    add_out(p, urls=True)
     add_config_options(p, run_section="tokenize", wrap="tokenize")
 
 
