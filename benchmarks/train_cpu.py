@@ -89,9 +89,9 @@ def glasslm_step(
     fwd = torch.compile(forward) if compile_model else forward
 
     def step() -> float:
-        # Trainer.train_step: summed objective scaled by 1 / (label tokens of the global batch).
+        # Trainer's step: summed objective scaled by 1 / (label tokens of the global batch).
         n_tokens = torch.tensor(float((y != -100).sum()))
-        if chunk > 0:  # Trainer._forward_loss with the chunked head (the default)
+        if chunk > 0:  # LMObjective.loss with the chunked head (the default)
             hidden = fwd(x)
             objective, terms = head_objective(
                 hidden, model.lm_head.weight, y, Z_LOSS, chunk, None, use_onednn

@@ -15,7 +15,7 @@ The estimate follows what glasslm's training step keeps alive (docs/training.md,
   SwiGLU saves its input and four hidden-sized tensors. torch.compile recomputes pointwise ops and saves
   less, so for compiled steps the eager figure is an upper bound. With activation checkpointing each
   block keeps only its fp32 input, plus one block's activations while it is recomputed;
-- loss head: the chunked head (train.trainer.head_objective) computes its gradients in the forward and
+- loss head: the chunked head (model.loss.head_objective) computes its gradients in the forward and
   keeps them (hidden-state gradients per token and an fp32 vocab×d head gradient) plus one chunk's fp32
   logits; the plain path (FSDP) keeps the whole batch's logits and makes an fp32 gradient of that size.
 
