@@ -46,9 +46,12 @@ def _free_port() -> int:
 
 
 def _node(args: list[str], temp: Path) -> subprocess.Popen[bytes]:
+    """A Ray node with its own temp dir and its own GLASSLM_STAGING (``temp/staging``), as a node on
+    another machine has: nothing the driver stages locally is where its tasks look."""
     temp.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [RAY, "start", "--block", "--num-cpus", "1", "--disable-usage-stats", "--temp-dir", str(temp), *args],
+        env={**os.environ, "GLASSLM_STAGING": str(temp / "staging")},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: stopped as one, never by name
@@ -116,6 +119,40 @@ def cluster(s3: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[li
     assert all(p.poll() is not None for p in nodes)
 
 
+def _task_file(path: Path) -> bool:
+    """A file only a shard task writes (scratch state, token parts, per-shard outputs), never the driver
+    (import, its indexes, ledgers and manifests; dedupe's single-driver index writes the attributes)."""
+    text = path.as_posix()
+    return (
+        path.name.endswith(".state.npz")
+        or re.fullmatch(r"task-\d+\..*\.npy", path.name) is not None
+        or ("/work-" in text and ("/attributes/" in text or "/out/" in text))
+        or (
+            "/artifact.tmp-" in text and text.endswith(".jsonl.gz") and ("-decon/" in text or "-mix/" in text)
+        )
+    )
+
+
+@contextlib.contextmanager
+def _watching(root: Path) -> Iterator[list[Path]]:
+    """The task files that appear below the driver's staging directory ``root`` meanwhile."""
+    seen: list[Path] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.extend(p for p in root.rglob("*") if p.is_file() and _task_file(p) and p not in seen)
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _put(fs: object, local: Path, url: str) -> None:
     for path in sorted(local.iterdir()):
         fs.put_file(str(path), f"{url}{path.name}")  # type: ignore[attr-defined]
@@ -130,7 +167,13 @@ def test_two_node_ray_runs_every_stage_on_s3_with_the_process_executors_bytes(
     baseline = tmp_path / "process"
     run_chain(f"s3://{BUCKET}/ray-raw/", str(baseline), tokenizer, executor="process", workers=2)
     remote = f"s3://{BUCKET}/ray-run"
-    run_chain(f"s3://{BUCKET}/ray-raw/", remote, tokenizer, executor="ray", workers=2)
+    staging = Path(os.environ["GLASSLM_STAGING"])  # the driver's (tests/test_s3.py's fixture)
+    with _watching(staging) as written:
+        run_chain(f"s3://{BUCKET}/ray-raw/", remote, tokenizer, executor="ray", workers=2)
+    # the tasks wrote in their nodes' own staging directories and uploaded from there, never here
+    assert not written, written[:5]
+    nodes = Path(tempfile.gettempdir()) / f"glr{os.getpid()}"
+    assert [n for n in ("head", "node2") if (nodes / n / "staging").is_dir()]
     for stage in STAGES:
         assert tree(remote_files(s3, f"{remote}/{stage}")) == tree(local_files(baseline / stage)), stage
     err = capfd.readouterr().err

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +22,7 @@ pytest.importorskip("upath")
 
 from glasslm import artifacts  # noqa: E402
 from glasslm.cli import main  # noqa: E402
-from glasslm.data import dedupe  # noqa: E402
+from glasslm.data import dedupe, storage  # noqa: E402
 from glasslm.data.documents import iter_documents, read_jsonl, shard_names  # noqa: E402
 
 BUCKET = "glasslm-test"
@@ -141,3 +146,66 @@ def test_every_data_stage_writes_to_s3_same_bytes_as_local(s3: object, tmp_path:
         local_files(local / "attributes/dedupe")
     )
     assert not [p for p in s3.find(f"{BUCKET}/run") if ".tmp-" in p]  # type: ignore[attr-defined]
+
+
+def test_a_stage_writing_to_s3_resumes_per_shard_from_the_store(s3: object, tmp_path: Path) -> None:
+    """Shard tasks upload their outputs under the artifact's staging prefix, then a done marker; a stage
+    killed part way is rerun and takes the finished shards from the store without computing them again
+    (their objects are not rewritten); the result is the same bytes as a local output."""
+    from tests.data_chain_support import local_files, raw_inputs, remote_files, tree
+
+    raw = raw_inputs(tmp_path, shards=4, docs=100)  # ~0.1 s of tagging per shard: time to see one done
+    corpus = f"s3://{BUCKET}/resume/corpus"
+    assert main(["data", "import", str(raw), "--out", corpus, "--corpus.shard_bytes=100000"]) == 0
+    shards = len(s3.find(f"{BUCKET}/resume/corpus/documents"))  # type: ignore[attr-defined]
+    assert shards >= 6
+    tag = ["data", "tag", corpus, "--taggers", "gopher,stats", "--no-progress", "--executor", "local"]
+    tag += ["--workers", "1"]
+    assert main([*tag, "--out", str(tmp_path / "local")]) == 0
+    out = f"s3://{BUCKET}/resume/tags"
+    staging = storage.staging_prefix(out).split("://", 1)[1]
+
+    def objects() -> dict[str, object]:
+        s3.invalidate_cache()  # type: ignore[attr-defined]
+        found = s3.find(staging, detail=True)  # type: ignore[attr-defined]
+        return {k: v["LastModified"] for k, v in found.items() if v.get("type") == "file"}
+
+    def markers() -> int:
+        return sum("/.done/" in k for k in objects())
+
+    # killed once a shard is done: what that shard wrote is on the store, nothing is published
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "glasslm", *tag, "--out", out], env=env)
+    deadline = time.time() + 120
+    while markers() == 0 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = objects()
+    done = sum("/.done/" in k for k in first)
+    assert 1 <= done < shards, done
+    assert not s3.exists(f"{BUCKET}/resume/tags/manifest.json")  # type: ignore[attr-defined]
+
+    # rerun: the done shards' objects stay as they were (a recomputed shard rewrites its state, whose
+    # summary holds its own timing), watched until the commit removes the staging prefix
+    time.sleep(1.1)  # the store's modification times have one-second resolution
+    seen: dict[str, object] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.update({k: v for k, v in objects().items() if k in first})
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert main([*tag, "--out", out]) == 0
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen and all(seen[k] == first[k] for k in seen), (seen, first)
+    manifest = json.loads(s3.cat_file(f"{BUCKET}/resume/tags/manifest.json"))  # type: ignore[attr-defined]
+    assert manifest["metrics"]["shards_resumed"] == done
+    assert tree(remote_files(s3, out)) == tree(local_files(tmp_path / "local"))
+    assert not s3.exists(staging)  # type: ignore[attr-defined]  # the staging prefix goes with the commit

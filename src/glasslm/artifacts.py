@@ -342,7 +342,7 @@ def write_manifest(
         "config": to_dict(config) if config is not None else {},
         "code": code_version(),
         "inputs": refs,
-        "files": hash_tree(root),
+        "files": _hash_staged(root) if location is not None else hash_tree(root),
         "metrics": dict(metrics or {}),
     }
     manifest.update(extra or {})
@@ -350,6 +350,15 @@ def write_manifest(
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, root / MANIFEST)
     return manifest
+
+
+def _hash_staged(root: Path) -> dict[str, dict[str, Any]]:
+    """``hash_tree`` of a staged object-store artifact: its local files and those its shard tasks left
+    on the store (hashed by the tasks; glasslm.data.storage)."""
+    from glasslm.data import storage
+
+    files = {**storage.remote_hashes(root), **hash_tree(root)}
+    return {rel: files[rel] for rel in sorted(files)}
 
 
 _RECORDED_COMMAND: list[str] | None = None

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from glasslm.artifacts import code_version
+from glasslm.data import storage
 from glasslm.data.documents import Location, dumps_bytes, is_url, loads
 from glasslm.data.progress import StageProgress
 
@@ -55,7 +56,20 @@ def map_shards(
     sizes = list(sizes) if sizes is not None else [0] * len(tasks)
     report = StageProgress(desc, len(tasks), sum(sizes), enabled=progress)
     results: list[R] = []
-    for result in _run(fn, tasks, workers, executor):
+    # An object-store --out: every task writes in a temp directory of its own machine and uploads what
+    # it wrote; the driver records where (storage.run_staged). No file system is shared.
+    staged = storage.stage_tasks(fn, tasks, desc)
+    outcomes: Iterator[Any] = (
+        _run(fn, tasks, workers, executor)
+        if staged is None
+        else _run(storage.run_staged, staged, workers, executor)
+    )
+    for outcome in outcomes:
+        if staged is None:
+            result = outcome
+        else:
+            result, files = outcome
+            storage.register(files)
         report.update(sizes[len(results)], quarantined(result) if quarantined is not None else None)
         results.append(result)
         if on_result is not None:
@@ -109,9 +123,7 @@ def work_dir(out: str | os.PathLike[str] | Location, fingerprint: str) -> Path:
     A rerun of the same job (same config, same inputs, same code) finds the shards an interrupted
     run finished and skips them; the stage deletes the directory once its artifact is published.
     """
-    if is_url(out):  # an object-store --out is staged locally (glasslm.data.storage), its work too
-        from glasslm.data import storage
-
+    if is_url(out):  # an object-store --out: staged locally and on the store (glasslm.data.storage)
         path = storage.staging_dir(str(out)) / f"work-{fingerprint[:16]}"
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -161,6 +173,7 @@ def save_state(path: str | os.PathLike[str], state: State) -> None:
 def load_state(path: str | os.PathLike[str]) -> State | None:
     """The state :func:`save_state` wrote at ``path``, or None when there is none or it is not valid state."""
     path = Path(path)
+    storage.fetch(path)  # below an object-store artifact's staging directory: from the store
     if not path.is_file():
         return None
     try:
@@ -181,6 +194,7 @@ def load_state(path: str | os.PathLike[str]) -> State | None:
 
 def load_array(path: str | os.PathLike[str]) -> np.ndarray | None:
     """A ``.npy`` array saved in a work directory, or None when there is none or it is not plain data."""
+    storage.fetch(path)
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):

@@ -24,7 +24,6 @@ import fnmatch
 import hashlib
 import math
 import operator
-import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from glasslm.config import ConfigError
-from glasslm.data import decon, ledger
+from glasslm.data import decon, ledger, storage
 from glasslm.data.dedupe import DUPLICATES_FILE
 from glasslm.data.documents import (
     QUARANTINE_FILE,
@@ -742,12 +741,13 @@ def run(
                 results[job.index] = result
 
     # Assemble the artifact: outputs, ledger (shard order, then line), quarantine file.
-    out = scratch / "out"
-    if out.is_dir():
-        for child in sorted(out.iterdir()):
-            shutil.move(str(child), str(root / child.name))
+    # the tasks' outputs: moved, or (an object-store --out) their uploaded objects taken by reference
+    storage.place_tree(scratch / "out", root)
     (root / "documents").mkdir(exist_ok=True)
-    table = ledger.concat_parts([scratch / f"ledger-{j.index:05d}.parquet" for j in jobs])
+    parts = [scratch / f"ledger-{j.index:05d}.parquet" for j in jobs]
+    for part in parts:
+        storage.fetch(part)  # small, read here; on the store when its task ran on another machine
+    table = ledger.concat_parts(parts)
     ledger.write(root / ledger.LEDGER_FILE, table)
     quarantine = [q for r in results for q in r["quarantine"]]
     write_jsonl(root / QUARANTINE_FILE, quarantine)

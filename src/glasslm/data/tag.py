@@ -21,7 +21,6 @@ sequential pass over all ids; the mixer, which reads the whole corpus in order a
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 
 from glasslm.artifacts import create_artifact, find_artifact, input_ref, manifest_hash
 from glasslm.config import ConfigError, to_dict
+from glasslm.data import storage
 from glasslm.data.documents import (
     QUARANTINE_FILE,
     Location,
@@ -177,12 +177,10 @@ def tag_shard(job: ShardJob) -> dict[str, Any]:
     return resumable(_marker(job.work, job.name), lambda: _tag_shard(job))
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(src, dst)
+def _fetched(work: Path, name: str) -> Path:
+    path = work / "quarantine" / f"{_safe(name)}.jsonl"
+    storage.fetch(path)  # small; on the store when the task ran on another machine
+    return path
 
 
 def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bool = True) -> dict[str, Any]:
@@ -208,7 +206,7 @@ def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bo
     for j in jobs:
         marker = _marker(work, j.name)
         if load_state(marker) is not None:
-            if attributes_path(work / "attributes", j.name).is_file():
+            if storage.exists(attributes_path(work / "attributes", j.name)):
                 resumed.add(j.name)
             else:  # a marker without its output (someone deleted files): redo the shard
                 marker.unlink()
@@ -236,10 +234,9 @@ def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bo
     ) as w:
         w.extra["taggers"] = described
         for job in jobs:
-            _link_or_copy(attributes_path(work / "attributes", job.name), attributes_path(w.path, job.name))
-        quarantine_lines = [
-            rec for job in jobs for rec in read_jsonl(work / "quarantine" / f"{_safe(job.name)}.jsonl")
-        ]
+            # a hard link, or (an object-store --out) the object the task uploaded: never a download
+            storage.place(attributes_path(work / "attributes", job.name), attributes_path(w.path, job.name))
+        quarantine_lines = [rec for job in jobs for rec in read_jsonl(_fetched(work, job.name))]
         write_jsonl(w.path / QUARANTINE_FILE, quarantine_lines)
         w.metrics = metrics
         where = str(docs_dir) if is_url(docs_dir) else str(Path(docs_dir).resolve())

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from glasslm import artifacts
 from glasslm.artifacts import ArtifactError
 from glasslm.config import ConfigError
-from glasslm.data import executors
+from glasslm.data import executors, storage
 from glasslm.data.documents import (
     QUARANTINE_FILE,
     Location,
@@ -434,11 +434,9 @@ def tokenize(
 
 
 def _link(src: Path, dst: Path) -> None:
-    """Hard-link a finished scratch part into the artifact (same file system: no copy, no rewrite)."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    """Hard-link a finished scratch part into the artifact (same file system: no copy, no rewrite); for
+    an object-store --out, the object its task uploaded (glasslm.data.storage)."""
+    storage.place(src, dst)
 
 
 def _assemble(root: Path, results: list[TaskResult]) -> dict[str, dict[str, int]]:
