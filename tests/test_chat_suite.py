@@ -206,3 +206,26 @@ def test_a_regressing_stage_fails_with_the_named_metric() -> None:
     assert cs.stage_record(None, after, None, tolerances, 64)["checked"] is False
     with pytest.raises(ConfigError, match="chrff"):
         cs.Tolerances(accept=["chrff"]).validate()
+
+
+# ------------------------------------------------------------------ recipe data
+
+
+def test_verifiable_answers_are_sentences_the_checkers_still_read() -> None:
+    from glasslm.adapt import rewards
+
+    train, held = builders.verifiable_tasks(SMALL)
+    for s in train + held:
+        assert s.answer.endswith(f"The answer is {s.task.ground_truth}.") and len(s.answer.split()) >= 6, s
+        assert s.wrong != s.answer and s.wrong.startswith(s.answer.split()[0])
+        check = rewards.reward_for(s.task.dataset)
+        assert check(s.answer, s.task.ground_truth) == 1.0 and check(s.wrong, s.task.ground_truth) == 0.0, s
+    passage = next(s for s in train if s.family == "passage")
+    assert (
+        passage.answer.startswith("The passage says: ")
+        and passage.answer.count(passage.task.ground_truth) == 2
+    )
+    bare, _ = builders.verifiable_tasks(
+        builders.AdaptDataConfig(**{**SMALL.__dict__, "answer_style": "bare"})
+    )
+    assert [b.answer for b in bare] == [s.task.ground_truth for s in train]

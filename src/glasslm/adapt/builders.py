@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from glasslm import artifacts
 from glasslm.adapt.formats import Messages, Preference, RLTask
@@ -58,6 +58,12 @@ class AdaptDataConfig:
     sft_verifiable: int = 2000  # solved verifiable training tasks mixed into SFT (from the rl_train pool)
     heldout_fraction: float = 0.1  # of instruction pairs, held out for SFT loss / DPO accuracy
     dpo_verifiable: int = 500  # preference pairs made from solved training tasks (right vs. wrong answer)
+    # Verifiable tasks' reference answers (SFT, DPO chosen/rejected): "sentence" restates the question
+    # and ends "The answer is X." (the checkers extract X); "bare": X alone.
+    answer_style: Literal["sentence", "bare"] = "sentence"
+    # Natural phrasings per trained subject added to the SFT and DPO instruction data (beside the
+    # templated instruction); 0: templated instructions only.
+    natural_questions: int = 1
     # Natural questions per held-out subject in chat_heldout.jsonl (differently phrased, one reference).
     chat_questions: int = 2
 
@@ -75,8 +81,8 @@ class AdaptDataConfig:
             raise ConfigError(f"adapt_data.heldout_fraction must lie in [0, 1), got {self.heldout_fraction}")
         if self.max_operand < 2:
             raise ConfigError("adapt_data.max_operand must be >= 2")
-        if self.chat_questions < 0:
-            raise ConfigError(f"adapt_data.chat_questions must be >= 0, got {self.chat_questions}")
+        if self.chat_questions < 0 or self.natural_questions < 0:
+            raise ConfigError("adapt_data.chat_questions and adapt_data.natural_questions must be >= 0")
 
 
 # --------------------------------------------------------------------------- instruction pairs
@@ -323,6 +329,33 @@ def task_makers(config: AdaptDataConfig) -> dict[str, TaskMaker]:
     return {k: makers[k] for k in config.tasks}
 
 
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def say(family: str, prompt: str, value: str, truth: str) -> str:
+    """``value`` as a sentence answering ``prompt``: a restatement, then "The answer is <value>." (the
+    form the checkers extract, ``rewards.extract_answer``). Replies of one token taught the model to
+    end every turn at once (issue #17); these read like the instruction answers."""
+    quoted = _QUOTED.findall(prompt)
+    if family == "arithmetic":
+        return f"{prompt[len('What is ') : -1]} = {value}. The answer is {value}."
+    if family == "reverse":
+        return f"Reversed letter by letter, '{quoted[0]}' is '{value}'. The answer is {value}."
+    if family == "upper":
+        return f"In upper case, '{quoted[0]}' is '{value}'. The answer is {value}."
+    if family == "count":
+        times = "time" if value == "1" else "times"
+        return f"The letter '{quoted[0]}' appears {value} {times} in '{quoted[1]}'. The answer is {value}."
+    if family == "first_letter":
+        return f"The word '{quoted[0]}' starts with '{value}'. The answer is {value}."
+    if family == "length":
+        return f"The word '{quoted[0]}' has {value} letters. The answer is {value}."
+    # passage: the fact that answers the question, restated with ``value`` in place of the truth
+    passage, question = prompt.split("\nQuestion: ")
+    fact = next(f + "." for f in passage[len("Passage: ") :].split(". ") if truth in f)
+    return f"The passage says: {fact.rstrip('.').replace(truth, value)}. The answer is {value}."
+
+
 @dataclass
 class SolvedTask:
     task: RLTask
@@ -355,6 +388,8 @@ def verifiable_tasks(config: AdaptDataConfig) -> tuple[list[SolvedTask], list[So
                 continue
             seen.add(prompt)
             task = RLTask(messages=_user(prompt), ground_truth=answer, dataset=checker)
+            if config.answer_style == "sentence":
+                answer, wrong = say(family, prompt, answer, answer), say(family, prompt, wrong, answer)
             out.append(SolvedTask(task=task, answer=answer, wrong=wrong, family=family))
         return out
 
@@ -430,21 +465,25 @@ def _conversation(question: str, answer: str) -> Messages:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
+def natural_questions(subject: Subject, n: int, rng: random.Random) -> list[str]:
+    """``n`` differently phrased questions a user would ask about ``subject``."""
+    questions: list[str] = []
+    for _ in range(50 * n):  # a subject kind has at least 4 phrasings: this always ends
+        if len(questions) == n:
+            break
+        q = subject.ask(rng)
+        if q not in questions:
+            questions.append(q)
+    return questions
+
+
 def chat_conversations(
     subjects: list[Subject], per_subject: int, rng: random.Random
 ) -> list[tuple[str, Messages]]:
     """``per_subject`` differently phrased questions about each subject, its answer the reference."""
-    out = []
-    for s in subjects:
-        questions: list[str] = []
-        for _ in range(50 * per_subject):  # a subject kind has at least 4 phrasings: this always ends
-            if len(questions) == per_subject:
-                break
-            q = s.ask(rng)
-            if q not in questions:
-                questions.append(q)
-        out += [(s.key, _conversation(q, s.answer)) for q in questions]
-    return out
+    return [
+        (s.key, _conversation(q, s.answer)) for s in subjects for q in natural_questions(s, per_subject, rng)
+    ]
 
 
 class HeldOutLeak(ValueError):
@@ -480,6 +519,12 @@ def build(config: AdaptDataConfig) -> AdaptData:
     subj_held, subj_train = subjects[:n_held], subjects[n_held:]
     inst_held = [(s.key, s.instruction, s.answer) for s in subj_held]
     inst_train = [(s.key, s.instruction, s.answer) for s in subj_train]
+    # Trained subjects asked as a user would, too: a model taught only the templated instructions
+    # answered "What does X do?" like a verifiable task, with a number (issue #17).
+    ask = random.Random(config.seed + 3)
+    inst_train += [
+        (s.key, q, s.answer) for s in subj_train for q in natural_questions(s, config.natural_questions, ask)
+    ]
 
     train_tasks, held_tasks = verifiable_tasks(config)
     sft_tasks = train_tasks[: config.sft_verifiable]

@@ -67,6 +67,10 @@ class DPOOptions:
     loss_type: Literal["dpo", "dpo_norm"] = "dpo_norm"  # Tülu 3's length-normalised DPO
     beta: float | None = None  # None: 0.1 for dpo, 5 for dpo_norm
     reference_batch_size: int = 16  # pairs per forward when computing the reference cache
+    # Weight of the chosen response's negative log-likelihood per token added to each pair's loss
+    # (RPO: Pang et al. 2024; Liu et al. 2024). DPO alone lowers the chosen answers' likelihood along
+    # with the rejected ones', which the chat suite sees as a worse held-out assistant loss (#17).
+    nll_coef: float = 0.0
 
     @property
     def beta_value(self) -> float:
@@ -76,6 +80,11 @@ class DPOOptions:
 @dataclass
 class DPOConfig(AdaptConfig):
     dpo: DPOOptions = field(default_factory=DPOOptions)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dpo.nll_coef < 0:
+            raise ConfigError(f"dpo.nll_coef must be >= 0, got {self.dpo.nll_coef}")
 
 
 def dpo_trainer(
@@ -209,8 +218,9 @@ class DPOObjective:
 
     def pair_terms(
         self, logits: torch.Tensor, labels: torch.Tensor, ref: torch.Tensor
-    ) -> tuple[DPOOutput, torch.Tensor, torch.Tensor]:
-        """(DPO output, chosen and rejected policy log-probs) of a batch of chosen-then-rejected rows."""
+    ) -> tuple[DPOOutput, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(DPO output, chosen and rejected policy log-probs, chosen NLL per token) of a batch of
+        chosen-then-rejected rows."""
         kind = self.options.loss_type
         sums, n = sequence_logprobs(logits, labels)
         k = ref.shape[0]
@@ -218,13 +228,14 @@ class DPOObjective:
         ref_chosen = policy_logps(ref[:, 0].to(sums), ref[:, 2].to(sums), kind)
         ref_rejected = policy_logps(ref[:, 1].to(sums), ref[:, 3].to(sums), kind)
         out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.options.beta_value)
-        return out, chosen, rejected
+        return out, chosen, rejected, -sums[:k] / n[:k].clamp(min=1)
 
     def loss(self, model: TrainModel, micro: Micro) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out, chosen, rejected = self.pair_terms(model.forward(micro), micro["labels"], micro["ref"])
-        objective = out.losses.sum()
+        out, chosen, rejected, nll = self.pair_terms(model.forward(micro), micro["labels"], micro["ref"])
+        objective = out.losses.sum() + self.options.nll_coef * nll.sum()
         return objective, {
             "loss": objective,
+            "chosen_nll": nll.detach().sum(),
             "reward_accuracy": (out.chosen_rewards > out.rejected_rewards).float().sum(),
             "reward_margin": (out.chosen_rewards - out.rejected_rewards).sum(),
             "chosen_logp": chosen.detach().sum(),
@@ -257,7 +268,7 @@ class DPOEval:
                 idx = list(part)
                 batch = collate_pairs([self.pairs[i] for i in idx], self.pad_id)
                 logits = model(batch["input_ids"].to(self.device))
-                out, chosen, rejected = self.objective.pair_terms(
+                out, chosen, rejected, _ = self.objective.pair_terms(
                     logits, batch["labels"].to(self.device), self.ref[idx].to(self.device)
                 )
                 acc += float((out.chosen_rewards > out.rejected_rewards).float().sum())

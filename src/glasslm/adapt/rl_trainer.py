@@ -39,15 +39,17 @@ from glasslm.adapt.base import (
     StageParts,
     StepItems,
     adapt_trainer,
+    data_ref,
     generate,
     split_micro,
+    step_items,
 )
-from glasslm.adapt.builders import TASK_FAMILIES, family_of
+from glasslm.adapt.builders import TASK_FAMILIES, family_of, find_data_file
 from glasslm.adapt.dpo import token_logprobs
-from glasslm.adapt.formats import RLTask, load_rl
+from glasslm.adapt.formats import RLTask, load_rl, load_sft
 from glasslm.adapt.rewards import reward_for
 from glasslm.adapt.rl import group_advantages, grpo_token_terms, paired_change, signal_groups
-from glasslm.adapt.sft import IGNORE
+from glasslm.adapt.sft import IGNORE, Example, sft_loss, tokenize_all
 from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
 from glasslm.model import checkpoint as model_ckpt
@@ -72,7 +74,10 @@ class RLOptions:
     top_p: float = 1.0
     max_new_tokens: int = 32
     clip_eps: float = 0.2
-    kl_coef: float = 0.0  # 0: no reference model at all
+    # β of the k3 KL term to the initial model (the stage before's policy), open-instruct's GRPO default.
+    # With 0 (no reference model at all) GRPO on short answers collapsed every reply to one token (#17);
+    # the per-token KL is in every metrics row (``kl``).
+    kl_coef: float = 0.05
     adv_eps: float = 1e-6
     eval_max_new_tokens: int = 32
     # Held-out completions sampled per prompt (at rl.temperature, fixed seeds) for ``reward_sampled``,
@@ -89,6 +94,12 @@ class RLOptions:
     # update, as DAPO's dynamic sampling does: they add no gradient but count in the token-level mean,
     # so keeping them shrinks the step whenever few groups carry signal (and costs their backward).
     filter_flat_groups: bool = True
+    # Chat data mixed into every update (InstructGPT's PPO-ptx, Ouyang et al. 2022): ``sft_per_step``
+    # conversations of the adapt_data artifact's sft.jsonl ride in each step's batch and add
+    # ``sft_coef`` × their assistant-token cross-entropy (mean per token) to the GRPO loss, so rewards
+    # on short verifiable answers do not unteach chat (#17). 0: off.
+    sft_coef: float = 0.0
+    sft_per_step: int = 16
 
 
 @dataclass
@@ -108,6 +119,8 @@ class RLConfig(AdaptConfig):
             )
         if self.rl.eval_samples < 0:
             raise ConfigError(f"rl.eval_samples must be >= 0, got {self.rl.eval_samples}")
+        if self.rl.sft_coef < 0 or self.rl.sft_per_step < 1:
+            raise ConfigError("rl.sft_coef must be >= 0 and rl.sft_per_step >= 1")
         if self.rl.ppo_epochs < 1:
             raise ConfigError(f"rl.ppo_epochs must be >= 1, got {self.rl.ppo_epochs}")
         unknown = sorted(set(self.rl.train_families) - {*TASK_FAMILIES, "other"})
@@ -155,13 +168,25 @@ class RLData:
             )
         held = load_rl(data.heldout_path, self.quarantine) if data.heldout_path else []
         self.heldout = held[: config.data.eval_limit]
+        self.chat: list[Example] = []
+        if config.rl.sft_coef > 0:
+            if Path(config.data.path).is_file():
+                raise ConfigError("rl.sft_coef > 0 mixes in the adapt_data artifact's sft.jsonl: give data.path "
+                                  "as an adapt_data artifact, not a JSONL file")  # fmt: skip
+            chat_file = find_data_file(config.data.path, "sft.jsonl")
+            self.chat, _ = tokenize_all(
+                data.tok, load_sft(chat_file, self.quarantine), config.data.loader.seq_len
+            )
+            if not self.chat:
+                raise ConfigError(f"{chat_file}: no conversation fits data.loader.seq_len for rl.sft_coef")
+            self.data.inputs.append(data_ref(chat_file))
         loader = config.data.loader
         prompts_per_step = loader.global_batch_size // config.rl.group_size
         self.items = StepItems(len(self.tasks), prompts_per_step, loader, world, data.data_sha256)
 
     def parts(self, ctx: StageContext) -> StageParts:
         batches = RolloutBatches(
-            ctx.model, self.data.tok, self.tasks, self.items, self.config.rl, ctx.micro_batch
+            ctx.model, self.data.tok, self.tasks, self.items, self.config.rl, ctx.micro_batch, self.chat
         )
         objective = GRPOObjective(self.config.rl, self.config.model.init_from or "", self.world.device)
         return StageParts(objective, batches, RLEval(self.heldout, self.config.rl))
@@ -186,7 +211,9 @@ class RolloutBatches:
         items: StepItems,
         rc: RLOptions,
         micro: int,
+        chat: list[Example] | None = None,
     ):
+        self.chat = chat or []
         self.model, self.tok, self.tasks, self.items, self.rc, self.micro_batch = (
             model,
             tok,
@@ -238,7 +265,7 @@ class RolloutBatches:
             rows = [rows[i] for i in keep]
             prompt_lens = [prompt_lens[i] for i in keep]
             advantages = advantages[keep]
-        micros = []
+        micros: list[Micro] = []
         for part in split_micro(len(rows), self.micro_batch):
             T = max(len(rows[i]) for i in part) - 1
             input_ids = torch.full((len(part), T), self.tok.pad_id, dtype=torch.long)
@@ -248,10 +275,37 @@ class RolloutBatches:
                 input_ids[r, : len(ids) - 1] = torch.tensor(ids[:-1])
                 labels[r, p - 1 : len(ids) - 1] = torch.tensor(ids[p:])
             micro = {"input_ids": input_ids, "labels": labels, "advantages": advantages[list(part)]}
+            if self.chat:
+                micro = self._with_chat(micro, step, len(micros), -(-len(rows) // self.micro_batch))
             micro = {k: v.to(dev) for k, v in micro.items()}
             micro["old_logp"] = logprobs(self.model, self.model.module, micro)
             micros.append(micro)
         return StepBatch(micros, updates=rc.ppo_epochs, metrics=stats)
+
+    def _with_chat(self, micro: Micro, step: int, index: int, n_micros: int) -> Micro:
+        """``micro`` with its share of the step's chat conversations appended as more rows (one
+        forward for both): ``labels`` stays GRPO's (IGNORE on chat rows), ``sft_labels`` holds the
+        chat targets. The conversations are a pure function of (seed, step, rank), as every batch."""
+        loader = self.items.loader
+        per_rank = max(1, self.rc.sft_per_step // self.model.world.world_size)
+        picked = step_items(len(self.chat), loader.seed + 1, step, per_rank * self.model.world.world_size)
+        mine = picked[self.model.world.rank * per_rank : (self.model.world.rank + 1) * per_rank]
+        share = [self.chat[i] for i in mine[index::n_micros]]
+        if not share:
+            return micro
+        B, T = micro["input_ids"].shape
+        T = max(T, *(len(ex.input_ids) for ex in share))
+        rows = B + len(share)
+        input_ids = torch.full((rows, T), self.tok.pad_id, dtype=torch.long)
+        labels = torch.full((rows, T), IGNORE, dtype=torch.long)
+        sft_labels = torch.full((rows, T), IGNORE, dtype=torch.long)
+        width = micro["input_ids"].shape[1]
+        input_ids[:B, :width], labels[:B, :width] = micro["input_ids"], micro["labels"]
+        for r, ex in enumerate(share, start=B):
+            input_ids[r, : len(ex.input_ids)] = torch.tensor(ex.input_ids)
+            sft_labels[r, : len(ex.labels)] = torch.tensor(ex.labels)
+        advantages = torch.cat([micro["advantages"], torch.zeros(len(share))])
+        return {"input_ids": input_ids, "labels": labels, "advantages": advantages, "sft_labels": sft_labels}
 
 
 @torch.no_grad()
@@ -283,13 +337,21 @@ class GRPOObjective:
         rc = self.rc
         ref_logp = logprobs(model, self._reference(), micro) if rc.kl_coef > 0 else None
         mask = (micro["labels"] != IGNORE).float()
-        logp = token_logprobs(model.forward(micro), micro["labels"])
+        logits = model.forward(micro)
+        logp = token_logprobs(logits, micro["labels"])
         terms = grpo_token_terms(
             logp, micro["old_logp"], micro["advantages"], rc.clip_eps, rc.kl_coef, ref_logp
         )
         objective = (terms.loss * mask).sum()
-        return objective, {"loss": objective, "kl": (terms.kl.detach() * mask).sum(),
-                           "clip_fraction": (terms.clipped * mask).sum(), "ratio": (terms.ratio * mask).sum()}  # fmt: skip
+        out = {"loss": objective, "kl": (terms.kl.detach() * mask).sum(),
+               "clip_fraction": (terms.clipped * mask).sum(), "ratio": (terms.ratio * mask).sum()}  # fmt: skip
+        if "sft_labels" in micro:
+            # The step divides by its GRPO tokens: weigh the chat mean by this micro's share of them.
+            n_chat = (micro["sft_labels"] != IGNORE).sum().clamp(min=1)
+            chat_ce = sft_loss(logits, micro["sft_labels"], "sum") / n_chat * mask.sum()
+            objective = objective + rc.sft_coef * chat_ce
+            out.update(loss=objective, chat_ce=chat_ce.detach())
+        return objective, out
 
 
 # ------------------------------------------------------------ pass@1
