@@ -316,3 +316,20 @@ def test_a_stage_that_regresses_the_chat_suite_fails_naming_the_metric(
     record = artifacts.read_manifest(tmp_path / "dpo-accepted")["metrics"]["chat_suite"]
     assert record["passed"] and record["accepted"] == metrics
     assert all(r["accepted"] for r in record["regressions"]) and record["regressions"]
+
+
+def test_rl_mixes_chat_data_into_each_update(world: Path, sft_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rl-ptx"
+    assert main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),
+                 "--data.loader.seq_len=96", "--data.loader.global_batch_size=8", "--rl.group_size=4",
+                 "--rl.max_new_tokens=8", "--rl.eval_max_new_tokens=8", "--rl.sft_coef=1.0", "--rl.sft_per_step=4",
+                 "--rl.eval_samples=0", "--trainer.max_steps=2", "--chat_suite.check=false", *COMMON]) == 0  # fmt: skip
+    rows = read_metrics(out / "metrics.jsonl")
+    # The chat term is a mean cross-entropy of real assistant tokens: near ln(vocab) for this barely trained model.
+    assert all(2.0 < r["chat_ce"] < 2 * math.log(512) for r in rows)
+    assert all(r["kl"] >= 0.0 for r in rows)  # the KL term is on by default
+    kinds = {ref["kind"] for ref in artifacts.read_manifest(out)["inputs"]}
+    assert "adapt_data" in kinds
+    bad = main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data" / "rl_train.jsonl"),
+                "--out", str(tmp_path / "x"), "--rl.sft_coef=1.0", *COMMON])  # fmt: skip
+    assert bad == 2
