@@ -30,7 +30,6 @@ from glasslm.data.documents import Quarantine
 from glasslm.eval import chat_suite
 from glasslm.eval.chat_suite import ChatSuiteConfig
 from glasslm.model import checkpoint as model_ckpt
-from glasslm.model.modes import eval_mode
 from glasslm.model.olmo2 import OLMo2
 from glasslm.tokenizer import Tokenizer
 from glasslm.train import distributed
@@ -49,7 +48,7 @@ from glasslm.train.train_model import TrainModel
 from glasslm.train.trainer import Trainer
 
 if TYPE_CHECKING:
-    from glasslm.model.generate import Completion, SamplingParams
+    pass
 
 EVAL_BEFORE, EVAL_AFTER = "eval_before.json", "eval_after.json"
 
@@ -330,28 +329,6 @@ def chat_callback(
     conversations = chat_suite.load_conversations(path, cc.limit)
     return ChatSuiteEval(cc, conversations, tokenizer, stage, cc.check if cc.check is not None else stage != "sft",
                          own, own_keys)  # fmt: skip
-
-
-def generate(
-    model: OLMo2,
-    tok: Tokenizer,
-    prompts: Sequence[Sequence[int]],
-    params: SamplingParams | list[SamplingParams],
-    max_batch: int = 32,
-) -> list[Completion]:
-    """Completions from ``model`` with the generation engine (``model/generate.py``).
-
-    The model is in eval mode while it generates; its training mode is restored afterwards.
-    """
-    from glasslm.model.generate import Engine
-
-    new = max(p.max_new_tokens for p in params) if isinstance(params, list) else params.max_new_tokens
-    longest = max(len(p) for p in prompts) + new + 1
-    with eval_mode(model):
-        engine = Engine(
-            model, tok, max_batch=min(max_batch, len(prompts)), max_len=min(longest, model.config.max_seq_len)
-        )
-        return engine.generate([list(p) for p in prompts], params)
 
 
 # ------------------------------------------------------------ a stage as a Trainer

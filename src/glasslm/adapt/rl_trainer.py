@@ -40,7 +40,6 @@ from glasslm.adapt.base import (
     StepItems,
     adapt_trainer,
     data_ref,
-    generate,
     split_micro,
     step_items,
 )
@@ -53,6 +52,7 @@ from glasslm.adapt.sft import IGNORE, Example, sft_loss, tokenize_all
 from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
 from glasslm.model import checkpoint as model_ckpt
+from glasslm.model.generate import generate_batch
 from glasslm.model.olmo2 import OLMo2
 from glasslm.tokenizer import Tokenizer
 from glasslm.train import distributed
@@ -238,7 +238,7 @@ class RolloutBatches:
                 params.append(
                     _params(rc, seed * 1_000_003 + step * 7919 + rank * 104_729 + j * rc.group_size + g)
                 )
-        outs = generate(self.model.module, self.tok, prompts, params, max_batch=rc.engine_batch)
+        outs = generate_batch(self.model.module, self.tok, prompts, params, max_batch=rc.engine_batch)
         rewards, rows, prompt_lens = [], [], []
         for k, out in enumerate(outs):
             task = tasks[k // rc.group_size]
@@ -373,7 +373,9 @@ class RLEval:
             return {}
         rc = self.rc
         prompts = [prompt_ids(tokenizer, t) for t in self.heldout]
-        outs = generate(model, tokenizer, prompts, _params(rc, None, greedy=True), max_batch=rc.engine_batch)
+        outs = generate_batch(
+            model, tokenizer, prompts, _params(rc, None, greedy=True), max_batch=rc.engine_batch
+        )
         greedy = [
             reward_for(t.dataset)(o.text, t.ground_truth) for t, o in zip(self.heldout, outs, strict=True)
         ]
@@ -405,7 +407,7 @@ class RLEval:
         rc = self.rc
         k = rc.eval_samples
         params = [_params(rc, 2_000_003 + i * k + j) for i in range(len(prompts)) for j in range(k)]
-        outs = generate(
+        outs = generate_batch(
             model, tokenizer, [p for p in prompts for _ in range(k)], params, max_batch=rc.engine_batch
         )
         scores = [reward_for(self.heldout[n // k].dataset)(o.text, self.heldout[n // k].ground_truth)

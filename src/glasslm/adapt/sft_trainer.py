@@ -33,13 +33,13 @@ from glasslm.adapt.base import (
     StageParts,
     StepItems,
     adapt_trainer,
-    generate,
     split_micro,
 )
 from glasslm.adapt.formats import load_sft
 from glasslm.adapt.sft import IGNORE, Example, collate, pack, sft_loss, tokenize_all
 from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
+from glasslm.model.generate import generate_batch
 from glasslm.model.modes import eval_mode
 from glasslm.model.olmo2 import OLMo2
 from glasslm.tokenizer import Tokenizer
@@ -170,7 +170,7 @@ class SFTEval:
 
         prompts = [tokenizer.encode_chat(_prompt_of(c), add_generation_prompt=True) for c in self.heldout]
         params = SamplingParams(max_new_tokens=self.config.sft.eval_max_new_tokens, temperature=0.0)
-        outs = generate(model, tokenizer, prompts, params)
+        outs = generate_batch(model, tokenizer, prompts, params)
         # A turn ended properly: something was said, then end-of-text (an empty answer does not count).
         ended = sum(o.finish_reason == "stop" and len(o.token_ids) > 0 for o in outs)
         return {"heldout_loss": total / max(n, 1), "eos_rate": ended / max(len(outs), 1),

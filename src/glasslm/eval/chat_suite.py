@@ -158,7 +158,7 @@ def length_figures(reply_tokens: Sequence[int], reference_tokens: Sequence[int])
 @torch.no_grad()
 def assistant_loss(model: OLMo2, tokenizer: Any, conversations: Sequence[Messages]) -> dict[str, float]:
     """Reference-answer cross-entropy: nats per token and bits per byte of the reference text."""
-    from glasslm.adapt.sft import tokenize_conversation
+    from glasslm.adapt.sft import sft_loss, tokenize_conversation
     from glasslm.model.modes import eval_mode
 
     device = next(model.parameters()).device
@@ -171,14 +171,7 @@ def assistant_loss(model: OLMo2, tokenizer: Any, conversations: Sequence[Message
                 continue
             logits = model(torch.tensor([ex.input_ids], device=device))
             labels = torch.tensor([ex.labels], device=device)
-            nats += float(
-                torch.nn.functional.cross_entropy(
-                    logits.float().reshape(-1, logits.shape[-1]),
-                    labels.reshape(-1),
-                    ignore_index=-100,
-                    reduction="sum",
-                )
-            )
+            nats += float(sft_loss(logits, labels, "sum"))
             tokens += ex.n_targets
             n_bytes += len(conv[-1]["content"].encode("utf-8"))
     if not tokens:
@@ -195,16 +188,11 @@ def replies(
     batch: int = 64,
 ) -> list[Reply]:
     """Greedy replies with the generation engine (``model/generate.py``), in eval mode."""
-    from glasslm.model.generate import Engine, SamplingParams
-    from glasslm.model.modes import eval_mode
+    from glasslm.model.generate import SamplingParams, generate_batch
 
     prompts = [tokenizer.encode_chat(split(c)[0], add_generation_prompt=True) for c in conversations]
-    longest = max(len(p) for p in prompts) + max_new_tokens + 1
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    with eval_mode(model):
-        engine = Engine(model, tokenizer, max_batch=min(batch, len(prompts)),
-                        max_len=min(longest, model.config.max_seq_len))  # fmt: skip
-        outs = engine.generate(prompts, params)
+    outs = generate_batch(model, tokenizer, prompts, params, max_batch=batch)
     out = []
     for conv, o in zip(conversations, outs, strict=True):
         question, reference = conv[-2]["content"], conv[-1]["content"]

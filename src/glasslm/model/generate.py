@@ -650,3 +650,28 @@ def sample(
         lp = raw.log_softmax(-1).gather(1, torch.tensor(tokens, device=raw.device)[:, None])[:, 0].tolist()
         logprobs = [lp[i] if p.logprobs else None for i, p in enumerate(params)]
     return tokens, logprobs
+
+
+def generate_batch(
+    model: OLMo2,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | list[SamplingParams],
+    max_batch: int = 32,
+) -> list[Completion]:
+    """Completions for a fixed list of prompts, with an engine sized to them (evaluations, rollouts).
+
+    The model is in eval mode while it generates; its training mode is restored afterwards.
+    """
+    from glasslm.model.modes import eval_mode
+
+    new = max(p.max_new_tokens for p in params) if isinstance(params, list) else params.max_new_tokens
+    longest = max(len(p) for p in prompts) + new + 1
+    with eval_mode(model):
+        engine = Engine(
+            model,
+            tokenizer,
+            max_batch=min(max_batch, len(prompts)),
+            max_len=min(longest, model.config.max_seq_len),
+        )
+        return engine.generate([list(p) for p in prompts], params)
