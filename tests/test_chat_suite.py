@@ -208,6 +208,41 @@ def test_a_regressing_stage_fails_with_the_named_metric() -> None:
         cs.Tolerances(accept=["chrff"]).validate()
 
 
+def test_replies_leaving_the_length_band_fail_and_only_the_stage_that_moved_them() -> None:
+    sft = {
+        "assistant_loss": 2.0,
+        "end_of_turn_rate": 0.9,
+        "short_reply_share": 0.0,
+        "length_ratio_median": 0.7,
+    }
+    # Inside [0.5, 2]: any move is fine.
+    assert cs.check_regressions(sft, {**sft, "length_ratio_median": 1.9}, cs.Tolerances()) == []
+    # RL halved the replies: out of the band, named with both values and the band.
+    short = {**sft, "length_ratio_median": 0.43}
+    (found,) = cs.check_regressions(sft, short, cs.Tolerances())
+    assert found.metric == "length_ratio_median" and found.band == [0.5, 2.0]
+    with pytest.raises(cs.ChatRegressionError, match=r"length_ratio_median went from 0.7000 to 0.4300 .*"
+                       r"outside the band \[0.5, 2\]"):  # fmt: skip
+        cs.enforce("rl", [found])
+    # Already outside before: blamed only for moving further out (log scale: 0.3 -> 3.0 is further).
+    before = {**sft, "length_ratio_median": 0.3}
+    assert cs.check_regressions(before, {**sft, "length_ratio_median": 0.45}, cs.Tolerances()) == []
+    assert cs.check_regressions(before, {**sft, "length_ratio_median": 2.2}, cs.Tolerances()) == []
+    assert [
+        r.metric for r in cs.check_regressions(before, {**sft, "length_ratio_median": 7.0}, cs.Tolerances())
+    ] == ["length_ratio_median"]
+    # The record round-trips through the manifest: failure_of rebuilds the same message.
+    tolerances = cs.Tolerances()
+    record = cs.stage_record(cs.ChatResult(sft, []), cs.ChatResult(short, []), [found], tolerances, 64)
+    assert record["tolerances"]["length_ratio_band"] == [0.5, 2.0] and not record["passed"]
+    error = cs.failure_of("rl", record)
+    assert error is not None and "outside the band [0.5, 2]" in str(error)
+    accepted = cs.check_regressions(sft, short, cs.Tolerances(accept=["length_ratio_median"]))
+    cs.enforce("rl", accepted)
+    with pytest.raises(ConfigError, match="length_ratio_band"):
+        cs.Tolerances(length_ratio_band=[1.2, 2.0]).validate()
+
+
 # ------------------------------------------------------------------ recipe data
 
 

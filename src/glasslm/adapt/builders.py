@@ -62,8 +62,10 @@ class AdaptDataConfig:
     # and ends "The answer is X." (the checkers extract X); "bare": X alone.
     answer_style: Literal["sentence", "bare"] = "sentence"
     # Natural phrasings per trained subject added to the SFT and DPO instruction data (beside the
-    # templated instruction); 0: templated instructions only.
-    natural_questions: int = 1
+    # templated instruction); 0: templated instructions only. 2, not 1: with one, half of SFT's answers
+    # were one-sentence task answers and the tiny model's replies ran at 0.49 of the references'
+    # length; with two, 0.70 (chat suite, #17).
+    natural_questions: int = 2
     # Natural questions per held-out subject in chat_heldout.jsonl (differently phrased, one reference).
     chat_questions: int = 2
 

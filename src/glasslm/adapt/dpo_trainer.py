@@ -70,7 +70,8 @@ class DPOOptions:
     # Weight of the chosen response's negative log-likelihood per token added to each pair's loss
     # (RPO: Pang et al. 2024; Liu et al. 2024). DPO alone lowers the chosen answers' likelihood along
     # with the rejected ones', which the chat suite sees as a worse held-out assistant loss (#17).
-    nll_coef: float = 0.0
+    # 1: RPO's own setting; configs/tiny.yaml measures 4 (docs/adaptation.md).
+    nll_coef: float = 1.0
 
     @property
     def beta_value(self) -> float:

@@ -50,21 +50,31 @@ class Tolerances:
     assistant_loss: float = 0.05  # nats/token, higher is worse
     end_of_turn_rate: float = 0.05  # lower is worse
     short_reply_share: float = 0.05  # higher is worse
+    # The median reply/reference length ratio must lie in [low, high]; a stage that moves it outside,
+    # or further outside, regresses (#17: RL shortened replies to half the reference's length).
+    length_ratio_band: list[float] = field(default_factory=lambda: [0.5, 2.0])
     accept: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        unknown = sorted(set(self.accept) - set(CHECKED))
+        unknown = sorted(set(self.accept) - set(ACCEPTABLE))
         if unknown:
             raise ConfigError(
-                f"chat_suite.tolerances.accept: unknown metrics {unknown}; choose from {list(CHECKED)}"
+                f"chat_suite.tolerances.accept: unknown metrics {unknown}; choose from {list(ACCEPTABLE)}"
             )
         for name in CHECKED:
             if getattr(self, name) < 0:
                 raise ConfigError(f"chat_suite.tolerances.{name} must be >= 0, got {getattr(self, name)}")
+        band = self.length_ratio_band
+        if len(band) != 2 or not 0 < band[0] <= 1 <= band[1]:
+            raise ConfigError(
+                f"chat_suite.tolerances.length_ratio_band must be [low, high] with 0 < low <= 1 <= high, got {band}"
+            )
 
 
 # metric -> +1 when higher is worse, -1 when lower is worse
 CHECKED: dict[str, int] = {"assistant_loss": +1, "end_of_turn_rate": -1, "short_reply_share": +1}
+BAND = "length_ratio_median"  # checked against a band, not the stage before's value plus a tolerance
+ACCEPTABLE = (*CHECKED, BAND)
 
 
 @dataclass
@@ -235,18 +245,22 @@ class Regression:
     metric: str
     before: float  # the stage before's figure
     after: float  # this stage's
-    tolerance: float
+    tolerance: float  # for the band metric: 0 (the band is the limit)
     accepted: bool
+    band: list[float] | None = None  # [low, high] for the band metric
 
     @property
     def change(self) -> float:
         return self.after - self.before
 
     def describe(self) -> str:
-        worse = "higher" if CHECKED[self.metric] > 0 else "lower"
-        return (f"{self.metric} went from {self.before:.4f} to {self.after:.4f} ({self.change:+.4f}), "
-                f"{worse} by more than the tolerance {self.tolerance:g}"
-                + (" (accepted by chat_suite.tolerances.accept)" if self.accepted else ""))  # fmt: skip
+        moved = f"{self.metric} went from {self.before:.4f} to {self.after:.4f} ({self.change:+.4f}), "
+        if self.band is not None:
+            limit = f"outside the band [{self.band[0]:g}, {self.band[1]:g}] (chat_suite.tolerances.length_ratio_band)"
+        else:
+            worse = "higher" if CHECKED[self.metric] > 0 else "lower"
+            limit = f"{worse} by more than the tolerance {self.tolerance:g}"
+        return moved + limit + (" (accepted by chat_suite.tolerances.accept)" if self.accepted else "")
 
 
 class ChatRegressionError(RuntimeError):
@@ -257,6 +271,14 @@ class ChatRegressionError(RuntimeError):
         lines = "; ".join(r.describe() for r in self.regressions)
         super().__init__(f"{stage}: chat suite regressed against the stage before: {lines} "
                          "(raise chat_suite.tolerances.<metric> or list it in chat_suite.tolerances.accept)")  # fmt: skip
+
+
+def band_distance(ratio: float, band: Sequence[float]) -> float:
+    """How far ``ratio`` lies outside ``band`` in log space (0 inside), so that twice too long and
+    half too short weigh alike."""
+    if ratio <= 0:
+        return math.inf
+    return max(0.0, math.log(band[0] / ratio), math.log(ratio / band[1]))
 
 
 def check_regressions(
@@ -272,12 +294,18 @@ def check_regressions(
         # A tiny epsilon: equal figures from two float paths must not fail a zero tolerance.
         if worse_sign * (after - before) > tolerance + 1e-9:
             out.append(Regression(metric, before, after, tolerance, metric in tolerances.accept))
+    if BAND in previous and BAND in current:
+        before, after = float(previous[BAND]), float(current[BAND])
+        band = list(tolerances.length_ratio_band)
+        # Blamed only when the stage leaves the band or moves further out of it.
+        if band_distance(after, band) > band_distance(before, band) + 1e-9:
+            out.append(Regression(BAND, before, after, 0.0, BAND in tolerances.accept, band))
     return out
 
 
 def failure_of(stage: str, record: Mapping[str, Any]) -> ChatRegressionError | None:
     """The error a stage's manifest record (:func:`stage_record`) stands for, or None if it passed."""
-    failing = [Regression(r["metric"], r["before"], r["after"], r["tolerance"], r["accepted"])
+    failing = [Regression(r["metric"], r["before"], r["after"], r["tolerance"], r["accepted"], r.get("band"))
                for r in record.get("regressions", []) if not r.get("accepted")]  # fmt: skip
     return ChatRegressionError(stage, failing) if failing else None
 
@@ -305,7 +333,10 @@ def stage_record(
         "stage_before": before.stage_metrics if before else None,
         "stage_after": after.stage_metrics,
         "checked": regressions is not None,
-        "tolerances": {k: getattr(tolerances, k) for k in CHECKED},
+        "tolerances": {
+            **{k: getattr(tolerances, k) for k in CHECKED},
+            "length_ratio_band": list(tolerances.length_ratio_band),
+        },  # fmt: skip
         "accepted": list(tolerances.accept),
         "regressions": [{**asdict(r), "change": r.change} for r in regressions or []],
         "passed": not any(not r.accepted for r in regressions or []),
