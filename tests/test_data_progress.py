@@ -31,9 +31,9 @@ def test_lines_are_rate_limited_and_the_last_is_always_printed() -> None:
     report.close()
     lines = out.getvalue().splitlines()
     assert len(lines) == 2  # one at 5 s; at 10 s the last shard is done, so only the final line
-    assert lines[0] == "tag: 500/1000 shards (50%), 1,000.0 MB, 200.00 MB/s, ETA 0:00:05"
+    assert lines[0] == "tag: 500/1000 shards (50%), 1,000.0 MB stored, 200.00 MB/s, ETA 0:00:05"
     assert lines[-1] == (
-        "tag: done 1000/1000 shards, 2,000.0 MB in 10.0 s (200.00 MB/s); quarantined 10 (malformed JSON: 10)"
+        "tag: done 1000/1000 shards, 2,000.0 MB stored in 10.0 s (200.00 MB/s); quarantined 10 (malformed JSON: 10)"
     )
 
 
@@ -71,9 +71,11 @@ def test_cli_stage_reports_progress_and_quarantine_on_stderr(
     assert main(["data", "tag", str(corpus), *flags, "--out", str(tmp_path / "tags")]) == 0
     err = capsys.readouterr().err
     # import: one file at a time, its quarantine by reason at the end
-    assert re.search(r"^import: 1/3 shards \(33%\), [\d.,]+ MB, [\d.,]+ MB/s, ETA \d+:\d\d:\d\d$", err, re.M)
     assert re.search(
-        r"^import: done 3/3 shards, [\d.,]+ MB in [\d.]+ s \([\d.,]+ MB/s\); "
+        r"^import: 1/3 shards \(33%\), [\d.,]+ MB stored, [\d.,]+ MB/s, ETA \d+:\d\d:\d\d$", err, re.M
+    )
+    assert re.search(
+        r"^import: done 3/3 shards, [\d.,]+ MB stored in [\d.]+ s \([\d.,]+ MB/s\); "
         r"quarantined 2 \(malformed JSON: 1, missing field: 1\)$",
         err,
         re.M,
@@ -81,5 +83,5 @@ def test_cli_stage_reports_progress_and_quarantine_on_stderr(
     # a shard stage (its input is clean after import): shards done / total and the final line
     assert re.search(r"^tag: 1/4 shards", err, re.M)
     assert re.search(
-        r"^tag: done 4/4 shards, [\d.,]+ MB in [\d.]+ s \([\d.,]+ MB/s\); quarantined 0$", err, re.M
+        r"^tag: done 4/4 shards, [\d.,]+ MB stored in [\d.]+ s \([\d.,]+ MB/s\); quarantined 0$", err, re.M
     )

@@ -155,3 +155,15 @@ def test_pipeline_refuses_a_directory_that_is_not_a_run(
     assert main(["pipeline", "--config", str(config), "--out", str(home)]) == 2
     assert "is not a pipeline run" in capsys.readouterr().err
     assert [p.name for p in home.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
+)
+def test_every_shipped_run_config_passes_the_section_checks(name: str) -> None:
+    from glasslm import config as cfg
+    from glasslm.pipeline.run import PipelineConfig, check_sections
+
+    config = cfg.load(PipelineConfig, Path(__file__).parents[1] / "configs" / name)
+    assert config.train, f"{name}: no train section"
+    check_sections(config)

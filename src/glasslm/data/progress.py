@@ -95,7 +95,7 @@ class StageProgress:
             eta = None
         return (
             f"{self.desc}: {self.done}/{self.total} shards ({100 * self.done / max(self.total, 1):.0f}%), "
-            f"{self.bytes / 1e6:,.1f} MB, {rate / 1e6:,.2f} MB/s, ETA {_duration(eta) if eta is not None else '?'}"
+            f"{self.bytes / 1e6:,.1f} MB stored, {rate / 1e6:,.2f} MB/s, ETA {_duration(eta) if eta is not None else '?'}"
         )
 
     def close(self) -> None:
@@ -104,7 +104,7 @@ class StageProgress:
         total = sum(self.quarantined.values())
         by_reason = ", ".join(f"{k}: {v}" for k, v in sorted(self.quarantined.items()))
         self._print(
-            f"{self.desc}: done {self.done}/{self.total} shards, {self.bytes / 1e6:,.1f} MB in {elapsed:.1f} s "
+            f"{self.desc}: done {self.done}/{self.total} shards, {self.bytes / 1e6:,.1f} MB stored in {elapsed:.1f} s "
             f"({self.bytes / elapsed / 1e6:,.2f} MB/s); quarantined {total}"
             + (f" ({by_reason})" if total else "")
         )
