@@ -101,8 +101,10 @@ def test_dpo_starts_at_log2_and_caches_the_reference(world: Path, sft_run: Path)
                  "--data.loader.seq_len=128", "--data.loader.global_batch_size=4", "--trainer.max_steps=3",
                  "--dpo.loss_type=dpo", *COMMON]) == 0  # fmt: skip
     rows = read_metrics(out / "metrics.jsonl")
-    # Step 1: the policy is the reference, every implicit reward is 0, the loss is −log σ(0) = ln 2.
-    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # Step 1: the policy is the reference, every implicit reward is 0, the DPO term is −log σ(0) = ln 2;
+    # the default objective adds the chosen replies' NLL once (RPO, dpo.nll_coef = 1).
+    assert rows[0]["loss"] - rows[0]["chosen_nll"] == pytest.approx(math.log(2), abs=1e-5)
+    assert rows[0]["chosen_nll"] > 0
     assert rows[0]["reward_accuracy"] == 0.0
     for key in ("reward_margin", "chosen_logp", "rejected_logp"):
         assert key in rows[0]

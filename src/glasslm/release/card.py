@@ -86,14 +86,12 @@ def _front_matter(c: CardInputs) -> str:
 
 
 def _report_sections(run: Path, builders: list[Callable[[list[Any]], Any]]) -> list[str]:
-    """The report's sections as Markdown (text and tables; figures are closed unrendered)."""
-    from glasslm.report.base import Run, close
+    """The report's sections as Markdown (text and tables; figures are dropped unrendered)."""
+    from glasslm.report.base import Run
 
     lines: list[str] = []
     for build in builders:
         section = build([Run(run, run.name)])
-        for _, fig in section.figures:
-            close(fig)
         if section.missing and not section.tables:
             lines += [f"*Not in this run: {section.missing}*", ""]
             continue

@@ -7,13 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: the report is rendered to files, never to a screen
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from glasslm import artifacts  # noqa: E402
+from glasslm import artifacts
 
 
 @dataclass
@@ -58,13 +54,12 @@ def read_json(path: Path) -> Any:
 
 
 def new_fig(width: float = 6.4, height: float = 3.6) -> tuple[Figure, Any]:
-    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
+    """A figure outside pyplot's registry (no screen, no global state): a report holds dozens of
+    figures until it renders them, which pyplot warns about after 20, and garbage collection frees them."""
+    fig = Figure(figsize=(width, height), dpi=100)
+    ax = fig.subplots()
     ax.grid(alpha=0.3)
     return fig, ax
-
-
-def close(fig: Figure) -> None:
-    plt.close(fig)
 
 
 def with_run(run: Run, rows: list[dict[str, Any]], runs: list[Run]) -> list[dict[str, Any]]:
@@ -97,7 +92,6 @@ def curve_figures(
                 )
                 colours[run.name] = line.get_color()
         if not colours:
-            close(fig)
             continue
         found = True
         for run_name, name, value in (baselines or {}).get(key, []):

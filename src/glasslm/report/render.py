@@ -9,8 +9,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
-
 from glasslm.report.base import Section
 
 _CSS = """
@@ -45,7 +43,6 @@ def _cell(value: Any) -> str:
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
