@@ -206,6 +206,20 @@ def test_truncation_drops_conversations_with_nothing_to_learn(tiny_tokenizer: To
     assert ex is not None and ex.input_ids == whole.input_ids[:cut] and ex.labels == whole.labels[:cut]
 
 
+def test_tokenize_whole_leaves_out_what_it_would_cut(tiny_tokenizer: Tokenizer) -> None:  # noqa: F811
+    whole = sft.tokenize_conversation(tiny_tokenizer, MULTI, max_len=512)
+    assert whole is not None
+    n = len(whole.input_ids)
+    short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    # At exactly its length the conversation is kept, identical to the uncut tokenisation; one less leaves it out.
+    kept, left_out = sft.tokenize_whole(tiny_tokenizer, [MULTI, short], max_len=n)
+    assert left_out == 0 and kept[0] == whole
+    kept, left_out = sft.tokenize_whole(tiny_tokenizer, [MULTI, short], max_len=n - 1)
+    assert (
+        left_out == 1 and len(kept) == 1 and kept[0] == sft.tokenize_conversation(tiny_tokenizer, short, 512)
+    )
+
+
 def test_packed_rows_give_the_same_loss_as_conversations_alone(tiny_tokenizer: Tokenizer) -> None:  # noqa: F811
     convs = [
         MULTI,

@@ -141,6 +141,22 @@ def test_rl_samples_scores_and_reports_pass_at_1(world: Path, sft_run: Path) -> 
     assert m["reward_sampled_change_se"] >= 0.0
 
 
+def test_rl_non_stop_reward_replaces_the_reward_of_rollouts_that_never_end(
+    world: Path, sft_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "rl-nonstop"
+    assert main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),
+                 "--data.loader.seq_len=96", "--data.loader.global_batch_size=8", "--rl.group_size=4",
+                 "--rl.max_new_tokens=8", "--rl.eval_max_new_tokens=8", "--rl.non_stop_reward=-1",
+                 "--rl.eval_samples=0", "--trainer.max_steps=2", "--chat_suite.check=false", *COMMON]) == 0  # fmt: skip
+    for r in read_metrics(out / "metrics.jsonl"):
+        # Verifier rewards lie in [0, 1]; every rollout cut at max_new_tokens scores -1 instead, so the mean
+        # is bounded by the share that ended its turn (few do: a barely trained model, 8 tokens).
+        ended = r["ended_turn"]
+        assert ended < 0.5
+        assert -(1 - ended) - 1e-6 <= r["reward"] <= ended - (1 - ended) + 1e-6
+
+
 def test_rl_ppo_epochs_and_family_filter_report_pass_at_1_per_family(world: Path, sft_run: Path) -> None:
     out = world / "adapt" / "rl_ppo"
     assert main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),

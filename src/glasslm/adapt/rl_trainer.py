@@ -48,7 +48,7 @@ from glasslm.adapt.dpo import token_logprobs
 from glasslm.adapt.formats import RLTask, load_rl, load_sft
 from glasslm.adapt.rewards import reward_for
 from glasslm.adapt.rl import group_advantages, grpo_token_terms, paired_change, signal_groups
-from glasslm.adapt.sft import IGNORE, Example, sft_loss, tokenize_all
+from glasslm.adapt.sft import IGNORE, Example, sft_loss, tokenize_whole
 from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
 from glasslm.model import checkpoint as model_ckpt
@@ -100,6 +100,16 @@ class RLOptions:
     # on short verifiable answers do not unteach chat (#17). 0: off.
     sft_coef: float = 0.0
     sft_per_step: int = 16
+    # Mixed-in conversations longer than this many tokens are left out, never cut: at the rollouts'
+    # data.loader.seq_len (96 in tiny) a quarter of sft.jsonl was cut mid-reply, which taught the
+    # policy that replies run on, and the chat suite's end-of-turn rate fell by up to 0.11 (#17).
+    sft_max_len: int = 256
+    # The reward of a rollout that hits ``max_new_tokens`` without ending its turn, in place of its
+    # verifiable reward (open-instruct's non_stop_penalty with non_stop_penalty_value): each group then
+    # prefers the completions that answer *and* stop, so rewards on short answers cannot teach the
+    # policy to ramble past the end of its turn (#17: the chat suite's end-of-turn rate fell by up to
+    # 0.08 without it). None: off, the verifier alone scores.
+    non_stop_reward: float | None = None
 
 
 @dataclass
@@ -119,8 +129,8 @@ class RLConfig(AdaptConfig):
             )
         if self.rl.eval_samples < 0:
             raise ConfigError(f"rl.eval_samples must be >= 0, got {self.rl.eval_samples}")
-        if self.rl.sft_coef < 0 or self.rl.sft_per_step < 1:
-            raise ConfigError("rl.sft_coef must be >= 0 and rl.sft_per_step >= 1")
+        if self.rl.sft_coef < 0 or self.rl.sft_per_step < 1 or self.rl.sft_max_len < 2:
+            raise ConfigError("rl.sft_coef must be >= 0, rl.sft_per_step >= 1 and rl.sft_max_len >= 2")
         if self.rl.ppo_epochs < 1:
             raise ConfigError(f"rl.ppo_epochs must be >= 1, got {self.rl.ppo_epochs}")
         unknown = sorted(set(self.rl.train_families) - {*TASK_FAMILIES, "other"})
@@ -174,11 +184,16 @@ class RLData:
                 raise ConfigError("rl.sft_coef > 0 mixes in the adapt_data artifact's sft.jsonl: give data.path "
                                   "as an adapt_data artifact, not a JSONL file")  # fmt: skip
             chat_file = find_data_file(config.data.path, "sft.jsonl")
-            self.chat, _ = tokenize_all(
-                data.tok, load_sft(chat_file, self.quarantine), config.data.loader.seq_len
+            self.chat, left_out = tokenize_whole(
+                data.tok, load_sft(chat_file, self.quarantine), config.rl.sft_max_len
             )
             if not self.chat:
-                raise ConfigError(f"{chat_file}: no conversation fits data.loader.seq_len for rl.sft_coef")
+                raise ConfigError(
+                    f"{chat_file}: no conversation fits rl.sft_max_len ({config.rl.sft_max_len} tokens)"
+                )
+            if world.is_main:
+                print(f"rl: {len(self.chat)} conversations of {chat_file.name} mixed in "
+                      f"({left_out} longer than rl.sft_max_len {config.rl.sft_max_len} left out)")  # fmt: skip
             self.data.inputs.append(data_ref(chat_file))
         loader = config.data.loader
         prompts_per_step = loader.global_batch_size // config.rl.group_size
@@ -242,8 +257,12 @@ class RolloutBatches:
         rewards, rows, prompt_lens = [], [], []
         for k, out in enumerate(outs):
             task = tasks[k // rc.group_size]
-            rewards.append(reward_for(task.dataset)(out.text, task.ground_truth))
-            completion = list(out.token_ids) + ([self.tok.eos_id] if out.finish_reason == "stop" else [])
+            ended = out.finish_reason == "stop"
+            if not ended and rc.non_stop_reward is not None:
+                rewards.append(rc.non_stop_reward)
+            else:
+                rewards.append(reward_for(task.dataset)(out.text, task.ground_truth))
+            completion = list(out.token_ids) + ([self.tok.eos_id] if ended else [])
             rows.append(prompts[k] + completion)
             prompt_lens.append(len(prompts[k]))
         r = torch.tensor(rewards)

@@ -93,6 +93,17 @@ def tokenize_all(
     return out, dropped
 
 
+def tokenize_whole(
+    tokenizer: Tokenizer, conversations: Iterable[Sequence[Mapping[str, str]]], max_len: int
+) -> tuple[list[Example], int]:
+    """As :func:`tokenize_all`, but a conversation longer than ``max_len`` input tokens is left out
+    (and counted) instead of cut: for chat mixed into another objective, where a reply cut short
+    would teach the model that its turns never end."""
+    examples, dropped = tokenize_all(tokenizer, conversations, max_len + 1)
+    whole = [ex for ex in examples if len(ex.input_ids) <= max_len]
+    return whole, dropped + len(examples) - len(whole)
+
+
 @dataclass
 class PackedBatch:
     input_ids: torch.Tensor  # (rows, seq_len)
