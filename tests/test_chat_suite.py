@@ -27,7 +27,7 @@ def test_held_out_conversations_are_natural_and_never_trained_on() -> None:
     data = builders.build(SMALL)
     assert data.counts["chat_heldout"] == len(data.chat_heldout) > 40
     subjects = {k for k, _ in data.chat_heldout}
-    assert len(data.chat_heldout) == 2 * len(subjects)  # two phrasings per held-out subject
+    assert len(data.chat_heldout) == 4 * len(subjects)  # four phrasings per held-out subject
     questions = [m[0]["content"] for _, m in data.chat_heldout]
     assert len(set(questions)) == len(questions)
     assert all(q.endswith(("?", ".")) and "docstring" not in q and "help topic" not in q for q in questions)
