@@ -24,6 +24,9 @@ TINY = ["--model.vocab_size=512", "--model.d_model=32", "--model.n_layers=2", "-
         "--model.n_kv_heads=1", "--model.mlp_hidden=64", "--model.max_seq_len=256"]  # fmt: skip
 COMMON = ["--trainer.threads=1", "--data.eval_limit=8", "--optim.lr=3e-3", "--chat_suite.limit=8",
           "--chat_suite.max_new_tokens=16"]  # fmt: skip
+# A GRPO step small enough for a test: 2 prompts x 4 completions of at most 8 tokens.
+RL_SMALL = ["--data.loader.seq_len=96", "--data.loader.global_batch_size=8", "--rl.group_size=4",
+            "--rl.max_new_tokens=8", "--rl.eval_max_new_tokens=8"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +122,7 @@ def test_dpo_starts_at_log2_and_caches_the_reference(world: Path, sft_run: Path)
 def test_rl_samples_scores_and_reports_pass_at_1(world: Path, sft_run: Path) -> None:
     out = world / "adapt" / "rl"
     assert main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),
-                 "--data.loader.seq_len=96", "--data.loader.global_batch_size=8", "--rl.group_size=4",
-                 "--rl.max_new_tokens=8", "--rl.eval_max_new_tokens=8", "--rl.kl_coef=0.05",
+                 *RL_SMALL, "--rl.kl_coef=0.05",
                  "--trainer.max_steps=2", *COMMON]) == 0  # fmt: skip
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
@@ -146,8 +148,7 @@ def test_rl_non_stop_reward_replaces_the_reward_of_rollouts_that_never_end(
 ) -> None:
     out = tmp_path / "rl-nonstop"
     assert main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),
-                 "--data.loader.seq_len=96", "--data.loader.global_batch_size=8", "--rl.group_size=4",
-                 "--rl.max_new_tokens=8", "--rl.eval_max_new_tokens=8", "--rl.non_stop_reward=-1",
+                 *RL_SMALL, "--rl.non_stop_reward=-1",
                  "--rl.eval_samples=0", "--trainer.max_steps=2", "--chat_suite.check=false", *COMMON]) == 0  # fmt: skip
     for r in read_metrics(out / "metrics.jsonl"):
         # Verifier rewards lie in [0, 1]; every rollout cut at max_new_tokens scores -1 instead, so the mean
@@ -160,8 +161,7 @@ def test_rl_non_stop_reward_replaces_the_reward_of_rollouts_that_never_end(
 def test_rl_ppo_epochs_and_family_filter_report_pass_at_1_per_family(world: Path, sft_run: Path) -> None:
     out = world / "adapt" / "rl_ppo"
     assert main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),
-                 "--data.loader.seq_len=96", "--data.loader.global_batch_size=8", "--rl.group_size=4",
-                 "--rl.max_new_tokens=8", "--rl.eval_max_new_tokens=8", "--rl.ppo_epochs=2",
+                 *RL_SMALL, "--rl.ppo_epochs=2",
                  "--rl.train_families=[arithmetic,length]", "--trainer.max_steps=2", *COMMON]) == 0  # fmt: skip
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]  # two optimizer steps per row, one trainer step
@@ -342,8 +342,7 @@ def test_a_stage_that_regresses_the_chat_suite_fails_naming_the_metric(
 def test_rl_mixes_chat_data_into_each_update(world: Path, sft_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "rl-ptx"
     assert main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),
-                 "--data.loader.seq_len=96", "--data.loader.global_batch_size=8", "--rl.group_size=4",
-                 "--rl.max_new_tokens=8", "--rl.eval_max_new_tokens=8", "--rl.sft_coef=1.0", "--rl.sft_per_step=4",
+                 *RL_SMALL, "--rl.sft_coef=1.0", "--rl.sft_per_step=4",
                  "--rl.eval_samples=0", "--trainer.max_steps=2", "--chat_suite.check=false", *COMMON]) == 0  # fmt: skip
     rows = read_metrics(out / "metrics.jsonl")
     # The chat term is a mean cross-entropy of real assistant tokens: near ln(vocab) for this barely trained model.

@@ -52,7 +52,7 @@ from glasslm.adapt.sft import IGNORE, Example, sft_loss, tokenize_whole
 from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
 from glasslm.model import checkpoint as model_ckpt
-from glasslm.model.generate import generate_batch
+from glasslm.model.generate import FINISH_STOP, generate_batch
 from glasslm.model.olmo2 import OLMo2
 from glasslm.tokenizer import Tokenizer
 from glasslm.train import distributed
@@ -106,9 +106,8 @@ class RLOptions:
     sft_max_len: int = 256
     # The reward of a rollout that hits ``max_new_tokens`` without ending its turn, in place of its
     # verifiable reward (open-instruct's non_stop_penalty with non_stop_penalty_value): each group then
-    # prefers the completions that answer *and* stop, so rewards on short answers cannot teach the
-    # policy to ramble past the end of its turn (#17: the chat suite's end-of-turn rate fell by up to
-    # 0.08 without it). None: off, the verifier alone scores.
+    # prefers the completions that answer *and* stop. None: off, the verifier alone scores. On the tiny
+    # recipe 0 did not keep the chat suite's end-of-turn rate up (#17, docs/adaptation.md), so it is off.
     non_stop_reward: float | None = None
 
 
@@ -255,9 +254,9 @@ class RolloutBatches:
                 )
         outs = generate_batch(self.model.module, self.tok, prompts, params, max_batch=rc.engine_batch)
         rewards, rows, prompt_lens = [], [], []
-        for k, out in enumerate(outs):
+        ended_turns = [o.finish_reason == FINISH_STOP for o in outs]
+        for k, (out, ended) in enumerate(zip(outs, ended_turns, strict=True)):
             task = tasks[k // rc.group_size]
-            ended = out.finish_reason == "stop"
             if not ended and rc.non_stop_reward is not None:
                 rewards.append(rc.non_stop_reward)
             else:
@@ -271,7 +270,7 @@ class RolloutBatches:
             "reward": float(r.mean()),
             "groups_with_signal": float((groups.std(dim=1) > 0).float().mean()),
             "completion_tokens": sum(len(x) - p for x, p in zip(rows, prompt_lens, strict=True)) / len(rows),
-            "ended_turn": sum(o.finish_reason == "stop" for o in outs) / len(outs),
+            "ended_turn": sum(ended_turns) / len(outs),
         }
         return rows, prompt_lens, r, stats
 
