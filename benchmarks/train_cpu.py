@@ -172,10 +172,15 @@ def run_shape(name: str, config: ModelConfig, args: argparse.Namespace) -> float
         + (", torch.compile" if args.compile else "")
         + f"; glasslm loss_chunk_tokens {args.loss_chunk_tokens}; {args.clock} clock"
     )
-    if choice.how == "measured":
+    if choice.how in ("measured", "cached"):
         assert choice.mkl_ms and choice.onednn_ms
+        when = (
+            "trainer start-up measurement"
+            if choice.how == "measured"
+            else f"kept from {onednn.choices_file()}"
+        )
         print(
-            f"  linear library (trainer start-up measurement, this model's shapes at {choice.rows} rows): "
+            f"  linear library ({when}, this model's shapes at {choice.rows} rows): "
             f"MKL {choice.mkl_ms:.1f} ms, oneDNN {choice.onednn_ms:.1f} ms a pass → {choice.backend} "
             f"(oneDNN / MKL speed {choice.mkl_ms / choice.onednn_ms:.2f}x)"
         )

@@ -18,3 +18,10 @@ def run_cli():
         return main([str(a) for a in args])
 
     return _run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The CPU linear library that a run measures is kept on disk for later runs (model/onednn.py):
+    the tests (and the CLIs they start) keep theirs in a directory of their own, not in ~/.cache."""
+    os.environ["GLASSLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("glasslm-cache"))

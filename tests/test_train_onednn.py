@@ -89,7 +89,15 @@ def test_trainer_takes_the_fast_paths_on_cpu(tmp_path: Path) -> None:
 WIDE = ModelConfig(vocab_size=512, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=512)
 
 
-def test_choice_is_measured_forced_or_small() -> None:
+@pytest.fixture
+def fresh_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A machine that has measured nothing yet: an empty choices file, an empty per-process cache."""
+    monkeypatch.setenv("GLASSLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(onednn, "_CHOICES", {})
+    return onednn.choices_file()
+
+
+def test_choice_is_measured_forced_or_small(fresh_choices: Path) -> None:
     model = OLMo2(WIDE)
     measured = onednn.choose_backend(model, rows=512)
     assert measured.how == "measured" and measured.backend in ("onednn", "mkl")
@@ -104,6 +112,40 @@ def test_choice_is_measured_forced_or_small() -> None:
     assert onednn.choose_backend(model, rows=2).how == "small"  # too little work to time
     with pytest.raises(ValueError, match="true, false or 'auto'"):
         onednn.choose_backend(model, rows=8, mode="fast")  # type: ignore[arg-type]
+
+
+def test_measured_choice_is_kept_for_later_runs_on_this_machine(
+    fresh_choices: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = OLMo2(WIDE)
+    first = onednn.choose_backend(model, rows=512)
+    assert first.how == "measured" and fresh_choices.is_file()
+    (entry,) = json.loads(fresh_choices.read_text()).values()
+    assert entry["backend"] == first.backend and entry["rows"] == 512 and entry["cpu"]
+    # A later process (a new per-process cache) takes the stored choice, even where a new timing
+    # would now say otherwise: the same config on this machine gives the same model.
+    other: onednn.Backend = "mkl" if first.backend == "onednn" else "onednn"
+    entry["backend"] = other
+    fresh_choices.write_text(json.dumps({k: entry for k in json.loads(fresh_choices.read_text())}))
+    monkeypatch.setattr(onednn, "_CHOICES", {})
+    later = onednn.choose_backend(model, rows=512)
+    assert (later.backend, later.how, later.mkl_ms, later.rows) == (other, "cached", first.mkl_ms, 512)
+    # Other shapes, rows or thread counts are measured (and stored) on their own.
+    assert onednn.choose_backend(model, rows=384).how == "measured"
+    assert len(json.loads(fresh_choices.read_text())) == 2
+    # A damaged file is measured over, not trusted, and not fatal.
+    fresh_choices.write_text("{not json")
+    monkeypatch.setattr(onednn, "_CHOICES", {})
+    assert onednn.choose_backend(model, rows=512).how == "measured"
+    assert len(json.loads(fresh_choices.read_text())) == 1
+
+
+def test_unwritable_cache_still_measures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("GLASSLM_CACHE_DIR", str(blocker / "cache"))  # below a file: cannot be made
+    monkeypatch.setattr(onednn, "_CHOICES", {})
+    assert onednn.choose_backend(OLMo2(WIDE), rows=512).how == "measured"
 
 
 def test_apply_choice_both_ways_same_math() -> None:
@@ -139,7 +181,7 @@ def _trainer(tmp_path: Path, name: str, **trainer: object) -> Trainer:
     return pretraining(config, tmp_path / name, distributed.init(config.distributed, "cpu"), "never")
 
 
-def test_trainer_records_its_choice_and_forcing_works(tmp_path: Path) -> None:
+def test_trainer_records_its_choice_and_forcing_works(tmp_path: Path, fresh_choices: Path) -> None:
     auto = _trainer(tmp_path, "auto")
     m = auto.model
     assert auto.run_spec.config.trainer.onednn_linear == "auto" and m.linear_choice.how == "measured"

@@ -11,8 +11,14 @@ full fp32 (no bf16 inside; the results differ only in summation order, ~1e-6 rel
 But the lever points the other way on Intel: there MKL's sgemm is the faster one (issue #23: 165 vs
 154 GFLOP/s on a 2-core Xeon, and the swap made a 27M model's step 0.87–0.97× transformers'). Which
 library wins depends on the CPU, the shapes and the thread count, so ``choose_backend`` *measures*
-both on the model's own linear shapes once per process and keeps the faster (``LinearChoice``, which
-the trainer records in its run manifest); ``trainer.onednn_linear`` true/false forces either side.
+both on the model's own linear shapes and keeps the faster (``LinearChoice``, which the trainer
+records in its run manifest); ``trainer.onednn_linear`` true/false forces either side.
+
+The measurement is kept on disk per machine (``choices_file``), as Triton keeps its autotuning: the
+two libraries round differently, and where their speeds are close a timing taken under a different
+machine load picks the other one, so the same config on the same machine gave different models
+(two fresh runs of the tiny pipeline: SFT chat loss 5.087 vs 5.027). Measured once, the choice is
+then the same for every later run on that machine.
 
 Only the arithmetic changes: parameters, their names, state dicts and checkpoints are those of
 ``nn.Linear``. Off CPU, under autocast, in other dtypes, or with a bias, the layer is plain
@@ -22,11 +28,16 @@ Only the arithmetic changes: parameters, their names, state dicts and checkpoint
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
+import platform
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -117,13 +128,13 @@ Backend = Literal["onednn", "mkl"]
 
 @dataclass(frozen=True)
 class LinearChoice:
-    """Which library runs the CPU fp32 linears, and why. ``how``: "measured" (timed here),
-    "forced" (config), "resumed" (the choice the run started with, kept so a resumed run continues
+    """Which library runs the CPU fp32 linears, and why. ``how``: "measured" (timed here), "cached"
+    (timed by an earlier run on this machine, ``choices_file``; the timings are that run's), "forced" (config), "resumed" (the choice the run started with, kept so a resumed run continues
     bit for bit), "small" (under ``MIN_TIMED_FLOP`` a pass: too little work for a timing to mean
     anything; oneDNN, the earlier default) or "n/a" (not a CPU fp32 run, or no oneDNN: aten::mm)."""
 
     backend: Backend
-    how: Literal["measured", "forced", "resumed", "small", "n/a"]
+    how: Literal["measured", "cached", "forced", "resumed", "small", "n/a"]
     mkl_ms: float | None = None  # best time of one pass over the shapes (forward [+ both backward matmuls])
     onednn_ms: float | None = None
     rows: int | None = None
@@ -212,7 +223,8 @@ def choose_backend(
     """Pick the library for ``model``'s CPU fp32 linears: ``mode`` True → oneDNN, False → MKL
     (aten::mm), "auto" → time both on the model's own shapes at ``rows`` rows (capped at
     ``max_rows`` to bound the start-up cost: ~1 s for a 27M model on one core, whose passes take
-    ~0.1 s each; a GEMM's time per row is near flat from a few hundred rows) and keep the faster. Cached per process by (shapes, rows,
+    ~0.1 s each; a GEMM's time per row is near flat from a few hundred rows) and keep the faster.
+    Cached per process, and on disk per machine (``choices_file``), by (CPU, torch, shapes, rows,
     threads, backward)."""
     threads = torch.get_num_threads()
     if not available():
@@ -232,16 +244,89 @@ def choose_backend(
         return LinearChoice("onednn", "small", rows=rows, threads=threads)
     key = (tuple(sorted(shapes.items())), rows, threads, backward)
     if key not in _CHOICES:
-        mkl_s, onednn_s = measure(shapes, rows, backward)
-        _CHOICES[key] = LinearChoice(
-            "onednn" if onednn_s < mkl_s else "mkl",
-            "measured",
-            round(mkl_s * 1e3, 3),
-            round(onednn_s * 1e3, 3),
-            rows,
-            threads,
-        )
+        _CHOICES[key] = _stored_choice(key) or _measured_choice(shapes, rows, threads, backward, key)
     return _CHOICES[key]
+
+
+def _measured_choice(
+    shapes: Counter[tuple[int, int]], rows: int, threads: int, backward: bool, key: tuple[Any, ...]
+) -> LinearChoice:
+    mkl_s, onednn_s = measure(shapes, rows, backward)
+    backend: Backend = "onednn" if onednn_s < mkl_s else "mkl"
+    choice = LinearChoice(backend, "measured", round(mkl_s * 1e3, 3), round(onednn_s * 1e3, 3), rows, threads)
+    _store_choice(key, choice)
+    return choice
+
+
+# -- the choices measured on this machine, kept on disk -----------------------------------------------
+
+
+def choices_file() -> Path:
+    """Where this machine's measured choices are kept: ``$GLASSLM_CACHE_DIR/linear_backend.json``
+    (default ``~/.cache/glasslm``). Delete it to measure again."""
+    root = os.environ.get("GLASSLM_CACHE_DIR") or Path.home() / ".cache" / "glasslm"
+    return Path(root) / "linear_backend.json"
+
+
+def _cpu_name() -> str:
+    """The CPU's model name: the libraries' speeds (and their kernels' rounding) depend on it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _entry_name(key: tuple[Any, ...]) -> str:
+    """One entry per (CPU, torch build, shapes, rows, threads, backward): a new torch or other CPU
+    is measured anew."""
+    text = json.dumps([_cpu_name(), torch.__version__, repr(key)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_choices() -> dict[str, Any]:
+    try:
+        stored = json.loads(choices_file().read_text())
+    except (OSError, ValueError):  # none yet, unreadable or damaged: measure again
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _stored_choice(key: tuple[Any, ...]) -> LinearChoice | None:
+    entry = _read_choices().get(_entry_name(key))
+    if not isinstance(entry, dict) or entry.get("backend") not in get_args(Backend):
+        return None
+    return LinearChoice(
+        entry["backend"], "cached", entry.get("mkl_ms"), entry.get("onednn_ms"), key[1], key[2]
+    )
+
+
+def _store_choice(key: tuple[Any, ...], choice: LinearChoice) -> None:
+    """Add ``choice`` to ``choices_file`` (temp file, then rename: a reader never sees half a file).
+    A cache that cannot be written (read-only home) only costs the next run a new measurement."""
+    path = choices_file()
+    stored = _read_choices()
+    stored[_entry_name(key)] = {
+        "backend": choice.backend,
+        "mkl_ms": choice.mkl_ms,
+        "onednn_ms": choice.onednn_ms,
+        "cpu": _cpu_name(),
+        "torch": torch.__version__,
+        "shapes": [[n, k, c] for (n, k), c in key[0]],
+        "rows": key[1],
+        "threads": key[2],
+        "backward": key[3],
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 _REPLAY: LinearChoice | None = None
