@@ -37,6 +37,20 @@ def test_build_is_seeded_and_splits_are_disjoint() -> None:
     assert set(a.counts["rl_heldout_families"]) == set(builders.TASK_FAMILIES)
 
 
+def test_held_out_files_alternate_documentation_and_verifiable_items() -> None:
+    # Any prefix (a trainer's eval_limit) measures both kinds; one after the other, the first 64 of
+    # the tiny config's files were all documentation answers.
+    data = builders.build(SMALL)
+    verifiable = {t.messages[-1]["content"] for t in data.rl_heldout}
+    sft_kinds = [m[0]["content"] in verifiable for m in data.sft_heldout]
+    dpo_kinds = [p.prompt[-1]["content"] in verifiable for p in data.dpo_heldout]
+    for kinds in (sft_kinds, dpo_kinds):
+        n = min(kinds.count(True), kinds.count(False))
+        assert n >= 30 and kinds[: 2 * n] == [False, True] * n
+    assert builders.alternate([1, 2, 3], ["a"]) == [1, "a", 2, 3]
+    assert builders.alternate([], ["a", "b"]) == ["a", "b"]
+
+
 def test_every_verifiable_task_checks_its_own_answer_and_rejects_the_wrong_one() -> None:
     train, held = builders.verifiable_tasks(SMALL)
     for s in train + held:

@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from glasslm import artifacts
 from glasslm.adapt.formats import Messages, Preference, RLTask
@@ -36,6 +36,7 @@ from glasslm.config import ConfigError
 
 ADAPT_DATA = "adapt_data"  # the artifact kind `glasslm adapt data` writes
 CHAT_HELDOUT = "chat_heldout.jsonl"  # the chat suite's held-out conversations, in every adapt_data artifact
+T = TypeVar("T")
 
 TASK_FAMILIES = ("arithmetic", "reverse", "upper", "count", "first_letter", "length", "passage")
 DEFAULT_MODULES = [
@@ -437,6 +438,13 @@ def preference_pairs(
     return prefs
 
 
+def alternate(first: list[T], second: list[T]) -> list[T]:
+    """One item of each list in turn, the longer list's rest at the end."""
+    mixed = [item for pair in zip(first, second, strict=False) for item in pair]
+    shorter = min(len(first), len(second))
+    return mixed + first[shorter:] + second[shorter:]
+
+
 def _preference(question: str, chosen: str, rejected: str) -> Preference:
     return Preference(
         prompt=_user(question),
@@ -539,18 +547,26 @@ def build(config: AdaptDataConfig) -> AdaptData:
     sft = [_conversation(q, a) for _, q, a in inst_train]
     sft += [_conversation(t.task.messages[-1]["content"], t.answer) for t in sft_tasks]
     rng.shuffle(sft)
-    sft_held = [_conversation(q, a) for _, q, a in inst_held]
-    # Held-out verifiable tasks also measure SFT loss (a different number of them from RL's pass@1).
-    sft_held += [
-        _conversation(t.task.messages[-1]["content"], t.answer) for t in held_tasks[: max(1, n_held)]
-    ]
+    # Held-out verifiable tasks also measure SFT loss (a different number of them from RL's pass@1),
+    # alternating with the held-out subjects' documentation: any prefix of the file (the trainers'
+    # ``eval_limit``) measures both kinds. One after the other, the tiny config's first 64 were all
+    # documentation answers (issue #17's follow-up).
+    held_verifiable = held_tasks[: max(1, n_held)]
+    sft_held = alternate(
+        [_conversation(q, a) for _, q, a in inst_held],
+        [_conversation(t.task.messages[-1]["content"], t.answer) for t in held_verifiable],
+    )
 
     # DPO's verifiable pairs come from the *end* of the training pool so they differ from SFT's where
     # the pool allows, which makes the held-out accuracy test preference learning, not memory.
     dpo_pool = list(reversed(train_tasks))
     dpo = preference_pairs(inst_train, dpo_pool, config, rng)
     rng.shuffle(dpo)
-    dpo_held = preference_pairs(inst_held, held_tasks, AdaptDataConfig(dpo_verifiable=max(1, n_held)), rng)
+    dpo_held = preference_pairs(
+        inst_held, held_verifiable, AdaptDataConfig(dpo_verifiable=len(held_verifiable)), rng
+    )
+    n_documentation = len(dpo_held) - len(held_verifiable)  # preference_pairs: documentation pairs first
+    dpo_held = alternate(dpo_held[:n_documentation], dpo_held[n_documentation:])
     # Its own stream, so the number of phrasings asked changes no other file. A held-out subject whose
     # documentation repeats a trained one's word for word (an alias) is no test of generalisation.
     trained_answers = {s.answer for s in subj_train}
