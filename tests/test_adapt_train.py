@@ -144,9 +144,10 @@ def test_rl_samples_scores_and_reports_pass_at_1(world: Path, sft_run: Path) -> 
 
 
 def test_rl_non_stop_reward_replaces_the_reward_of_rollouts_that_never_end(
-    world: Path, sft_run: Path, tmp_path: Path
+    world: Path, sft_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "rl-nonstop"
+    capsys.readouterr()
     assert main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),
                  *RL_SMALL, "--rl.non_stop_reward=-1",
                  "--rl.eval_samples=0", "--trainer.max_steps=2", "--chat_suite.check=false", *COMMON]) == 0  # fmt: skip
@@ -156,6 +157,9 @@ def test_rl_non_stop_reward_replaces_the_reward_of_rollouts_that_never_end(
         ended = r["ended_turn"]
         assert ended < 0.5
         assert -(1 - ended) - 1e-6 <= r["reward"] <= ended - (1 - ended) + 1e-6
+    # Most rollouts were cut: the run says so, once, naming the key to raise.
+    err = capsys.readouterr().err
+    assert err.count("ended their turn within rl.max_new_tokens (8)") == 1
 
 
 def test_rl_ppo_epochs_and_family_filter_report_pass_at_1_per_family(world: Path, sft_run: Path) -> None:
