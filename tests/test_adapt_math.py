@@ -75,6 +75,27 @@ def test_sequence_logprobs_sum_and_count() -> None:
     assert dpo.policy_logps(total, n, "dpo").item() == total.item()
 
 
+def test_dpo_margin_can_leave_out_the_end_of_turn_but_the_nll_keeps_it() -> None:
+    from glasslm.adapt.dpo_trainer import DPOObjective, DPOOptions
+
+    end = 0
+    logits = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[2, 3, end], [1, end, IGNORE]])  # a chosen row, then its rejected row
+    token = dpo.token_logprobs(logits, labels)
+    total, n = dpo.sequence_logprobs(logits, labels, exclude=end)
+    assert n.tolist() == [2, 1]
+    assert total.tolist() == pytest.approx([(token[0, 0] + token[0, 1]).item(), token[1, 0].item()])
+    ref = torch.tensor([[0.0, 0.0, 2.0, 1.0]])  # chosen sum, rejected sum, chosen tokens, rejected tokens
+    options = DPOOptions(loss_type="dpo_norm", margin_end_of_turn=False)
+    _, chosen, rejected, nll = DPOObjective(options, margin_exclude=end).pair_terms(logits, labels, ref)
+    assert chosen.item() == pytest.approx(total[0].item() / 2)
+    assert rejected.item() == pytest.approx(total[1].item())
+    assert nll.item() == pytest.approx(-token[0].sum().item() / 3)  # the chosen reply's end is still learnt
+    _, chosen_all, _, nll_all = DPOObjective(DPOOptions(loss_type="dpo_norm")).pair_terms(logits, labels, ref)
+    assert chosen_all.item() == pytest.approx(token[0].sum().item() / 3)
+    assert nll_all.item() == pytest.approx(nll.item())
+
+
 def test_sigmoid_dpo_by_hand() -> None:
     # beta 0.1: rewards 0.1·(−2 + 2.5) = 0.05 and 0.1·(−3 + 2.5) = −0.05; h = 0.1; loss = log(1 + e^−0.1).
     out = dpo.dpo_loss(

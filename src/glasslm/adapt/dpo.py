@@ -38,10 +38,22 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return picked * mask
 
 
-def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of response-token log-probs, number of response tokens), one per row."""
-    n = (labels != IGNORE).sum(-1)
-    return token_logprobs(logits, labels).sum(-1), n
+def sequence_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, exclude: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of response-token log-probs, number of response tokens), one per row; targets equal to
+    ``exclude`` (the end-of-turn token, for ``dpo.margin_end_of_turn: false``) are left out."""
+    return response_sums(token_logprobs(logits, labels), labels, exclude)
+
+
+def response_sums(
+    token_logps: torch.Tensor, labels: torch.Tensor, exclude: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_logprobs` from already computed :func:`token_logprobs`."""
+    keep = labels != IGNORE
+    if exclude is not None:
+        keep &= labels != exclude
+    return (token_logps * keep).sum(-1), keep.sum(-1)
 
 
 def policy_logps(sum_logps: torch.Tensor, n_tokens: torch.Tensor, loss_type: LossType) -> torch.Tensor:
@@ -125,8 +137,10 @@ def reference_logprobs(
     pad_id: int,
     batch_size: int,
     device: torch.device | str,
+    exclude: int | None = None,
 ) -> torch.Tensor:
-    """(n_pairs, 4): [chosen sum, rejected sum, chosen tokens, rejected tokens] under ``model``.
+    """(n_pairs, 4): [chosen sum, rejected sum, chosen tokens, rejected tokens] under ``model``
+    (without ``exclude`` targets, as :func:`sequence_logprobs`).
 
     Computed once before training and cached (DPO's reference never changes), which halves the
     forward passes per step and lets the reference model leave memory.
@@ -137,7 +151,7 @@ def reference_logprobs(
             chunk = pairs[start : start + batch_size]
             batch = collate_pairs(chunk, pad_id)
             logits = model(batch["input_ids"].to(device))
-            sums, n = sequence_logprobs(logits, batch["labels"].to(device))
+            sums, n = sequence_logprobs(logits, batch["labels"].to(device), exclude)
             k = len(chunk)
             out[start : start + k, 0] = sums[:k].double().cpu()
             out[start : start + k, 1] = sums[k:].double().cpu()

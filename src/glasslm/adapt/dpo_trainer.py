@@ -41,7 +41,8 @@ from glasslm.adapt.dpo import (
     dpo_loss,
     policy_logps,
     reference_logprobs,
-    sequence_logprobs,
+    response_sums,
+    token_logprobs,
     tokenize_pair,
 )
 from glasslm.adapt.formats import load_preferences
@@ -72,6 +73,12 @@ class DPOOptions:
     # with the rejected ones', which the chat suite sees as a worse held-out assistant loss (#17).
     # 1: RPO's own setting; configs/tiny.yaml measures 4 (docs/adaptation.md).
     nll_coef: float = 1.0
+    # Whether the end-of-turn token counts in the DPO margin (it always counts in the NLL term). Both
+    # answers of a pair end their turn, so it carries no preference; but under dpo_norm each token
+    # weighs 1/length, and the rejected answers are shorter (median 29 vs 41 tokens), so the margin
+    # pushes the end of turn down after them more than up after the chosen ones, and the chat suite's
+    # end-of-turn rate fell 0.03-0.06 (configs/cpu-1h.yaml, README Adaptation).
+    margin_end_of_turn: bool = True
 
     @property
     def beta_value(self) -> float:
@@ -124,12 +131,15 @@ class DPOData:
 
     def parts(self, ctx: StageContext) -> StageParts:
         ref_train, ref_heldout = self._reference(ctx)
-        objective = DPOObjective(self.config.dpo)
+        objective = DPOObjective(self.config.dpo, self._margin_exclude())
         pad, device = self.data.tok.pad_id, self.world.device
         batches = DPOBatches(self.pairs, ref_train, self.items, ctx.micro_batch, pad, device)
         evaluation = DPOEval(objective, self.heldout_pairs, ref_heldout, self.config.dpo.reference_batch_size, pad,
                              device)  # fmt: skip
         return StageParts(objective, batches, evaluation)
+
+    def _margin_exclude(self) -> int | None:
+        return None if self.config.dpo.margin_end_of_turn else self.data.tok.eos_id
 
     # ------------------------------------------------------------ the reference cache
 
@@ -139,8 +149,11 @@ class DPOData:
             artifacts.manifest_hash(init) if (init / artifacts.MANIFEST).is_file() else str(init.resolve())
         )
         held = artifacts.sha256_file(self.data.heldout_path) if self.data.heldout_path else ""
-        return {"train_sha256": self.data.data_sha256, "heldout_sha256": held, "init_model": init_hash,
-                "seq_len": str(self.config.data.loader.seq_len), "heldout_limit": str(self.config.data.eval_limit)}  # fmt: skip
+        key = {"train_sha256": self.data.data_sha256, "heldout_sha256": held, "init_model": init_hash,
+               "seq_len": str(self.config.data.loader.seq_len), "heldout_limit": str(self.config.data.eval_limit)}  # fmt: skip
+        if not self.config.dpo.margin_end_of_turn:  # only then: earlier runs' caches keep their bytes
+            key["margin_end_of_turn"] = "false"
+        return key
 
     def _reference(self, ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(training pairs', held-out pairs' reference log-probs): from the run's cache when it was
@@ -164,8 +177,9 @@ class DPOData:
         if ctx.resumed:
             model = model_ckpt.load_model(self.config.model.init_from or "", device=dev).model
         bs, pad = self.config.dpo.reference_batch_size, self.data.tok.pad_id
-        ref_train = reference_logprobs(model, self.pairs, pad, bs, dev).float()
-        ref_heldout = reference_logprobs(model, self.heldout_pairs, pad, bs, dev).float()
+        exclude = self._margin_exclude()
+        ref_train = reference_logprobs(model, self.pairs, pad, bs, dev, exclude).float()
+        ref_heldout = reference_logprobs(model, self.heldout_pairs, pad, bs, dev, exclude).float()
         if self.world.is_main:
             ctx.out.mkdir(parents=True, exist_ok=True)
             tmp = file.with_suffix(".tmp")
@@ -211,8 +225,8 @@ class DPOBatches:
 class DPOObjective:
     """DPO's loss summed over the micro-batch's pairs (the step divides by its pairs)."""
 
-    def __init__(self, options: DPOOptions):
-        self.options = options
+    def __init__(self, options: DPOOptions, margin_exclude: int | None = None):
+        self.options, self.margin_exclude = options, margin_exclude
 
     def count(self, micro: Micro) -> int:
         return int(micro["ref"].shape[0])
@@ -223,13 +237,15 @@ class DPOObjective:
         """(DPO output, chosen and rejected policy log-probs, chosen NLL per token) of a batch of
         chosen-then-rejected rows."""
         kind = self.options.loss_type
-        sums, n = sequence_logprobs(logits, labels)
+        token_logps = token_logprobs(logits, labels)
+        sums, n = response_sums(token_logps, labels, self.margin_exclude)
+        all_sums, all_n = response_sums(token_logps, labels) if self.margin_exclude is not None else (sums, n)
         k = ref.shape[0]
         chosen, rejected = policy_logps(sums[:k], n[:k], kind), policy_logps(sums[k:], n[k:], kind)
         ref_chosen = policy_logps(ref[:, 0].to(sums), ref[:, 2].to(sums), kind)
         ref_rejected = policy_logps(ref[:, 1].to(sums), ref[:, 3].to(sums), kind)
         out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.options.beta_value)
-        return out, chosen, rejected, -sums[:k] / n[:k].clamp(min=1)
+        return out, chosen, rejected, -all_sums[:k] / all_n[:k].clamp(min=1)
 
     def loss(self, model: TrainModel, micro: Micro) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out, chosen, rejected, nll = self.pair_terms(model.forward(micro), micro["labels"], micro["ref"])
