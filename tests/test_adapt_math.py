@@ -175,6 +175,61 @@ def test_grpo_clipped_token_level_loss_by_hand() -> None:
     assert logp.grad.flatten().tolist() == pytest.approx([0.0, -0.5 / 3, 1.5 / 3, 0.0], abs=1e-6)
 
 
+def test_grpo_can_spare_the_end_of_turn_token_a_negative_advantage() -> None:
+    # Token 9 is the end of turn. Row 0 (A = +1) keeps its advantage on it; row 1 (A = −1) is pushed away
+    # from its answer token 5 but not from ending: its end-of-turn token gets A = 0, so no gradient;
+    # the KL term still reaches it. Padding (IGNORE) never matches the id.
+    labels = torch.tensor([[5, 9], [5, 9], [9, IGNORE]])
+    adv = torch.tensor([1.0, -1.0, -2.0])
+    spared = rl.token_advantages(adv, labels, spare=9)
+    assert spared.tolist() == [[1.0, 1.0], [-1.0, 0.0], [0.0, -2.0]]
+    assert rl.token_advantages(adv, labels).tolist() == [[1.0, 1.0], [-1.0, -1.0], [-2.0, -2.0]]
+    logp = torch.zeros(3, 2, requires_grad=True)
+    ref = torch.full((3, 2), math.log(2))
+    mask = labels != IGNORE
+    out = rl.grpo_loss(logp, logp.detach(), spared, mask, kl_coef=0.5, ref_logp=ref)
+    out.loss.backward()
+    assert logp.grad is not None
+    # d/dlogp: −A (ratio 1) + 0.5·(1 − e^q) with q = ln 2 -> −A − 0.5, over the 5 real tokens.
+    expected = [[-1.5, -1.5], [0.5, -0.5], [-0.5, 0.0]]
+    assert (logp.grad * 5).tolist() == [pytest.approx(row, abs=1e-6) for row in expected]
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "loss", "grads"),
+    [
+        # Ratio 1, no clip: ℓ_t = −A. Row 0 (A = +1) has two tokens, row 1 (A = −1) one and padding.
+        ("token", (-1 - 1 + 1) / 3, [-1 / 3, -1 / 3, 1 / 3]),  # / 3 tokens
+        ("sequence", ((-1 - 1) / 2 + 1 / 1) / 2, [-1 / 4, -1 / 4, 1 / 2]),  # per row, then / 2 rows
+        ("constant", (-1 - 1 + 1) / (2 * 4), [-1 / 8, -1 / 8, 1 / 8]),  # / (2 rows × max_new_tokens 4)
+    ],
+)
+def test_grpo_loss_aggregations_by_hand(aggregation: str, loss: float, grads: list[float]) -> None:
+    logp = torch.zeros(2, 2, requires_grad=True)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    out = rl.grpo_loss(logp, logp.detach(), torch.tensor([1.0, -1.0]), mask, aggregation=aggregation,
+                       max_new_tokens=4)  # fmt: skip
+    assert out.loss.item() == pytest.approx(loss, abs=1e-6)
+    out.loss.backward()
+    assert logp.grad is not None
+    assert [logp.grad[0, 0].item(), logp.grad[0, 1].item(), logp.grad[1, 0].item()] == pytest.approx(grads)
+    assert logp.grad[1, 1].item() == 0.0  # padding
+    # The reported KL is a mean per token, or of per-completion means: (k3 / 2 + 0) / 2 rows.
+    ref = torch.tensor([[math.log(2), 0.0], [0.0, 0.0]])  # k3 = 2 − ln 2 − 1 on one token of row 0
+    out = rl.grpo_loss(torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2), mask, kl_coef=1.0, ref_logp=ref,
+                       aggregation=aggregation, max_new_tokens=4)  # fmt: skip
+    k3 = 2 - math.log(2) - 1
+    assert out.kl == pytest.approx(k3 / 3 if aggregation == "token" else k3 / 4)
+    with pytest.raises(ValueError, match="choose from"):
+        rl.token_weights(mask, "tokens", 4)
+
+
+def test_group_advantages_without_the_standard_deviation() -> None:
+    # Dr. GRPO's r − mean: [1, 0, 0, 1] -> ±0.5, whatever the spread.
+    adv = rl.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4, scale=False)
+    assert adv.tolist() == [0.5, -0.5, -0.5, 0.5]
+
+
 def test_grpo_kl_term_k3_by_hand() -> None:
     # log π_ref − log π = ln 2 on the one token: k3 = 2 − ln 2 − 1 = 0.306853; A = 0 leaves only the KL.
     logp = torch.zeros(1, 1)

@@ -141,6 +141,50 @@ def test_rl_samples_scores_and_reports_pass_at_1(world: Path, sft_run: Path) -> 
     assert m["pass_at_1_gained"] - m["pass_at_1_lost"] == round(8 * m["pass_at_1_change"])
     assert m["reward_sampled_change"] == pytest.approx(m["reward_sampled_after"] - m["reward_sampled_before"])
     assert m["reward_sampled_change_se"] >= 0.0
+    # Every sampled completion is in rollouts.jsonl (hashed in the manifest), 2 steps x 8, with what it was
+    # asked, its reward and advantage; the step's mean reward is the metrics row's.
+    rollouts = read_metrics(out / "rollouts.jsonl")
+    assert "rollouts.jsonl" in artifacts.read_manifest(out)["files"]
+    assert [r["step"] for r in rollouts] == [1] * 8 + [2] * 8
+    prompts = {
+        t.messages[-1]["content"]: t.ground_truth
+        for t in formats.load_rl(world / "adapt" / "data" / "rl_train.jsonl")
+    }
+    for step, row in zip([1, 2], rows, strict=True):
+        mine = [r for r in rollouts if r["step"] == step]
+        assert sum(r["reward"] for r in mine) / 8 == pytest.approx(row["reward"])
+        assert sum(r["ended"] for r in mine) / 8 == pytest.approx(row["ended_turn"])
+        groups = [mine[:4], mine[4:]]  # group_size 4: one prompt each, advantages summing to 0
+        flat = [len({r["reward"] for r in g}) == 1 for g in groups]
+        for g, is_flat in zip(groups, flat, strict=True):
+            assert len({r["prompt"] for r in g}) == 1 and prompts[g[0]["prompt"]] == g[0]["ground_truth"]
+            assert sum(r["advantage"] for r in g) == pytest.approx(0.0, abs=1e-5)
+            # Flat groups leave the batch (when every group is flat, the first stays: a step with no change).
+            assert all(r["trained"] is (not is_flat or (all(flat) and g is groups[0])) for r in g)
+
+
+def test_rl_resume_samples_and_trains_as_an_uninterrupted_run(
+    world: Path, sft_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    def rl(out: Path, *extra: str) -> int:
+        return main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"),
+                     "--out", str(out), *RL_SMALL, "--rl.eval_samples=0", "--chat_suite.check=false",
+                     "--trainer.max_steps=3", "--trainer.checkpoint_every=1", *COMMON, *extra])  # fmt: skip
+
+    whole, resumed = tmp_path / "rl-whole", tmp_path / "rl-resumed"
+    assert rl(whole) == 0
+    shutil.copytree(whole, resumed)
+    with open(resumed / "rollouts.jsonl", "a") as f:
+        f.write('{"step": 3, "half-written')  # a kill mid-line
+    assert rl(resumed, "--resume", str(resumed / "checkpoints" / "step000002")) == 0
+    a, b = (read_metrics(run / "metrics.jsonl") for run in (whole, resumed))
+    assert [(r["step"], r["loss"], r["reward"]) for r in b] == [
+        (r["step"], r["loss"], r["reward"]) for r in a
+    ]
+    # The same completions, sampled again from the same seeds; the rows after step 2 replaced, not doubled.
+    assert (resumed / "rollouts.jsonl").read_bytes() == (whole / "rollouts.jsonl").read_bytes()
 
 
 def test_rl_non_stop_reward_replaces_the_reward_of_rollouts_that_never_end(
@@ -184,11 +228,31 @@ def test_rl_ppo_epochs_and_family_filter_report_pass_at_1_per_family(world: Path
     assert m["pass_at_1_after"] == pytest.approx(mean)  # the families partition the held-out prompts
 
 
+def test_rl_can_spare_the_end_of_turn_token_negative_advantages(
+    world: Path, sft_run: Path, tmp_path: Path
+) -> None:
+    from glasslm.adapt.rl_trainer import GRPOObjective, RLConfig, rl_trainer
+    from glasslm.config import load
+    from glasslm.train import distributed
+
+    base = [f"--model.init_from={sft_run}", f"--data.path={world / 'adapt' / 'data'}", *RL_SMALL, *COMMON]
+    tok = Tokenizer.from_file(world / "base" / "tokenizer.json")
+    spared = []
+    for value in ("true", "false"):
+        config = load(RLConfig, None, [*base, f"--rl.penalise_end_of_turn={value}"])
+        trainer = rl_trainer(config, tmp_path / value, distributed.init(config.distributed, "cpu"), "never")
+        assert isinstance(trainer.objective, GRPOObjective)
+        spared.append(trainer.objective.spare)
+    # Plain GRPO by default; false spares the tokenizer's end-of-turn id (the math: test_adapt_math.py).
+    assert spared == [None, tok.eos_id]
+
+
 def test_rl_rejects_an_unknown_family_and_zero_epochs(world: Path, sft_run: Path, tmp_path: Path) -> None:
     base = ["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"),
             "--out", str(tmp_path / "rl")]  # fmt: skip
     assert main([*base, "--rl.train_families=[arithmetc]"]) == 2
     assert main([*base, "--rl.ppo_epochs=0"]) == 2
+    assert main([*base, "--rl.loss_aggregation=dr_grpo"]) == 2
 
 
 def test_rl_rejects_a_group_of_one(world: Path, sft_run: Path, tmp_path: Path) -> None:
@@ -346,10 +410,11 @@ def test_a_stage_that_regresses_the_chat_suite_fails_naming_the_metric(
 def test_rl_mixes_chat_data_into_each_update(world: Path, sft_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "rl-ptx"
     assert main(["adapt", "rl", "--model", str(sft_run), "--data", str(world / "adapt" / "data"), "--out", str(out),
-                 *RL_SMALL, "--rl.sft_coef=1.0", "--rl.sft_per_step=4",
+                 *RL_SMALL, "--rl.sft_coef=1.0", "--rl.sft_per_step=4", "--rl.loss_aggregation=sequence",
                  "--rl.eval_samples=0", "--trainer.max_steps=2", "--chat_suite.check=false", *COMMON]) == 0  # fmt: skip
     rows = read_metrics(out / "metrics.jsonl")
-    # The chat term is a mean cross-entropy of real assistant tokens: near ln(vocab) for this barely trained model.
+    # The chat term is a mean cross-entropy of real assistant tokens: near ln(vocab) for this barely trained
+    # model, whatever the GRPO loss is averaged over (completions here, rl.loss_aggregation sequence).
     assert all(2.0 < r["chat_ce"] < 2 * math.log(512) for r in rows)
     assert all(r["kl"] >= 0.0 for r in rows)  # the KL term is on by default
     kinds = {ref["kind"] for ref in artifacts.read_manifest(out)["inputs"]}

@@ -167,3 +167,14 @@ def test_every_shipped_run_config_passes_the_section_checks(name: str) -> None:
     config = cfg.load(PipelineConfig, Path(__file__).parents[1] / "configs" / name)
     assert config.train, f"{name}: no train section"
     check_sections(config)
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "rl"])
+def test_every_shipped_adaptation_config_loads_and_validates(stage: str) -> None:
+    from glasslm import config as cfg
+    from glasslm.adapt.dpo_trainer import DPOConfig
+    from glasslm.adapt.rl_trainer import RLConfig
+    from glasslm.adapt.sft_trainer import SFTConfig
+
+    kind = {"sft": SFTConfig, "dpo": DPOConfig, "rl": RLConfig}[stage]
+    cfg.load(kind, Path(__file__).parents[1] / "configs" / "adapt" / f"{stage}.yaml").validate()

@@ -10,9 +10,18 @@ Per response token t, with ratio ρ_t = π(y_t) / π_old(y_t):
     ℓ_t = max(−A ρ_t, −A clip(ρ_t, 1 − ε, 1 + ε)) + β_KL · k3_t,   k3_t = e^{q_t} − q_t − 1,  q_t = log π_ref − log π
 
 (PPO's clipped surrogate, ε = 0.2; k3 is Schulman's unbiased, non-negative KL estimator, GRPO's
-choice). The loss is *token-level*: the sum of ℓ_t over every response token of the batch divided by
-the number of those tokens (DAPO's normalisation, also open-instruct's default), so long and short
-completions weigh the same per token. β_KL = 0 drops the reference model entirely.
+choice). β_KL = 0 drops the reference model entirely. How ℓ_t is averaged (``rl.loss_aggregation``,
+TRL's ``loss_type``):
+
+- ``token`` (default): the sum over every response token of the step / the number of those tokens
+  (DAPO's normalisation, open-instruct's default): long and short completions weigh the same per token;
+- ``sequence``: each completion's mean over its tokens, then the mean over completions (the GRPO
+  paper's): a long completion's tokens weigh less, so a long wrong answer is pushed down less per token;
+- ``constant``: the sum over the step's tokens / (completions × ``rl.max_new_tokens``) (Dr. GRPO, Liu et
+  al. 2025): every token weighs the same, whatever the step's lengths.
+
+``rl.scale_rewards: false`` leaves out GRPO's division by the group's standard deviation (A = r − mean,
+Dr. GRPO), which otherwise up-weights the groups that are nearly all right or all wrong.
 """
 
 from __future__ import annotations
@@ -23,17 +32,62 @@ import torch
 
 from glasslm.eval.stats import mean_stderr
 
+AGGREGATIONS = ("token", "sequence", "constant")
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """Flat rewards (n_prompts·G,), grouped by prompt in order, -> advantages of the same shape."""
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, eps: float = 1e-6, scale: bool = True
+) -> torch.Tensor:
+    """Flat rewards (n_prompts·G,), grouped by prompt in order, -> advantages of the same shape:
+    (r − mean) / (std + ε), or r − mean without ``scale``."""
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     if group_size < 2:
         raise ValueError("GRPO needs group_size >= 2 (a group's standard deviation)")
     grouped = rewards.float().view(-1, group_size)
-    mean = grouped.mean(dim=1, keepdim=True)
-    std = grouped.std(dim=1, keepdim=True)
-    return ((grouped - mean) / (std + eps)).view(-1)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    return centred.view(-1)
+
+
+def token_weights(mask: torch.Tensor, aggregation: str, max_new_tokens: int) -> torch.Tensor:
+    """What each response token (``mask``, (B, T)) adds to the step's sum, which the step then divides
+    by :func:`step_count`; the module docstring describes the three aggregations."""
+    mask = mask.float()
+    if aggregation == "token":
+        return mask
+    if aggregation == "sequence":
+        return mask / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    if aggregation == "constant":
+        return mask / max_new_tokens
+    raise ValueError(f"loss aggregation {aggregation!r}: choose from {list(AGGREGATIONS)}")
+
+
+def figure_weights(mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """Token weights for the reported figures (``kl``, ``clip_fraction``, ``ratio``), divided by the same
+    :func:`step_count` as the loss: per-token means under ``token``, else means of per-completion means
+    (so they stay means, whatever the loss divides by)."""
+    return token_weights(mask, "token" if aggregation == "token" else "sequence", 1)
+
+
+def step_count(mask: torch.Tensor, aggregation: str) -> int:
+    """What the step averages over: response tokens (``token``) or completions (the others)."""
+    if aggregation == "token":
+        return int(mask.sum())
+    return int(mask.any(dim=1).sum())
+
+
+def token_advantages(
+    advantages: torch.Tensor, labels: torch.Tensor, spare: int | None = None
+) -> torch.Tensor:
+    """Per-sequence advantages (B,) -> per-token (B, T); with ``spare`` (the end-of-turn id, for
+    ``rl.penalise_end_of_turn: false``) a token of that id takes no negative advantage, so a wrong
+    answer is pushed away from its content but not from ending its turn."""
+    per_token = advantages[:, None].expand(labels.shape)
+    if spare is None:
+        return per_token
+    return torch.where((labels == spare) & (per_token < 0), torch.zeros_like(per_token), per_token)
 
 
 def signal_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
@@ -72,9 +126,11 @@ def grpo_token_terms(
     kl_coef: float = 0.0,
     ref_logp: torch.Tensor | None = None,
 ) -> GRPOTerms:
-    """``logp``/``old_logp``/``ref_logp``: (B, T) per response token; ``advantages``: (B,)."""
+    """``logp``/``old_logp``/``ref_logp``: (B, T) per response token; ``advantages``: (B,) per
+    sequence or (B, T) per token (:func:`token_advantages`)."""
     ratio = torch.exp(logp - old_logp)
-    adv = advantages.to(logp.dtype)[:, None]
+    adv = advantages.to(logp.dtype)
+    adv = adv[:, None] if adv.dim() == 1 else adv
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     per_token = torch.maximum(unclipped, clipped)
@@ -104,14 +160,18 @@ def grpo_loss(
     clip_eps: float = 0.2,
     kl_coef: float = 0.0,
     ref_logp: torch.Tensor | None = None,
+    aggregation: str = "token",
+    max_new_tokens: int = 0,
 ) -> GRPOOutput:
-    """The token-level mean of :func:`grpo_token_terms` over ``mask`` (B, T)."""
+    """:func:`grpo_token_terms` over ``mask`` (B, T), averaged as ``aggregation`` says; the reported
+    figures are per-token means (``token``) or means of per-completion means (the others)."""
     terms = grpo_token_terms(logp, old_logp, advantages, clip_eps, kl_coef, ref_logp)
-    mask = mask.to(logp.dtype)
-    n = mask.sum().clamp(min=1)
+    weights = token_weights(mask, aggregation, max_new_tokens).to(logp.dtype)
+    shown = figure_weights(mask, aggregation).to(logp.dtype)
+    n = max(step_count(mask, aggregation), 1)
     return GRPOOutput(
-        loss=(terms.loss * mask).sum() / n,
-        clip_fraction=float((terms.clipped * mask).sum() / n),
-        kl=float((terms.kl.detach() * mask).sum() / n),
-        ratio_mean=float((terms.ratio * mask).sum() / n),
+        loss=(terms.loss * weights).sum() / n,
+        clip_fraction=float((terms.clipped * shown).sum() / n),
+        kl=float((terms.kl.detach() * shown).sum() / n),
+        ratio_mean=float((terms.ratio * shown).sum() / n),
     )

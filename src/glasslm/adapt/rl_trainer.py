@@ -10,7 +10,8 @@ advantages (groups whose rewards are all equal leave the batch, ``rl.filter_flat
 loss (``adapt/rl.py``): the batch source (``RolloutBatches``) samples and scores, the objective
 (``GRPOObjective``) computes the loss, with the reference model when ``rl.kl_coef > 0``. π_old is the policy that sampled: its log-probs are one no-grad forward before
 the first update, kept for the later epochs, where the ratio leaves 1 and the clip binds. With
-``rl.kl_coef > 0`` a frozen copy of the initial model gives the reference log-probs.
+``rl.kl_coef > 0`` a frozen copy of the initial model gives the reference log-probs. Every sampled
+completion, with its reward and advantage, goes to ``RUN/rollouts.jsonl`` (``rl.save_rollouts``).
 
 Before and after training, ``pass_at_1`` is measured on the held-out prompts (greedy decoding, one
 completion each, reward 1 = solved), overall, per reward type and per builder task family, and
@@ -24,10 +25,11 @@ process or under DDP (``distributed.strategy`` none or ddp).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -47,7 +49,17 @@ from glasslm.adapt.builders import TASK_FAMILIES, family_of, find_data_file
 from glasslm.adapt.dpo import token_logprobs
 from glasslm.adapt.formats import RLTask, load_rl, load_sft
 from glasslm.adapt.rewards import reward_for
-from glasslm.adapt.rl import group_advantages, grpo_token_terms, paired_change, signal_groups
+from glasslm.adapt.rl import (
+    AGGREGATIONS,
+    figure_weights,
+    group_advantages,
+    grpo_token_terms,
+    paired_change,
+    signal_groups,
+    step_count,
+    token_advantages,
+    token_weights,
+)
 from glasslm.adapt.sft import IGNORE, Example, sft_loss, tokenize_whole
 from glasslm.config import ConfigError
 from glasslm.data.documents import Quarantine
@@ -58,6 +70,7 @@ from glasslm.tokenizer import Tokenizer
 from glasslm.train import distributed
 from glasslm.train.batches import StepBatch
 from glasslm.train.callbacks import Callback, log
+from glasslm.train.metrics import truncate_metrics
 from glasslm.train.train_model import Micro, TrainModel
 from glasslm.train.trainer import Trainer
 
@@ -109,6 +122,22 @@ class RLOptions:
     # prefers the completions that answer *and* stop. None: off, the verifier alone scores. On the tiny
     # recipe 0 did not keep the chat suite's end-of-turn rate up (#17, docs/adaptation.md), so it is off.
     non_stop_reward: float | None = None
+    # False: the end-of-turn token of a completion with a negative advantage takes no policy-gradient
+    # term (its KL term stays), so a wrong answer is pushed away from what it said but not from ending
+    # its turn; positive advantages still teach ending. On tiny the rewarded completions are
+    # "… The answer is X." and many wrong ones end after one doc-like sentence, so GRPO taught "do not
+    # stop after one sentence", and greedy chat replies ran on (docs/adaptation.md). True: plain GRPO.
+    penalise_end_of_turn: bool = True
+    # RUN/rollouts.jsonl: every sampled completion with its prompt, reward, advantage and whether it
+    # ended its turn and was trained on, one line each (open-instruct's --save_traces), so an auditor
+    # can read what GRPO rewarded at any step. About 0.3 kB a completion.
+    save_rollouts: bool = True
+    # How the per-token loss is averaged: token (DAPO, open-instruct's default), sequence (the GRPO paper:
+    # per completion, then over completions) or constant (Dr. GRPO: sum / (completions × max_new_tokens));
+    # adapt/rl.py. TRL calls these loss_type dapo / grpo / dr_grpo.
+    loss_aggregation: str = "token"
+    # False: advantages are r − mean, without GRPO's division by the group's standard deviation (Dr. GRPO).
+    scale_rewards: bool = True
 
 
 @dataclass
@@ -130,6 +159,10 @@ class RLConfig(AdaptConfig):
             raise ConfigError(f"rl.eval_samples must be >= 0, got {self.rl.eval_samples}")
         if self.rl.sft_coef < 0 or self.rl.sft_per_step < 1 or self.rl.sft_max_len < 2:
             raise ConfigError("rl.sft_coef must be >= 0, rl.sft_per_step >= 1 and rl.sft_max_len >= 2")
+        if self.rl.loss_aggregation not in AGGREGATIONS:
+            raise ConfigError(
+                f"rl.loss_aggregation: {self.rl.loss_aggregation!r} is not one of {list(AGGREGATIONS)}"
+            )
         if self.rl.ppo_epochs < 1:
             raise ConfigError(f"rl.ppo_epochs must be >= 1, got {self.rl.ppo_epochs}")
         unknown = sorted(set(self.rl.train_families) - {*TASK_FAMILIES, "other"})
@@ -202,7 +235,10 @@ class RLData:
         batches = RolloutBatches(
             ctx.model, self.data.tok, self.tasks, self.items, self.config.rl, ctx.micro_batch, self.chat
         )
-        objective = GRPOObjective(self.config.rl, self.config.model.init_from or "", self.world.device)
+        if self.config.rl.save_rollouts:
+            batches.log = RolloutLog(ctx.out / ROLLOUTS, self.world)
+        spare = None if self.config.rl.penalise_end_of_turn else self.data.tok.eos_id
+        objective = GRPOObjective(self.config.rl, self.config.model.init_from or "", self.world.device, spare)
         return StageParts(objective, batches, RLEval(self.heldout, self.config.rl))
 
 
@@ -211,6 +247,31 @@ def prompt_ids(tok: Tokenizer, task: RLTask) -> list[int]:
 
 
 # ------------------------------------------------------------ rollouts
+
+
+ROLLOUTS = "rollouts.jsonl"
+
+
+class RolloutLog:
+    """``RUN/rollouts.jsonl``, written by rank 0 with every rank's completions, one step at a time.
+    Its first write cuts the file back to the steps before (a resumed run samples them again, the
+    same; a half-written line from a kill goes too), as ``metrics.jsonl`` is."""
+
+    def __init__(self, path: Path, world: distributed.World):
+        self.path, self.world = path, world
+        self.started = False
+
+    def write(self, step: int, rows: list[dict[str, Any]]) -> None:
+        gathered = distributed.gather_objects(rows, self.world)
+        if gathered is None:
+            return
+        if not self.started:
+            truncate_metrics(self.path, step - 1)
+            self.started = True
+        with open(self.path, "a", encoding="utf-8") as f:
+            for rank, part in enumerate(gathered):
+                for row in cast("list[dict[str, Any]]", part):
+                    f.write(json.dumps({"step": step, "rank": rank, **row}) + "\n")
 
 
 # Below this share of a step's rollouts ending their turn within rl.max_new_tokens, the run says so
@@ -234,6 +295,7 @@ class RolloutBatches:
     ):
         self.chat = chat or []
         self.warned_cut = False
+        self.log: RolloutLog | None = None
         self.model, self.tok, self.tasks, self.items, self.rc, self.micro_batch = (
             model,
             tok,
@@ -246,7 +308,9 @@ class RolloutBatches:
     def position(self, step: int) -> dict[str, Any]:
         return self.items.position(step)
 
-    def _rollouts(self, step: int) -> tuple[list[list[int]], list[int], torch.Tensor, dict[str, float]]:
+    def _rollouts(
+        self, step: int
+    ) -> tuple[list[list[int]], list[int], torch.Tensor, dict[str, float], list[dict[str, Any]]]:
         rc, seed, rank = self.rc, self.items.loader.seed, self.model.world.rank
         tasks = [self.tasks[i] for i in self.items.local(step)]
         prompts, params = [], []
@@ -259,10 +323,12 @@ class RolloutBatches:
                     _params(rc, seed * 1_000_003 + step * 7919 + rank * 104_729 + j * rc.group_size + g)
                 )
         outs = generate_batch(self.model.module, self.tok, prompts, params, max_batch=rc.engine_batch)
-        rewards, rows, prompt_lens = [], [], []
+        rewards, rows, prompt_lens, records = [], [], [], []
         ended_turns = [o.finish_reason == FINISH_STOP for o in outs]
         for k, (out, ended) in enumerate(zip(outs, ended_turns, strict=True)):
             task = tasks[k // rc.group_size]
+            records.append({"prompt": task.messages[-1]["content"], "ground_truth": task.ground_truth,
+                            "completion": out.text, "tokens": len(out.token_ids), "ended": ended})  # fmt: skip
             if not ended and rc.non_stop_reward is not None:
                 rewards.append(rc.non_stop_reward)
             else:
@@ -279,7 +345,7 @@ class RolloutBatches:
             "ended_turn": sum(ended_turns) / len(outs),
         }
         self._warn_if_cut(stats["ended_turn"])
-        return rows, prompt_lens, r, stats
+        return rows, prompt_lens, r, stats, records
 
     def _warn_if_cut(self, ended_turn: float) -> None:
         # A rollout cut at max_new_tokens gets no reward for an answer that had not arrived and no
@@ -293,10 +359,14 @@ class RolloutBatches:
 
     def batch(self, step: int) -> StepBatch:
         rc, dev = self.rc, self.model.world.device
-        rows, prompt_lens, rewards, stats = self._rollouts(step)
-        advantages = group_advantages(rewards, rc.group_size, rc.adv_eps)
+        rows, prompt_lens, rewards, stats, records = self._rollouts(step)
+        advantages = group_advantages(rewards, rc.group_size, rc.adv_eps, rc.scale_rewards)
+        keep = signal_groups(rewards, rc.group_size) if rc.filter_flat_groups else list(range(len(rows)))
+        if self.log is not None:
+            kept = set(keep)
+            self.log.write(step, [{**rec, "reward": float(rewards[i]), "advantage": float(advantages[i]),
+                                   "trained": i in kept} for i, rec in enumerate(records)])  # fmt: skip
         if rc.filter_flat_groups:
-            keep = signal_groups(rewards, rc.group_size)
             rows = [rows[i] for i in keep]
             prompt_lens = [prompt_lens[i] for i in keep]
             advantages = advantages[keep]
@@ -353,14 +423,15 @@ def logprobs(model: TrainModel, module: torch.nn.Module, micro: Micro) -> torch.
 
 class GRPOObjective:
     """The clipped, token-level GRPO loss summed over response tokens (the step divides by them);
-    with ``rl.kl_coef > 0`` plus the KL to a frozen copy of the initial model, loaded when first needed."""
+    with ``rl.kl_coef > 0`` plus the KL to a frozen copy of the initial model, loaded when first needed.
+    ``spare``: the end-of-turn id that takes no negative advantage (``rl.penalise_end_of_turn: false``)."""
 
-    def __init__(self, rc: RLOptions, init_from: str, device: torch.device):
-        self.rc, self.init_from, self.device = rc, init_from, device
+    def __init__(self, rc: RLOptions, init_from: str, device: torch.device, spare: int | None = None):
+        self.rc, self.init_from, self.device, self.spare = rc, init_from, device, spare
         self.reference: OLMo2 | None = None
 
     def count(self, micro: Micro) -> int:
-        return int((micro["labels"] != IGNORE).sum())
+        return step_count(micro["labels"] != IGNORE, self.rc.loss_aggregation)
 
     def _reference(self) -> OLMo2:
         if self.reference is None:
@@ -371,19 +442,21 @@ class GRPOObjective:
     def loss(self, model: TrainModel, micro: Micro) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rc = self.rc
         ref_logp = logprobs(model, self._reference(), micro) if rc.kl_coef > 0 else None
-        mask = (micro["labels"] != IGNORE).float()
+        mask = micro["labels"] != IGNORE
+        weights = token_weights(mask, rc.loss_aggregation, rc.max_new_tokens)
+        shown = figure_weights(mask, rc.loss_aggregation)
         logits = model.forward(micro)
         logp = token_logprobs(logits, micro["labels"])
-        terms = grpo_token_terms(
-            logp, micro["old_logp"], micro["advantages"], rc.clip_eps, rc.kl_coef, ref_logp
-        )
-        objective = (terms.loss * mask).sum()
-        out = {"loss": objective, "kl": (terms.kl.detach() * mask).sum(),
-               "clip_fraction": (terms.clipped * mask).sum(), "ratio": (terms.ratio * mask).sum()}  # fmt: skip
+        advantages = token_advantages(micro["advantages"], micro["labels"], self.spare)
+        terms = grpo_token_terms(logp, micro["old_logp"], advantages, rc.clip_eps, rc.kl_coef, ref_logp)
+        objective = (terms.loss * weights).sum()
+        out = {"loss": objective, "kl": (terms.kl.detach() * shown).sum(),
+               "clip_fraction": (terms.clipped * shown).sum(), "ratio": (terms.ratio * shown).sum()}  # fmt: skip
         if "sft_labels" in micro:
-            # The step divides by its GRPO tokens: weigh the chat mean by this micro's share of them.
+            # The step divides by its count (GRPO tokens or completions): weigh the chat mean by this
+            # micro's share of it.
             n_chat = (micro["sft_labels"] != IGNORE).sum().clamp(min=1)
-            chat_ce = sft_loss(logits, micro["sft_labels"], "sum") / n_chat * mask.sum()
+            chat_ce = sft_loss(logits, micro["sft_labels"], "sum") / n_chat * self.count(micro)
             objective = objective + rc.sft_coef * chat_ce
             out.update(loss=objective, chat_ce=chat_ce.detach())
         return objective, out

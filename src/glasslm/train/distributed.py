@@ -174,6 +174,15 @@ def broadcast_object(obj: object, world: World) -> object:
     return box[0]
 
 
+def gather_objects(obj: object, world: World) -> list[object] | None:
+    """Every rank's ``obj`` in rank order, on rank 0; None on the other ranks."""
+    if not world.distributed:
+        return [obj]
+    box: list[object] | None = [None] * world.world_size if world.is_main else None
+    dist.gather_object(obj, box, dst=0)
+    return box
+
+
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
