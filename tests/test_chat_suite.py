@@ -264,3 +264,12 @@ def test_verifiable_answers_are_sentences_the_checkers_still_read() -> None:
         builders.AdaptDataConfig(**{**SMALL.__dict__, "answer_style": "bare"})
     )
     assert [b.answer for b in bare] == [s.task.ground_truth for s in train]
+    # One sentence: the same restatement, ", so the answer is X." — still what the checkers extract.
+    clause, _ = builders.verifiable_tasks(
+        builders.AdaptDataConfig(**{**SMALL.__dict__, "answer_style": "clause"})
+    )
+    for c, s in zip(clause, train, strict=True):
+        truth = s.task.ground_truth
+        assert c.answer == s.answer.replace(f". The answer is {truth}.", f", so the answer is {truth}.")
+        check = rewards.reward_for(c.task.dataset)
+        assert check(c.answer, truth) == 1.0 and check(c.wrong, truth) == 0.0, c

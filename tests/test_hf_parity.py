@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -73,12 +74,14 @@ def test_kv_cache_matches_hf_incremental_decoding(tmp_path: Path) -> None:
     ours = load_model(tmp_path / "ours").model
     ids = _ids(batch=2, seq=20)
     prompt, rest = ids[:, :12], ids[:, 12:]
+    # transformers 5.x renamed ``past_key_values`` (argument and output) to ``cache``; 4.x knows only the old name.
+    name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
     with torch.no_grad():
         out = hf(prompt, use_cache=True)
-        past, hf_steps = out.past_key_values, [out.logits]
+        past, hf_steps = getattr(out, name), [out.logits]
         for t in range(rest.shape[1]):
-            out = hf(rest[:, t : t + 1], past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = hf(rest[:, t : t + 1], use_cache=True, **{name: past})
+            past = getattr(out, name)
             hf_steps.append(out.logits)
         cache = StaticKVCache(ours.config, batch=2, max_len=64, device="cpu", dtype=torch.float32)
         our_steps = [ours(prompt, cache=cache)]

@@ -63,8 +63,10 @@ class AdaptDataConfig:
     heldout_fraction: float = 0.2
     dpo_verifiable: int = 500  # preference pairs made from solved training tasks (right vs. wrong answer)
     # Verifiable tasks' reference answers (SFT, DPO chosen/rejected): "sentence" restates the question
-    # and ends "The answer is X." (the checkers extract X); "bare": X alone.
-    answer_style: Literal["sentence", "bare"] = "sentence"
+    # and ends "The answer is X." (the checkers extract X); "clause": the same in one sentence, "…, so
+    # the answer is X." (GRPO then does not reward going on after a first sentence, docs/adaptation.md);
+    # "bare": X alone.
+    answer_style: Literal["sentence", "clause", "bare"] = "sentence"
     # Natural phrasings per trained subject added to the SFT and DPO instruction data (beside the
     # templated instruction); 0: templated instructions only. 2, not 1: with one, half of SFT's answers
     # were one-sentence task answers and the tiny model's replies ran at 0.49 of the references'
@@ -341,28 +343,36 @@ def task_makers(config: AdaptDataConfig) -> dict[str, TaskMaker]:
 _QUOTED = re.compile(r"'([^']*)'")
 
 
-def say(family: str, prompt: str, value: str, truth: str) -> str:
+def say(family: str, prompt: str, value: str, truth: str, style: str = "sentence") -> str:
     """``value`` as a sentence answering ``prompt``: a restatement, then "The answer is <value>." (the
-    form the checkers extract, ``rewards.extract_answer``). Replies of one token taught the model to
-    end every turn at once (issue #17); these read like the instruction answers."""
+    form the checkers extract, ``rewards.extract_answer``), or with ``style`` "clause" one sentence,
+    "<restatement>, so the answer is <value>.". Replies of one token taught the model to end every turn
+    at once (issue #17); these read like the instruction answers."""
+    restated = _restate(family, prompt, value, truth)
+    if style == "clause":
+        return f"{restated}, so the answer is {value}."
+    return f"{restated}. The answer is {value}."
+
+
+def _restate(family: str, prompt: str, value: str, truth: str) -> str:
     quoted = _QUOTED.findall(prompt)
     if family == "arithmetic":
-        return f"{prompt[len('What is ') : -1]} = {value}. The answer is {value}."
+        return f"{prompt[len('What is ') : -1]} = {value}"
     if family == "reverse":
-        return f"Reversed letter by letter, '{quoted[0]}' is '{value}'. The answer is {value}."
+        return f"Reversed letter by letter, '{quoted[0]}' is '{value}'"
     if family == "upper":
-        return f"In upper case, '{quoted[0]}' is '{value}'. The answer is {value}."
+        return f"In upper case, '{quoted[0]}' is '{value}'"
     if family == "count":
         times = "time" if value == "1" else "times"
-        return f"The letter '{quoted[0]}' appears {value} {times} in '{quoted[1]}'. The answer is {value}."
+        return f"The letter '{quoted[0]}' appears {value} {times} in '{quoted[1]}'"
     if family == "first_letter":
-        return f"The word '{quoted[0]}' starts with '{value}'. The answer is {value}."
+        return f"The word '{quoted[0]}' starts with '{value}'"
     if family == "length":
-        return f"The word '{quoted[0]}' has {value} letters. The answer is {value}."
+        return f"The word '{quoted[0]}' has {value} letters"
     # passage: the fact that answers the question, restated with ``value`` in place of the truth
     passage, question = prompt.split("\nQuestion: ")
     fact = next(f + "." for f in passage[len("Passage: ") :].split(". ") if truth in f)
-    return f"The passage says: {fact.rstrip('.').replace(truth, value)}. The answer is {value}."
+    return f"The passage says: {fact.rstrip('.').replace(truth, value)}"
 
 
 @dataclass
@@ -397,8 +407,12 @@ def verifiable_tasks(config: AdaptDataConfig) -> tuple[list[SolvedTask], list[So
                 continue
             seen.add(prompt)
             task = RLTask(messages=_user(prompt), ground_truth=answer, dataset=checker)
-            if config.answer_style == "sentence":
-                answer, wrong = say(family, prompt, answer, answer), say(family, prompt, wrong, answer)
+            if config.answer_style != "bare":
+                style = config.answer_style
+                answer, wrong = (
+                    say(family, prompt, answer, answer, style),
+                    say(family, prompt, wrong, answer, style),
+                )
             out.append(SolvedTask(task=task, answer=answer, wrong=wrong, family=family))
         return out
 
