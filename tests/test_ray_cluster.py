@@ -141,7 +141,9 @@ def _watching(root: Path) -> Iterator[list[Path]]:
 
     def watch() -> None:
         while not stop.is_set():
-            seen.extend(p for p in root.rglob("*") if p.is_file() and _task_file(p) and p not in seen)
+            # A temporary directory renamed or removed mid-sweep ends that sweep, not the watching.
+            with contextlib.suppress(FileNotFoundError):
+                seen.extend(p for p in root.rglob("*") if p.is_file() and _task_file(p) and p not in seen)
             time.sleep(0.01)
 
     thread = threading.Thread(target=watch)
