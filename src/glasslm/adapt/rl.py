@@ -71,11 +71,12 @@ def figure_weights(mask: torch.Tensor, aggregation: str) -> torch.Tensor:
     return token_weights(mask, "token" if aggregation == "token" else "sequence", 1)
 
 
-def step_count(mask: torch.Tensor, aggregation: str) -> int:
-    """What the step averages over: response tokens (``token``) or completions (the others)."""
+def step_count(mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """What the step averages over: response tokens (``token``) or completions (the others); a 0-d
+    tensor on ``mask``'s device, so weighing by it needs no host sync."""
     if aggregation == "token":
-        return int(mask.sum())
-    return int(mask.any(dim=1).sum())
+        return mask.sum()
+    return mask.any(dim=1).sum()
 
 
 def token_advantages(
@@ -168,7 +169,7 @@ def grpo_loss(
     terms = grpo_token_terms(logp, old_logp, advantages, clip_eps, kl_coef, ref_logp)
     weights = token_weights(mask, aggregation, max_new_tokens).to(logp.dtype)
     shown = figure_weights(mask, aggregation).to(logp.dtype)
-    n = max(step_count(mask, aggregation), 1)
+    n = step_count(mask, aggregation).clamp(min=1)
     return GRPOOutput(
         loss=(terms.loss * weights).sum() / n,
         clip_fraction=float((terms.clipped * shown).sum() / n),

@@ -366,10 +366,8 @@ class RolloutBatches:
             kept = set(keep)
             self.log.write(step, [{**rec, "reward": float(rewards[i]), "advantage": float(advantages[i]),
                                    "trained": i in kept} for i, rec in enumerate(records)])  # fmt: skip
-        if rc.filter_flat_groups:
-            rows = [rows[i] for i in keep]
-            prompt_lens = [prompt_lens[i] for i in keep]
-            advantages = advantages[keep]
+        rows, prompt_lens = [rows[i] for i in keep], [prompt_lens[i] for i in keep]
+        advantages = advantages[keep]
         micros: list[Micro] = []
         for part in split_micro(len(rows), self.micro_batch):
             T = max(len(rows[i]) for i in part) - 1
@@ -431,7 +429,7 @@ class GRPOObjective:
         self.reference: OLMo2 | None = None
 
     def count(self, micro: Micro) -> int:
-        return step_count(micro["labels"] != IGNORE, self.rc.loss_aggregation)
+        return int(step_count(micro["labels"] != IGNORE, self.rc.loss_aggregation))
 
     def _reference(self) -> OLMo2:
         if self.reference is None:
@@ -456,7 +454,9 @@ class GRPOObjective:
             # The step divides by its count (GRPO tokens or completions): weigh the chat mean by this
             # micro's share of it.
             n_chat = (micro["sft_labels"] != IGNORE).sum().clamp(min=1)
-            chat_ce = sft_loss(logits, micro["sft_labels"], "sum") / n_chat * self.count(micro)
+            chat_ce = (
+                sft_loss(logits, micro["sft_labels"], "sum") / n_chat * step_count(mask, rc.loss_aggregation)
+            )
             objective = objective + rc.sft_coef * chat_ce
             out.update(loss=objective, chat_ce=chat_ce.detach())
         return objective, out
