@@ -80,6 +80,22 @@ def test_out_replaces_only_an_artifact_of_its_kind_and_never_an_input(
     assert (hf / "model.safetensors").is_file()
 
 
+def test_a_data_stage_refuses_its_out_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i}"}) + "\n" for i in range(3)))
+    docs = tmp_path / "docs"
+    assert main(["data", "import", str(src), "--out", str(docs)]) == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    # another kind (documents, not attributes), then the input itself: both refused up front, so no
+    # tagging happens and no work directory is left beside --out
+    assert main(["data", "tag", str(docs), "--taggers", "stats", "--out", str(docs)]) == 2
+    assert "holds a 'documents' artifact, not a 'attributes' one" in capsys.readouterr().err
+    assert main(["data", "tag", str(docs), "--taggers", "stats", "--out", str(docs), "--force"]) == 2
+    assert "would replace the input" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_unwritable_out_is_one_line_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

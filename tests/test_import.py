@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,7 @@ def test_each_format_imports_with_metadata_totals_and_lineage(inputs, tmp_path):
     assert files["pkg/notes.txt"]["license"] == "MIT" and files["pkg/notes.txt"]["license_from"] == "LICENSE"
     # Quarantine: the non-HTML, the 404, the page with no text, the binary file; nothing else.
     reasons = sorted(q["reason"].split(":")[0] for q in quarantine_of(out))
-    assert reasons == ["HTML yields no text", "HTTP status 404", "binary file (NUL bytes)", "not HTML"]
+    assert reasons == ["HTML yields no text", "HTTP status", "binary file (NUL bytes)", "not HTML"]
     metrics = m["metrics"]
     assert metrics["records"] == metrics["imported"] + metrics["quarantined"] == 23 + 4
     # Lineage: every file read, with size, mtime and the sha256 of its bytes.
@@ -275,6 +276,11 @@ def test_malformed_jsonl_every_case_quarantined_with_file_line_reason(tmp_path):
         assert got[("a.jsonl", line)].startswith(reason), (line, got.get(("a.jsonl", line)))
     truncated = [r for (name, _), r in got.items() if name == "b.jsonl.gz"]
     assert len(truncated) == 1 and truncated[0].startswith("truncated or corrupt compressed stream")
+    # Every complete line before the cut is imported (ISA-L alone stopped short of ~a fifth of them).
+    complete = zlib.decompressobj(31).decompress(good[: len(good) // 2]).count(b"\n")
+    assert complete > 50 and ("b.jsonl.gz", complete + 1) in got
+    assert sum(d["id"].startswith("g") for d in docs_of(out)) == complete
+    assert "truncated or corrupt compressed stream" in manifest(out)["metrics"]["quarantined_by_reason"]
     m = manifest(out)["metrics"]
     assert m["records"] == m["imported"] + m["quarantined"]
     assert m["quarantined"] == len(expect) + 1
@@ -319,18 +325,33 @@ def test_link_references_jsonl_in_place(inputs, tmp_path):
     out = tmp_path / "linked"
     assert run_import(str(inputs["jsonl"] / "a.jsonl"), "--link", "--out", str(out)) == 0
     links = list((out / "documents").iterdir())
-    assert (
-        len(links) == 1
-        and links[0].is_symlink()
-        and links[0].resolve() == (inputs["jsonl"] / "a.jsonl").resolve()
-    )
+    # A hard link: a regular file of the artifact (hashed, verified, read by every stage), no copy.
+    assert len(links) == 1 and not links[0].is_symlink()
+    assert links[0].stat().st_ino == (inputs["jsonl"] / "a.jsonl").stat().st_ino
     m = manifest(out)
     assert m["sources"][0]["linked"] and m["sources"][0]["sha256"]
     assert len(docs_of(out)) == 6 and m["metrics"]["imported"] == 6
+    assert sum(d["shards"] for d in m["metrics"]["domains"].values()) == 1
+    assert main(["manifest", "verify", str(out)]) == 0
+    assert main(["data", "tag", str(out), "--taggers", "stats", "--out", str(tmp_path / "tags")]) == 0
+    # Appending to the source changes the artifact's file too: verify says so.
+    with open(inputs["jsonl"] / "a.jsonl", "a") as f:
+        f.write('{"id": "late", "text": "appended after the import"}\n')
+    assert main(["manifest", "verify", str(out)]) == 1
     # A linked file cannot be given ids: an id-less record is quarantined, not silently changed.
     out2 = tmp_path / "linked2"
-    assert run_import(str(inputs["jsonl"] / "b.jsonl.gz"), "--link", "--source", "x", "--out", str(out2)) == 0
+    # every record of it is id-less: the artifact is written (its quarantine), the command fails
+    assert run_import(str(inputs["jsonl"] / "b.jsonl.gz"), "--link", "--source", "x", "--out", str(out2)) == 1
     assert manifest(out2)["metrics"]["quarantined"] == 4
+
+
+def test_link_across_filesystems_is_refused_before_reading(inputs, tmp_path, capsys):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test's tmp_path")
+    out = shm / f"glasslm-link-{tmp_path.name}"
+    assert run_import(str(inputs["jsonl"] / "a.jsonl"), "--link", "--out", str(out)) == 2
+    assert "--link makes hard links" in capsys.readouterr().err and not out.exists()
 
 
 def test_text_tree_of_gzip_and_man_pages(tmp_path):

@@ -102,6 +102,8 @@ def test_recipe_rules_edits_heldout_and_invariant(tmp_path: Path) -> None:
         }
         if k == "email":
             a["t1__pii__EMAIL_ADDRESS"] = [[9, 26, 1.0]]
+        if k == "quotes_held":  # masked first, then removed: the removal is what decided
+            a["t1__pii__EMAIL_ADDRESS"] = [[0, 2, 1.0]]
         if k == "dup_para":
             a["t1__dedupe__paragraphs"] = [[22, 49, 1.0]]
         return a
@@ -123,6 +125,7 @@ def test_recipe_rules_edits_heldout_and_invariant(tmp_path: Path) -> None:
     }
     out, rows = mix(tmp_path, recipe)
     check_invariants(out, rows, 10)
+    assert read_manifest(out)["metrics"]["suspect_rules"] == []
     by_id = {r["id"]: r for r in rows}
     assert by_id["good"]["decision"] == "kept" and by_id["good"]["split"] == "train"
     assert by_id["short"]["first_rule"] == "too_short" and by_id["short"]["rules"][0]["value"] == "1"
@@ -138,6 +141,7 @@ def test_recipe_rules_edits_heldout_and_invariant(tmp_path: Path) -> None:
         and by_id["held"]["output_file"] == "heldout/lighthouse/b.jsonl.gz"
     )
     assert by_id["quotes_held"]["first_rule"] == "decon_heldout"
+    assert [r["rule"] for r in by_id["quotes_held"]["rules"]] == ["pii_mask", "decon_heldout"]
     assert by_id["code1"]["copies"] == 2
     train = {d["id"]: d for d in read_jsonl(out / "documents" / "a.jsonl.gz")}
     assert (
@@ -336,3 +340,27 @@ def test_one_pass_and_two_pass_paths_agree(tmp_path: Path) -> None:
     assert written == [
         json.dumps(d, ensure_ascii=False, separators=(",", ":")) for d in shards["a.jsonl.gz"][:2]
     ]
+
+
+def test_a_rule_on_an_attribute_no_document_has_is_reported(tmp_path: Path, capsys) -> None:
+    docs = docs_artifact(tmp_path / "docs", {"a.jsonl.gz": [doc("x", "one document of prose here")]})
+    text = "one document of prose here"
+    tags = attributes_artifact(
+        tmp_path / "tags", {"a.jsonl.gz": [("x", {"t1__gopher__word_count": span(text, 5)})]}
+    )
+    recipe = {
+        "documents": str(docs),
+        "attributes": [str(tags)],
+        "rules": [
+            {"attribute": "gopher__word_cont", "op": "<", "value": 3, "name": "too_short"},  # a typo
+            {"attribute": "toxicity__doc", "op": ">", "value": 0.5},  # a tagger that was not run
+            {"attribute": "gopher__has_lorem_ipsum", "op": "exists"},  # sparse: absent is normal
+        ],
+        "sources": [{"name": "web"}],
+    }
+    out, rows = mix(tmp_path, recipe)
+    suspect = read_manifest(out)["metrics"]["suspect_rules"]
+    assert len(suspect) == 2 and "did you mean 'gopher__word_count'?" in suspect[0]
+    assert "no attribute of a 'toxicity' tagger" in suspect[1]
+    assert capsys.readouterr().err.count("warning: recipe, rule") == 2
+    assert rows[0]["decision"] == "kept"  # a warning, not a decision: the rules simply did not fire

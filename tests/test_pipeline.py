@@ -126,6 +126,20 @@ def test_stage_config_typos_fail_before_anything_runs(
     assert not (tmp_path / "run" / "corpus").exists()
     config.write_text("stages: [corpus, tran]\n")
     assert main(["pipeline", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    capsys.readouterr()
+    assert main(["pipeline", "--out", str(tmp_path / "run"), "--mix.recip=x.yaml"]) == 2
+    assert "section 'mix': unknown key 'recip'; did you mean 'recipe'?" in capsys.readouterr().err
+
+
+def test_executor_applies_to_every_data_stage(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "stages: [corpus, tag]\ncorpus: {max_bytes_code: 20000, max_bytes_docs: 20000, max_bytes_web: 20000}\n"
+        "tag: {taggers: [stats]}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["pipeline", "--config", str(config), "--out", str(out), "--executor", "local"]) == 0
+    assert artifacts.read_manifest(out / "attributes" / "tags")["metrics"]["executor"] == "local"
 
 
 def test_preflight_names_every_missing_file_before_anything_runs(

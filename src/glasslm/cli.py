@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,7 +78,19 @@ def check_out_early(args: argparse.Namespace) -> None:
     if hasattr(args, "resume"):
         check_run_out(out)
     else:
-        check_out(out, None)
+        check_out(out, getattr(args, "out_kind", None), _input_paths(args))
+
+
+def _input_paths(args: argparse.Namespace) -> list[Path]:
+    """The paths a verb was given besides ``--out`` (inputs, configs): ``--out`` must not be or hold one."""
+    found: list[Path] = []
+    for name, value in vars(args).items():
+        if name in ("out", "out_pos"):
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, Path):
+                found.append(item)
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ArtifactError) as e:
         print(f"glasslm: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `glasslm … --json | head`: the reader left; end quietly, as `cat` would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 128 + signal.SIGPIPE
     except OSError as e:  # a read-only --out, a full disk, a file removed under us: one line, not a traceback
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"glasslm: error: {e.strerror or e}{where}", file=sys.stderr)

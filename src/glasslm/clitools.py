@@ -113,11 +113,15 @@ def stage_verbs(sub: Any, name: str, help: str) -> Any:
     return groups[name]
 
 
-def add_verb(verbs: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+def add_verb(
+    verbs: Any, name: str, handler: Handler, help: str, makes: str | None = None
+) -> argparse.ArgumentParser:
+    """A verb's parser. ``makes``: the artifact kind it writes to ``--out``, so that the ``--out`` rule
+    (kind, inputs) is checked in full before the verb does any work (``cli.check_out_early``)."""
     parser = verbs.add_parser(
         name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.set_defaults(func=handler)
+    parser.set_defaults(func=handler, out_kind=makes)
     return parser
 
 

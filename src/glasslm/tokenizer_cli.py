@@ -21,7 +21,13 @@ from glasslm.tokenizer import Tokenizer, TokenizerTrainConfig
 
 def register(sub: Any) -> None:
     verbs = stage_verbs(sub, "tokenizer", "train and use BPE tokenizers")
-    p = add_verb(verbs, "train", _train, "train a byte-level BPE tokenizer on the train split of documents")
+    p = add_verb(
+        verbs,
+        "train",
+        _train,
+        "train a byte-level BPE tokenizer on the train split of documents",
+        "tokenizer",
+    )
     p.add_argument(
         "docs", type=Path, help="mix or documents artifact, run directory, or directory of Dolma shards"
     )
@@ -37,6 +43,7 @@ def register(sub: Any) -> None:
         "import",
         _import,
         "use a given tokenizer.json (OLMo-2's, say) as a tokenizer artifact instead of training one",
+        "tokenizer",
     )
     p.add_argument("file", type=Path, help="the tokenizer.json to use")
     add_out(p)

@@ -22,7 +22,11 @@ def register(sub: Any) -> None:
         sub, "adapt", "adapt a model to chat: offline data, SFT, DPO, RL with verifiable rewards"
     )
     p = add_verb(
-        verbs, "data", _data, "build SFT, preference and verifiable-task data offline (Tülu formats)"
+        verbs,
+        "data",
+        _data,
+        "build SFT, preference and verifiable-task data offline (Tülu formats)",
+        ADAPT_DATA,
     )
     p.epilog = "example:\n  glasslm adapt data --out runs/demo/adapt/data --adapt_data.rl_heldout=256"
     add_out(p)

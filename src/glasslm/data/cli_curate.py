@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from glasslm.clitools import (
     resolve_config,
 )
 from glasslm.data.corpus import CorpusRun, build_corpus, reader_versions
+from glasslm.data.documents import location
 from glasslm.data.importers import FORMATS, ImportInput, ImportResult, run_import
 from glasslm.data.tag import TagRun, run_tag
 
@@ -29,7 +31,9 @@ def add_verbs(verbs: Any) -> None:
         verbs,
         "corpus",
         _corpus,
-        "build the embedded corpus (Python stdlib code and docs, /usr/share/doc, man pages)",
+        "build the embedded corpus (the Python installation's stdlib code and documentation, and a WARC crawl "
+        "of the pinned packages' pages)",
+        "documents",
     )
     add_out(p)
     add_config_options(p, run_section="corpus", wrap="corpus")
@@ -44,6 +48,7 @@ def add_verbs(verbs: Any) -> None:
         _import,
         "import outside text as a documents artifact: Dolma JSONL, Parquet, Arrow, HF datasets "
         "folders, text/Markdown/code trees, WARC crawls (docs/data-import.md)",
+        "documents",
     )
     p.add_argument(
         "src",
@@ -84,8 +89,14 @@ def add_verbs(verbs: Any) -> None:
         "  glasslm data import web=crawl/*.warc.gz code=src/ --format text --out runs/mine/corpus"
     )
 
-    p = add_verb(verbs, "tag", _tag, "run taggers over documents; writes a Dolma-layout attributes artifact")
-    p.add_argument("documents", help="documents artifact, or a run directory holding corpus/")
+    p = add_verb(
+        verbs,
+        "tag",
+        _tag,
+        "run taggers over documents; writes a Dolma-layout attributes artifact",
+        "attributes",
+    )
+    p.add_argument("documents", type=location, help="documents artifact, or a run directory holding corpus/")
     p.add_argument(
         "--taggers",
         default=None,
@@ -218,6 +229,13 @@ def _import(args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     emit(args, data, render)
+    if not metrics["imported"]:  # the artifact stays, for its quarantine: but an empty corpus is a mistake
+        print(
+            f"glasslm: error: nothing was imported: all {metrics['records']:,} records were quarantined "
+            f"(see {args.out}/quarantine.jsonl)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

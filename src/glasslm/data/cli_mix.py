@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,20 @@ from glasslm.data.executors import fingerprint, work_dir
 
 
 def add_verbs(verbs: Any) -> None:
-    p = add_verb(verbs, "dedupe", _dedupe, "exact document/paragraph and MinHash near-duplicate attributes")
+    p = add_verb(
+        verbs,
+        "dedupe",
+        _dedupe,
+        "exact document/paragraph and MinHash near-duplicate attributes",
+        "attributes",
+    )
     p.add_argument("documents", type=location, help="documents artifact (or run directory)")
     p.add_argument("--experiment", default=None, help="attribute name prefix (default: dedupe)")
     _parallel_flags(p)
     add_out(p, urls=True)
     add_config_options(p, run_section="dedupe", wrap="dedupe")
 
-    p = add_verb(verbs, "decon", _decon, "n-gram overlap of documents with evaluation sets")
+    p = add_verb(verbs, "decon", _decon, "n-gram overlap of documents with evaluation sets", "attributes")
     p.add_argument("documents", type=location, help="documents artifact (or run directory)")
     p.add_argument("--tasks", type=Path, nargs="*", default=[], help="task files (JSONL, .arrow, .parquet)")
     p.add_argument("--experiment", default=None, help="attribute name prefix (default: decon)")
@@ -40,7 +47,7 @@ def add_verbs(verbs: Any) -> None:
     add_out(p, urls=True)
     add_config_options(p, run_section="decon", wrap="decon")
 
-    p = add_verb(verbs, "mix", _mix, "apply a recipe: curated train/held-out shards and a ledger")
+    p = add_verb(verbs, "mix", _mix, "apply a recipe: curated train/held-out shards and a ledger", "mix")
     p.add_argument("recipe", type=Path, help="recipe YAML (see configs/recipes/default.yaml)")
     p.add_argument(
         "--documents", type=location, default=None, help="documents artifact (overrides the recipe)"
@@ -178,6 +185,8 @@ def _mix(args: argparse.Namespace) -> int:
         f"{d['modified']:,}, removed {d['removed']:,}, quarantined {d['quarantined']:,}; "
         f"{metrics['output_docs']:,} documents written ({metrics['mb_per_s']} MB/s)"
     )
+    for warning in metrics["suspect_rules"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

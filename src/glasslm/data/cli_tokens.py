@@ -19,7 +19,9 @@ class TokenizeJob:
 
 
 def add_verbs(verbs: Any) -> None:
-    p = add_verb(verbs, "tokenize", _tokenize, "documents -> token shards (.npy) with a document index")
+    p = add_verb(
+        verbs, "tokenize", _tokenize, "documents -> token shards (.npy) with a document index", "tokens"
+    )
     p.add_argument(
         "docs", type=location, help="mix or documents artifact, run directory, or directory of Dolma shards"
     )
@@ -28,6 +30,9 @@ def add_verbs(verbs: Any) -> None:
         "--heldout", type=Path, default=None, help="held-out documents (default: the mix's heldout/<source>/)"
     )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
+    p.add_argument(
+        "--executor", choices=["local", "process", "ray"], default=None, help="default: tokenize.executor"
+    )
     add_out(p, urls=True)
     add_config_options(p, run_section="tokenize", wrap="tokenize")
 
@@ -38,6 +43,8 @@ def _tokenize(args: argparse.Namespace) -> int:
         if args.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {args.workers}")
         job.tokenize.workers = args.workers
+    if args.executor is not None:
+        job.tokenize.executor = args.executor
     m = tokenize(args.docs, args.tokenizer, args.out, job.tokenize, heldout=args.heldout)
     rows = [{"split": s, **v} for s, v in m["splits"].items()]
     print(

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from glasslm.config import ConfigError
 from glasslm.data.dedupe_partitions import (
     PartitionTask,
     cluster_numbers,
@@ -74,6 +75,15 @@ class DedupeConfig:
     # 0: the index step in the driver (decide); N >= 1: N hash-range partitions, one task each
     # (dedupe_partitions.py): the same output bytes, ~1/N of the index per task.
     partitions: int = 0
+
+    def validate(self) -> None:
+        if self.backend not in ("rensa", "numpy"):
+            raise ConfigError(f"config key 'dedupe.backend': '{self.backend}' is not one of rensa, numpy")
+        for key in ("ngram", "bands", "rows", "batch_docs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'dedupe.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.partitions < 0:
+            raise ConfigError(f"config key 'dedupe.partitions' must be >= 0, got {self.partitions}")
 
 
 @dataclass

@@ -22,7 +22,7 @@ import os
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
@@ -168,26 +168,52 @@ def validate(obj: Any) -> str | None:
 
 def read_lines(path: Location) -> Iterator[tuple[int, bytes | None, str | None]]:
     """(line number from 1, raw bytes, error); a truncated/corrupt compressed tail is one error entry."""
+    gz = (lambda: gzip_reader(_raw(path))) if path.name.endswith(".gz") else None
+    for number, raw, error in recover_lines(lambda: open_binary(path), gz, _STREAM_ERRORS):
+        yield (
+            number,
+            raw if raw is None else raw.rstrip(b"\r\n"),
+            (None if error is None else f"truncated or corrupt file: after line {number - 1}, {error}"),
+        )
+
+
+_STREAM_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, isal_zlib.error)  # type: ignore[assignment]  # isal's stub types error loosely
+
+
+def gzip_reader(raw: IO[bytes]) -> IO[bytes]:
+    """The stdlib's gzip reader over ``raw``, which it closes when it is closed."""
+    reader = gzip.GzipFile(fileobj=raw, mode="rb")
+    reader.myfileobj = raw  # type: ignore[assignment]  # GzipFile closes myfileobj, its own file, on close
+    return reader  # type: ignore[return-value]
+
+
+def recover_lines(
+    open_fast: Callable[[], IO[bytes]],
+    open_gzip: Callable[[], IO[bytes]] | None,
+    errors: tuple[type[BaseException], ...],
+) -> Iterator[tuple[int, bytes | None, BaseException | None]]:
+    """(line number from 1, raw line, None) for every line of a possibly damaged stream, then one
+    (number, None, error) after the last good line if it broke. ISA-L inflates in large blocks and can
+    stop short of lines that zlib still recovers from a damaged gzip tail, so ``open_gzip`` (the stdlib
+    reader over the same bytes) reads on from where it stopped: both give the same lines."""
     number = 0
     try:
-        with open_binary(path) as f:
+        with open_fast() as f:
             for number, raw in enumerate(f, start=1):  # noqa: B007 - number is used after the loop
-                yield number, raw.rstrip(b"\r\n"), None
+                yield number, raw, None
         return
-    except (EOFError, OSError, zlib.error, isal_zlib.error) as e:  # type: ignore[misc]  # isal's stub types error loosely
+    except errors as e:
         error: BaseException = e
-    if path.name.endswith(".gz"):
-        # ISA-L inflates in large blocks and can stop short of lines that zlib still recovers from a
-        # damaged tail: read on with the stdlib so both give the same lines and the same reason.
+    if open_gzip is not None:
         try:
-            with gzip.open(_raw(path), "rb") as f:
+            with open_gzip() as f:
                 for k, raw in enumerate(f, start=1):
                     if k > number:
                         number = k
-                        yield number, raw.rstrip(b"\r\n"), None
+                        yield number, raw, None
         except (EOFError, OSError, zlib.error) as e:
             error = e
-    yield number + 1, None, f"truncated or corrupt file after line {number}: {error}"
+    yield number + 1, None, error
 
 
 def iter_documents(

@@ -10,7 +10,7 @@ Columns (``ledger.parquet`` in a ``mix`` artifact):
 | recipe_source | string | the recipe source it matched (null: none / quarantined) |
 | bytes | int64 | UTF-8 bytes of the text (of the raw line when quarantined) |
 | decision | string | kept / modified / removed / quarantined |
-| first_rule | string | the rule that decided (null for kept) |
+| first_rule | string | the rule that decided: for removed, the rule that removed it (not a span rule that only edited it first); for modified, the first span rule; null for kept |
 | rules | list<struct<rule: string, value: string>> | every rule that fired, in order; value is JSON |
 | duplicate_of | string | surviving id when dedupe found this document a whole-document duplicate |
 | split | string | train / held_out / none |
@@ -88,10 +88,19 @@ class LedgerRow:
         return cls(shard, line, doc_id, source, None, nbytes, None, None, [], None, None, None, None, 0, None)
 
     def fire(self, rule: str, value: Any) -> None:
-        """Record that ``rule`` fired with ``value``; the first rule to fire is the one that decided."""
+        """Record that ``rule`` fired with ``value``; the first rule to fire decided, unless a later one
+        removes the document (:meth:`remove`)."""
         self.rules.append({"rule": rule, "value": json.dumps(value, default=str)})
         if self.first_rule is None:
             self.first_rule = rule
+
+    def remove(self, rule: str, value: Any) -> None:
+        """Record that ``rule`` fired and removed the document. The first removing rule is the one that
+        decided, even after span rules that only edited the text had fired (a document PII-masked and
+        then sampled out was removed by ``sample``, not by ``pii_mask``)."""
+        if self.decision != "removed":
+            self.first_rule, self.decision = None, "removed"
+        self.fire(rule, value)
 
     def columns(self) -> dict[str, Any]:
         """The row by column name; a literal, not a loop over the fields (5.5 vs 8.0 µs per row built)."""
@@ -145,14 +154,16 @@ def read(mix_dir: Path) -> pa.Table:
 def summary(table: pa.Table) -> dict[str, Any]:
     """Totals and the funnel per recipe source (manifest metrics and ``data stats``)."""
     rows = table.select(
-        ["recipe_source", "bytes", "decision", "first_rule", "split", "copies", "output_bytes"]
+        ["source", "recipe_source", "bytes", "decision", "first_rule", "split", "copies", "output_bytes"]
     )
     data = rows.to_pylist()
     totals = {"docs": len(data), "bytes": sum(r["bytes"] for r in data)}
     decisions = {d: sum(1 for r in data if r["decision"] == d) for d in DECISIONS}
     funnel: dict[str, dict[str, Any]] = {}
     for r in data:
-        key = r["recipe_source"] or ("(quarantined)" if r["decision"] == "quarantined" else "(no source)")
+        key = r["recipe_source"] or (
+            "(quarantined)" if r["decision"] == "quarantined" else f"(unmatched) {r['source']}"
+        )
         f = funnel.setdefault(
             key,
             {

@@ -20,6 +20,7 @@ worker count or executor.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import math
@@ -225,6 +226,39 @@ def source_rules(recipe: Recipe, source: SourceRecipe) -> list[Rule]:
     return rules
 
 
+def suspect_rules(recipe: Recipe, keys: set[str]) -> list[str]:
+    """Warnings for the recipe's own rules whose attribute no document carried, when that looks like a
+    mistake: a name close to one that is there (a typo), or a tagger none of the attribute artifacts
+    ran. (An absent attribute is not an error in itself: sparse ones — ``c4__has_naughty_word``, a PII
+    type — appear only where they matched; a rule on one that never appears simply never fires.)"""
+    tails = {tail for key in keys for tail in _tails(key)}
+    taggers = {key.split("__")[-2] for key in keys if key.count("__") >= 1}
+    found: list[str] = []
+    for where, rules in [("recipe", recipe.rules), *((f"source {s.name}", s.rules) for s in recipe.sources)]:
+        for rule in rules:
+            name = rule.attribute
+            if rule.op == "missing" or name in tails:
+                continue
+            close = difflib.get_close_matches(name, sorted(tails), n=1, cutoff=0.85)
+            tagger = name.split("__")[-2] if "__" in name else name
+            if close:
+                found.append(
+                    f"{where}, rule {rule.label}: no document has attribute '{name}'; did you mean '{close[0]}'?"
+                )
+            elif tagger not in taggers:
+                found.append(
+                    f"{where}, rule {rule.label}: no document has attribute '{name}', and no attribute of a "
+                    f"'{tagger}' tagger is in the attribute artifacts (was it run?)"
+                )
+    return found
+
+
+def _tails(key: str) -> list[str]:
+    """``tags__gopher__word_count`` is also ``gopher__word_count`` and ``word_count`` to a rule."""
+    parts = key.split("__")
+    return ["__".join(parts[i:]) for i in range(len(parts))]
+
+
 def uniform(seed: int, purpose: str, doc_id: str) -> float:
     """A reproducible number in [0, 1) for one (seed, purpose, document) triple."""
     digest = hashlib.blake2b(f"{seed}\x00{purpose}\x00{doc_id}".encode(), digest_size=8).digest()
@@ -258,6 +292,10 @@ class Attributes:
             if queue:
                 merged.update(queue.popleft())
         return merged
+
+    def keys_seen(self) -> set[str]:
+        """Every attribute name some document matched to a recipe source carried."""
+        return {key for keys in self._resolved for key in keys}
 
     def spans(self, attrs: dict[str, list[list[Any]]], name: str) -> list[list[Any]]:
         """Spans of attribute ``name`` (a full name or a ``__``-separated tail) over all experiments."""
@@ -388,8 +426,7 @@ def _filter_shard(job: ShardJob) -> dict[str, Any]:
         row.duplicate_of = dups.get(doc["id"])
         rows.append(row)
         if source is None:
-            row.fire("unmatched_source", doc.get("source"))
-            row.decision = "removed"
+            row.remove("unmatched_source", doc.get("source"))
             continue
         row.recipe_source = source.name
         edits: list[tuple[int, int, str]] = []
@@ -402,9 +439,8 @@ def _filter_shard(job: ShardJob) -> dict[str, Any]:
             value = doc_value(spans, rule.aggregate)
             holds = rule.holds(value)
             if holds if rule.action == "exclude" else not holds:
-                row.fire(rule.label, value)
-        if row.rules:
-            row.decision = "removed"
+                row.remove(rule.label, value)
+        if row.decision == "removed":
             continue
         for rule, spans in span_rules:
             chosen = [
@@ -419,8 +455,7 @@ def _filter_shard(job: ShardJob) -> dict[str, Any]:
         if edits:
             text = apply_edits(text, edits)
             if not text.strip():
-                row.fire("empty_after_edits", 0)
-                row.decision = "removed"
+                row.remove("empty_after_edits", 0)
                 continue
             row.decision = "modified"
         else:
@@ -432,7 +467,8 @@ def _filter_shard(job: ShardJob) -> dict[str, Any]:
         row.decision = "quarantined"
         row.fire("quarantine", record["reason"])
         rows.append(row)
-    return {"rows": rows, "survivors": survivors, "quarantine": quarantine.records}
+    keys = sorted(attrs.keys_seen())
+    return {"rows": rows, "survivors": survivors, "quarantine": quarantine.records, "attribute_keys": keys}
 
 
 def _id_of(raw: bytes) -> str | None:
@@ -475,7 +511,7 @@ def _filter_write_shard(job: ShardJob) -> dict[str, Any]:
     part = _filter_shard(job)
     ids = _usable_ids(part["rows"])
     write = WriteJob(job.index, job.name, job.recipe, job.scratch, set(), job.duplicate_ids, None)
-    return {"ids": ids, **_write_part(write, part)}
+    return {"ids": ids, "attribute_keys": part["attribute_keys"], **_write_part(write, part)}
 
 
 # --- pass 2 and 3: held-out n-grams, then split / decon / sample / write --------------------------
@@ -559,16 +595,14 @@ def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
             continue
         k = position[id(s)]
         if overlap is not None and overlap.matched[k]:
-            row.fire("decon_heldout", round(overlap.fraction(k), 6))
-            row.decision = "removed"
+            row.remove("decon_heldout", round(overlap.fraction(k), 6))
             continue
         weight = weights[source]
         whole = math.floor(weight)
         # uniform() is in [0, 1): a whole weight needs no draw (same result, one hash less per document)
         copies = whole + int(weight > whole and uniform(recipe.seed, "sample", doc["id"]) < weight - whole)
         if copies == 0:
-            row.fire("sample", weight)
-            row.decision = "removed"
+            row.remove("sample", weight)
             continue
         row.split, row.output_file, row.output_line = "train", train_name, len(train_docs) + 1
         row.copies, row.output_bytes = copies, len(doc["text"].encode("utf-8", "surrogatepass"))
@@ -641,8 +675,9 @@ def _cross_shard_duplicates(ids_per_shard: list[list[tuple[int, str]]]) -> dict[
 
 def _two_pass(
     recipe: Recipe, jobs: list[ShardJob], workers: int | None, executor: ExecutorName
-) -> list[dict[str, Any]]:
-    """Filter every shard, choose the held-out split among all survivors, then decon and write."""
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """Filter every shard, choose the held-out split among all survivors, then decon and write.
+    Returns the write results and the attribute names the documents carried."""
     scratch = jobs[0].scratch
     parts = map_shards(
         filter_shard,
@@ -659,6 +694,7 @@ def _two_pass(
             if s["row"] not in duplicate_ids.get(i, set()):
                 candidates.append((i, pos, s["doc"]["id"], part["rows"][s["row"]].recipe_source))
     heldout = choose_heldout(recipe, candidates)
+    keys = {key for part in parts for key in part.get("attribute_keys", [])}
     del parts, candidates  # the workers re-read their pass-1 results from the work directory
 
     write_jobs = [
@@ -686,7 +722,7 @@ def _two_pass(
             np.save(index_file, np.unique(np.concatenate(sets)) if sets else np.zeros(0, np.uint64))
         for j in write_jobs:
             j.heldout_index = index_file
-    return map_shards(
+    written = map_shards(
         write_shard,
         write_jobs,
         workers=workers,
@@ -694,6 +730,7 @@ def _two_pass(
         desc="mix: write",
         quarantined=lambda r: reasons(r["quarantine"]),
     )
+    return written, keys
 
 
 def run(
@@ -714,7 +751,7 @@ def run(
         for i, (name, path) in enumerate(shards)
     ]
     if any(s.heldout.fraction > 0 or s.heldout.count > 0 for s in recipe.sources):
-        results = _two_pass(recipe, jobs, workers, executor)
+        results, keys = _two_pass(recipe, jobs, workers, executor)
     else:  # no held-out split: one pass per shard (see filter_write_shard)
         results = map_shards(
             filter_write_shard,
@@ -739,6 +776,7 @@ def run(
             )
             for job, result in zip(redo, again, strict=True):
                 results[job.index] = result
+        keys = {key for r in results for key in r.get("attribute_keys", [])}
 
     # Assemble the artifact: outputs, ledger (shard order, then line), quarantine file.
     # the tasks' outputs: moved, or (an object-store --out) their uploaded objects taken by reference
@@ -755,6 +793,7 @@ def run(
     metrics["quarantined_by_reason"] = dict(
         sorted(Counter(category(q["reason"]) for q in quarantine).items())
     )
+    metrics["suspect_rules"] = suspect_rules(recipe, keys)
     metrics["seconds_total"] = round(time.perf_counter() - started, 3)
     total = metrics["input"]["bytes"]
     metrics["mb_per_s"] = (

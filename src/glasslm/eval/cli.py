@@ -18,7 +18,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "eval", help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.set_defaults(func=_eval)
+    p.set_defaults(func=_eval, out_kind="eval")
     p.add_argument(
         "model", type=Path, help="checkpoint, training run, run directory, or Hugging Face Olmo2 folder"
     )

@@ -38,7 +38,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def register(sub: Any) -> None:
     verbs = stage_verbs(sub, "model", "build and inspect OLMo-2 models")
-    p = add_verb(verbs, "init", _init, "write a randomly initialised checkpoint from a preset")
+    p = add_verb(
+        verbs, "init", _init, "write a randomly initialised checkpoint from a preset", checkpoint.CHECKPOINT
+    )
     p.add_argument("--preset", default="tiny", help=f"one of: {', '.join(PRESETS)}")
     p.add_argument(
         "--tokenizer", type=Path, default=None, help="tokenizer.json (or tokenizer artifact) to ship with it"
@@ -64,11 +66,19 @@ def register(sub: Any) -> None:
     add_json_flag(p)
 
     verbs = stage_verbs(sub, "convert", "convert checkpoints to and from Hugging Face Olmo2ForCausalLM")
-    p = add_verb(verbs, "to-hf", _to_hf, "write a folder that transformers loads as Olmo2ForCausalLM")
+    p = add_verb(
+        verbs, "to-hf", _to_hf, "write a folder that transformers loads as Olmo2ForCausalLM", "hf_model"
+    )
     p.add_argument("model", type=Path, help="checkpoint, training run or run directory")
     p.add_argument("out_pos", nargs="?", type=Path, metavar="OUT", help="output folder (or --out)")
     add_out(p, required=False)
-    p = add_verb(verbs, "from-hf", _from_hf, "make a glasslm checkpoint from a Hugging Face Olmo2 folder")
+    p = add_verb(
+        verbs,
+        "from-hf",
+        _from_hf,
+        "make a glasslm checkpoint from a Hugging Face Olmo2 folder",
+        checkpoint.CHECKPOINT,
+    )
     p.add_argument("hf_dir", type=Path, help="folder with config.json and *.safetensors")
     p.add_argument("out_pos", nargs="?", type=Path, metavar="OUT", help="output folder (or --out)")
     add_out(p, required=False)

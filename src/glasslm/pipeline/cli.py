@@ -15,6 +15,8 @@ from typing import Any
 
 from glasslm.clitools import add_config_options, resolve_config
 
+DATA_STAGES = ("tag", "dedupe", "decon", "mix", "tokenize")  # the stages with an executor
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -25,6 +27,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("runs/tiny"), help="run directory (default runs/tiny)")
     p.add_argument("--force", default="", help="comma-separated stages to re-run even if up to date")
+    p.add_argument(
+        "--executor",
+        choices=["local", "process", "ray"],
+        default=None,
+        help=f"how every data stage ({', '.join(DATA_STAGES)}) runs its shard tasks (default: each "
+        "section's executor, process)",
+    )
     add_config_options(p)
     p.set_defaults(func=_run)
 
@@ -37,6 +46,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.config is None:
         args.config = DEFAULT_CONFIG
     config: Any = resolve_config(PipelineConfig, args)
+    if args.executor is not None:
+        for name in DATA_STAGES:
+            getattr(config, name)["executor"] = args.executor
     resolve_paths(config, Path(args.config).resolve().parent, override_keys(args.overrides))
     run_pipeline(config, args.out, main, force=[s for s in args.force.split(",") if s])
     return 0

@@ -11,6 +11,7 @@ stage's time. Everything stage-specific comes from the stage table.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import glob
 import hashlib
 import json
@@ -76,9 +77,15 @@ def check_sections(config: Any, stages: Sequence[Stage] = STAGES) -> None:
     # A stage without a config class reads nothing but its command-line keys.
     for stage in stages:
         section = getattr(config, stage.name)
-        if stage.config is None and stage.arguments() and section and set(section) - stage.arguments():
-            allowed = ", ".join(f"'{f.key}' ({f.what})" for f in stage.files if f.argument)
-            raise ConfigError(f"section '{stage.name}': only {allowed} is allowed, got {sorted(section)}")
+        unknown = sorted(set(section or ()) - stage.arguments())
+        if stage.config is None and stage.arguments() and unknown:
+            allowed = [f"'{f.key}' ({f.what})" for f in stage.files if f.argument]
+            allowed += [f"'{key}'" for key in stage.options]
+            close = difflib.get_close_matches(unknown[0], sorted(stage.arguments()), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"section '{stage.name}': unknown key '{unknown[0]}'{hint} (allowed: {', '.join(allowed)})"
+            )
 
 
 def _is_url(value: str) -> bool:

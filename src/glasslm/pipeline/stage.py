@@ -72,6 +72,7 @@ class Stage:
     checks: Callable[[dict[str, Any]], list[str]] | None = None  # more preflight problems (packages…)
     resumable: bool = False  # an interrupted run of this stage continues (--resume auto)
     model: bool = False  # writes a model: the most adapted one that runs is the one exported
+    options: tuple[str, ...] = ()  # section keys the pipeline passes to the verb as --KEY VALUE
 
     def input_paths(self, names: Sequence[str], known: Mapping[str, Stage]) -> list[str]:
         return list(self.inputs) if isinstance(self.inputs, tuple) else self.inputs(names, known)
@@ -85,7 +86,7 @@ class Stage:
 
     def arguments(self) -> set[str]:
         """Section keys that go to the command line rather than into the verb's config."""
-        return {f.key for f in self.files if f.argument}
+        return {f.key for f in self.files if f.argument} | set(self.options)
 
     def verb_section(self, section: Mapping[str, Any]) -> dict[str, Any]:
         """The section as the verb's config reads it."""

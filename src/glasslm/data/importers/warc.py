@@ -85,7 +85,7 @@ def page_item(index: int, record: Any, body: bytes, options: ReadOptions) -> Ite
     status = record.http_headers.get_statuscode() if record.http_headers is not None else None
     content_type = _content_type(record)
     if status is not None and not str(status).startswith("2"):
-        return bad(index, f"HTTP status {status}", body[:_RAW_HEAD])
+        return bad(index, f"HTTP status: {status}", body[:_RAW_HEAD])
     if not _looks_like_html(content_type, body):
         return bad(
             index, f"not HTML: {content_type.split(';')[0].strip() or 'no content type'}", body[:_RAW_HEAD]
@@ -177,7 +177,7 @@ def read_warc(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
             yield page_item(index, record, body, options)
     except Exception as e:  # noqa: BLE001 - warcio's parse errors are several types: one entry, reading stops
         blamed = True
-        yield bad(index + 1, f"unreadable WARC after record {index}: {type(e).__name__}: {e}")
+        yield bad(index + 1, f"unreadable WARC: after record {index}, {type(e).__name__}: {e}")
     if stream.error is not None and not blamed:
-        yield bad(index + 1, f"truncated or corrupt compressed stream after record {index}: {stream.error}")
+        yield bad(index + 1, f"truncated or corrupt compressed stream: after record {index}, {stream.error}")
     src.counts["other_records"] = sum(other.values())
