@@ -218,7 +218,7 @@ def test_reproduce_gives_identical_outputs(run: Path, rel: str, capsys: pytest.C
     assert statuses <= {"identical", "same values"}
     # "same values" is only for JSON whose measured fields (times, speeds) differ: the rest is byte-equal
     same_values = [f["path"] for f in data["files"] if f["status"] == "same values"]
-    assert all(p.endswith((".json", ".jsonl")) for p in same_values)
+    assert all(p.endswith((".json", ".jsonl", ".yaml")) for p in same_values)
     if rel in ("corpus", "mix", "tokenizer", "tokens", "hf", "trace_index", "report"):
         assert statuses == {"identical"}, same_values
 
@@ -239,6 +239,22 @@ def test_reproduce_a_moved_run_uses_the_moved_inputs(
     assert main(["reproduce", str(moved / "tokens"), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["rerun"] == [] and any(str(moved / "mix") in p for p in data["problems"])
+
+
+@pytest.mark.parametrize("rel", ["train", "eval", "adapt/sft", "trace_index", "report"])
+def test_reproduce_of_a_copy_run_from_elsewhere_is_identical(
+    run: Path, rel: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy's own inputs are read (the original's absolute paths in its configs are re-pointed), and
+    what an output says of its paths (an eval title, the report's labels) reads as recorded."""
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    code = main(["reproduce", str(moved / rel), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["identical"], (data["problems"], data["differing"], data["output"][-2000:])
+    assert not any(str(run) in word for word in data["rerun"]), data["rerun"]
 
 
 # ---------------------------------------------------------------- energy, report, config edges

@@ -539,7 +539,9 @@ def create_artifact(
             inputs=inputs,
             command=command,
             metrics=writer.metrics,
-            extra=writer.extra,
+            # where it was made: a verb's default output (`report RUN` → RUN/report) is then known to
+            # `glasslm reproduce` after the run has moved
+            extra={"made_at": str(out), **writer.extra},
         )
         fsync_tree(tmp)
         publish(tmp, out)

@@ -105,6 +105,7 @@ MEASURED_KEYS = frozenset(
         "docs_per_s",
         "mb_per_s",
         "examples_per_s",
+        "examples_per_second",
         "mfu",
         "mem_gb",
         "energy_j",
@@ -114,7 +115,7 @@ MEASURED_KEYS = frozenset(
 # What differs by nature between a nested artifact's manifest and its re-run (``created`` is measured):
 # how it was invoked and where its inputs were, relative to an output that now lives elsewhere.
 # Its ``files`` are compared one by one as files of the outer artifact, and the code version once, above.
-_INVOCATION_KEYS = ("command", "cwd", "code", "files")
+_INVOCATION_KEYS = ("command", "cwd", "made_at", "code", "files")
 
 
 def check_inputs(path: Path, manifest: dict[str, Any]) -> list[str]:
@@ -168,6 +169,34 @@ class PathMap:
     artifact: Path  # where the artifact is now
     inputs: list[Path] = field(default_factory=list)  # where the recorded inputs are now
 
+    def bases(self) -> tuple[Path, Path] | None:
+        """(where the run was, where it is now): the recorded output and the artifact's location with
+        their common tail taken off (``/old/runs/x/eval`` now ``/new/copy/runs/x/eval`` → ``/old``,
+        ``/new/copy``). None when nothing moved."""
+        if self.recorded_out is None:
+            return None
+        old, new = self.recorded_out.parts, self.artifact.parts
+        same = 0
+        while same < min(len(old), len(new)) - 1 and old[-1 - same] == new[-1 - same]:
+            same += 1
+        before, after = Path(*old[: len(old) - same]), Path(*new[: len(new) - same])
+        return None if before == after else (before, after)
+
+    @property
+    def moved_cwd(self) -> Path | None:
+        """The recorded working directory, moved with the run when it was inside what moved: the re-run
+        works there, so the paths it was given relative stay relative, and every path it writes into its
+        outputs (a title, a label) reads as recorded."""
+        if self.cwd is None:
+            return None
+        bases = self.bases()
+        if bases is None:
+            return self.cwd if self.cwd.is_dir() else None
+        if not self.cwd.is_relative_to(bases[0]):
+            return None
+        moved = bases[1] / self.cwd.relative_to(bases[0])
+        return moved if moved.is_dir() else None
+
     def __call__(self, word: str) -> str:
         if not word or word.startswith("-"):
             return word
@@ -176,7 +205,9 @@ class PathMap:
         if self.recorded_out is not None:
             moved = Path(os.path.normpath(self.artifact / os.path.relpath(recorded, self.recorded_out)))
             if moved.exists():
-                return str(moved)
+                here = self.moved_cwd
+                same = here is not None and moved == Path(os.path.normpath(here / word))
+                return word if same and not Path(word).is_absolute() else str(moved)
         if recorded.exists():
             return str(recorded)
         return word
@@ -312,7 +343,13 @@ def reproduce(path: str | Path, commands: Commands, keep: str | Path | None = No
         if rerun_config is not None:
             rerun_config.write_text(yaml.safe_dump(map_config_paths(config, where), sort_keys=False))
         captured = io.StringIO()
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), _replaying(made):
+        here = where.moved_cwd
+        with (
+            contextlib.redirect_stdout(captured),
+            contextlib.redirect_stderr(captured),
+            _replaying(made),
+            contextlib.chdir(here) if here is not None else contextlib.nullcontext(),
+        ):
             try:
                 report.exit_code = commands.run(report.rerun[1:])
             except SystemExit as e:  # argparse errors
@@ -321,7 +358,14 @@ def reproduce(path: str | Path, commands: Commands, keep: str | Path | None = No
         if report.exit_code != 0 or not (out / artifacts.MANIFEST).is_file():
             report.problems.append(f"the re-run failed (exit {report.exit_code}); its output is in 'output'")
             return report
-        report.files = compare_files(manifest.get("files", {}), artifacts.hash_tree(out), path, out)
+        report.files = compare_files(
+            manifest.get("files", {}),
+            artifacts.hash_tree(out),
+            path,
+            out,
+            repoint=lambda value: map_config_paths(value, where),
+            moved=where.bases(),
+        )
         if keep is not None:
             shutil.copytree(out, Path(keep), dirs_exist_ok=False)
         return report
@@ -360,6 +404,8 @@ def _path_map(args: argparse.Namespace, manifest: dict[str, Any], artifact: Path
         recorded_out = Path(
             os.path.normpath(out_value if out_value.is_absolute() or cwd is None else cwd / out_value)
         )
+    elif manifest.get("made_at"):
+        recorded_out = Path(manifest["made_at"])
     inputs = (
         [loc for _, loc in artifacts.inputs_of(artifact)] if (artifact / artifacts.MANIFEST).is_file() else []
     )
@@ -371,9 +417,14 @@ def compare_files(
     new: dict[str, dict[str, Any]],
     old_root: Path | None = None,
     new_root: Path | None = None,
+    repoint: Callable[[Any], Any] | None = None,
+    moved: tuple[Path, Path] | None = None,
 ) -> list[FileResult]:
-    """Each file's status: identical (same bytes), same values (JSON equal but for MEASURED_KEYS; only
-    when the recorded file is still the one its manifest hashed), differs, missing, or extra."""
+    """Each file's status: identical (same bytes), same values (JSON/YAML equal but for MEASURED_KEYS, and
+    for paths the re-run was given re-pointed (``repoint``: a moved run's config names its own copies),
+    or text equal once the run's old and new locations are set aside (``moved``: an absolute path a
+    report or summary quotes); only when the recorded file is still the one its manifest hashed),
+    differs, missing, or extra."""
     results = []
     for rel in sorted(set(recorded) | set(new)):
         old_sha = recorded.get(rel, {}).get("sha256")
@@ -389,7 +440,7 @@ def compare_files(
             and new_root is not None
             and (old_root / rel).is_file()
             and artifacts.sha256_file(old_root / rel) == old_sha
-            and _same_values(old_root / rel, new_root / rel)
+            and _same_values(old_root / rel, new_root / rel, repoint or (lambda value: value), moved)
         ):
             status = "same values"
         else:
@@ -398,20 +449,37 @@ def compare_files(
     return results
 
 
-def _same_values(old: Path, new: Path) -> bool:
-    if old.suffix not in (".json", ".jsonl"):
+def _same_values(
+    old: Path, new: Path, repoint: Callable[[Any], Any], moved: tuple[Path, Path] | None = None
+) -> bool:
+    if old.suffix not in (".json", ".jsonl", ".yaml", ".md", ".html", ".txt"):
         return False
     try:
+        old_text, new_text = old.read_text(), new.read_text()
+        if moved is not None:  # where the run lives is set aside on both sides (a quoted recorded path
+            # keeps its old location in the re-run too: it is data of an input, not of this run)
+            old_text, new_text = (_without_location(t, moved) for t in (old_text, new_text))
+        if old.suffix in (".md", ".html", ".txt"):
+            return old_text == new_text
         if old.suffix == ".jsonl":
-            a = [json.loads(line) for line in old.read_text().splitlines() if line.strip()]
-            b = [json.loads(line) for line in new.read_text().splitlines() if line.strip()]
+            a = [json.loads(line) for line in old_text.splitlines() if line.strip()]
+            b = [json.loads(line) for line in new_text.splitlines() if line.strip()]
+        elif old.suffix == ".yaml":
+            a, b = yaml.safe_load(old_text), yaml.safe_load(new_text)
         else:
-            a, b = json.loads(old.read_text()), json.loads(new.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            a, b = json.loads(old_text), json.loads(new_text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError, RecursionError):
         return False
+    a = repoint(a)
     if old.name == artifacts.MANIFEST:  # a nested artifact (a checkpoint inside a training run)
         a, b = _comparable_manifest(a), _comparable_manifest(b)
     return bool(_without_measured(a) == _without_measured(b))
+
+
+def _without_location(text: str, moved: tuple[Path, Path]) -> str:
+    for base in sorted(map(str, moved), key=len, reverse=True):  # the longer first: one may hold the other
+        text = text.replace(base, "<run location>")
+    return text
 
 
 def _comparable_manifest(manifest: Any) -> Any:

@@ -74,7 +74,7 @@ def resolve_sources(path: str | Path) -> tuple[Path, Path | None]:
         if kind == "tokens":
             return path, None
         if kind == "train_run":
-            return _tokens_of_run(path), path
+            return tokens_of_run(path), path
         raise ArtifactError(
             f"{path}: is a '{kind}' artifact; give a tokens artifact, a training run or a run directory"
         )
@@ -84,11 +84,18 @@ def resolve_sources(path: str | Path) -> tuple[Path, Path | None]:
         )
     run = path / "train"
     if (run / artifacts.MANIFEST).is_file() and artifacts.read_manifest(run).get("kind") == "train_run":
-        return _tokens_of_run(run), run
+        return tokens_of_run(run), run
     return artifacts.find_artifact(path, "tokens"), None
 
 
-def _tokens_of_run(run: Path) -> Path:
+def tokens_of_run(run: Path) -> Path:
+    """The tokens artifact a training run read. A finished run's manifest names it by a path relative to
+    the run (so a moved or downloaded run finds its own copy, never the original's); a run still going
+    has only its config.yaml (``data.tokens``, as it was given)."""
+    if (run / artifacts.MANIFEST).is_file():
+        recorded = artifacts.input_of_kind(run, "tokens")
+        if recorded is not None:
+            return artifacts.find_artifact(recorded, "tokens")
     config_file = run / "config.yaml"
     if not config_file.is_file():
         raise ArtifactError(
@@ -101,7 +108,7 @@ def _tokens_of_run(run: Path) -> Path:
     candidate = Path(tokens)
     if not candidate.is_absolute() and not candidate.exists():
         candidate = run / tokens  # a path written relative to the run directory
-    return artifacts.find_artifact(candidate, "tokens")
+    return artifacts.find_artifact(candidate, "tokens", subdirs=["tokens"])
 
 
 def read_stream(tokens_dir: Path, split: str = "train") -> TokenStream:

@@ -23,6 +23,7 @@ from glasslm import artifacts
 from glasslm.artifacts import ArtifactError
 from glasslm.config import from_dict
 from glasslm.data.loader import LoaderConfig, TokenLoader
+from glasslm.trace.index import tokens_of_run
 
 
 @dataclass
@@ -54,17 +55,9 @@ def resolve(path: str | Path, overrides: dict[str, Any] | None = None) -> TraceS
     if run is None:
         tokens = artifacts.find_artifact(path, "tokens")
     else:
-        config_file = run / "config.yaml"
-        if not config_file.is_file():
-            raise ArtifactError(f"{run}: training run without config.yaml; cannot tell which tokens it read")
-        config = yaml.safe_load(config_file.read_text()) or {}
+        tokens = tokens_of_run(run)
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
         data = config.get("data") or {}
-        if not data.get("tokens"):
-            raise ArtifactError(f"{config_file}: no data.tokens key; cannot tell which tokens the run read")
-        tokens_path = Path(data["tokens"])
-        if not tokens_path.is_absolute() and not tokens_path.exists():
-            tokens_path = run / tokens_path
-        tokens = artifacts.find_artifact(tokens_path, "tokens", subdirs=["tokens"])
         loader = from_dict(LoaderConfig, data.get("loader") or {}, prefix="data.loader.")
         steps = _steps_taken(run) or _configured_steps(config.get("trainer") or {}, loader)
     loader = replace(loader, **{k: v for k, v in (overrides or {}).items() if v is not None})
