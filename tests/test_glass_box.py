@@ -120,6 +120,9 @@ def test_links_and_special_files_are_changes_and_are_refused(
     # a verb reading the artifact refuses it rather than following the link
     assert main(["convert", "to-hf", str(ckpt), "--out", str(tmp_path / "hf")]) == 2
     assert "not a regular file" in capsys.readouterr().err
+    # so does every verb that only wants the artifact's tokenizer
+    assert main(["tokenizer", "encode", str(ckpt), "x"]) == 2
+    assert "not a regular file" in capsys.readouterr().err
     (ckpt / "tokenizer.json").unlink()
     os.mkfifo(ckpt / "pipe")
     assert main(["manifest", "verify", str(ckpt)]) == 1

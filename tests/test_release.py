@@ -195,6 +195,10 @@ def test_release_is_reproducible_and_verify_catches_changes(run: Path, tmp_path:
     assert {k: v for k, v in first.items() if k != "main"} == {k: v for k, v in second.items() if k != "main"}
     manifest = json.loads((out / "glasslm" / "manifest.json").read_text())
     assert manifest["kind"] == "release" and manifest["metrics"]["license_overridden"] is False
+    # the run's own release (RUN/release) ships copies of its manifests: they are not listed as stages
+    steps = (out / "README.md").read_text().split("## How to reproduce")[1].split("## Lineage")[0]
+    commands = [line for line in steps.splitlines() if line.startswith("glasslm ")]
+    assert len(commands) == len(set(commands)) and not any("/release/" in c for c in commands)
     # run again onto the same folder: an earlier release is replaced
     assert main(["release", str(run), "--out", str(out), "--allow-license-issues"]) == 0
     card = out / "README.md"

@@ -206,6 +206,10 @@ def test_bad_queries_get_clear_messages(built: tuple[Path, Path], capsys: pytest
     with pytest.raises(span_mod.QueryError, match="empty query"):
         span_mod.count(index, [])
     index.close()
+    assert main(["trace", "span", str(index_dir), ""]) == 2
+    assert "empty query" in capsys.readouterr().err
+    assert main(["trace", "span", str(index_dir), "the", "--max-docs", "0"]) == 2
+    assert "--max-docs must be >= 1" in capsys.readouterr().err
 
 
 def test_stale_index_is_refused(built: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:

@@ -94,6 +94,9 @@ def test_trace_reads_a_training_run(tokens: Path, tmp_path: Path, capsys: pytest
     doc_id = from_run["documents"][0]["doc_id"]
     seen = run_json(capsys, "trace", "doc", str(run), doc_id)
     assert seen["max_steps"] == 4 and all(1 <= s["step"] <= 4 for s in seen["seen"])
+    # a step the run never took is not answered as if it had
+    assert main(["trace", "batch", str(run), "--step", "5"]) == 2
+    assert "took 4 steps" in capsys.readouterr().err
     # a flag overrides the recorded setting
     other = run_json(capsys, "trace", "batch", str(run), "--step", "3", "--seed", "8")
     assert other["instances"] != from_run["instances"]

@@ -78,11 +78,18 @@ def format_chat(
 
 
 def find_tokenizer_file(path: str | Path) -> Path:
+    """The tokenizer.json a path names: the file itself, or the one in a tokenizer artifact or checkpoint.
+    Inside an artifact it must be a regular file (a planted ``tokenizer.json -> /etc/passwd`` is refused,
+    as every verb refuses an artifact holding a link)."""
+    from glasslm import artifacts
+
     path = Path(path)
     if path.is_file():
         return path
     for candidate in (path / "tokenizer.json", path / "tokenizer" / "tokenizer.json"):
-        if candidate.is_file():
+        if candidate.is_file() or candidate.is_symlink():
+            if (candidate.parent / artifacts.MANIFEST).is_file():
+                artifacts.check_regular(candidate.parent)
             return candidate
     raise FileNotFoundError(
         f"{path}: no tokenizer.json (expected a file, a tokenizer artifact, or a checkpoint)"
@@ -107,7 +114,11 @@ class Tokenizer:
         file = find_tokenizer_file(path)
         template_file = file.parent / CHAT_TEMPLATE_FILE
         template = template_file.read_text() if template_file.is_file() else None
-        return cls(HFTokenizer.from_file(str(file)), path=file, chat_template=template)
+        try:
+            hf = HFTokenizer.from_file(str(file))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a bad file
+            raise ConfigError(f"{file}: not a tokenizer.json the tokenizers library can read ({e})") from None
+        return cls(hf, path=file, chat_template=template)
 
     def _id_of(self, token: str) -> int | None:
         return self.hf.token_to_id(token)

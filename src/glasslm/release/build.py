@@ -82,6 +82,9 @@ def revisions(run: Path) -> list[Revision]:
 def run_manifests(run: Path, exclude: Path) -> list[str]:
     """Every artifact below the run (stages and checkpoints), relative, hidden folders and ``exclude`` left out."""
     found = []
+    # an earlier release inside the run (the pipeline's RUN/release) ships copies of the run's manifests:
+    # they are not artifacts of the run, and listing them would give every stage twice
+    releases = [m.parent.parent.resolve() for m in run.rglob(f"{META}/{artifacts.MANIFEST}")]
     for manifest in sorted(run.rglob(artifacts.MANIFEST)):
         d = manifest.parent
         rel = d.relative_to(run)
@@ -90,6 +93,7 @@ def run_manifests(run: Path, exclude: Path) -> list[str]:
             any(p.startswith(".") for p in rel.parts)
             or where in (exclude, run.resolve())
             or exclude in where.parents
+            or any(where == r or r in where.parents for r in releases)
         ):
             continue
         found.append(rel.as_posix())

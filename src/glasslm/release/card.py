@@ -297,8 +297,9 @@ def _lineage(c: CardInputs) -> list[str]:
         for n in c.lineage
     ]
     return [
-        "Every artifact of the run with the sha256 of its manifest; the manifests ship in `glasslm/manifests/` "
-        "(input paths relative, so `glasslm manifest verify --recursive` works on them).",
+        "Every artifact of the run with the sha256 of its manifest. The manifests ship in `glasslm/manifests/` "
+        "byte for byte, without the files they describe: `glasslm release verify` checks them against these "
+        "hashes, and `glasslm manifest verify --recursive` checks a run's files against them (in the run).",
         "",
         *markdown_table("Lineage", rows),
     ]

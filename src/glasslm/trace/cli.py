@@ -141,10 +141,15 @@ def _count(args: argparse.Namespace) -> int:
 def _span(args: argparse.Namespace) -> int:
     from glasslm.trace.steps import steps_lookup
 
+    text = _text(args.text)
+    if not text:
+        raise ConfigError("empty query: give the text to trace (or '-' to read it from standard input)")
+    if args.max_docs < 1:
+        raise ConfigError(f"--max-docs must be >= 1, got {args.max_docs}")
     index = _open(args.index)
     try:
         lookup, note = steps_lookup(index)
-        data = span_mod.trace_spans(index, _text(args.text), args.min_len, args.max_docs, steps=lookup)
+        data = span_mod.trace_spans(index, text, args.min_len, args.max_docs, steps=lookup)
         data["steps_note"] = note
     except span_mod.QueryError as e:
         raise ConfigError(str(e)) from None
@@ -236,6 +241,11 @@ def _trace_batch(args: argparse.Namespace) -> int:
     source = _trace_source(args)
     if args.step < 1:
         raise ConfigError(f"--step counts from 1 (as in metrics.jsonl), got {args.step}")
+    if source.run_steps is not None and args.step > source.run_steps:
+        raise ConfigError(
+            f"--step {args.step}: {source.run} took {source.run_steps} steps; its loader would give batch "
+            f"{args.step - 1}, but no step trained on it (give a tokens artifact to ask about any batch)"
+        )
     data = {
         "tokens": str(source.tokens),
         "run": str(source.run) if source.run else None,
@@ -259,6 +269,8 @@ def _trace_doc(args: argparse.Namespace) -> int:
 
     source = _trace_source(args)
     loader = order.open_loader(source)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ConfigError(f"--max-steps must be >= 1, got {args.max_steps}")
     max_steps = args.max_steps if args.max_steps is not None else (source.run_steps or loader.steps_per_epoch)
     try:
         result = order.doc_steps(loader, args.doc_id, max_steps)
