@@ -225,6 +225,10 @@ def test_generate_cli(tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> No
     out = json.loads(capsys.readouterr().out)
     assert [r["prompt"] for r in out["results"]] == ["The quick brown", "Open data"]
     assert all(r["completion_tokens"] == 6 and r["finish_reason"] == "length" for r in out["results"])
+    # a device this machine lacks, or no device at all, is one line (torch raises tracebacks for both)
+    for device, says in (("tpu", "is not a device"), ("cuda:64", "cuda:64")):
+        assert main(["generate", str(tiny_ckpt), "--prompt", "x", "--device", device]) == 2
+        assert says in capsys.readouterr().err
 
 
 def test_logprobs_match_a_full_forward(engine: Engine) -> None:

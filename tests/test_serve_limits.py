@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+
+import pytest
 
 from glasslm.cli import build_parser
 from glasslm.serve.app import router
@@ -27,3 +30,18 @@ def test_every_endpoint_is_on_the_router() -> None:
         "/v1/completions",
         "/v1/chat/completions",
     }
+
+
+def test_impossible_limits_and_ports_are_refused_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from glasslm.cli import main
+
+    missing = tmp_path / "no-model"  # the flags are checked first: no model is needed to refuse them
+    for flags, says in (
+        (["--max-batch", "0"], "--max-batch must be at least 1"),
+        (["--port", "99999"], "--port must be in 0..65535"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    ):
+        assert main(["serve", str(missing), *flags]) == 2
+        assert says in capsys.readouterr().err

@@ -80,6 +80,9 @@ def test_wandb_offline_run_holds_the_logged_loss(tmp_path: Path, offline: None) 
     expected = [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
     assert len(expected) == 3
     assert _logged_losses(run_files[0]) == pytest.approx(expected, rel=1e-12)
+    # wandb's symlinks (latest-run, debug.log, a log in its cache) are not left in the artifact
+    assert not [p for p in (run / "wandb").rglob("*") if p.is_symlink()]
+    assert main(["manifest", "verify", str(run), "--no-inputs"]) == 0
 
 
 def test_wandb_missing_package_names_the_extra(

@@ -33,6 +33,7 @@ from glasslm.eval.tasks.base import NORMALISATIONS, Request
 from glasslm.model.modes import eval_mode
 from glasslm.model.olmo2 import OLMo2
 from glasslm.tokenizer import Tokenizer
+from glasslm.train.distributed import resolve_device
 
 
 @dataclass
@@ -54,6 +55,19 @@ class EvalConfig:
     batch_tokens: int = 8192
     device: str = "cpu"
     dtype: str = "float32"
+
+    def validate(self) -> None:
+        for key in ("ppl_window", "ppl_stride", "ppl_max_docs", "limit"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"config key '{key}' must be >= 1 (or unset), got {value}")
+        if self.ppl_window and self.ppl_stride and self.ppl_stride > self.ppl_window:
+            raise ConfigError(
+                f"config key 'ppl_stride' ({self.ppl_stride}) must not exceed 'ppl_window' ({self.ppl_window}): "
+                "windows that skip tokens would leave them unscored"
+            )
+        if self.batch_tokens < 1 or self.num_shots < 0:
+            raise ConfigError("config keys 'batch_tokens' must be >= 1 and 'num_shots' >= 0")
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -288,7 +302,8 @@ def run_eval(
 
     if config.dtype not in DTYPES:
         raise ConfigError(f"config key 'dtype': expected one of {list(DTYPES)}, got {config.dtype!r}")
-    loaded = load_model(model_path, device=config.device, dtype=DTYPES[config.dtype])
+    device = resolve_device(config.device, "config key 'device'")
+    loaded = load_model(model_path, device=device, dtype=DTYPES[config.dtype])
     tokenizer = load_tokenizer(model_path, tokenizer_path, loaded.tokenizer_path)
     results, predictions = evaluate_model(loaded.model, tokenizer, config, where=str(model_path))
     results["model"] = str(loaded.path)

@@ -16,6 +16,7 @@ from glasslm.model.checkpoint import load_model
 from glasslm.model.generate import Engine, SamplingParams
 from glasslm.serve.limits import ServeLimits
 from glasslm.tokenizer import Tokenizer
+from glasslm.train.distributed import resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -183,7 +184,7 @@ def _params(args: argparse.Namespace) -> SamplingParams:
 
 
 def build_engine(args: argparse.Namespace, max_batch: int = 8) -> tuple[Engine, Path]:
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     dtype_name = (
         args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     )
@@ -275,8 +276,17 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.max_body_bytes < 1:
-        raise ConfigError(f"--max-body-bytes must be at least 1, got {args.max_body_bytes}")
+    for flag, value, least in (
+        ("--max-body-bytes", args.max_body_bytes, 1),
+        ("--max-batch", args.max_batch, 1),  # 0 cache slots would take requests and never run one
+        ("--max-queue", args.max_queue, 0),
+        ("--max-prompt-tokens", args.max_prompt_tokens, 1),
+        ("--max-new-tokens", args.max_new_tokens, 1),
+    ):
+        if value < least:
+            raise ConfigError(f"{flag} must be at least {least}, got {value}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {args.port}")
     tracer = _tracer(args)
     engine, model_dir = build_engine(args, max_batch=args.max_batch)
     name = args.model_name or Path(args.model).resolve().name

@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  glasslm train configs/tiny.yaml --data.tokens=runs/demo/tokens --out runs/demo/train\n"
-        "  glasslm train configs/tiny.yaml --out runs/demo/train --resume auto\n"
+        "  glasslm train --out runs/demo/train --resume auto   # the run's own config.yaml\n"
         "  python -m torch.distributed.run --nproc-per-node 2 -m glasslm train configs/tiny.yaml \\\n"
         "      --out runs/demo/train --distributed.strategy=ddp\n",
     )

@@ -113,6 +113,8 @@ class OptimConfig:
     def validate(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be positive, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas takes two values (beta1, beta2), got {list(self.betas)}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
 

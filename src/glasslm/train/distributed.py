@@ -52,6 +52,27 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_device(requested: str, key: str = "--device") -> torch.device:
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda``, ``cuda:N``: a device this machine has, or a
+    ConfigError naming ``key`` (torch's own errors for ``cuda`` on a CPU build are tracebacks)."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{key} {requested!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key} is {requested!r} but no CUDA device is available (use auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{key} {requested!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type != "cpu":
+        raise ConfigError(f"{key} {requested!r}: glasslm runs on cpu or cuda")
+    return device
+
+
 def init(config: DistributedConfig, device_request: str) -> World:
     """Join torchrun's process group (if launched by torchrun with more than one process)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

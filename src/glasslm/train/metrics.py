@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -276,6 +277,7 @@ class WandbLog:
         import wandb
 
         directory = run_dir / "wandb"
+        self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         id_file = directory / self.ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
@@ -315,3 +317,19 @@ class WandbLog:
 
     def close(self) -> None:
         self.run.finish()
+        regular_files_only(self.directory)
+
+
+def regular_files_only(directory: Path) -> None:
+    """Leave only regular files below ``directory``, which is part of an artifact (links are refused as
+    artifact content: docs/glass-box.md). wandb makes symlinks: conveniences into its own run folders
+    (``latest-run``, ``debug.log``), dropped since their targets are there; and a log in its cache
+    outside the run (``logs/debug-core.log``), replaced by a copy so the record stays with the run."""
+    root = directory.resolve()
+    for path in sorted(directory.rglob("*"), reverse=True):  # deepest first
+        if not path.is_symlink():
+            continue
+        target = path.resolve()
+        path.unlink()
+        if target.is_file() and root not in target.parents:
+            shutil.copyfile(target, path)
