@@ -83,16 +83,18 @@ def test_out_replaces_only_an_artifact_of_its_kind_and_never_an_input(
 def test_a_data_stage_refuses_its_out_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i}"}) + "\n" for i in range(3)))
-    docs = tmp_path / "docs"
-    assert main(["data", "import", str(src), "--out", str(docs)]) == 0
+    docs, other = tmp_path / "docs", tmp_path / "other"
+    for out in (docs, other):
+        assert main(["data", "import", str(src), "--out", str(out)]) == 0
     before = sorted(p.name for p in tmp_path.iterdir())
     capsys.readouterr()
-    # another kind (documents, not attributes), then the input itself: both refused up front, so no
-    # tagging happens and no work directory is left beside --out
-    assert main(["data", "tag", str(docs), "--taggers", "stats", "--out", str(docs)]) == 2
+    # another kind (documents, not attributes), and the input itself (with or without --force): all
+    # refused up front, so no tagging happens and no work directory is left beside --out
+    assert main(["data", "tag", str(docs), "--taggers", "stats", "--out", str(other)]) == 2
     assert "holds a 'documents' artifact, not a 'attributes' one" in capsys.readouterr().err
-    assert main(["data", "tag", str(docs), "--taggers", "stats", "--out", str(docs), "--force"]) == 2
-    assert "would replace the input" in capsys.readouterr().err
+    for force in ([], ["--force"]):
+        assert main(["data", "tag", str(docs), "--taggers", "stats", "--out", str(docs), *force]) == 2
+        assert "would replace the input" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

@@ -285,6 +285,7 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}
         ({**CHAT, "top_p": 0}, "top_p"),
         ({**CHAT, "top_p": 1.5}, "top_p"),
         ({**CHAT, "max_tokens": 0}, "max_tokens"),
+        ({**CHAT, "max_tokens": "5"}, "max_tokens"),  # strict, as OpenAI's API: a string is not a number
         ({**CHAT, "max_completion_tokens": 2**70}, "max_completion_tokens"),
         ({**CHAT, "n": 0}, "n"),
         ({**CHAT, "n": 10**6}, "n"),
@@ -307,6 +308,15 @@ def test_numeric_fields_out_of_range_are_400_naming_the_field(
     assert error["param"] == field and error["code"] == "invalid_value"
     assert error["message"].startswith(f"invalid request: {field}: "), error["message"]
     assert "overflow" not in error["message"].lower()
+
+
+def test_a_user_message_without_content_is_400(server: ServerThread) -> None:
+    r = httpx.post(
+        server.url + "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user"}]}
+    )
+    assert (
+        r.status_code == 400 and "messages[0]: a user message needs 'content'" in r.json()["error"]["message"]
+    )
 
 
 def test_seed_at_the_edge_of_the_range_is_served(client: openai.OpenAI) -> None:

@@ -434,6 +434,15 @@ def check_out(
         raise ArtifactError("--out is empty or '.': name a new directory for the artifact")
     if out.is_symlink():
         raise ArtifactError(f"{out}: is a symlink; --out must be a directory path (nothing was changed)")
+    # an input first: never replaceable, so no advice to --force that would only be refused next
+    target = out.resolve()
+    for item in inputs:
+        recorded = str(item.get("path", "")) if isinstance(item, Mapping) else str(item)
+        if is_url(recorded):
+            continue  # an object-store input cannot be (or hold) a local --out
+        where = Path(recorded).resolve()
+        if where == target or target in where.parents:
+            raise ArtifactError(f"--out {out} would replace the input {where}; choose another --out")
     if out.exists():
         if not out.is_dir():
             raise ArtifactError(
@@ -460,14 +469,6 @@ def check_out(
                     f"{' …' if len(unlisted) > 3 else ''}); refusing to replace it (nothing was deleted). "
                     "Move them away, or add --force"
                 )
-    target = out.resolve()
-    for item in inputs:
-        recorded = str(item.get("path", "")) if isinstance(item, Mapping) else str(item)
-        if is_url(recorded):
-            continue  # an object-store input cannot be (or hold) a local --out
-        where = Path(recorded).resolve()
-        if where == target or target in where.parents:
-            raise ArtifactError(f"--out {out} would replace the input {where}; choose another --out")
 
 
 @contextlib.contextmanager

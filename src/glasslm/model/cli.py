@@ -85,6 +85,8 @@ def register(sub: Any) -> None:
 
 
 def _out(args: argparse.Namespace) -> Path:
+    if args.out is not None and args.out_pos is not None and args.out != args.out_pos:
+        raise ConfigError(f"two output folders: OUT {args.out_pos} and --out {args.out}; give one")
     out = args.out or args.out_pos
     if out is None:
         raise ConfigError("no output folder: give OUT or --out DIR")
@@ -128,6 +130,13 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if args.preset is not None and args.model is not None:
+        raise ConfigError(f"give a model ({args.model}) or --preset ({args.preset}), not both")
+    for flag, value in (("--seq-len", args.seq_len), ("--micro-batch", args.micro_batch)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.world_size < 1:
+        raise ConfigError(f"--world-size must be >= 1, got {args.world_size}")
     if args.preset is not None:
         config, source = preset(args.preset), f"preset {args.preset}"
     elif args.model is not None:

@@ -173,7 +173,8 @@ class TraceOptions(BaseModel):
 class _Sampling(BaseModel):
     # Unknown OpenAI fields are accepted and ignored, as vLLM does; floats must be finite (Python's JSON
     # reader accepts NaN and Infinity) and seeds fit torch's int64 generator seed, or the field gets a 400.
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    # Strict types, as OpenAI's API: "max_tokens": "5" is a 400, not quietly 5 (an int still fills a float).
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1, lt=INT64)
@@ -386,8 +387,10 @@ class Server:
     def chat_prompt(self, req: ChatRequest) -> list[int]:
         """The conversation's ids in the chat template (contents as plain text), checked; a worker thread's job."""
         messages = []
-        for m in req.messages:
+        for i, m in enumerate(req.messages):
             content = m.content
+            if content is None and m.role != "assistant":  # OpenAI: only an assistant turn may omit it
+                raise APIError(400, f"messages[{i}]: a {m.role} message needs 'content'", param="messages")
             if isinstance(content, list):  # content parts: only text is understood
                 if any(part.get("type") != "text" for part in content):
                     raise APIError(400, "only text content parts are supported", param="messages")

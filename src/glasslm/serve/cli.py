@@ -196,6 +196,9 @@ def build_engine(args: argparse.Namespace, max_batch: int = 8) -> tuple[Engine, 
         tokenizer = Tokenizer.from_file(tok_path)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from e
+    positions = loaded.model.config.max_seq_len
+    if args.max_len is not None and not 1 <= args.max_len <= positions:
+        raise ConfigError(f"--max-len must be in 1..{positions} (the model's positions), got {args.max_len}")
     engine = Engine(loaded.model, tokenizer, max_batch=max_batch, max_len=args.max_len, compile=args.compile)
     return engine, loaded.path
 

@@ -199,8 +199,13 @@ class Trainer:
             latest = ckpt.find_resume_checkpoint(self.out)
             raise TrainingDiverged(
                 f"step {step}: loss is {loss} and gradient norm {gn} (not finite); training stopped. "
-                f"The last good checkpoint is {latest or 'none (no checkpoint was written yet)'}. "
-                "Lower optim.lr, lengthen schedule.warmup, or check the tokens, then resume from it."
+                + (
+                    f"The last good checkpoint is {latest}. Lower optim.lr, lengthen schedule.warmup, or "
+                    "check the tokens, then resume from it."
+                    if latest
+                    else "No checkpoint was written yet. Lower optim.lr, lengthen schedule.warmup, or check "
+                    "the tokens, then start again in a new --out (or remove this one)."
+                )
             )
         skipped = self.state.guard.should_skip(loss, gn)
         if not skipped:
