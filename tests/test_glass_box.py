@@ -98,6 +98,15 @@ def test_a_data_stage_refuses_its_out_before_any_work(tmp_path: Path, capsys: py
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_verify_of_a_directory_that_is_no_artifact_points_at_the_ones_in_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert _init(tmp_path / "run" / "ckpt") == 0
+    capsys.readouterr()
+    assert main(["manifest", "verify", str(tmp_path / "run")]) == 2
+    assert "not an artifact (no manifest.json); artifacts in it: ckpt" in capsys.readouterr().err
+
+
 def test_unwritable_out_is_one_line_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

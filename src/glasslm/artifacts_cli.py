@@ -42,7 +42,24 @@ def _walk(path: Path, seen: set[str]) -> list[Path]:
     return out
 
 
+def _check_is_artifact(path: Path) -> None:
+    """A directory the user named that is not an artifact gets a pointer, not a bare MISSING."""
+    if (path / artifacts.MANIFEST).is_file() or not path.is_dir():
+        return  # an artifact, or a path that is not there (reported MISSING)
+    if (path / "glasslm" / artifacts.MANIFEST).is_file():
+        raise artifacts.ArtifactError(
+            f"{path}: a release (its manifest is glasslm/manifest.json); check it with `glasslm release verify {path}`"
+        )
+    below = sorted(m.parent.relative_to(path).as_posix() for m in path.glob(f"*/{artifacts.MANIFEST}"))
+    hint = f"; artifacts in it: {', '.join(below[:12])}{' …' if len(below) > 12 else ''}" if below else ""
+    raise artifacts.ArtifactError(
+        f"{path}: not an artifact (no {artifacts.MANIFEST}){hint}. Verify one, or a whole lineage with "
+        "--recursive from its last artifact (e.g. hf)"
+    )
+
+
 def _verify(args: argparse.Namespace) -> int:
+    _check_is_artifact(args.path)
     paths = _walk(args.path, set()) if args.recursive else [args.path]
     reports = []
     for p in paths:
