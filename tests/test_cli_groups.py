@@ -63,3 +63,19 @@ def test_out_url_is_refused_clearly_by_verbs_that_write_local_directories(
         main(["model", "init", "--preset", "tiny", "--out", "s3://bucket/model"])
     assert exit_info.value.code == 2
     assert "s3://bucket/model: this verb writes to a local directory" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
+    """`glasslm … --json | head`: the broken pipe ends the command with SIGPIPE's status, no error line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glasslm", "model", "info", "--preset", "tiny", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "error" not in err, err

@@ -364,3 +364,17 @@ def test_a_rule_on_an_attribute_no_document_has_is_reported(tmp_path: Path, caps
     assert "no attribute of a 'toxicity' tagger" in suspect[1]
     assert capsys.readouterr().err.count("warning: recipe, rule") == 2
     assert rows[0]["decision"] == "kept"  # a warning, not a decision: the rules simply did not fire
+
+
+def test_why_points_at_the_import_quarantine_for_a_record_that_never_reached_the_mix(
+    tmp_path: Path, capsys
+) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "ok", "text": "a usable document"}\n{"id": "bad"}\n')
+    docs = tmp_path / "docs"
+    assert main(["data", "import", f"notes={src}", "--out", str(docs)]) == 0
+    out, _ = mix(tmp_path, {"documents": str(docs), "sources": [{"name": "notes"}]})
+    capsys.readouterr()
+    assert main(["data", "why", "bad", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"quarantined before the mix: {src}:2, missing field: 'text'" in err

@@ -188,6 +188,13 @@ def test_licence_check_refuses_an_unknown_licence(
     )
 
 
+def test_a_misspelt_model_licence_is_refused(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["release", str(run), "--out", str(tmp_path / "r"), "--license=mti"]) == 2
+    assert "did you mean 'mit'?" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 def test_release_is_reproducible_and_verify_catches_changes(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "again"
     assert main(["release", str(run), "--out", str(out), "--allow-license-issues"]) == 0

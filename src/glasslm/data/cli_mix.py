@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -198,7 +199,10 @@ def _why(args: argparse.Namespace) -> int:
     mix_dir = _mix_dir(args.mix)
     data = ledger.story(mix_dir, args.doc_id)
     if not data["rows"]:
-        raise artifacts.ArtifactError(f"{mix_dir}: no document with id '{args.doc_id}' in the ledger")
+        raise artifacts.ArtifactError(
+            f"{mix_dir}: no document with id '{args.doc_id}' in the ledger"
+            + _quarantined_before(mix_dir, args.doc_id)
+        )
 
     def render(d: dict[str, Any]) -> str:
         out = []
@@ -229,6 +233,26 @@ def _why(args: argparse.Namespace) -> int:
 
     emit(args, data, render)
     return 0
+
+
+def _quarantined_before(mix_dir: Path, doc_id: str) -> str:
+    """Where a record that never reached the mix went: the documents artifact's quarantine (an import's
+    unusable records), found through the mix's lineage."""
+    documents = artifacts.input_of_kind(mix_dir, "documents")
+    quarantine = documents / "quarantine.jsonl" if documents is not None else None
+    if quarantine is None or not quarantine.is_file():
+        return ""
+    # the raw line may be broken JSON: look for its "id" field as text
+    pattern = re.compile(r'"id"\s*:\s*' + re.escape(json.dumps(doc_id)))
+    with open(quarantine, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            record = json.loads(line)
+            if pattern.search(str(record.get("raw", ""))):
+                return (
+                    f"; it was quarantined before the mix: {record.get('file')}:{record.get('line')}, "
+                    f"{record.get('reason')} (see {quarantine})"
+                )
+    return f" (nor in {quarantine})"
 
 
 def _stats(args: argparse.Namespace) -> int:

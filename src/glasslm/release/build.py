@@ -13,6 +13,7 @@ Layout of DIR (``main`` branch; each revision branch holds the model files and a
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from typing import Any
 
 from glasslm import artifacts
 from glasslm.artifacts import ArtifactError
+from glasslm.config import ConfigError
 from glasslm.release import licenses, repo
 from glasslm.release.card import CardInputs, Revision, rounded_tokens, write_card
 from glasslm.release.datasheet import write_datasheet
@@ -52,6 +54,18 @@ class ReleaseConfig:
     # Release even when a trained-on source has no licence or one that does not allow this licence;
     # recorded in the manifest and stated in the card and datasheet.
     allow_license_issues: bool = False
+
+    def validate(self) -> None:
+        from glasslm.release.licenses import PERMISSIVE, SHARE_ALIKE
+
+        known = PERMISSIVE | SHARE_ALIKE | {"other"}
+        if self.license.lower() not in known:  # a typo would be printed in the card as the licence
+            close = difflib.get_close_matches(self.license.lower(), sorted(known), n=1)
+            raise ConfigError(
+                f"release.license {self.license!r} is not a licence id glasslm knows"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; use one of {', '.join(sorted(known))} ('other': describe it in the card yourself)"
+            )
 
 
 def revisions(run: Path) -> list[Revision]:

@@ -275,7 +275,10 @@ def _trace_doc(args: argparse.Namespace) -> int:
     try:
         result = order.doc_steps(loader, args.doc_id, max_steps)
     except KeyError as e:
-        raise ConfigError(str(e.args[0])) from None
+        raise ConfigError(
+            f"{e.args[0]} (a document the mix removed or held out never reached the training tokens: "
+            f"`glasslm data why {args.doc_id} RUN` says why)"
+        ) from None
     data = {"tokens": str(source.tokens), "run": str(source.run) if source.run else None, **result}
 
     def render(d: dict[str, Any]) -> str:
