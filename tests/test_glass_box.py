@@ -77,6 +77,8 @@ def test_out_replaces_only_an_artifact_of_its_kind_and_never_an_input(
     assert artifacts.read_manifest(hf)["kind"] == "checkpoint"
     assert main(["convert", "to-hf", str(hf), "--out", str(hf), "--force"]) == 2  # never the input itself
     assert "would replace the input" in capsys.readouterr().err
+    assert main(["convert", "to-hf", str(hf), "--out", str(hf / "inside")]) == 2  # nor inside it
+    assert "inside the input artifact" in capsys.readouterr().err
     assert (hf / "model.safetensors").is_file()
 
 

@@ -443,6 +443,11 @@ def check_out(
         where = Path(recorded).resolve()
         if where == target or target in where.parents:
             raise ArtifactError(f"--out {out} would replace the input {where}; choose another --out")
+        if where in target.parents and (where / MANIFEST).is_file():
+            raise ArtifactError(
+                f"--out {out} is inside the input artifact {where}: it would add files its manifest does not "
+                "list (verify would then fail); choose another --out"
+            )
     if out.exists():
         if not out.is_dir():
             raise ArtifactError(
