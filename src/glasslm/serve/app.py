@@ -66,6 +66,10 @@ class APIError(Exception):
         return error_response(self.status, self.message, self.type, self.param, self.code)
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its response was ready (its requests are aborted)."""
+
+
 def error_response(
     status: int,
     message: str,
@@ -455,7 +459,7 @@ async def _gather(
         while not all(t.done() for t in tasks):
             await asyncio.wait(tasks, timeout=0.25)
             if await request.is_disconnected():
-                raise asyncio.CancelledError("client disconnected")
+                raise ClientDisconnected(request.url.path)
         results = [t.result() for t in tasks]
     finally:
         for h, t in zip(handles, tasks, strict=True):
@@ -651,12 +655,19 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, f"internal error: {exc}", type="server_error")
 
 
+async def _client_disconnected(request: Request, exc: ClientDisconnected) -> Response:
+    # one log line, not an ASGI traceback: nobody reads the answer (499, as nginx logs it)
+    log.info("request to %s: the client disconnected; its generation was aborted", request.url.path)
+    return Response(status_code=499)
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), code=None)
 
 
 EXCEPTION_HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]] = {
     APIError: _api_error,
+    ClientDisconnected: _client_disconnected,
     RequestValidationError: _validation_error,
     Exception: _server_error,
     StarletteHTTPException: _http_error,
