@@ -285,15 +285,49 @@ def test_user_jsonl_with_a_bad_line_is_quarantined_not_fatal(world: Path, tmp_pa
     good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
     data = tmp_path / "mine.jsonl"
     data.write_text("\n".join([json.dumps(good)] * 8 + ['{"messages": "oops"}']) + "\n")
+    heldout = tmp_path / "mine_heldout.jsonl"
+    heldout.write_text(json.dumps(good) + "\n")
     out = tmp_path / "sft"
     rc = main(["adapt", "sft", "--model", str(world / "base"), "--data", str(data), "--out", str(out),
-               "--data.loader.seq_len=64", "--data.loader.global_batch_size=2", "--trainer.max_steps=1",
-               *COMMON])  # fmt: skip
+               f"--data.heldout={heldout}", "--data.loader.seq_len=64", "--data.loader.global_batch_size=2",
+               "--trainer.max_steps=1", *COMMON])  # fmt: skip
     assert rc == 0
     [record] = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     assert record["file"] == str(data) and record["line"] == 9 and "messages" in record["reason"]
     ref = artifacts.read_manifest(out)["inputs"][0]
-    assert ref["kind"] == "jsonl" and ref["sha256"] == artifacts.sha256_file(data)
+    assert ref["kind"] == artifacts.FILE_INPUT and ref["sha256"] == artifacts.sha256_file(data)
+    recorded = {r["sha256"] for r in artifacts.read_manifest(out)["inputs"]}
+    assert artifacts.sha256_file(heldout) in recorded  # the held-out file is an input too
+    # a run on a file verifies and names it (it used to report the file as missing)
+    assert main(["manifest", "verify", str(out)]) == 0
+
+
+def test_an_adaptation_run_never_writes_into_another_artifact_or_a_users_folder(
+    world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = world / "adapt" / "data"
+    manifest_before = (data / "manifest.json").read_bytes()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my: settings\n")
+    (mine / "notes.txt").write_text("x")
+    for out, says in (
+        (data, "would replace the input"),  # --out is its own --data
+        (data / "inside", "inside the input artifact"),
+        (world / "base", "would replace the input"),  # its own --model
+        (mine, "is not a training run"),  # a config.yaml alone is not a run
+    ):
+        rc = main(["adapt", "sft", "--model", str(world / "base"), "--data", str(data), "--out", str(out),
+                   "--resume", "auto", "--trainer.max_steps=1", *COMMON])  # fmt: skip
+        assert rc == 2 and says in capsys.readouterr().err, out
+    assert (data / "manifest.json").read_bytes() == manifest_before
+    assert (mine / "config.yaml").read_text() == "my: settings\n"
+    other = tmp_path / "other-data"
+    assert main(["adapt", "data", "--out", str(other), "--adapt_data.modules=[json]"]) == 0
+    capsys.readouterr()
+    rc = main(["adapt", "sft", "--model", str(world / "base"), "--data", str(data), "--out", str(other),
+               "--trainer.max_steps=1", *COMMON])  # fmt: skip
+    assert rc == 2 and "holds a 'adapt_data' artifact, not a training run" in capsys.readouterr().err
 
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "runs" / "tiny" / "train"

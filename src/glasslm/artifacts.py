@@ -258,7 +258,7 @@ def find_artifact(
         elif not subdirs:
             raise ArtifactError(f"{path}: is a '{kind}' artifact, expected {' or '.join(wanted)}")
     if found is None and not path.exists():
-        raise ArtifactError(f"{path}: no such directory (expected a {' or '.join(wanted)} artifact)")
+        raise ArtifactError(f"{path}: no such directory (expected an artifact of kind {' or '.join(wanted)})")
     for sub in [] if found is not None else list(subdirs) or wanted:
         candidate = path / sub
         if (candidate / MANIFEST).is_file() and read_manifest(candidate).get("kind") in wanted:
@@ -400,24 +400,53 @@ def forcing(force: bool) -> Iterator[None]:
         _FORCE = previous
 
 
-def check_run_out(out: Path) -> None:
+def check_run_out(out: Path, inputs: Sequence[str | Path | Location | Mapping[str, Any]] = ()) -> None:
     """The ``--out`` rule for a training run (which a verb continues with ``--resume``): a new or empty
-    directory, or one that holds a run (its manifest, config.yaml or checkpoints/)."""
+    directory, or one that holds a training run — its manifest of kind ``train_run``, or, for a run that
+    was stopped before it finished, its config.yaml beside checkpoints/ or metrics.jsonl — and that is
+    not (and is not inside) one of the inputs."""
     if str(out) in ("", "."):
         raise ArtifactError("--out is empty or '.': name a new directory for the run")
     if out.exists() and (not out.is_dir() or out.is_symlink()):
         raise ArtifactError(
             f"{out}: exists and is not a directory; choose another --out (nothing was changed)"
         )
-    if (
-        out.is_dir()
-        and any(out.iterdir())
-        and not any((out / n).exists() for n in (MANIFEST, "config.yaml", "checkpoints"))
+    _check_not_an_input(out, inputs)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if (out / MANIFEST).is_file():
+        kind = read_manifest(out).get("kind")
+        if kind != "train_run":
+            raise ArtifactError(
+                f"{out}: holds a '{kind}' artifact, not a training run; refusing to write into it (nothing was "
+                "changed). Choose a new --out"
+            )
+        return
+    if not (
+        (out / "config.yaml").is_file()
+        and ((out / "checkpoints").is_dir() or (out / "metrics.jsonl").is_file())
     ):
         raise ArtifactError(
             f"{out}: exists, is not empty and is not a training run; refusing to write into it (nothing was "
             "changed). Choose a new --out"
         )
+
+
+def _check_not_an_input(out: Path, inputs: Sequence[str | Path | Location | Mapping[str, Any]]) -> None:
+    """``out`` must not be, hold, or lie inside (an artifact) one of the inputs."""
+    target = out.resolve()
+    for item in inputs:
+        recorded = str(item.get("path", "")) if isinstance(item, Mapping) else str(item)
+        if is_url(recorded) or not recorded:
+            continue  # an object-store input cannot be (or hold) a local --out
+        where = Path(recorded).resolve()
+        if where == target or target in where.parents:
+            raise ArtifactError(f"--out {out} would replace the input {where}; choose another --out")
+        if where in target.parents and (where / MANIFEST).is_file():
+            raise ArtifactError(
+                f"--out {out} is inside the input artifact {where}: it would add files its manifest does not "
+                "list (verify would then fail); choose another --out"
+            )
 
 
 def check_out(
@@ -435,19 +464,7 @@ def check_out(
     if out.is_symlink():
         raise ArtifactError(f"{out}: is a symlink; --out must be a directory path (nothing was changed)")
     # an input first: never replaceable, so no advice to --force that would only be refused next
-    target = out.resolve()
-    for item in inputs:
-        recorded = str(item.get("path", "")) if isinstance(item, Mapping) else str(item)
-        if is_url(recorded):
-            continue  # an object-store input cannot be (or hold) a local --out
-        where = Path(recorded).resolve()
-        if where == target or target in where.parents:
-            raise ArtifactError(f"--out {out} would replace the input {where}; choose another --out")
-        if where in target.parents and (where / MANIFEST).is_file():
-            raise ArtifactError(
-                f"--out {out} is inside the input artifact {where}: it would add files its manifest does not "
-                "list (verify would then fail); choose another --out"
-            )
+    _check_not_an_input(out, inputs)
     if out.exists():
         if not out.is_dir():
             raise ArtifactError(

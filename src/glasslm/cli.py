@@ -76,9 +76,13 @@ def check_out_early(args: argparse.Namespace) -> None:
     if not isinstance(out, Path) or args.stage == "pipeline":  # the pipeline checks its run directory
         return
     if hasattr(args, "resume"):
-        check_run_out(out)
+        check_run_out(out, _input_paths(args))
     else:
         check_out(out, getattr(args, "out_kind", None), _input_paths(args))
+
+
+# Dotted overrides that name a training verb's inputs (`train --data.tokens=…`).
+_INPUT_KEYS = ("data.tokens", "data.path", "data.heldout", "model.init_from")
 
 
 def _input_paths(args: argparse.Namespace) -> list[Path]:
@@ -90,6 +94,10 @@ def _input_paths(args: argparse.Namespace) -> list[Path]:
         for item in value if isinstance(value, list | tuple) else [value]:
             if isinstance(item, Path):
                 found.append(item)
+    for override in getattr(args, "overrides", []) or []:
+        key, _, value = override.removeprefix("--").partition("=")
+        if key in _INPUT_KEYS and value:
+            found.append(Path(value))
     return found
 
 

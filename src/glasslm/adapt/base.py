@@ -115,7 +115,7 @@ def data_ref(path: Path) -> dict[str, Any]:
     for candidate in (path, path.parent):
         if (candidate / artifacts.MANIFEST).is_file():
             return artifacts.input_ref(candidate)
-    return {"path": str(path.resolve()), "kind": "jsonl", "sha256": artifacts.sha256_file(path)}
+    return {"path": str(path.resolve()), "kind": artifacts.FILE_INPUT, "sha256": artifacts.sha256_file(path)}
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -166,8 +166,20 @@ def open_data(config: AdaptConfig, data_file: str, heldout_file: str) -> AdaptDa
         heldout = Path(config.data.heldout)
     elif not Path(config.data.path).is_file():
         heldout = find_data_file(config.data.path, heldout_file)
+    inputs = [data_ref(train_path)]
+    # files given beside the data are inputs too: editing one must show in the lineage
+    for extra in (config.data.heldout, config.chat_suite.conversations):
+        if extra:
+            add_input(inputs, data_ref(Path(extra)))
     return AdaptData(Tokenizer.from_file(tok_file), tok_file, train_path, heldout,
-                     artifacts.sha256_file(train_path), [data_ref(train_path)])  # fmt: skip
+                     artifacts.sha256_file(train_path), inputs)  # fmt: skip
+
+
+def add_input(inputs: list[dict[str, Any]], ref: dict[str, Any]) -> None:
+    """Append ``ref`` unless the same artifact or file is there already (RL's chat mix usually comes
+    from the adapt_data artifact its prompts come from)."""
+    if all(Path(str(r.get("path"))).resolve() != Path(str(ref.get("path"))).resolve() for r in inputs):
+        inputs.append(ref)
 
 
 @dataclass

@@ -620,6 +620,10 @@ def find_data_file(path: str | Path, name: str) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if path.suffix in (".jsonl", ".json", ".gz") and not path.exists():
+        raise artifacts.ArtifactError(
+            f"{path}: no such file (data.path: a JSONL file or an adapt_data artifact)"
+        )
     directory = artifacts.find_artifact(path, ADAPT_DATA, subdirs=("adapt/data", "data"))
     file = directory / name
     if not file.is_file():

@@ -41,6 +41,7 @@ from glasslm.adapt.base import (
     StageParts,
     StepItems,
     adapt_trainer,
+    add_input,
     data_ref,
     split_micro,
     step_items,
@@ -203,6 +204,17 @@ class RLData:
         self.tasks = [t for t in tasks if len(prompt_ids(data.tok, t)) < room]
         if config.rl.train_families:
             self.tasks = [t for t in self.tasks if _family(t) in config.rl.train_families]
+        if not tasks:
+            first = self.quarantine.records[0] if self.quarantine.records else None
+            raise ConfigError(
+                f"{data.train_path}: no usable RL task"
+                + (
+                    f": all {self.quarantine.total} lines were quarantined (line {first['line']}: {first['reason']});"
+                    " RL needs prompts with a 'ground_truth' and a 'dataset' (open-instruct's RLVR format)"
+                    if first
+                    else ""
+                )
+            )
         if not self.tasks:
             raise ConfigError(
                 f"{data.train_path}: no usable prompt shorter than data.loader.seq_len - rl.max_new_tokens"
@@ -226,7 +238,7 @@ class RLData:
             if world.is_main:
                 print(f"rl: {len(self.chat)} conversations of {chat_file.name} mixed in "
                       f"({left_out} longer than rl.sft_max_len {config.rl.sft_max_len} left out)")  # fmt: skip
-            self.data.inputs.append(data_ref(chat_file))
+            add_input(self.data.inputs, data_ref(chat_file))
         loader = config.data.loader
         prompts_per_step = loader.global_batch_size // config.rl.group_size
         self.items = StepItems(len(self.tasks), prompts_per_step, loader, world, data.data_sha256)

@@ -37,8 +37,12 @@ def register(verbs: Any) -> None:
                     f"--data runs/demo/adapt/data --out runs/demo/adapt/{stage}\n")  # fmt: skip
         p.add_argument("config_pos", nargs="?", type=Path, metavar="CONFIG", help="config YAML (or --config)")
         add_out(p, help=f"run directory to write (RUN/adapt/{stage})")
-        p.add_argument("--model", default=None, help="the model to start from (sets model.init_from)")
-        p.add_argument("--data", default=None, help="adapt_data artifact or JSONL file (sets data.path)")
+        p.add_argument(
+            "--model", type=Path, default=None, help="the model to start from (sets model.init_from)"
+        )
+        p.add_argument(
+            "--data", type=Path, default=None, help="adapt_data artifact or JSONL file (sets data.path)"
+        )
         p.add_argument(
             "--resume",
             default="never",
