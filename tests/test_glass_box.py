@@ -283,6 +283,9 @@ def test_energy_of_a_pipeline_run_counts_every_stage(run: Path, capsys: pytest.C
     state = json.loads((run / "pipeline.json").read_text())
     assert [s["stage"] for s in data["stages"]] == list(state)  # data stages too, not only pretraining
     assert data["kwh"] == pytest.approx(sum(s["kwh"] for s in data["stages"])) and data["kwh"] > 0
+    # a stage's whole time counts, its evaluations outside the training loop included
+    for s in data["stages"]:
+        assert s["wall_s"] >= state[s["stage"]]["seconds"] - 1e-6, s
     assert {s["method"] for s in data["stages"] if s["stage"] in ("corpus", "tag", "mix")} == {"tdp-estimate"}
     assert main(["energy", str(run / "train"), "--json"]) == 0  # one training run: that run only
     assert "stages" not in json.loads(capsys.readouterr().out)

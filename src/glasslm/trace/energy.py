@@ -272,14 +272,27 @@ def pipeline_energy(run_dir: str | Path, config: EnergyConfig | None = None) -> 
             continue
         if name in TRAINING_STAGES and (run / TRAINING_STAGES[name] / "metrics.jsonl").is_file():
             e = run_energy(run / TRAINING_STAGES[name], config)
+            # The stage ran longer than its training loop (an adaptation stage's before/after evaluations,
+            # chat suite and DPO's reference pass): that time is a TDP estimate on the same device(s).
+            seconds = float(info.get("seconds") or 0.0)
+            outside = max(0.0, seconds - e.wall_s)
+            extra_kwh = tdp_estimate(e.device, e.world_size, outside, config)[0] / 3.6e6 * config.pue
+            if outside > 0:
+                note = "training stages: the stage's time outside the training loop (evaluations) is a TDP estimate"
+                if note not in assumptions:
+                    assumptions.append(note)
+            kwh = e.kwh + extra_kwh
             stages.append(
                 {
                     "stage": name,
                     "device": e.device,
-                    "wall_s": e.wall_s,
-                    "method": e.method,
-                    "kwh": e.kwh,
-                    "kg_co2e": e.kg_co2e,
+                    "wall_s": max(seconds, e.wall_s),
+                    "training_wall_s": e.wall_s,
+                    "method": e.method
+                    if outside <= 0 or "tdp-estimate" in e.method
+                    else f"{e.method}+tdp-estimate",
+                    "kwh": kwh,
+                    "kg_co2e": kwh * config.grid_gco2e_per_kwh / 1000,
                 }
             )
             continue
