@@ -331,3 +331,14 @@ def test_a_run_of_no_steps_is_a_config_error(
         == 2
     )
     assert f"trainer.max_steps must be >= 1, got {steps}" in capsys.readouterr().err
+
+
+def test_energy_names_the_training_runs_of_a_run_made_verb_by_verb(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "demo" / "adapt" / "sft").mkdir(parents=True)
+    (tmp_path / "demo" / "adapt" / "sft" / "metrics.jsonl").write_text("")
+    assert main(["energy", str(tmp_path / "demo")]) == 2
+    assert "it holds the training runs adapt/sft" in capsys.readouterr().err
+    assert main(["energy", str(tmp_path / "nowhere")]) == 2
+    assert "no such directory" in capsys.readouterr().err

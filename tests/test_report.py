@@ -162,3 +162,11 @@ def test_missing_artifacts_are_said_not_failed(tmp_path: Path) -> None:
     for title in SECTIONS:
         assert f"## {title}\n" in md
     assert md.count("Not in this run") == len(SECTIONS)
+
+
+def test_compared_runs_with_the_same_folder_name_get_labels_that_tell_them_apart(tmp_path: Path) -> None:
+    from glasslm.report.cli import run_labels
+
+    a, b, c = tmp_path / "runs" / "tiny", tmp_path / "other" / "tiny", tmp_path / "runs" / "small"
+    assert run_labels([a, c]) == ["tiny", "small"]
+    assert run_labels([a, b]) == ["runs/tiny", "other/tiny"]

@@ -30,7 +30,7 @@ def make_report(run: Path, compare: list[Path], out: Path) -> Path:
 
     if not run.is_dir():
         raise artifacts.ArtifactError(f"{run}: no such run directory")
-    runs = [Run(run, run.name)] + [Run(p, p.name) for p in compare]
+    runs = [Run(p, name) for p, name in zip([run, *compare], run_labels([run, *compare]), strict=True)]
     for r in runs[1:]:
         if not r.path.is_dir():
             raise artifacts.ArtifactError(f"{r.path}: no such run directory (given to --compare)")
@@ -64,3 +64,14 @@ def _report(args: argparse.Namespace) -> int:
     out = make_report(args.run, list(args.compare), args.out or args.run / "report")
     print(f"wrote {out / 'index.html'} and {out / 'report.md'}")
     return 0
+
+
+def run_labels(paths: list[Path]) -> list[str]:
+    """Each run's directory name, with as many parent folders as it takes to tell the runs apart
+    (`runs/tiny` and `other/tiny` → `runs/tiny`, `other/tiny`)."""
+    resolved = [p.resolve() for p in paths]
+    for depth in range(1, max(len(p.parts) for p in resolved) + 1):
+        labels = [Path(*p.parts[-depth:]).as_posix() for p in resolved]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]  # the same run twice: the paths as given

@@ -148,6 +148,14 @@ def find_run(path: str | Path) -> Path:
         return path
     if (path / "train" / "metrics.jsonl").is_file() or (path / "train" / artifacts.MANIFEST).is_file():
         return path / "train"
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: no such directory (expected a pipeline run or a training run)")
+    runs = [rel for rel in TRAINING_STAGES.values() if (path / rel / "metrics.jsonl").is_file()]
+    if runs:  # a run made verb by verb (no pipeline.json): name what can be counted
+        raise ArtifactError(
+            f"{path}: not a pipeline run (no pipeline.json) nor a training run; it holds the training runs "
+            f"{', '.join(runs)}: give one (glasslm energy {path / runs[0]})"
+        )
     raise ArtifactError(f"{path}: not a training run (no metrics.jsonl here or in train/)")
 
 
