@@ -342,3 +342,20 @@ def test_energy_names_the_training_runs_of_a_run_made_verb_by_verb(
     assert "it holds the training runs adapt/sft" in capsys.readouterr().err
     assert main(["energy", str(tmp_path / "nowhere")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_a_run_continued_in_place_may_be_given_its_own_config(tmp_path: Path) -> None:
+    import argparse
+
+    from glasslm.cli import check_out_early
+
+    run = tmp_path / "train"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("trainer: {max_steps: 2}\n")
+    args = argparse.Namespace(
+        stage="train", out=run, config_pos=run / "config.yaml", config=None, resume="auto", overrides=[]
+    )
+    check_out_early(args)  # not "would replace the input": a resumed run keeps its config.yaml
+    args.overrides = [f"--data.tokens={run / 'tokens'}"]
+    with pytest.raises(artifacts.ArtifactError, match="would replace the input"):
+        check_out_early(args)  # but its tokens cannot live inside it

@@ -75,8 +75,8 @@ def check_out_early(args: argparse.Namespace) -> None:
     out = getattr(args, "out", None) or getattr(args, "out_pos", None)
     if not isinstance(out, Path) or args.stage == "pipeline":  # the pipeline checks its run directory
         return
-    if hasattr(args, "resume"):
-        check_run_out(out, _input_paths(args))
+    if hasattr(args, "resume"):  # a run continues in place: its own config.yaml may be the config given
+        check_run_out(out, _input_paths(args, skip=("config", "config_pos")))
     else:
         check_out(out, getattr(args, "out_kind", None), _input_paths(args))
 
@@ -85,11 +85,11 @@ def check_out_early(args: argparse.Namespace) -> None:
 _INPUT_KEYS = ("data.tokens", "data.path", "data.heldout", "model.init_from")
 
 
-def _input_paths(args: argparse.Namespace) -> list[Path]:
+def _input_paths(args: argparse.Namespace, skip: Sequence[str] = ()) -> list[Path]:
     """The paths a verb was given besides ``--out`` (inputs, configs): ``--out`` must not be or hold one."""
     found: list[Path] = []
     for name, value in vars(args).items():
-        if name in ("out", "out_pos"):
+        if name in ("out", "out_pos", *skip):
             continue
         for item in value if isinstance(value, list | tuple) else [value]:
             if isinstance(item, Path):
