@@ -117,4 +117,4 @@ def test_unknown_gpu_and_missing_run_give_clear_errors(tmp_path: Path, capsys: p
     )
     assert json.loads(capsys.readouterr().out)["device_kwh"] == pytest.approx(250 * 10 / 3.6e6)
     assert main(["energy", str(tmp_path / "nowhere")]) == 2
-    assert "not a training run" in capsys.readouterr().err
+    assert "no such directory" in capsys.readouterr().err
