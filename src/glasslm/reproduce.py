@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -182,7 +183,7 @@ class PathMap:
         before, after = Path(*old[: len(old) - same]), Path(*new[: len(new) - same])
         return None if before == after else (before, after)
 
-    @property
+    @functools.cached_property
     def moved_cwd(self) -> Path | None:
         """The recorded working directory, moved with the run when it was inside what moved: the re-run
         works there, so the paths it was given relative stay relative, and every path it writes into its

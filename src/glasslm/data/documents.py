@@ -169,7 +169,7 @@ def validate(obj: Any) -> str | None:
 def read_lines(path: Location) -> Iterator[tuple[int, bytes | None, str | None]]:
     """(line number from 1, raw bytes, error); a truncated/corrupt compressed tail is one error entry."""
     gz = (lambda: gzip_reader(_raw(path))) if path.name.endswith(".gz") else None
-    for number, raw, error in recover_lines(lambda: open_binary(path), gz, _STREAM_ERRORS):
+    for number, raw, error in recover_lines(lambda: open_binary(path), gz, STREAM_ERRORS):
         yield (
             number,
             raw if raw is None else raw.rstrip(b"\r\n"),
@@ -177,7 +177,7 @@ def read_lines(path: Location) -> Iterator[tuple[int, bytes | None, str | None]]
         )
 
 
-_STREAM_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, isal_zlib.error)  # type: ignore[assignment]  # isal's stub types error loosely
+STREAM_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, isal_zlib.error)  # type: ignore[assignment]  # isal's stub types error loosely
 
 
 def gzip_reader(raw: IO[bytes]) -> IO[bytes]:

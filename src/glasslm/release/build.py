@@ -56,9 +56,7 @@ class ReleaseConfig:
     allow_license_issues: bool = False
 
     def validate(self) -> None:
-        from glasslm.release.licenses import PERMISSIVE, SHARE_ALIKE
-
-        known = PERMISSIVE | SHARE_ALIKE | {"other"}
+        known = licenses.PERMISSIVE | licenses.SHARE_ALIKE | {"other"}
         if self.license.lower() not in known:  # a typo would be printed in the card as the licence
             close = difflib.get_close_matches(self.license.lower(), sorted(known), n=1)
             raise ConfigError(

@@ -258,6 +258,11 @@ def this_cpu() -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def _estimated_kwh(device: str, world: int, seconds: float, config: EnergyConfig) -> float:
+    """kWh at the wall (PUE included) of ``seconds`` on ``world`` devices, by TDP."""
+    return tdp_estimate(device, world, seconds, config)[0] / 3.6e6 * config.pue
+
+
 def pipeline_energy(run_dir: str | Path, config: EnergyConfig | None = None) -> dict[str, Any]:
     """Energy of every stage of a ``glasslm pipeline`` run (``RUN/pipeline.json`` holds each stage's time).
 
@@ -284,7 +289,7 @@ def pipeline_energy(run_dir: str | Path, config: EnergyConfig | None = None) -> 
             # chat suite and DPO's reference pass): that time is a TDP estimate on the same device(s).
             seconds = float(info.get("seconds") or 0.0)
             outside = max(0.0, seconds - e.wall_s)
-            extra_kwh = tdp_estimate(e.device, e.world_size, outside, config)[0] / 3.6e6 * config.pue
+            extra_kwh = _estimated_kwh(e.device, e.world_size, outside, config)
             if outside > 0:
                 note = "training stages: the stage's time outside the training loop (evaluations) is a TDP estimate"
                 if note not in assumptions:
@@ -311,8 +316,7 @@ def pipeline_energy(run_dir: str | Path, config: EnergyConfig | None = None) -> 
             if note not in assumptions:
                 assumptions.append(note)
         seconds = float(info.get("seconds") or 0.0)
-        joules, _ = tdp_estimate(device, 1, seconds, config)
-        kwh = joules / 3.6e6 * config.pue
+        kwh = _estimated_kwh(device, 1, seconds, config)
         stages.append(
             {
                 "stage": name,

@@ -8,13 +8,12 @@ corrupt compressed tail is one quarantine entry after the last good line.
 from __future__ import annotations
 
 import io
-import zlib
 from collections.abc import Iterator
 from typing import IO, Any
 
-from isal import igzip, isal_zlib
+from isal import igzip
 
-from glasslm.data.documents import gzip_reader, recover_lines
+from glasslm.data.documents import STREAM_ERRORS, gzip_reader, recover_lines
 from glasslm.data.importers.records import Item, ReadOptions, as_document, bad, parse_json_line
 from glasslm.data.importers.sources import SourceFile
 
@@ -35,7 +34,7 @@ def decompressed(name: str, stream: Any) -> IO[bytes]:
 
 
 def _stream_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, isal_zlib.error)  # type: ignore[assignment]
+    errors = STREAM_ERRORS
     try:
         import zstandard
 
