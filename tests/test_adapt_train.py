@@ -311,11 +311,14 @@ def test_an_adaptation_run_never_writes_into_another_artifact_or_a_users_folder(
     mine.mkdir()
     (mine / "config.yaml").write_text("my: settings\n")
     (mine / "notes.txt").write_text("x")
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "nowhere")
     for out, says in (
         (data, "would replace the input"),  # --out is its own --data
         (data / "inside", "inside the input artifact"),
         (world / "base", "would replace the input"),  # its own --model
         (mine, "is not a training run"),  # a config.yaml alone is not a run
+        (dangling, "is a symlink"),  # a link (even to nowhere) is never a run directory
     ):
         rc = main(["adapt", "sft", "--model", str(world / "base"), "--data", str(data), "--out", str(out),
                    "--resume", "auto", "--trainer.max_steps=1", *COMMON])  # fmt: skip

@@ -405,13 +405,7 @@ def check_run_out(out: Path, inputs: Sequence[str | Path | Location | Mapping[st
     directory, or one that holds a training run — its manifest of kind ``train_run``, or, for a run that
     was stopped before it finished, its config.yaml beside checkpoints/ or metrics.jsonl — and that is
     not (and is not inside) one of the inputs."""
-    if str(out) in ("", "."):
-        raise ArtifactError("--out is empty or '.': name a new directory for the run")
-    if out.exists() and (not out.is_dir() or out.is_symlink()):
-        raise ArtifactError(
-            f"{out}: exists and is not a directory; choose another --out (nothing was changed)"
-        )
-    _check_not_an_input(out, inputs)
+    _check_out_path(out, "the run", inputs)
     if not out.is_dir() or not any(out.iterdir()):
         return
     if (out / MANIFEST).is_file():
@@ -429,6 +423,23 @@ def check_run_out(out: Path, inputs: Sequence[str | Path | Location | Mapping[st
         raise ArtifactError(
             f"{out}: exists, is not empty and is not a training run; refusing to write into it (nothing was "
             "changed). Choose a new --out"
+        )
+
+
+def _check_out_path(
+    out: Path, what: str, inputs: Sequence[str | Path | Location | Mapping[str, Any]]
+) -> None:
+    """What every ``--out`` must be, whatever it will hold: a named path, not a symlink or a file, and not
+    one of the inputs (checked before anything else that could advise ``--force``, which an input never
+    allows)."""
+    if str(out) in ("", "."):
+        raise ArtifactError(f"--out is empty or '.': name a new directory for {what}")
+    if out.is_symlink():
+        raise ArtifactError(f"{out}: is a symlink; --out must be a directory path (nothing was changed)")
+    _check_not_an_input(out, inputs)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(
+            f"{out}: exists and is not a directory; choose another --out (nothing was changed)"
         )
 
 
@@ -459,38 +470,28 @@ def check_out(
     unlisted files. Never allowed: a non-empty directory without a manifest, a file, a symlink, or a
     directory that is (or holds) one of the inputs. ``kind`` None: everything but the kind (checked before
     a verb starts its work, so a refusal costs nothing)."""
-    if str(out) in ("", "."):
-        raise ArtifactError("--out is empty or '.': name a new directory for the artifact")
-    if out.is_symlink():
-        raise ArtifactError(f"{out}: is a symlink; --out must be a directory path (nothing was changed)")
-    # an input first: never replaceable, so no advice to --force that would only be refused next
-    _check_not_an_input(out, inputs)
-    if out.exists():
-        if not out.is_dir():
+    _check_out_path(out, "the artifact", inputs)
+    if out.exists() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():
             raise ArtifactError(
-                f"{out}: exists and is not a directory; choose another --out (nothing was changed)"
+                f"{out}: exists, is not empty and is not a glasslm artifact; refusing to replace it "
+                "(nothing was deleted). Choose a new --out, or empty the directory yourself"
             )
-        if any(out.iterdir()):
-            if not (out / MANIFEST).is_file():
-                raise ArtifactError(
-                    f"{out}: exists, is not empty and is not a glasslm artifact; refusing to replace it "
-                    "(nothing was deleted). Choose a new --out, or empty the directory yourself"
-                )
-            existing = read_manifest(out)
-            listed = set(existing.get("files", {})) | {MANIFEST}
-            regular, irregular = walk_tree(out)
-            unlisted = sorted(set(regular) - listed) + irregular
-            if kind is not None and existing.get("kind") != kind and not _FORCE:
-                raise ArtifactError(
-                    f"{out}: holds a '{existing.get('kind')}' artifact, not a '{kind}' one; refusing to replace "
-                    "it (nothing was deleted). Choose another --out, or add --force to replace it"
-                )
-            if unlisted and not _FORCE:
-                raise ArtifactError(
-                    f"{out}: holds files its manifest does not list ({', '.join(unlisted[:3])}"
-                    f"{' …' if len(unlisted) > 3 else ''}); refusing to replace it (nothing was deleted). "
-                    "Move them away, or add --force"
-                )
+        existing = read_manifest(out)
+        listed = set(existing.get("files", {})) | {MANIFEST}
+        regular, irregular = walk_tree(out)
+        unlisted = sorted(set(regular) - listed) + irregular
+        if kind is not None and existing.get("kind") != kind and not _FORCE:
+            raise ArtifactError(
+                f"{out}: holds a '{existing.get('kind')}' artifact, not a '{kind}' one; refusing to replace "
+                "it (nothing was deleted). Choose another --out, or add --force to replace it"
+            )
+        if unlisted and not _FORCE:
+            raise ArtifactError(
+                f"{out}: holds files its manifest does not list ({', '.join(unlisted[:3])}"
+                f"{' …' if len(unlisted) > 3 else ''}); refusing to replace it (nothing was deleted). "
+                "Move them away, or add --force"
+            )
 
 
 @contextlib.contextmanager

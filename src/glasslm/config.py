@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,13 +61,26 @@ def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
+def closest(name: str, valid: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The valid name nearest a misspelt one, if any is near enough: the "did you mean" of every
+    error that names a bad key, preset, task or licence."""
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, valid: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` to append to an error message, or "" when nothing is close."""
+    near = closest(name, valid, cutoff)
+    return f" (did you mean '{near}'?)" if near else ""
+
+
 def _suggest(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    if not close:  # a misspelt last component is the usual case: compare those alone too
+    near = closest(key, valid, cutoff=0.5)
+    if near is None:  # a misspelt last component is the usual case: compare those alone too
         last = {k.rsplit(".", 1)[-1]: k for k in valid}
-        hits = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(last), n=1, cutoff=0.6)
-        close = [last[h] for h in hits]
-    return f" (did you mean '{close[0]}'?)" if close else ""
+        hit = closest(key.rsplit(".", 1)[-1], last)
+        near = last[hit] if hit else None
+    return f" (did you mean '{near}'?)" if near else ""
 
 
 def _type_name(tp: Any) -> str:

@@ -20,7 +20,6 @@ worker count or executor.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import hashlib
 import math
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from glasslm.config import ConfigError
+from glasslm.config import ConfigError, closest
 from glasslm.data import decon, ledger, storage
 from glasslm.data.dedupe import DUPLICATES_FILE
 from glasslm.data.documents import (
@@ -239,11 +238,11 @@ def suspect_rules(recipe: Recipe, keys: set[str]) -> list[str]:
             name = rule.attribute
             if rule.op == "missing" or name in tails:
                 continue
-            close = difflib.get_close_matches(name, sorted(tails), n=1, cutoff=0.85)
+            near = closest(name, sorted(tails), cutoff=0.85)
             tagger = name.split("__")[-2] if "__" in name else name
-            if close:
+            if near:
                 found.append(
-                    f"{where}, rule {rule.label}: no document has attribute '{name}'; did you mean '{close[0]}'?"
+                    f"{where}, rule {rule.label}: no document has attribute '{name}'; did you mean '{near}'?"
                 )
             elif tagger not in taggers:
                 found.append(

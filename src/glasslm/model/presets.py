@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 
-from glasslm.config import ConfigError
+from glasslm.config import ConfigError, did_you_mean
 from glasslm.model.olmo2 import ModelConfig
 
 OLMO2_VOCAB = 100_352  # the OLMo-2 tokenizer's 100,278 tokens padded to a multiple of 128
@@ -35,8 +34,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 def preset(name: str) -> ModelConfig:
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, PRESETS)
         raise ConfigError(f"unknown model preset '{name}'{hint}; choose from {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name])
 

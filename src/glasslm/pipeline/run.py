@@ -11,7 +11,6 @@ stage's time. Everything stage-specific comes from the stage table.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import glob
 import hashlib
 import json
@@ -26,7 +25,7 @@ import yaml
 
 from glasslm import artifacts
 from glasslm import config as cfg
-from glasslm.config import ConfigError
+from glasslm.config import ConfigError, closest
 from glasslm.pipeline.stage import Call, Stage, missing_package
 from glasslm.pipeline.stages import STAGES
 from glasslm.trace.energy import this_cpu
@@ -81,8 +80,8 @@ def check_sections(config: Any, stages: Sequence[Stage] = STAGES) -> None:
         if stage.config is None and stage.arguments() and unknown:
             allowed = [f"'{f.key}' ({f.what})" for f in stage.files if f.argument]
             allowed += [f"'{key}'" for key in stage.options]
-            close = difflib.get_close_matches(unknown[0], sorted(stage.arguments()), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            near = closest(unknown[0], sorted(stage.arguments()))
+            hint = f"; did you mean '{near}'?" if near else ""
             raise ConfigError(
                 f"section '{stage.name}': unknown key '{unknown[0]}'{hint} (allowed: {', '.join(allowed)})"
             )

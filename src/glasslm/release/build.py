@@ -13,7 +13,6 @@ Layout of DIR (``main`` branch; each revision branch holds the model files and a
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from typing import Any
 
 from glasslm import artifacts
 from glasslm.artifacts import ArtifactError
-from glasslm.config import ConfigError
+from glasslm.config import ConfigError, did_you_mean
 from glasslm.release import licenses, repo
 from glasslm.release.card import CardInputs, Revision, rounded_tokens, write_card
 from glasslm.release.datasheet import write_datasheet
@@ -58,10 +57,9 @@ class ReleaseConfig:
     def validate(self) -> None:
         known = licenses.PERMISSIVE | licenses.SHARE_ALIKE | {"other"}
         if self.license.lower() not in known:  # a typo would be printed in the card as the licence
-            close = difflib.get_close_matches(self.license.lower(), sorted(known), n=1)
             raise ConfigError(
                 f"release.license {self.license!r} is not a licence id glasslm knows"
-                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + did_you_mean(self.license.lower(), sorted(known))
                 + f"; use one of {', '.join(sorted(known))} ('other': describe it in the card yourself)"
             )
 

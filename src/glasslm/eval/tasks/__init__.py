@@ -6,6 +6,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from glasslm.config import did_you_mean
 from glasslm.eval.tasks import standard
 from glasslm.eval.tasks.base import Instance, MCDoc, TaskDef, TaskError, to_docs
 from glasslm.eval.tasks.data import arrow_rows, read_jsonl
@@ -33,10 +34,7 @@ SUITES: dict[str, list[str]] = {
 
 def get_task(name: str) -> TaskDef:
     if name not in REGISTRY:
-        import difflib
-
-        close = difflib.get_close_matches(name, [*REGISTRY, *SUITES], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, [*REGISTRY, *SUITES])
         raise TaskError(
             f"unknown task '{name}'{hint}; tasks: {', '.join(t for t in REGISTRY if not t.startswith('mmlu_'))}, "
             f"mmlu_<subject>; suites: {', '.join(SUITES)}, perplexity"
