@@ -216,26 +216,56 @@ def test_concurrent_requests_are_batched(
     assert m["glasslm_engine_steps_total"] - steps_before < 200
 
 
-def test_client_disconnect_stops_generation(server: ServerThread) -> None:
-    aborted = _metrics(server)["glasslm_requests_aborted_total"]
-    body = {"model": MODEL, "prompt": "Open data", "max_tokens": 1000, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
-        lines = r.iter_lines()
-        next(lines)
-        next(lines)
-    deadline = time.monotonic() + 10
-    while _metrics(server)["glasslm_requests_aborted_total"] == aborted:
-        assert time.monotonic() < deadline, "generation went on after the client left"
-        time.sleep(0.05)
-    assert httpx.get(server.url + "/health").json()["running"] == 0
-
-
-def test_client_disconnect_stops_non_streaming_generation(server: ServerThread) -> None:
+@contextlib.contextmanager
+def _logged(name: str) -> Iterator[list[logging.LogRecord]]:
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
-    logging.getLogger("uvicorn.error").addHandler(handler)
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # the request log is at INFO
     try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _request_line(records: list[logging.LogRecord]) -> str:
+    """The request log's line for the (one) request made while ``records`` was filled."""
+    deadline = time.monotonic() + 10
+    while not (
+        lines := [
+            r.getMessage() for r in records if re.match(r"request \S+: \d+ prompt tokens", r.getMessage())
+        ]
+    ):
+        assert time.monotonic() < deadline, "the request was never logged"
+        time.sleep(0.05)
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_client_disconnect_stops_generation(server: ServerThread) -> None:
+    aborted = _metrics(server)["glasslm_requests_aborted_total"]
+    body = {"model": MODEL, "prompt": "Open data", "max_tokens": 1000, "stream": True, "ignore_eos": True}
+    with _logged("glasslm.serve") as records:
+        with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
+            lines = r.iter_lines()
+            next(lines)
+            next(lines)
+        deadline = time.monotonic() + 10
+        while _metrics(server)["glasslm_requests_aborted_total"] == aborted:
+            assert time.monotonic() < deadline, "generation went on after the client left"
+            time.sleep(0.05)
+        line = _request_line(records)
+    assert httpx.get(server.url + "/health").json()["running"] == 0
+    # the log says it was aborted, and counts the tokens made before (it said "0 …, finish None")
+    assert line.endswith("finish abort") and " 0 completion tokens" not in line, line
+
+
+def test_client_disconnect_stops_non_streaming_generation(server: ServerThread) -> None:
+    with _logged("uvicorn.error") as records, _logged("glasslm.serve") as ours:
         aborted = _metrics(server)["glasslm_requests_aborted_total"]
         body = {"model": MODEL, "prompt": "Open data", "max_tokens": 1000, "ignore_eos": True}
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
@@ -245,10 +275,10 @@ def test_client_disconnect_stops_non_streaming_generation(server: ServerThread) 
             assert time.monotonic() < deadline, "generation went on after the client left"
             time.sleep(0.05)
         time.sleep(0.5)  # the endpoint returns after the abort: anything it logs is logged by now
-    finally:
-        logging.getLogger("uvicorn.error").removeHandler(handler)
+        line = _request_line(ours)  # (it was not logged at all)
     # a client leaving is one info line, not an ASGI traceback
     assert not [r for r in records if r.levelno >= logging.ERROR], [r.getMessage() for r in records]
+    assert line.endswith("finish abort") and " 0 completion tokens" not in line, line
 
 
 @pytest.mark.parametrize(
@@ -319,6 +349,38 @@ def test_numeric_fields_out_of_range_are_400_naming_the_field(
     assert error["param"] == field and error["code"] == "invalid_value"
     assert error["message"].startswith(f"invalid request: {field}: "), error["message"]
     assert "overflow" not in error["message"].lower()
+
+
+@pytest.mark.parametrize(
+    "body, field, says",
+    [  # pydantic reports a union once per member ("trace.bool", "prompt.list[int]"): said once here
+        ({**CHAT, "trace": "yes"}, "trace", 'must be true, false or an object {"min_len": N'),
+        ({**CHAT, "trace": {"min_len": 0}}, "trace.min_len", "greater than or equal to 1"),
+        ({**CHAT, "trace": {"max_doc": 3}}, "trace.max_doc", "unknown option (did you mean 'max_docs'?)"),
+        ({**CHAT, "stop": 3}, "stop", "must be a string or a list of strings"),
+        (
+            {"model": "tiny", "prompt": [1, "a"]},
+            "prompt",
+            "must be a string, a list of strings, a list of token",
+        ),
+        (
+            {**CHAT, "messages": [{"role": "user", "content": 5}]},
+            "messages[0].content",
+            "must be a string, a",
+        ),
+        ({**CHAT, "messages": [{"role": "bot", "content": "x"}]}, "messages[0].role", "'system', 'user'"),
+    ],
+)
+def test_a_field_of_several_shapes_is_named_once_in_the_requests_terms(
+    server: ServerThread, body: dict[str, object], field: str, says: str
+) -> None:
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    r = httpx.post(server.url + path, json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == field, error
+    assert error["message"].startswith(f"invalid request: {field}: ") and says in error["message"], error
+    assert error["message"].count(";") == 0  # one problem, one message
 
 
 def test_a_user_message_without_content_is_400(server: ServerThread) -> None:

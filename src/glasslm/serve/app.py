@@ -23,10 +23,11 @@ import asyncio
 import json
 import logging
 import os
+import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
@@ -38,6 +39,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from glasslm.config import did_you_mean
 from glasslm.model.generate import Engine, Event, SamplingParams
 from glasslm.serve.limits import ServeLimits
 from glasslm.serve.scheduler import Handle, QueueFull, Scheduler
@@ -447,14 +449,17 @@ class Server:
 
 
 async def _gather(
-    handles: list[Handle], request: Request, scheduler: Scheduler
+    handles: list[Handle], request: Request, scheduler: Scheduler, received: list[list[Event]]
 ) -> list[tuple[str, list[Event]]]:
-    """Wait for every handle to finish, aborting all of them if the client goes away."""
+    """Wait for every handle to finish, aborting all of them if the client goes away; ``received``
+    (one list per handle) holds the events that came, also when it did."""
 
-    async def collect(h: Handle) -> list[Event]:
-        return [e async for e in h.events()]
+    async def collect(h: Handle, into: list[Event]) -> list[Event]:
+        async for e in h.events():
+            into.append(e)
+        return into
 
-    tasks = [asyncio.ensure_future(collect(h)) for h in handles]
+    tasks = [asyncio.ensure_future(collect(h, into)) for h, into in zip(handles, received, strict=True)]
     try:
         while not all(t.done() for t in tasks):
             await asyncio.wait(tasks, timeout=0.25)
@@ -467,6 +472,16 @@ async def _gather(
                 scheduler.abort(h)
                 t.cancel()
     return [("".join(e.text for e in evs), evs) for evs in results]
+
+
+def _generated(received: list[list[Event]]) -> int:
+    """Completion tokens generated so far (an event carries its request's running count)."""
+    return sum(events[-1].completion_tokens for events in received if events)
+
+
+def _reasons(received: list[list[Event]]) -> list[str | None]:
+    """Each request's finish reason, ``abort`` (vLLM's word) for one stopped before it finished."""
+    return [events[-1].finish_reason if events and events[-1].finished else "abort" for events in received]
 
 
 def _sse(data: dict[str, Any]) -> str:
@@ -641,12 +656,60 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     if any(e.get("type") == "json_invalid" for e in errors):
         return error_response(400, "the request body is not valid JSON", code="invalid_json")
     # 400 as OpenAI and vLLM answer (the openai client raises BadRequestError), not FastAPI's 422.
-    first = errors[0] if errors else {}
-    where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-    message = "; ".join(
-        f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg')}" for e in errors[:5]
-    )
+    problems = field_errors(errors)
+    where = problems[0][0] if problems else ""
+    message = "; ".join(f"{field}: {msg}" for field, msg in problems[:5])
     return error_response(400, f"invalid request: {message}", param=where or None, code="invalid_value")
+
+
+# What a field that takes several shapes accepts, said once instead of one error per shape.
+UNION_SHAPES = {
+    "prompt": "a string, a list of strings, a list of token ids or a list of lists of token ids",
+    "stop": "a string or a list of strings",
+    "trace": 'true, false or an object {"min_len": N, "max_docs": M}',
+    "content": "a string, a list of content parts or null",
+}
+_UNION_TAG = re.compile(r"(bool|str|int|float|none|list\[.*\]|dict\[.*\]|[A-Z]\w*)")
+
+
+def field_errors(errors: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """pydantic's errors as (field, message) in the request's own terms. pydantic reports a value that
+    fits no member of a union once per member, under the member's name (``trace.bool``,
+    ``prompt.list[int]``): a field none of whose shapes fit gets one message listing the shapes; an
+    object that fits a model member's shape but not its fields gets that member's errors, without the
+    member's name (``trace.min_len``). Our field names are snake_case, so a loc part that is a type
+    name is a union member."""
+    problems: dict[str, str | None] = {}  # None: a union field none of whose shapes fit (said below)
+    entered: set[str] = set()  # union fields whose value went into a model member
+    for error in errors:
+        loc = [part for part in error.get("loc", ()) if part != "body"]
+        message = str(error.get("msg"))
+        if error.get("type") == "extra_forbidden":  # only the trace options forbid unknown keys
+            message = f"unknown option{did_you_mean(str(loc[-1]), TraceOptions.model_fields)}"
+        tag = next((i for i, p in enumerate(loc) if isinstance(p, str) and _UNION_TAG.fullmatch(p)), None)
+        if tag is None:
+            problems.setdefault(_field_name(loc), message)
+        elif str(loc[tag])[0].isupper() and loc[tag + 1 :]:
+            entered.add(_field_name(loc[:tag]))
+            problems.setdefault(_field_name(loc[:tag] + loc[tag + 1 :]), message)
+        else:
+            problems.setdefault(_field_name(loc[:tag]), None)
+    answer: list[tuple[str, str]] = []
+    for field, text in problems.items():
+        if text is not None:
+            answer.append((field, text))
+        elif field not in entered:
+            shapes = UNION_SHAPES.get(field.rsplit(".", 1)[-1].split("[")[0], "of another type")
+            answer.append((field, f"must be {shapes}"))
+    return answer
+
+
+def _field_name(loc: Sequence[Any]) -> str:
+    """``messages[0].content`` for pydantic's ``("messages", 0, "content")``."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name
 
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -721,7 +784,12 @@ async def _respond(
 ) -> dict[str, Any]:
     """The non-streaming body shared by both endpoints: ``head`` + one choice per handle (its ``content``
     under the endpoint's key), usage, and the trace when asked for; the request is logged."""
-    results = await _gather(handles, request, server.scheduler)
+    received: list[list[Event]] = [[] for _ in handles]
+    try:
+        results = await _gather(handles, request, server.scheduler, received)
+    except ClientDisconnected:  # logged and counted with what was generated before the abort
+        server.record(rid, handles, _generated(received), started, None, _reasons(received))
+        raise
     choices = [
         {"index": i, **content(text), "logprobs": None, "finish_reason": evs[-1].finish_reason}
         for i, (text, evs) in enumerate(results)
@@ -761,8 +829,8 @@ def _stream(
     whose ``finally`` aborts the requests so their slots free up at the next step."""
 
     async def body() -> AsyncIterator[str]:
-        out_tokens, first_token = 0, None
-        reasons: list[str | None] = [None] * len(handles)
+        first_token = None
+        received: list[list[Event]] = [[] for _ in handles]
         texts = [""] * len(handles)
         try:
             for c in first or []:
@@ -770,12 +838,11 @@ def _stream(
             async for i, event in _merge(handles):
                 if first_token is None:
                     first_token = time.monotonic()
+                received[i].append(event)
                 if event.text:
                     texts[i] += event.text
                     yield _sse(chunk(i, event.text, None))
                 if event.finished:
-                    out_tokens += event.completion_tokens
-                    reasons[i] = event.finish_reason
                     yield _sse(chunk(i, None if chat else "", event.finish_reason))
             if include_usage:
                 usage: dict[str, Any] = {
@@ -784,7 +851,7 @@ def _stream(
                     "created": int(time.time()),
                     "model": server.model_name,
                     "choices": [],
-                    "usage": _usage(handles, out_tokens),
+                    "usage": _usage(handles, _generated(received)),
                 }
                 yield _sse(usage)
             if trace is not None:
@@ -805,7 +872,7 @@ def _stream(
         finally:
             for h in handles:
                 server.scheduler.abort(h)
-            server.record(rid, handles, out_tokens, started, first_token, reasons)
+            server.record(rid, handles, _generated(received), started, first_token, _reasons(received))
 
     return StreamingResponse(
         body(),
