@@ -378,3 +378,44 @@ def test_why_points_at_the_import_quarantine_for_a_record_that_never_reached_the
     assert main(["data", "why", "bad", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"quarantined before the mix: {src}:2, missing field: 'text'" in err
+
+
+def test_why_names_the_users_own_file_and_line_of_an_imported_document(tmp_path: Path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    first = tmp_path / "in" / "a.jsonl"
+    first.parent.mkdir()
+    first.write_text(
+        '{"id": "a1", "text": "the first usable document"}\n'
+        '{"id": "broken"}\n'  # quarantined: the next record starts a new run
+        '{"id": "a3", "text": "the third line is a document"}\n'
+        '{"id": "a4", "text": "and so is the fourth line"}\n'
+    )
+    table = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"id": ["r0", "r1"], "text": ["row zero of a table", "row one of a table"]}), table)
+    docs = tmp_path / "docs"
+    assert main(["data", "import", f"notes={first.parent}", f"rows={table}", "--out", str(docs)]) == 0
+    linked = tmp_path / "linked.jsonl"
+    linked.write_text('{"id": "k1", "text": "a linked line", "source": "kept"}\n' * 1)
+    more = tmp_path / "docs2"
+    assert main(["data", "import", str(linked), "--link", "--extend", str(docs), "--out", str(more)]) == 0
+    out, _ = mix(
+        tmp_path, {"documents": str(more), "sources": [{"name": "notes"}, {"name": "rows"}, {"name": "kept"}]}
+    )
+    capsys.readouterr()
+    for doc_id, origin in (
+        ("a1", f"{first}:1"),
+        ("a4", f"{first}:4"),
+        ("r1", f"{table} (row 1)"),
+        ("k1", f"{linked}:1"),
+    ):
+        assert main(["data", "why", doc_id, str(out), "--json"]) == 0
+        row = json.loads(capsys.readouterr().out)["rows"][0]
+        assert row["origin"] == origin, (doc_id, row)
+    assert main(["data", "why", "a3", str(out)]) == 0
+    assert f"origin:       {first}:3" in capsys.readouterr().out
+    # the runs stay few: one per file, plus one after the quarantined line
+    entries = [json.loads(line) for line in (more / "origins.jsonl").read_text().splitlines()]
+    assert sum(len(e.get("runs", [])) for e in entries) == 3 and sum("same_as" in e for e in entries) == 1
+    assert main(["manifest", "verify", str(more)]) == 0

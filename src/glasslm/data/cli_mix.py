@@ -209,6 +209,8 @@ def _why(args: argparse.Namespace) -> int:
         for row in d["rows"]:
             out.append(f"document {row['id']}  ({row['bytes']:,} bytes)")
             out.append(f"  input:        {row['input']}")
+            if row.get("origin"):
+                out.append(f"  origin:       {row['origin']}")
             out.append(f"  source:       {row['source']} -> recipe source {row['recipe_source']}")
             out.append(
                 f"  decision:     {row['decision']}"

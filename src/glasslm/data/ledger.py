@@ -234,6 +234,7 @@ def story(mix_dir: Path, doc_id: str) -> dict[str, Any]:
     """Everything recorded about one document: ledger row(s) plus its attribute values."""
     from glasslm.artifacts import input_of_kind, inputs_of
     from glasslm.data.documents import attributes_path, read_jsonl
+    from glasslm.data.origins import origin_of
 
     rows = find_rows(read(mix_dir), doc_id)
     inputs = inputs_of(mix_dir)
@@ -251,4 +252,6 @@ def story(mix_dir: Path, doc_id: str) -> dict[str, Any]:
                         break
         row["attributes"] = attributes
         row["input"] = f"{documents}/documents/{row['shard']}:{row['line']}" if documents else None
+        # the user's own file and line, for an imported document (origins.jsonl of the import)
+        row["origin"] = origin_of(documents, row["shard"], row["line"]) if documents else None
     return {"id": doc_id, "mix": str(mix_dir), "rows": rows}

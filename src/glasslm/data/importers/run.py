@@ -39,6 +39,7 @@ from glasslm.data.documents import (
 from glasslm.data.importers import arrow, jsonl, text, warc
 from glasslm.data.importers.records import ImportInput, Item, ReadOptions
 from glasslm.data.importers.sources import SourceFile, expand, source_file
+from glasslm.data.origins import ORIGINS_FILE, UNITS, Origin, OriginsFile
 from glasslm.data.progress import StageProgress
 
 Reader = Callable[[SourceFile, ReadOptions], Iterator[Item]]
@@ -58,29 +59,37 @@ DEFAULT_SOURCE = "imported"
 
 
 class ShardWriter:
-    """Writes ``<source>-NNNN.jsonl.gz`` shards of about ``shard_bytes`` of text each."""
+    """Writes ``<source>-NNNN.jsonl.gz`` shards of about ``shard_bytes`` of text each, and, given
+    ``origins``, where each of their lines came from."""
 
-    def __init__(self, out_dir: Path, source: str, shard_bytes: int, first: int = 0) -> None:
+    def __init__(
+        self, out_dir: Path, source: str, shard_bytes: int, first: int = 0, origins: OriginsFile | None = None
+    ) -> None:
         self.out_dir, self.source, self.shard_bytes = out_dir, source, shard_bytes
         self.pending: list[dict[str, Any]] = []
+        self.pending_origins: list[Origin] = []
         self.pending_bytes = 0
         self.shards = first
+        self.origins = origins
 
-    def add(self, doc: dict[str, Any], nbytes: int) -> None:
+    def add(self, doc: dict[str, Any], nbytes: int, origin: Origin | None = None) -> None:
         self.pending.append(doc)
+        if origin is not None:
+            self.pending_origins.append(origin)
         self.pending_bytes += nbytes
         if self.shard_bytes and self.pending_bytes >= self.shard_bytes:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
+            name = f"{self.source}-{self.shards:04d}.jsonl.gz"
             # ISA-L level 1: ~5x zlib's speed on our text and slightly smaller (documents.write_jsonl);
             # deterministic, so the same documents still give the same bytes.
-            write_jsonl(
-                self.out_dir / f"{self.source}-{self.shards:04d}.jsonl.gz", self.pending, isal_level=1
-            )
+            write_jsonl(self.out_dir / name, self.pending, isal_level=1)
+            if self.origins is not None and len(self.pending_origins) == len(self.pending):
+                self.origins.shard(name, self.pending_origins)
             self.shards += 1
-            self.pending, self.pending_bytes = [], 0
+            self.pending, self.pending_origins, self.pending_bytes = [], [], 0
 
 
 class QuarantineFile(Quarantine):
@@ -221,6 +230,7 @@ class Importer:
         self.shard_bytes, self.date = shard_bytes, date
         self.writers: dict[str, ShardWriter] = {}
         self.quarantine = QuarantineFile(root / "quarantine.jsonl")
+        self.origins = OriginsFile(root / ORIGINS_FILE)
         self.totals = Totals()
         self.domains: dict[str, Counter[str]] = {}
         self.sources: list[dict[str, Any]] = []
@@ -233,7 +243,7 @@ class Importer:
     def writer(self, source: str) -> ShardWriter:
         if source not in self.writers:
             first = len([p for p in self.docs_dir.glob(f"{source}-*.jsonl.gz")])
-            self.writers[source] = ShardWriter(self.docs_dir, source, self.shard_bytes, first)
+            self.writers[source] = ShardWriter(self.docs_dir, source, self.shard_bytes, first, self.origins)
         return self.writers[source]
 
     def run_input(
@@ -306,7 +316,7 @@ class Importer:
                 text_bytes = len(doc["text"].encode("utf-8"))
                 if not spec.link:
                     doc["source"] = source
-                    self.writer(source).add(doc, text_bytes)
+                    self.writer(source).add(doc, text_bytes, (src.uri, UNITS[fmt], index))
                 self.id_hashes.append(hash(doc["id"]))
                 domain_name = source if not spec.link else str(doc.get("source") or DEFAULT_SOURCE)
                 file_domains.add(domain_name)
@@ -363,6 +373,7 @@ class Importer:
         suffix = next(s for s in jsonl.SUFFIXES if src.name.endswith(s))
         name = self.docs_dir / f"{spec.source or 'linked'}-link-{self.links:04d}{suffix}"
         os.link(src.path, name)
+        self.origins.linked(name.name, src.uri)
         self.links += 1
 
     def extend(self, artifact: Path) -> None:
@@ -387,6 +398,8 @@ class Importer:
         old_q = artifact / "quarantine.jsonl"
         if old_q.is_file():
             self.quarantine.copy_from(old_q)
+        if (artifact / ORIGINS_FILE).is_file():  # before this import's shards, as the shards are
+            shutil.copyfile(artifact / ORIGINS_FILE, self.origins.path)
         self.sources.extend(manifest.get("sources", []))
         for key in ("records", "imported", "quarantined", "bytes"):
             value = metrics.get(key, metrics.get("docs", 0) if key in ("records", "imported") else 0)
@@ -400,6 +413,7 @@ class Importer:
         for w in self.writers.values():
             w.flush()
         self.quarantine.close()
+        self.origins.close()
         t = self.totals
         if t.records != t.imported + t.quarantined:
             raise AssertionError(
