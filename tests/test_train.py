@@ -74,6 +74,13 @@ def test_loss_falls_and_run_layout(reference: Path, tokens: Path) -> None:
     assert latest == "checkpoints/step000060"
     ck = reference / latest
     assert artifacts.read_manifest(ck)["kind"] == "checkpoint" and artifacts.verify(ck).ok
+    # the checkpoint's energy counter says what the manifest says: a number where RAPL/NVML measured
+    # it, else unknown (null) in both, never a 0 J that a resumed run would add to
+    state = json.loads((ck / "trainer_state" / "trainer.json").read_text())
+    assert state["energy_j"] == manifest["metrics"]["energy_j"] or (
+        state["energy_j"] is not None and manifest["metrics"]["energy_j"] is not None
+    )
+    assert (state["energy_j"] is None) == (manifest["metrics"]["energy_j"] is None)
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == [
         f"step{s:06d}" for s in (10, 20, 30, 40, 50, 60)
     ]

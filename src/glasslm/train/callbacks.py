@@ -163,16 +163,17 @@ class EnergyMeter(Callback):
             return {}
         sample = self.power.sample()
         self.energy = self.before + sample.get("energy_j", 0.0)
-        return {
-            **{k: v for k, v in sample.items() if k != "energy_j"},
-            "energy_j": self.energy if self.power.sources else None,
-        }
+        return {**{k: v for k, v in sample.items() if k != "energy_j"}, "energy_j": self.measured()}
+
+    def measured(self) -> float | None:
+        """The energy so far, or None where nothing measures it (no RAPL or NVML): unknown, not 0 J."""
+        return self.energy if self.power is not None and self.power.sources else None
 
     def state(self) -> dict[str, Any]:
-        return {"energy_j": self.energy}
+        return {"energy_j": self.measured()}
 
     def on_end(self, trainer: Trainer) -> dict[str, Any]:
-        return {"energy_j": self.energy if self.power is not None and self.power.sources else None}
+        return {"energy_j": self.measured()}
 
 
 class HeldoutBpb(Callback):

@@ -241,7 +241,7 @@ def build_parts(
             )
         evaluate = HeldoutEval(heldout_tokens, tokenizer, tc.eval_max_docs, tc.eval_batch_tokens)
         callbacks.append(HeldoutBpb(evaluate, tc.eval_every))
-    callbacks.append(EnergyMeter(world, float(saved.get("energy_j", 0.0))))
+    callbacks.append(EnergyMeter(world, float(saved.get("energy_j") or 0.0)))  # None: not measured
     callbacks.append(
         Checkpointer(
             tc.checkpoint_every, model_config=start.model_config, config=config, inputs=inputs,
