@@ -63,6 +63,28 @@ def test_out_url_is_refused_clearly_by_verbs_that_write_local_directories(
         main(["model", "init", "--preset", "tiny", "--out", "s3://bucket/model"])
     assert exit_info.value.code == 2
     assert "s3://bucket/model: this verb writes to a local directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a pipeline run directory is local (it made a folder named 's3:')
+        main(["pipeline", "--out", "s3://bucket/pipe"])
+    assert "s3://bucket/pipe: this verb writes to a local directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["data", "stats", "s3://bucket/run/mix"],
+        ["data", "why", "doc", "s3://bucket/run/mix"],
+        ["tokenizer", "train", "s3://bucket/run/mix", "--out", "tok"],
+        ["reproduce", "s3://bucket/run/corpus"],
+        ["eval", "s3://bucket/run/train"],
+    ],
+)
+def test_a_url_for_a_local_input_is_refused_clearly(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    """A local-only input given a URL says so (argparse's Path made it 's3:/bucket/…: no such directory')."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "this argument is a local path" in err and "s3:/bucket" not in err.replace("s3://", ""), err
 
 
 def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:

@@ -37,12 +37,18 @@ def test_lines_are_rate_limited_and_the_last_is_always_printed() -> None:
     )
 
 
-def test_eta_by_shards_when_sizes_are_unknown() -> None:
+def test_eta_by_tasks_and_no_mb_when_sizes_are_unknown() -> None:
     clock, out = Clock(), io.StringIO()
-    report = StageProgress("dedupe: index", 4, interval=0.0, stream=out, clock=clock)
+    report = StageProgress("dedupe: index", 4, interval=0.0, stream=out, clock=clock, unit="partitions")
     clock.now = 30.0
     report.update()
-    assert out.getvalue().strip().endswith("0.00 MB/s, ETA 0:01:30")
+    clock.now = 120.0
+    for _ in range(3):
+        report.update()
+    report.close()
+    first, last = out.getvalue().splitlines()[0], out.getvalue().splitlines()[-1]
+    assert first == "dedupe: index: 1/4 partitions (25%), ETA 0:01:30"  # not "0.0 MB stored, 0.00 MB/s"
+    assert last == "dedupe: index: done 4/4 partitions in 120.0 s; quarantined 0"
 
 
 def test_disabled_prints_nothing() -> None:
@@ -72,10 +78,10 @@ def test_cli_stage_reports_progress_and_quarantine_on_stderr(
     err = capsys.readouterr().err
     # import: one file at a time, its quarantine by reason at the end
     assert re.search(
-        r"^import: 1/3 shards \(33%\), [\d.,]+ MB stored, [\d.,]+ MB/s, ETA \d+:\d\d:\d\d$", err, re.M
+        r"^import: 1/3 files \(33%\), [\d.,]+ MB stored, [\d.,]+ MB/s, ETA \d+:\d\d:\d\d$", err, re.M
     )
     assert re.search(
-        r"^import: done 3/3 shards, [\d.,]+ MB stored in [\d.]+ s \([\d.,]+ MB/s\); "
+        r"^import: done 3/3 files, [\d.,]+ MB stored in [\d.]+ s \([\d.,]+ MB/s\); "
         r"quarantined 2 \(malformed JSON: 1, missing field: 1\)$",
         err,
         re.M,

@@ -393,7 +393,9 @@ def test_why_names_the_users_own_file_and_line_of_an_imported_document(tmp_path:
         '{"id": "a4", "text": "and so is the fourth line"}\n'
     )
     table = tmp_path / "rows.parquet"
-    pq.write_table(pa.table({"id": ["r0", "r1"], "text": ["row zero of a table", "row one of a table"]}), table)
+    pq.write_table(
+        pa.table({"id": ["r0", "r1"], "text": ["row zero of a table", "row one of a table"]}), table
+    )
     docs = tmp_path / "docs"
     assert main(["data", "import", f"notes={first.parent}", f"rows={table}", "--out", str(docs)]) == 0
     linked = tmp_path / "linked.jsonl"

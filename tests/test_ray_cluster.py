@@ -180,7 +180,9 @@ def test_two_node_ray_runs_every_stage_on_s3_with_the_process_executors_bytes(
         assert tree(remote_files(s3, f"{remote}/{stage}")) == tree(local_files(baseline / stage)), stage
     err = capfd.readouterr().err
     for stage in ("dedupe: hash", "decon", "mix: write"):  # progress from the driver, Ray or not
-        assert re.search(rf"^{stage}: done (\d+)/\1 shards, .* MB/s\); quarantined 0$", err, re.M), stage
+        assert re.search(
+            rf"^{stage}: done (\d+)/\1 shards(, .* MB/s\)| in [\d.]+ s); quarantined 0$", err, re.M
+        ), stage
     assert main(["manifest", "verify", f"{remote}/tokens", "--recursive"]) == 0
 
 
@@ -240,3 +242,20 @@ def test_a_killed_ray_worker_costs_a_retry_not_an_output(
     assert killed, "no Ray worker was caught running tag_shard"
     assert local_files(tmp_path / "ray").keys() == local_files(tmp_path / "process").keys()
     assert tree(local_files(tmp_path / "ray")) == tree(local_files(tmp_path / "process"))
+
+
+def test_relative_paths_name_the_drivers_directory_on_a_ray_cluster(
+    cluster: list[subprocess.Popen[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nodes were started elsewhere (`ray start` in the test's directory): a task's relative
+    paths are the driver's, as with the process executor (they failed, and wrote stray files below
+    the raylet's directory)."""
+    raw = raw_inputs(tmp_path, shards=2, docs=20)
+    nodes_dir = Path.cwd()  # where the fixture ran `ray start`
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "import", str(raw), "--out", "run/corpus", "--corpus.shard_bytes=20000"]) == 0
+    tag = ["data", "tag", "run/corpus", "--taggers", "stats", "--no-progress", "--workers", "2"]
+    assert main([*tag, "--executor", "process", "--out", "run/process"]) == 0
+    assert main([*tag, "--executor", "ray", "--out", "run/ray"]) == 0
+    assert tree(local_files(tmp_path / "run/ray")) == tree(local_files(tmp_path / "run/process"))
+    assert not (nodes_dir / "run").exists()  # nothing written below the nodes' directory

@@ -105,7 +105,9 @@ def test_import_and_dedupe_read_s3(s3: object, tmp_path: Path) -> None:
     assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
 
 
-def test_every_data_stage_writes_to_s3_same_bytes_as_local(s3: object, tmp_path: Path) -> None:
+def test_every_data_stage_writes_to_s3_same_bytes_as_local(
+    s3: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """import → tag → dedupe → decon → mix → tokenize with every output on S3 (each stage reading the one
     before from S3): the same files, byte for byte, as the same chain on local disk; `manifest verify`
     re-hashes the S3 artifacts and their S3 inputs."""
@@ -122,6 +124,19 @@ def test_every_data_stage_writes_to_s3_same_bytes_as_local(s3: object, tmp_path:
         got = tree(remote_files(s3, f"{remote}/{stage}"))
         assert got == expected, stage
     assert main(["manifest", "verify", f"{remote}/tokens", "--recursive"]) == 0
+    # tokenize's tasks read a staged copy of the tokenizer (which reaches any machine through the store),
+    # not the driver's own path: the chain above tokenized with it, so the store delivered it
+    from glasslm.data.tokenize import TokenizeConfig, plan
+
+    held, train, _ = plan(f"{remote}/mix", tokenizer, f"{remote}/tokens-again", TokenizeConfig())
+    staging = storage.staging_dir(f"{remote}/tokens-again")
+    for task in (*held, *train):
+        assert staging in task.tokenizer.parents
+        assert task.tokenizer.read_bytes() == (tokenizer / "tokenizer.json").read_bytes()
+    capsys.readouterr()
+    assert main(["manifest", "show", f"{remote}/tokens"]) == 0  # was a TypeError traceback
+    shown = capsys.readouterr().out
+    assert f"{remote}/mix" in shown and f"{remote}/corpus" in shown
     # the S3 artifacts name their S3 inputs relative to themselves, as local ones do
     tokens = json.loads(s3.cat_file(f"{BUCKET}/run/tokens/manifest.json"))  # type: ignore[attr-defined]
     assert tokens["inputs"][0]["path"] == "../mix"
@@ -138,6 +153,20 @@ def test_every_data_stage_writes_to_s3_same_bytes_as_local(s3: object, tmp_path:
         artifacts.find_artifact(f"s3://{BUCKET}/half", "documents")
     assert main(["data", "dedupe", f"{remote}/corpus", "--out", f"s3://{BUCKET}/half"]) == 2
     assert s3.cat_file(f"{BUCKET}/half/documents/a.jsonl.gz") == b"partial"  # type: ignore[attr-defined]
+
+    # an --out that is, or is inside, an input on the store is refused before any work, --force or not
+    # (it used to replace the corpus with dedupe's attributes, and to write tags inside the corpus)
+    corpus_before = tree(remote_files(s3, f"{remote}/corpus"))
+    for out, says in (
+        (f"{remote}/corpus", "would replace the input"),
+        (f"{remote}/corpus/", "would replace the input"),
+        (f"{remote}/corpus/tags", "is inside the input artifact"),
+        (f"{remote}", "would replace the input"),  # a prefix that holds the input
+        ("s3://another-bucket", "a bucket's root cannot hold an artifact"),  # staging would be a bucket
+    ):
+        assert main(["data", "dedupe", f"{remote}/corpus", "--out", out, "--force"]) == 2, out
+        assert says in capsys.readouterr().err, out
+    assert tree(remote_files(s3, f"{remote}/corpus")) == corpus_before
 
     # re-running a stage replaces its S3 artifact whole: no stale objects, no staging prefix left
     s3.pipe_file(f"{BUCKET}/run/mix/ledger.parquet", local.joinpath("mix/ledger.parquet").read_bytes())  # type: ignore[attr-defined]
@@ -209,3 +238,40 @@ def test_a_stage_writing_to_s3_resumes_per_shard_from_the_store(s3: object, tmp_
     assert manifest["metrics"]["shards_resumed"] == done
     assert tree(remote_files(s3, out)) == tree(local_files(tmp_path / "local"))
     assert not s3.exists(staging)  # type: ignore[attr-defined]  # the staging prefix goes with the commit
+
+
+def test_an_unreachable_store_or_a_missing_client_is_one_line(tmp_path: Path) -> None:
+    """A store glasslm cannot reach (or has no client for) is one error line, not a botocore traceback."""
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # the discard port: nothing listens
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    cli = [sys.executable, "-m", "glasslm", "data"]
+    gone = subprocess.run(
+        [*cli, "import", "s3://b/raw/", "--out", str(tmp_path / "c")], env=env, capture_output=True, text=True
+    )
+    assert gone.returncode == 1, gone.stderr
+    assert gone.stderr.startswith("glasslm: error: object store: EndpointConnectionError") and (
+        "Traceback" not in gone.stderr
+    )
+    if "gs" in __import__("fsspec").available_protocols():
+        try:
+            import gcsfs  # noqa: F401
+        except ImportError:
+            docs = tmp_path / "docs"
+            docs.mkdir()
+            (docs / "a.jsonl").write_text('{"id": "a", "text": "some text"}\n')
+            assert (
+                subprocess.run(
+                    [*cli, "import", str(docs), "--out", str(tmp_path / "corpus")], env=env
+                ).returncode
+                == 0
+            )
+            tag = subprocess.run(
+                [*cli, "tag", str(tmp_path / "corpus"), "--taggers", "stats", "--out", "gs://b/tags"],
+                env=env, capture_output=True, text=True,
+            )  # fmt: skip
+            assert tag.returncode == 2 and "gcsfs" in tag.stderr and "Traceback" not in tag.stderr, tag.stderr

@@ -436,16 +436,21 @@ def _check_out_path(
         raise ArtifactError(f"--out is empty or '.': name a new directory for {what}")
     if out.is_symlink():
         raise ArtifactError(f"{out}: is a symlink; --out must be a directory path (nothing was changed)")
-    _check_not_an_input(out, inputs)
+    check_not_an_input(out, inputs)
     if out.exists() and not out.is_dir():
         raise ArtifactError(
             f"{out}: exists and is not a directory; choose another --out (nothing was changed)"
         )
 
 
-def _check_not_an_input(out: Path, inputs: Sequence[str | Path | Location | Mapping[str, Any]]) -> None:
+def check_not_an_input(
+    out: Path | Location | str, inputs: Sequence[str | Path | Location | Mapping[str, Any]]
+) -> None:
     """``out`` must not be, hold, or lie inside (an artifact) one of the inputs."""
-    target = out.resolve()
+    if is_url(out):
+        _check_url_not_an_input(str(out), inputs)
+        return
+    target = Path(str(out)).resolve()
     for item in inputs:
         recorded = str(item.get("path", "")) if isinstance(item, Mapping) else str(item)
         if is_url(recorded) or not recorded:
@@ -457,6 +462,26 @@ def _check_not_an_input(out: Path, inputs: Sequence[str | Path | Location | Mapp
             raise ArtifactError(
                 f"--out {out} is inside the input artifact {where}: it would add files its manifest does not "
                 "list (verify would then fail); choose another --out"
+            )
+
+
+def _check_url_not_an_input(out: str, inputs: Sequence[str | Path | Location | Mapping[str, Any]]) -> None:
+    """``check_not_an_input`` for an object-store ``--out``: its URL must not equal, lie below, or hold an
+    input's (an object store has no links, so the URLs say it all)."""
+    from glasslm.data import storage
+
+    target = storage.normalize(out)
+    for item in inputs:
+        recorded = str(item.get("path", "")) if isinstance(item, Mapping) else str(item)
+        if not is_url(recorded):
+            continue
+        where = storage.normalize(recorded)
+        if where == target or where.startswith(target + "/"):
+            raise ArtifactError(f"--out {out} would replace the input {where}; choose another --out")
+        if target.startswith(where + "/"):
+            raise ArtifactError(
+                f"--out {out} is inside the input artifact {where}: it would add objects its manifest does "
+                "not list (verify would then fail); choose another --out"
             )
 
 
@@ -514,6 +539,7 @@ def create_artifact(
         from glasslm.data import storage
 
         url = storage.normalize(str(out))
+        _check_url_not_an_input(url, inputs)
         if not overwrite and storage.read_text(storage.join(url, MANIFEST)) is not None:
             raise ArtifactError(f"{url}: already exists")
         try:
@@ -687,9 +713,14 @@ def _verify_remote(url: str, check_inputs: bool) -> VerifyReport:
     return report
 
 
-def lineage(path: str | Path, _seen: set[str] | None = None) -> dict[str, Any]:
-    """The tree of manifests from ``path`` back through its inputs."""
-    path = Path(path)
+def lineage(path: str | Path | Location, _seen: set[str] | None = None) -> dict[str, Any]:
+    """The tree of manifests from ``path`` (a directory or an object-store URL) back through its inputs."""
+    if is_url(path):
+        from glasslm.data import storage
+
+        path = storage.normalize(str(path))
+    else:
+        path = Path(str(path))
     seen = _seen if _seen is not None else set()
     manifest = read_manifest(path)
     node: dict[str, Any] = {
@@ -701,7 +732,7 @@ def lineage(path: str | Path, _seen: set[str] | None = None) -> dict[str, Any]:
         "code": manifest.get("code"),
         "inputs": [],
     }
-    key = str(path.resolve())
+    key = str(path) if isinstance(path, str) else str(path.resolve())
     if key in seen:
         return node
     seen.add(key)
@@ -716,7 +747,7 @@ def lineage(path: str | Path, _seen: set[str] | None = None) -> dict[str, Any]:
                 "matches": state == "ok",
                 "inputs": [],
             }
-        elif (parent / MANIFEST).is_file():
+        elif (parent / MANIFEST).is_file():  # a UPath for an input on a store
             child = lineage(parent, seen)
             child["recorded_sha256"] = ref.get("sha256")
             child["matches"] = child["manifest_sha256"] == ref.get("sha256")

@@ -23,7 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from glasslm import __version__
-from glasslm.artifacts import ArtifactError, check_out, check_run_out, forcing, recording_command
+from glasslm.artifacts import (
+    ArtifactError,
+    check_not_an_input,
+    check_out,
+    check_run_out,
+    forcing,
+    is_url,
+    recording_command,
+)
 from glasslm.clitools import split_overrides
 from glasslm.config import ConfigError
 
@@ -73,7 +81,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def check_out_early(args: argparse.Namespace) -> None:
     """The ``--out`` rule before any work (create_artifact checks it again, with the artifact's kind)."""
     out = getattr(args, "out", None) or getattr(args, "out_pos", None)
-    if not isinstance(out, Path) or args.stage == "pipeline":  # the pipeline checks its run directory
+    if args.stage == "pipeline":  # the pipeline checks its run directory
+        return
+    if is_url(out):  # a data stage's object-store --out: the inputs and the bucket root now, the rest later
+        from glasslm.data import storage
+
+        check_not_an_input(str(out), _input_paths(args))
+        try:
+            storage.check_out(
+                str(out), getattr(args, "out_kind", None), getattr(args, "force", False) is True
+            )
+        except storage.StorageError as e:
+            raise ArtifactError(str(e)) from None
+        return
+    if not isinstance(out, Path):
         return
     if hasattr(args, "resume"):  # a run continues in place: its own config.yaml may be the config given
         check_run_out(out, _input_paths(args, skip=("config", "config_pos")))
@@ -85,19 +106,19 @@ def check_out_early(args: argparse.Namespace) -> None:
 _INPUT_KEYS = ("data.tokens", "data.path", "data.heldout", "model.init_from")
 
 
-def _input_paths(args: argparse.Namespace, skip: Sequence[str] = ()) -> list[Path]:
+def _input_paths(args: argparse.Namespace, skip: Sequence[str] = ()) -> list[Path | str]:
     """The paths a verb was given besides ``--out`` (inputs, configs): ``--out`` must not be or hold one."""
-    found: list[Path] = []
+    found: list[Path | str] = []
     for name, value in vars(args).items():
         if name in ("out", "out_pos", *skip):
             continue
         for item in value if isinstance(value, list | tuple) else [value]:
-            if isinstance(item, Path):
-                found.append(item)
+            if isinstance(item, Path) or is_url(item):  # a UPath (s3://…) is not a Path
+                found.append(item if isinstance(item, Path) else str(item))
     for override in getattr(args, "overrides", []) or []:
         key, _, value = override.removeprefix("--").partition("=")
         if key in _INPUT_KEYS and value:
-            found.append(Path(value))
+            found.append(value if is_url(value) else Path(value))
     return found
 
 
@@ -137,6 +158,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("glasslm: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not _from_object_store(e):
+            raise
+        # an unreachable endpoint, a missing bucket, bad credentials: the store's words, not a traceback
+        print(f"glasslm: error: object store: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+# The packages whose exceptions are the object store's (s3fs, gcsfs, adlfs through fsspec).
+_STORE_PACKAGES = frozenset({"botocore", "aiobotocore", "s3fs", "gcsfs", "google", "adlfs", "azure"})
+
+
+def _from_object_store(error: BaseException) -> bool:
+    chain = (error, error.__cause__, error.__context__)
+    return any(type(e).__module__.split(".")[0] in _STORE_PACKAGES for e in chain if e is not None)
 
 
 if __name__ == "__main__":

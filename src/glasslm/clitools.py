@@ -24,7 +24,7 @@ def add_config_options(
     ``run_section``: the section this verb reads when given a whole run config (configs/tiny.yaml),
     nested under ``wrap`` (see ``config.load``).
     """
-    parser.add_argument("--config", type=Path, default=None, help="YAML config file (or a run config)")
+    parser.add_argument("--config", type=local_path, default=None, help="YAML config file (or a run config)")
     parser.set_defaults(accepts_overrides=True, run_section=run_section, run_wrap=wrap)
     parser.epilog = (
         (parser.epilog or "") + "\nAny config key can be overridden: --section.key=value"
@@ -133,6 +133,18 @@ def out_path(text: str) -> Path:
         raise argparse.ArgumentTypeError(
             f"{text}: this verb writes to a local directory; object storage is for the data stages' outputs "
             "(data import|tag|dedupe|decon|mix|tokenize)"
+        )
+    return Path(text)
+
+
+def local_path(text: str) -> Path:
+    """The type of a path argument that names a local file or directory: ``Path`` would fold an
+    ``s3://`` URL into ``s3:/…`` and report that as missing (or fail later with a traceback)."""
+    if _is_url(text):
+        raise argparse.ArgumentTypeError(
+            f"{text}: this argument is a local path; object storage is read and written by the data stages "
+            "(data import|tag|dedupe|decon|mix|tokenize) and by manifest show|verify. Copy the artifact "
+            "here first (e.g. `aws s3 sync URL DIR`)"
         )
     return Path(text)
 

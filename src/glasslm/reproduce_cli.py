@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from glasslm.clitools import add_json_flag, emit, format_table
+from glasslm.clitools import add_json_flag, emit, format_table, local_path
 
 
 def register(sub: Any) -> None:
@@ -17,8 +17,8 @@ def register(sub: Any) -> None:
         "config and inputs; exit 0 if every output file hashes identically, 1 otherwise",
     )
     p.set_defaults(func=_reproduce)
-    p.add_argument("path", type=Path, help="artifact directory")
-    p.add_argument("--keep", type=Path, default=None, help="keep the re-run's output in this directory")
+    p.add_argument("path", type=local_path, help="artifact directory")
+    p.add_argument("--keep", type=local_path, default=None, help="keep the re-run's output in this directory")
     add_json_flag(p)
 
 

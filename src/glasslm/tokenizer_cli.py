@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from glasslm.clitools import (
@@ -13,6 +12,7 @@ from glasslm.clitools import (
     add_verb,
     emit,
     format_table,
+    local_path,
     resolve_config,
     stage_verbs,
 )
@@ -29,13 +29,15 @@ def register(sub: Any) -> None:
         "tokenizer",
     )
     p.add_argument(
-        "docs", type=Path, help="mix or documents artifact, run directory, or directory of Dolma shards"
+        "docs", type=local_path, help="mix or documents artifact, run directory, or directory of Dolma shards"
     )
-    p.add_argument("--heldout", type=Path, default=None, help="held-out documents for the compression report")
+    p.add_argument(
+        "--heldout", type=local_path, default=None, help="held-out documents for the compression report"
+    )
     add_out(p)
     add_config_options(p, run_section="tokenizer", wrap="tokenizer")
     p = add_verb(verbs, "encode", _encode, "show the token ids and tokens of a text")
-    p.add_argument("tokenizer", type=Path, help="tokenizer.json, tokenizer artifact or checkpoint")
+    p.add_argument("tokenizer", type=local_path, help="tokenizer.json, tokenizer artifact or checkpoint")
     p.add_argument("text", help="the text to encode")
     add_json_flag(p)
     p = add_verb(
@@ -45,7 +47,7 @@ def register(sub: Any) -> None:
         "use a given tokenizer.json (OLMo-2's, say) as a tokenizer artifact instead of training one",
         "tokenizer",
     )
-    p.add_argument("file", type=Path, help="the tokenizer.json to use")
+    p.add_argument("file", type=local_path, help="the tokenizer.json to use")
     add_out(p)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from glasslm.clitools import add_config_options, add_out, add_verb, resolve_config
+from glasslm.clitools import add_config_options, add_out, add_verb, local_path, resolve_config
 from glasslm.config import ConfigError
 
 if TYPE_CHECKING:
@@ -35,13 +35,15 @@ def register(verbs: Any) -> None:
         p.epilog = (f"example:\n  glasslm adapt {stage} {example} --model runs/demo/"
                     f"{'train' if stage == 'sft' else 'adapt/sft' if stage == 'dpo' else 'adapt/sft'} "
                     f"--data runs/demo/adapt/data --out runs/demo/adapt/{stage}\n")  # fmt: skip
-        p.add_argument("config_pos", nargs="?", type=Path, metavar="CONFIG", help="config YAML (or --config)")
+        p.add_argument(
+            "config_pos", nargs="?", type=local_path, metavar="CONFIG", help="config YAML (or --config)"
+        )
         add_out(p, help=f"run directory to write (RUN/adapt/{stage})")
         p.add_argument(
-            "--model", type=Path, default=None, help="the model to start from (sets model.init_from)"
+            "--model", type=local_path, default=None, help="the model to start from (sets model.init_from)"
         )
         p.add_argument(
-            "--data", type=Path, default=None, help="adapt_data artifact or JSONL file (sets data.path)"
+            "--data", type=local_path, default=None, help="adapt_data artifact or JSONL file (sets data.path)"
         )
         p.add_argument(
             "--resume",

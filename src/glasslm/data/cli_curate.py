@@ -7,7 +7,6 @@ import argparse
 import re
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from glasslm.artifacts import create_artifact
@@ -18,6 +17,7 @@ from glasslm.clitools import (
     add_verb,
     emit,
     format_table,
+    local_path,
     resolve_config,
 )
 from glasslm.data.corpus import CorpusRun, build_corpus, reader_versions
@@ -77,7 +77,7 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("--max-bytes", type=float, default=0, help="stop each SRC after this many bytes of text")
     p.add_argument(
         "--extend",
-        type=Path,
+        type=local_path,
         default=None,
         help="documents artifact to start from (several imports make one multi-domain corpus)",
     )

@@ -18,6 +18,7 @@ from glasslm.clitools import (
     add_verb,
     emit,
     format_table,
+    local_path,
     resolve_config,
 )
 from glasslm.config import ConfigError, to_dict
@@ -42,14 +43,16 @@ def add_verbs(verbs: Any) -> None:
 
     p = add_verb(verbs, "decon", _decon, "n-gram overlap of documents with evaluation sets", "attributes")
     p.add_argument("documents", type=location, help="documents artifact (or run directory)")
-    p.add_argument("--tasks", type=Path, nargs="*", default=[], help="task files (JSONL, .arrow, .parquet)")
+    p.add_argument(
+        "--tasks", type=local_path, nargs="*", default=[], help="task files (JSONL, .arrow, .parquet)"
+    )
     p.add_argument("--experiment", default=None, help="attribute name prefix (default: decon)")
     _parallel_flags(p)
     add_out(p, urls=True)
     add_config_options(p, run_section="decon", wrap="decon")
 
     p = add_verb(verbs, "mix", _mix, "apply a recipe: curated train/held-out shards and a ledger", "mix")
-    p.add_argument("recipe", type=Path, help="recipe YAML (see configs/recipes/default.yaml)")
+    p.add_argument("recipe", type=local_path, help="recipe YAML (see configs/recipes/default.yaml)")
     p.add_argument(
         "--documents", type=location, default=None, help="documents artifact (overrides the recipe)"
     )
@@ -68,11 +71,11 @@ def add_verbs(verbs: Any) -> None:
         verbs, "why", _why, "a document's full story: input line, attributes, rules, decision, output"
     )
     p.add_argument("doc_id", help="document id")
-    p.add_argument("mix", nargs="?", type=Path, default=Path("."), help="mix artifact or run directory")
+    p.add_argument("mix", nargs="?", type=local_path, default=Path("."), help="mix artifact or run directory")
     add_json_flag(p)
 
     p = add_verb(verbs, "stats", _stats, "the funnel per source and rule (docs and bytes)")
-    p.add_argument("mix", type=Path, help="mix artifact or run directory")
+    p.add_argument("mix", type=local_path, help="mix artifact or run directory")
     add_json_flag(p)
 
 

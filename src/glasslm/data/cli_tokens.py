@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from glasslm.clitools import add_config_options, add_out, add_verb, format_table, resolve_config
+from glasslm.clitools import add_config_options, add_out, add_verb, format_table, local_path, resolve_config
 from glasslm.config import ConfigError
 from glasslm.data.documents import location
 from glasslm.data.tokenize import TokenizeConfig, tokenize
@@ -25,9 +24,12 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument(
         "docs", type=location, help="mix or documents artifact, run directory, or directory of Dolma shards"
     )
-    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer artifact or tokenizer.json")
+    p.add_argument("--tokenizer", type=local_path, required=True, help="tokenizer artifact or tokenizer.json")
     p.add_argument(
-        "--heldout", type=Path, default=None, help="held-out documents (default: the mix's heldout/<source>/)"
+        "--heldout",
+        type=local_path,
+        default=None,
+        help="held-out documents (default: the mix's heldout/<source>/)",
     )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
     p.add_argument(

@@ -540,6 +540,7 @@ def _run_partitioned(
             for k in range(p)
         ],
         desc="dedupe: index",
+        unit="partitions",
         **run_on,
     )
     per_shard, named = merge_decisions(indexed, doc_offsets, para_offsets)

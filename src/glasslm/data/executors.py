@@ -45,6 +45,7 @@ def map_shards(
     on_result: Callable[[R], None] | None = None,
     sizes: Sequence[int] | None = None,
     quarantined: Callable[[R], Mapping[str, int]] | None = None,
+    unit: str = "shards",
 ) -> list[R]:
     """``[fn(t) for t in tasks]``, in parallel; ``fn`` must be a module-level (picklable) function.
 
@@ -54,7 +55,7 @@ def map_shards(
     """
     workers = workers or default_workers()
     sizes = list(sizes) if sizes is not None else [0] * len(tasks)
-    report = StageProgress(desc, len(tasks), sum(sizes), enabled=progress)
+    report = StageProgress(desc, len(tasks), sum(sizes), enabled=progress, unit=unit)
     results: list[R] = []
     # An object-store --out: every task writes in a temp directory of its own machine and uploads what
     # it wrote; the driver records where (storage.run_staged). No file system is shared.
@@ -108,13 +109,28 @@ def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], workers: int) -> Iterator
     try:
         # A task whose worker dies (killed, out of memory, node lost) runs again elsewhere: every task
         # writes its outputs atomically and resumably, so a retry gives the same bytes.
-        remote = ray.remote(max_retries=3, retry_exceptions=False)(fn)
-        refs = [remote.remote(t) for t in tasks]
+        remote: Any = ray.remote(max_retries=3, retry_exceptions=False)(_in_directory)
+        cwd = os.getcwd()
+        named = remote.options(name=getattr(fn, "__name__", "task"))  # `ray::tag_shard` in ps and Ray's tools
+        refs = [named.remote(cwd, fn, t) for t in tasks]
         for ref in refs:
             yield ray.get(ref)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _in_directory(cwd: str, fn: Callable[[T], R], task: T) -> R:
+    """``fn(task)`` in the driver's working directory, as the local and process executors run it.
+
+    A Ray worker starts where ``ray start`` was run, so a relative path in a task (``--out
+    runs/x/tags``, an input, a work directory beside it) would name another place, or nothing, there:
+    tasks failed, and wrote stray files below the raylet's directory. Where the driver's directory is
+    not on the worker's machine (no shared file system), the object-store paths still work: a local
+    path cannot, and fails as it would have."""
+    if os.path.isdir(cwd):
+        os.chdir(cwd)  # a Ray worker runs one task at a time, so this is the task's own
+    return fn(task)
 
 
 def work_dir(out: str | os.PathLike[str] | Location, fingerprint: str) -> Path:

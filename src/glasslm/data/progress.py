@@ -50,7 +50,8 @@ def _duration(seconds: float) -> str:
 
 
 class StageProgress:
-    """Progress of one stage (or one pass of it) over ``total`` shards of ``total_bytes`` bytes."""
+    """Progress of one stage (or one pass of it) over ``total`` shards (or another ``unit``: index
+    partitions) of ``total_bytes`` bytes; a pass whose tasks have no input size (0) reports no MB."""
 
     def __init__(
         self,
@@ -62,8 +63,9 @@ class StageProgress:
         interval: float | None = None,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
+        unit: str = "shards",
     ) -> None:
-        self.desc, self.total, self.total_bytes = desc, total, total_bytes
+        self.desc, self.total, self.total_bytes, self.unit = desc, total, total_bytes, unit
         self.enabled = enabled
         self.interval = interval_seconds() if interval is None else interval
         self.stream = stream
@@ -93,19 +95,29 @@ class StageProgress:
             eta = elapsed / self.done * (self.total - self.done)
         else:
             eta = None
+        size = f"{self.bytes / 1e6:,.1f} MB stored, {rate / 1e6:,.2f} MB/s, " if self.sized else ""
         return (
-            f"{self.desc}: {self.done}/{self.total} shards ({100 * self.done / max(self.total, 1):.0f}%), "
-            f"{self.bytes / 1e6:,.1f} MB stored, {rate / 1e6:,.2f} MB/s, ETA {_duration(eta) if eta is not None else '?'}"
+            f"{self.desc}: {self.done}/{self.total} {self.unit} ({100 * self.done / max(self.total, 1):.0f}%), "
+            f"{size}ETA {_duration(eta) if eta is not None else '?'}"
         )
+
+    @property
+    def sized(self) -> bool:
+        """Whether this pass measures bytes (dedupe's index partitions, mix's write pass do not)."""
+        return bool(self.total_bytes or self.bytes)
 
     def close(self) -> None:
         """The final line: totals, rate and the quarantined records per reason."""
         elapsed = max(self.clock() - self.start, 1e-9)
         total = sum(self.quarantined.values())
         by_reason = ", ".join(f"{k}: {v}" for k, v in sorted(self.quarantined.items()))
+        size = (
+            f", {self.bytes / 1e6:,.1f} MB stored in {elapsed:.1f} s ({self.bytes / elapsed / 1e6:,.2f} MB/s)"
+            if self.sized
+            else f" in {elapsed:.1f} s"
+        )
         self._print(
-            f"{self.desc}: done {self.done}/{self.total} shards, {self.bytes / 1e6:,.1f} MB stored in {elapsed:.1f} s "
-            f"({self.bytes / elapsed / 1e6:,.2f} MB/s); quarantined {total}"
+            f"{self.desc}: done {self.done}/{self.total} {self.unit}{size}; quarantined {total}"
             + (f" ({by_reason})" if total else "")
         )
 

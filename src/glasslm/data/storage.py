@@ -41,6 +41,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from glasslm.config import ConfigError
+
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
@@ -58,7 +60,10 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
         from fsspec.core import url_to_fs
     except ImportError as e:
         raise ImportError(f"{url}: object-store paths need `pip install 'glasslm[s3]'` ({e})") from None
-    fs, path = url_to_fs(str(url))
+    try:
+        fs, path = url_to_fs(str(url))
+    except ImportError as e:  # fsspec knows the scheme but its package is missing (gs:// without gcsfs)
+        raise ConfigError(f"{url}: {e}") from None
     return fs, path.rstrip("/")
 
 
@@ -147,7 +152,12 @@ def listing(url: str) -> dict[str, int]:
 def check_out(url: str, kind: str | None, force: bool) -> None:
     """The ``--out`` rule of ``artifacts.check_out`` for a URL: nothing there, or an artifact of the same
     kind holding exactly the files its manifest lists (``force``: any kind, unlisted files allowed);
-    never a prefix that holds objects but no manifest."""
+    never a prefix that holds objects but no manifest, nor a bucket's root (an artifact is a prefix: its
+    staging prefix, ``.NAME.staging``, sits beside it in the same bucket)."""
+    if "/" not in normalize(url).partition("://")[2]:
+        raise StorageError(
+            f"{url}: a bucket's root cannot hold an artifact; name a prefix, e.g. {url}/run/NAME"
+        )
     existing = listing(url)
     if not existing:
         return

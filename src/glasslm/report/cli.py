@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from glasslm import artifacts
-from glasslm.clitools import add_out
+from glasslm.clitools import add_out, local_path
 
 
 def register(sub: Any) -> None:
@@ -17,8 +17,10 @@ def register(sub: Any) -> None:
         description="Write a self-contained HTML report (and Markdown) for a run directory; "
         "--compare overlays other runs' curves and tables.",
     )
-    p.add_argument("run", type=Path, help="run directory (runs/NAME)")
-    p.add_argument("--compare", type=Path, nargs="*", default=[], help="other run directories to overlay")
+    p.add_argument("run", type=local_path, help="run directory (runs/NAME)")
+    p.add_argument(
+        "--compare", type=local_path, nargs="*", default=[], help="other run directories to overlay"
+    )
     add_out(p, required=False, help="report directory (default RUN/report)")
     p.set_defaults(func=_report, out_kind="report")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from glasslm.clitools import add_json_flag, emit
+from glasslm.clitools import add_json_flag, emit, local_path
 from glasslm.config import ConfigError
 from glasslm.model.checkpoint import load_model
 from glasslm.model.generate import Engine, SamplingParams
@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
     )
     _model_args(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
-    p.add_argument("--prompt-file", type=Path, default=None, help="more prompts, one per line")
+    p.add_argument("--prompt-file", type=local_path, default=None, help="more prompts, one per line")
     p.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn in the chat template")
     _sampling_args(p, default_max=64, default_temperature=0.0)
     add_json_flag(p)
@@ -109,9 +109,9 @@ def register(sub: Any) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", type=Path, help="checkpoint, training run, run directory or HF folder")
+    p.add_argument("model", type=local_path, help="checkpoint, training run, run directory or HF folder")
     p.add_argument(
-        "--tokenizer", type=Path, default=None, help="tokenizer.json if the model does not carry one"
+        "--tokenizer", type=local_path, default=None, help="tokenizer.json if the model does not carry one"
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
     p.add_argument(
@@ -132,7 +132,7 @@ def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
 
     p.add_argument(
         "--trace",
-        type=Path,
+        type=local_path,
         default=None,
         metavar="INDEX_OR_RUN",
         help=f"trace index (or a run directory holding trace_index/): {what}; default: the "

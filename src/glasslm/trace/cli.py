@@ -15,6 +15,7 @@ from glasslm.clitools import (
     add_verb,
     emit,
     format_table,
+    local_path,
     resolve_config,
     stage_verbs,
 )
@@ -33,7 +34,7 @@ def register(sub: Any) -> None:
         p = add_verb(verbs, name, handler, text)
         p.add_argument(
             "source",
-            type=Path,
+            type=local_path,
             metavar="RUN_OR_TOKENS",
             help="training run, run directory or tokens artifact",
         )
@@ -60,15 +61,15 @@ def register(sub: Any) -> None:
     p = add_verb(
         verbs, "index", _index, "build a suffix-array index over a run's training token stream", "trace_index"
     )
-    p.add_argument("source", type=Path, help="tokens artifact, training run, or run directory")
+    p.add_argument("source", type=local_path, help="tokens artifact, training run, or run directory")
     add_out(p, required=False)
     p.epilog = "Default --out for a run directory: RUN/trace_index."
     p = add_verb(verbs, "count", _count, "how often a text occurs (as tokens) in the training data")
-    p.add_argument("index", type=Path, help="trace index, or a run directory holding trace_index/")
+    p.add_argument("index", type=local_path, help="trace index, or a run directory holding trace_index/")
     p.add_argument("text", help="the text ('-' reads standard input)")
     add_json_flag(p)
     p = add_verb(verbs, "span", _span, "maximal spans of a text found verbatim in the training data")
-    p.add_argument("index", type=Path, help="trace index, or a run directory holding trace_index/")
+    p.add_argument("index", type=local_path, help="trace index, or a run directory holding trace_index/")
     p.add_argument("text", help="model output ('-' reads standard input)")
     p.add_argument("--min-len", type=int, default=span_mod.DEFAULT_MIN_LEN, help="shortest span, in tokens")
     p.add_argument("--max-docs", type=int, default=span_mod.MAX_DOCS, help="documents listed per span")
@@ -83,7 +84,7 @@ def register_energy(sub: Any) -> None:
         "a pipeline run (RUN with pipeline.json; data stages included), or of one training run",
     )
     p.set_defaults(func=_energy)
-    p.add_argument("run", type=Path, help="pipeline run directory (every stage), or a training run")
+    p.add_argument("run", type=local_path, help="pipeline run directory (every stage), or a training run")
     add_config_options(p)
     p.epilog = (
         (p.epilog or "") + "\nKeys: energy.pue, energy.grid_gco2e_per_kwh, energy.cpu_watts_per_core, "

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from glasslm.clitools import add_config_options, add_out, resolve_config
+from glasslm.clitools import add_config_options, add_out, local_path, resolve_config
 from glasslm.config import ConfigError
 
 
@@ -29,7 +28,7 @@ def register(sub: Any) -> None:
         "      --out runs/demo/train --distributed.strategy=ddp\n",
     )
     p.add_argument(
-        "config_pos", nargs="?", type=Path, metavar="CONFIG", help="training config YAML (or --config)"
+        "config_pos", nargs="?", type=local_path, metavar="CONFIG", help="training config YAML (or --config)"
     )
     add_out(p, help="run directory to write (RUN/train)")
     p.add_argument(

@@ -250,7 +250,7 @@ class Importer:
         self, spec: ImportInput, p: Plan | None = None, report: StageProgress | None = None
     ) -> None:
         p = p or plan(spec)
-        report = report or StageProgress("import", len(p.files), enabled=False)
+        report = report or StageProgress("import", len(p.files), enabled=False, unit="files")
         if spec.link:
             self._check_linkable(spec, p)
         counts = Totals()
@@ -487,7 +487,7 @@ def run_import(
                 "differently (--source)"
             )
     plans = [(spec, plan(spec)) for spec in inputs]
-    report = StageProgress("import", sum(len(p.files) for _, p in plans), enabled=progress)
+    report = StageProgress("import", sum(len(p.files) for _, p in plans), enabled=progress, unit="files")
     for spec, p in plans:
         importer.run_input(spec, p, report)
     result = importer.finish()
