@@ -294,7 +294,7 @@ def test_client_disconnect_stops_non_streaming_generation(server: ServerThread) 
             "invalid_value",
         ),
         ("/v1/completions", {"model": "gpt-9", "prompt": "x"}, 404, "model_not_found"),
-        ("/v1/completions", {"model": "tiny", "prompt": "x " * 100}, 413, "context_length_exceeded"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x " * 100}, 400, "context_length_exceeded"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 5000}, 400, "max_tokens_exceeded"),
         ("/v1/completions", {"model": "tiny", "prompt": [999999]}, 400, None),
     ],
@@ -381,6 +381,77 @@ def test_a_field_of_several_shapes_is_named_once_in_the_requests_terms(
     assert error["param"] == field, error
     assert error["message"].startswith(f"invalid request: {field}: ") and says in error["message"], error
     assert error["message"].count(";") == 0  # one problem, one message
+
+
+@pytest.mark.parametrize(
+    "path, body, param, says",
+    [  # what OpenAI and vLLM refuse with a 400, and used to be a 500 or silently accepted here
+        ("/v1/completions", {"model": "tiny", "prompt": "\ud83d"}, "prompt", "unpaired UTF-16 surrogate"),
+        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "a\ud83d"}]},
+         "messages[0].content", "unpaired UTF-16 surrogate"),
+        ("/v1/completions", {"model": "\ud83d", "prompt": "x"}, "model", "unpaired UTF-16 surrogate"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x " * 20, "max_tokens": 1000}, "max_tokens",
+         "this model's context is 1024 tokens"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "logprobs": 0}, "logprobs", "not supported"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "stream_options": {"include_usage": True}},
+         "stream_options", "only allowed with stream: true"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "stream": True, "stream_options": {"include_usage": "yes"}},
+         "stream_options.include_usage", "valid boolean"),
+        ("/v1/chat/completions", {**CHAT, "trace": {"min_len": "3"}}, "trace.min_len", "valid integer"),
+        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+         "messages[0].content[0]", "needs 'text', a string"),
+        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+         "messages[0].content[0]", "needs 'text', a string"),
+        ("/v1/completions", {"model": None, "prompt": "x"}, "model", "valid string"),  # required stays required
+    ],
+)  # fmt: skip
+def test_requests_openai_refuses_are_400_naming_the_field(
+    server: ServerThread, path: str, body: dict[str, object], param: str, says: str
+) -> None:
+    with httpx.Client(base_url=server.url) as c:
+        errors = _metrics(server)["glasslm_request_errors_total"]
+        # json.dumps escapes a lone surrogate as "\\ud83d", as a JSON client sends it (httpx's json= cannot)
+        r = c.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == param and says in r.json()["error"]["message"], r.json()
+        assert c.get("/health").status_code == 200  # the connection survives (a surrogate's 500 reset it)
+    assert _metrics(server)["glasslm_request_errors_total"] == errors + 1
+
+
+def test_null_means_the_default_and_usage_counts_each_prompt_once(server: ServerThread) -> None:
+    nulls = dict.fromkeys(["temperature", "top_p", "n", "stream", "presence_penalty", "frequency_penalty"])
+    one = httpx.post(server.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 2, **nulls})
+    assert one.status_code == 200, one.text
+    three = httpx.post(server.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 2, "n": 3}).json()
+    assert len(three["choices"]) == 3
+    assert three["usage"]["prompt_tokens"] == one.json()["usage"]["prompt_tokens"]  # it was 3×
+    two = httpx.post(
+        server.url + "/v1/completions",
+        json={"model": "tiny", "prompt": ["import os", "x"], "n": 2, "max_tokens": 1, "echo": None},
+    ).json()
+    single = [
+        httpx.post(
+            server.url + "/v1/completions", json={"model": "tiny", "prompt": p, "max_tokens": 1}
+        ).json()
+        for p in ("import os", "x")
+    ]
+    assert two["usage"]["prompt_tokens"] == sum(r["usage"]["prompt_tokens"] for r in single)
+
+
+def test_http_level_errors_are_openai_shaped_and_counted(server: ServerThread) -> None:
+    errors = _metrics(server)["glasslm_request_errors_total"]
+    headers = {"content-type": "application/json"}
+    bad = httpx.post(server.url + "/v1/completions", content=b'{"model": "\xff"}', headers=headers)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+    empty = httpx.post(server.url + "/v1/completions", content=b"", headers=headers)
+    assert (
+        empty.status_code == 400
+        and empty.json()["error"]["message"] == "the request body must be a JSON object"
+    )
+    wrong = httpx.get(server.url + "/v1/completions")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert httpx.get(server.url + "/v1/nothing").status_code == 404
+    assert _metrics(server)["glasslm_request_errors_total"] == errors + 4
 
 
 def test_a_user_message_without_content_is_400(server: ServerThread) -> None:
@@ -533,7 +604,8 @@ def test_health_answers_while_a_large_body_is_refused_or_tokenised(ckpt: Path) -
                     latencies.append(time.monotonic() - started)
                     time.sleep(0.01)
                 r = answer.result()
-            assert r.status_code == 413 and r.json()["error"]["code"] == code
+            assert r.status_code == (413 if code == "request_too_large" else 400), r.text
+            assert r.json()["error"]["code"] == code
             assert max(latencies, default=0.0) < 2.0, (path, max(latencies))
 
 
@@ -565,6 +637,31 @@ def test_full_queue_answers_429(ckpt: Path) -> None:
                     openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0).completions.create(
                         model=MODEL, prompt="x", max_tokens=1
                     )
+    finally:
+        srv.stop()
+
+
+def test_max_queue_counts_only_requests_waiting_beyond_the_batch(ckpt: Path) -> None:
+    """--max-queue 0: free batch slots still take requests (it refused every request on an idle
+    server); the one beyond the batch gets 429."""
+    srv = ServerThread(create_app(_engine(ckpt, max_batch=2), MODEL, limits=ServeLimits(max_queue=0)))
+    long = {"model": MODEL, "prompt": "Open data", "max_tokens": 1000, "stream": True, "ignore_eos": True}
+    try:
+        assert httpx.post(
+            srv.url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2}
+        ).is_success
+        with (
+            httpx.Client(base_url=srv.url) as c1,
+            httpx.Client(base_url=srv.url) as c2,
+            c1.stream("POST", "/v1/completions", json=long),
+            c2.stream("POST", "/v1/completions", json=long),
+        ):
+            deadline = time.monotonic() + 10
+            while httpx.get(srv.url + "/health").json()["running"] < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            r = httpx.post(srv.url + "/v1/completions", json={**long, "stream": False})
+            assert r.status_code == 429 and "beyond the batch of 2" in r.json()["error"]["message"]
     finally:
         srv.stop()
 

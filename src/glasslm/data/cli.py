@@ -12,6 +12,8 @@ from glasslm.data import cli_curate, cli_mix, cli_tokens
 
 
 def register(sub: Any) -> None:
-    verbs = stage_verbs(sub, "data", "curate data: corpus, tag, dedupe, decon, mix, why, stats")
+    verbs = stage_verbs(
+        sub, "data", "curate data: corpus, import, tag, dedupe, decon, mix, why, stats, tokenize"
+    )
     for module in (cli_curate, cli_mix, cli_tokens):
         module.add_verbs(verbs)

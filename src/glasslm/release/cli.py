@@ -12,6 +12,7 @@ from glasslm.clitools import add_config_options, add_json_flag, emit, out_path, 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "release",
+        usage="%(prog)s RUN [--out DIR] [--push REPO_ID] [options]\n       %(prog)s verify DIR [--no-load] [--json]",
         help="package a run as a Hugging Face-style git repository (card, datasheet, revisions, logs, lineage)",
         description="glasslm release RUN --out DIR: the final model on main, every kept checkpoint as a revision "
         "branch, README.md (model card), DATASHEET.md, logs and manifests; refuses when a trained-on source's "

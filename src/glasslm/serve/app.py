@@ -13,7 +13,8 @@ a stream sends it in one last chunk before ``data: [DONE]``.
 What the server refuses, before any work: a body over ``ServeLimits.max_body_bytes`` (413, from its
 ``Content-Length`` or, for a chunked body, as soon as the bytes read pass the limit; the body is never
 parsed); without the API key, every path but ``/health`` (401, ``/docs`` and ``/openapi.json`` included);
-fields out of range or of the wrong type (400 naming the field). Tokenising runs in a worker thread with
+fields out of range or of the wrong type (400 naming the field); a prompt too long for the
+limits or the context (400). Tokenising runs in a worker thread with
 the GIL released, so a large allowed prompt does not stall ``/health`` or other streams.
 """
 
@@ -34,7 +35,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -170,10 +171,19 @@ class BodyLimitMiddleware:
 
 # -- request bodies ----------------------------------------------------------------------------------
 class TraceOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not a silent default
+    # a misspelt option is an error, not a silent default; strict as every other field ("3" is not 3)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     min_len: int | None = Field(default=None, ge=1)
     max_docs: int = Field(default=DEFAULT_MAX_DOCS, ge=1, le=100)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore", strict=True
+    )  # OpenAI's others (include_obfuscation) are moot here
+
+    include_usage: bool = False
 
 
 class _Sampling(BaseModel):
@@ -188,7 +198,7 @@ class _Sampling(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=128)  # OpenAI's bound; the server's max_choices applies too
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-INT64, lt=INT64 - 1024)  # room for seed + choice index
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
@@ -200,6 +210,18 @@ class _Sampling(BaseModel):
     ignore_eos: bool = False
     # glasslm extension: trace the output back to the training data
     trace: bool | TraceOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        """``"temperature": null`` means the default, as in OpenAI's API (clients other than the Python SDK
+        send nulls); a required field that is null stays an error."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            k: v for k, v in data.items() if not (v is None and k in fields and not fields[k].is_required())
+        }
 
 
 class CompletionRequest(_Sampling):
@@ -254,6 +276,15 @@ class Server:
         self.chat_stop_ids = [i for i in role_ids if i is not None]
 
     # ---- validation shared by both endpoints
+    def check_request(self, req: _Sampling) -> None:
+        """What every generation request must satisfy beyond its schema, before any work."""
+        bad = _unpaired_surrogate(req, "")
+        if bad is not None:
+            raise APIError(400, f"{bad}: contains an unpaired UTF-16 surrogate, which is not text", param=bad)
+        self.check_model(req.model)
+        if req.stream_options is not None and not req.stream:
+            raise APIError(400, "stream_options is only allowed with stream: true", param="stream_options")
+
     def check_model(self, name: str) -> None:
         if name != self.model_name:
             raise APIError(
@@ -339,8 +370,8 @@ class Server:
     def check_prompt(self, ids: list[int]) -> None:
         limit = min(self.limits.max_prompt_tokens, self.engine.max_len - 1)
         if len(ids) > limit:
-            raise APIError(
-                413,
+            raise APIError(  # 400 as OpenAI and vLLM answer (the openai client raises BadRequestError)
+                400,
                 f"the prompt has {len(ids)} tokens; this server accepts at most {limit}",
                 param="prompt",
                 code="context_length_exceeded",
@@ -350,6 +381,20 @@ class Server:
         vocab = self.engine.config.vocab_size
         if any(not 0 <= t < vocab for t in ids):
             raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
+
+    def check_room(self, prompts: list[list[int]], max_tokens: int | None) -> None:
+        """A ``max_tokens`` the context cannot hold after the prompt is a 400, as in vLLM (the reply would
+        be cut short, ``finish_reason: length``, without saying why); without one, generation runs to
+        the end of the context."""
+        longest = max(len(ids) for ids in prompts)
+        if max_tokens is not None and longest + max_tokens > self.engine.max_len:
+            raise APIError(
+                400,
+                f"this model's context is {self.engine.max_len} tokens; the prompt has {longest} and "
+                f"max_tokens asks for {max_tokens} more ({longest + max_tokens}). Shorten one of them",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
 
     def submit_all(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[Handle]:
         if len(prompts) * n > self.limits.max_choices:
@@ -362,7 +407,9 @@ class Server:
                 for j in range(n):
                     seed = params.seed + j if params.seed is not None else None
                     p = SamplingParams(**{**params.__dict__, "seed": seed})
-                    handles.append(self.scheduler.submit(ids, p))
+                    handle = self.scheduler.submit(ids, p)
+                    handle.choice = j
+                    handles.append(handle)
         except QueueFull as e:
             for h in handles:
                 self.scheduler.abort(h)
@@ -398,9 +445,13 @@ class Server:
             if content is None and m.role != "assistant":  # OpenAI: only an assistant turn may omit it
                 raise APIError(400, f"messages[{i}]: a {m.role} message needs 'content'", param="messages")
             if isinstance(content, list):  # content parts: only text is understood
-                if any(part.get("type") != "text" for part in content):
-                    raise APIError(400, "only text content parts are supported", param="messages")
-                content = "".join(str(part.get("text", "")) for part in content)
+                for j, part in enumerate(content):
+                    where = f"messages[{i}].content[{j}]"
+                    if part.get("type") != "text":
+                        raise APIError(400, f"{where}: only text content parts are supported", param=where)
+                    if not isinstance(part.get("text"), str):
+                        raise APIError(400, f"{where}: a text part needs 'text', a string", param=where)
+                content = "".join(part["text"] for part in content)
             role = "system" if m.role == "developer" else m.role
             messages.append({"role": role, "content": content or ""})
         ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True)
@@ -417,7 +468,7 @@ class Server:
         first: float | None,
         reasons: list[str | None],
     ) -> None:
-        prompt_tokens = sum(h.prompt_tokens for h in handles)
+        prompt_tokens = _prompt_tokens(handles)
         self.requests_total += 1
         self.tokens_in += prompt_tokens
         self.tokens_out += out_tokens
@@ -561,12 +612,13 @@ async def model(name: str, server: ServerDep) -> dict[str, Any]:
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, server: ServerDep) -> Any:
-    server.check_model(body.model)
-    if body.echo or body.logprobs:
+    server.check_request(body)
+    if body.echo or body.logprobs is not None:  # logprobs 0 still asks for the chosen tokens' logprobs
         raise APIError(400, "echo and logprobs are not supported", param="echo" if body.echo else "logprobs")
     trace = server.trace_options(body)
     prompts = await asyncio.to_thread(server.completion_prompts, body)  # off the event loop
     params = server.sampling(body, body.max_tokens, 16, [])  # OpenAI's default max_tokens is 16
+    server.check_room(prompts, body.max_tokens)
     handles = server.submit_all(prompts, body.n, params)
     rid, created, started = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
     head = {"id": rid, "object": "text_completion", "created": created, "model": server.model_name}
@@ -589,13 +641,14 @@ async def completions(body: CompletionRequest, request: Request, server: ServerD
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request, server: ServerDep) -> Any:
-    server.check_model(body.model)
+    server.check_request(body)
     if body.logprobs:
         raise APIError(400, "logprobs are not supported", param="logprobs")
     trace = server.trace_options(body)
     prompt = await asyncio.to_thread(server.chat_prompt, body)  # off the event loop
     max_tokens = body.max_completion_tokens or body.max_tokens
     params = server.sampling(body, max_tokens, server.limits.max_new_tokens, server.chat_stop_ids)
+    server.check_room([prompt], max_tokens)
     handles = server.submit_all([prompt], body.n, params)
     rid, created, started = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
     if not body.stream:
@@ -657,6 +710,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         return error_response(400, "the request body is not valid JSON", code="invalid_json")
     # 400 as OpenAI and vLLM answer (the openai client raises BadRequestError), not FastAPI's 422.
     problems = field_errors(errors)
+    if problems and problems[0][0] == "":  # the body itself: empty, or JSON that is not an object
+        return error_response(400, "the request body must be a JSON object", code="invalid_value")
     where = problems[0][0] if problems else ""
     message = "; ".join(f"{field}: {msg}" for field, msg in problems[:5])
     return error_response(400, f"invalid request: {message}", param=where or None, code="invalid_value")
@@ -725,7 +780,15 @@ async def _client_disconnected(request: Request, exc: ClientDisconnected) -> Res
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(exc.status_code, str(exc.detail), code=None)
+    _server(request).errors_total += 1
+    if exc.status_code == 400 and "parsing the body" in str(exc.detail):  # FastAPI's words for non-UTF-8
+        response = error_response(
+            400, "the request body is not valid JSON (or not UTF-8)", code="invalid_json"
+        )
+    else:
+        response = error_response(exc.status_code, str(exc.detail), code=None)
+    response.headers.update(exc.headers or {})  # a 405's Allow
+    return response
 
 
 EXCEPTION_HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]] = {
@@ -803,11 +866,36 @@ async def _respond(
 
 
 def _usage_wanted(body: _Sampling) -> bool:
-    return bool((body.stream_options or {}).get("include_usage"))
+    return body.stream_options is not None and body.stream_options.include_usage
+
+
+def _unpaired_surrogate(value: Any, where: str) -> str | None:
+    """The field holding a string with a lone UTF-16 surrogate (JSON's ``"\\ud83d"`` alone: not text, and
+    not encodable as UTF-8), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, BaseModel):
+        value = {k: getattr(value, k) for k in type(value).model_fields}
+    if isinstance(value, dict):
+        items = [(f"{where}.{k}" if where else str(k), v) for k, v in value.items()]
+    elif isinstance(value, list):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return None
+    return next((bad for key, v in items if (bad := _unpaired_surrogate(v, key)) is not None), None)
+
+
+def _prompt_tokens(handles: list[Handle]) -> int:
+    """Each prompt counted once, whatever ``n`` (as OpenAI and vLLM count): its first choice's handle."""
+    return sum(h.prompt_tokens for h in handles if h.choice == 0)
 
 
 def _usage(handles: list[Handle], out_tokens: int) -> dict[str, int]:
-    prompt = sum(h.prompt_tokens for h in handles)
+    prompt = _prompt_tokens(handles)
     return {"prompt_tokens": prompt, "completion_tokens": out_tokens, "total_tokens": prompt + out_tokens}
 
 

@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser(
         "chat",
-        help="chat with a model in the terminal (/reset, /exit)",
+        help="chat with a model in the terminal (/reset, /trace, /exit)",
         description="Interactive chat: history, OLMo-2 chat template, streamed replies. "
         "Type /reset to start over, /trace to see which parts of the last reply occur verbatim in the "
         "training data (needs a trace index), and /exit (or Ctrl-D) to leave.",

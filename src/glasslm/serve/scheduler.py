@@ -33,6 +33,7 @@ class Handle:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[Event | BaseException] = field(default_factory=asyncio.Queue)
     done: bool = False
+    choice: int = 0  # which of the request's n choices of its prompt (usage counts each prompt once)
 
     async def events(self) -> AsyncIterator[Event]:
         while not self.done:
@@ -76,10 +77,14 @@ class Scheduler:
         """Queue a request (call from the event loop). Raises QueueFull, or ValueError for bad input."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            if self.engine.num_waiting >= self.max_queue:
+            # Waiting requests that free batch slots will take at the next step do not queue: only
+            # those beyond the batch count against max_queue (so max_queue 0 still fills the batch).
+            engine = self.engine
+            queued = engine.num_waiting + engine.num_running - engine.max_batch
+            if queued >= self.max_queue:
                 raise QueueFull(
-                    f"{self.engine.num_waiting} requests are already waiting (limit {self.max_queue}); "
-                    "retry later"
+                    f"{queued} requests are already waiting beyond the batch of {engine.max_batch} "
+                    f"(limit {self.max_queue}); retry later"
                 )
             request_id = self.engine.add(prompt, params)
             handle = Handle(request_id, len(prompt), loop)

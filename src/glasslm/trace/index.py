@@ -367,16 +367,23 @@ def load_index(path: str | Path, check_stale: bool = True) -> SuffixIndex:
 
 
 def find_index(path: str | Path) -> Path:
-    """A trace_index artifact given itself, or a run directory / training run holding one."""
+    """A trace_index artifact given itself, a directory holding one (``runs/NAME``), or the one beside
+    a training run (``runs/NAME/train`` → ``runs/NAME/trace_index``). Nothing else: a tokens or eval
+    artifact is not a way to name its run's index."""
     path = Path(path)
-    if (path / artifacts.MANIFEST).is_file() and artifacts.read_manifest(path).get("kind") == KIND:
+
+    def kind_of(where: Path) -> str | None:
+        return artifacts.read_manifest(where).get("kind") if (where / artifacts.MANIFEST).is_file() else None
+
+    if kind_of(path) == KIND:
         return path
-    for candidate in (path / "trace_index", path / "trace", path.parent / "trace_index"):
-        if (candidate / artifacts.MANIFEST).is_file() and artifacts.read_manifest(candidate).get(
-            "kind"
-        ) == KIND:
+    candidates = [path / "trace_index"]
+    if kind_of(path) == "train_run":
+        candidates.append(path.parent / "trace_index")
+    for candidate in candidates:
+        if kind_of(candidate) == KIND:
             return candidate
     raise ArtifactError(
-        f"{path}: no trace index here (looked for a '{KIND}' artifact, and in trace_index/); "
-        f"build one with: glasslm trace index {path} --out {path / 'trace_index'}"
+        f"{path}: no trace index here (looked for a '{KIND}' artifact, in {path / 'trace_index'}, and beside "
+        f"a training run); build one with: glasslm trace index RUN --out RUN/trace_index"
     )
