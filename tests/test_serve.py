@@ -117,6 +117,10 @@ def test_completion_streaming_and_sse_framing(client: openai.OpenAI, server: Ser
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 15
+    body = {**kwargs, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
+        raw = [json.loads(line[6:]) for line in r.iter_lines() if line and line != "data: [DONE]"]
+    assert all(c["usage"] is None for c in raw[:-1]) and raw[-1]["usage"]["completion_tokens"] == 15
     # The raw stream: server-sent events, each "data: {json}", ending with "data: [DONE]".
     with httpx.stream("POST", server.url + "/v1/completions", json={**kwargs, "stream": True}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -124,6 +128,7 @@ def test_completion_streaming_and_sse_framing(client: openai.OpenAI, server: Ser
     assert events[-1] == "data: [DONE]"
     assert all(e.startswith("data: ") for e in events)
     assert "".join(json.loads(e[6:])["choices"][0]["text"] for e in events[:-1]) == whole
+    assert all("usage" not in json.loads(e[6:]) for e in events[:-1])  # not asked for: not there
 
 
 def test_chat_completion_and_stream(client: openai.OpenAI, reference: Engine) -> None:
@@ -706,7 +711,40 @@ def test_serve_cli_binds_localhost(ckpt: Path) -> None:
         out = client.completions.create(model=MODEL, prompt="Open data", max_tokens=4)
         assert out.usage.completion_tokens <= 4
     assert f"http://127.0.0.1:{port}" in output[0]
-    assert re.search(r"request cmpl-\w+: \d+ prompt tokens, \d+ completion tokens", output[0]), output[0]
+    # a non-streamed request is timed to its first token too (it logged "first token -")
+    assert re.search(
+        r"request cmpl-\w+: \d+ prompt tokens, \d+ completion tokens, \d+ ms \(first token \d+ms\)", output[0]
+    ), output[0]
+
+
+def test_serve_on_port_0_logs_the_port_it_got(ckpt: Path) -> None:
+    """`--port 0` (the OS picks): the startup line names the real port (it said ':0')."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("GLASSLM_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glasslm", "serve", str(ckpt), "--port", "0", "--max-len", "256"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the line comes before uvicorn starts serving
+            if found := re.search(r"serving .* on http://127\.0\.0\.1:(\d+)/v1", line):
+                break
+        else:
+            pytest.fail("no 'serving … on' line")
+        port = int(found.group(1))
+        assert port > 0
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["status"] == "ok"
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
 
 
 @pytest.mark.slow

@@ -500,13 +500,20 @@ class Server:
 
 
 async def _gather(
-    handles: list[Handle], request: Request, scheduler: Scheduler, received: list[list[Event]]
+    handles: list[Handle],
+    request: Request,
+    scheduler: Scheduler,
+    received: list[list[Event]],
+    first_token: list[float],
 ) -> list[tuple[str, list[Event]]]:
     """Wait for every handle to finish, aborting all of them if the client goes away; ``received``
-    (one list per handle) holds the events that came, also when it did."""
+    (one list per handle) holds the events that came, also when it did, and ``first_token`` the time
+    the first came (for the request log)."""
 
     async def collect(h: Handle, into: list[Event]) -> list[Event]:
         async for e in h.events():
+            if not first_token:
+                first_token.append(time.monotonic())
             into.append(e)
         return into
 
@@ -848,17 +855,20 @@ async def _respond(
     """The non-streaming body shared by both endpoints: ``head`` + one choice per handle (its ``content``
     under the endpoint's key), usage, and the trace when asked for; the request is logged."""
     received: list[list[Event]] = [[] for _ in handles]
+    first_token: list[float] = []
     try:
-        results = await _gather(handles, request, server.scheduler, received)
+        results = await _gather(handles, request, server.scheduler, received, first_token)
     except ClientDisconnected:  # logged and counted with what was generated before the abort
-        server.record(rid, handles, _generated(received), started, None, _reasons(received))
+        first = first_token[0] if first_token else None
+        server.record(rid, handles, _generated(received), started, first, _reasons(received))
         raise
     choices = [
         {"index": i, **content(text), "logprobs": None, "finish_reason": evs[-1].finish_reason}
         for i, (text, evs) in enumerate(results)
     ]
     out_tokens = sum(evs[-1].completion_tokens for _, evs in results)
-    server.record(rid, handles, out_tokens, started, None, [evs[-1].finish_reason for _, evs in results])
+    first = first_token[0] if first_token else None
+    server.record(rid, handles, out_tokens, started, first, [evs[-1].finish_reason for _, evs in results])
     response = {**head, "choices": choices, "usage": _usage(handles, out_tokens)}
     if trace is not None:
         response["trace"] = await server.trace([text for text, _ in results], trace)
@@ -916,22 +926,26 @@ def _stream(
     optionally a usage chunk, optionally a chunk with ``trace`` (and no choices), then ``data: [DONE]``. A client that disconnects cancels this generator,
     whose ``finally`` aborts the requests so their slots free up at the next step."""
 
+    def delta(c: dict[str, Any]) -> dict[str, Any]:
+        # OpenAI: with include_usage, every chunk but the usage one carries "usage": null
+        return {**c, "usage": None} if include_usage else c
+
     async def body() -> AsyncIterator[str]:
         first_token = None
         received: list[list[Event]] = [[] for _ in handles]
         texts = [""] * len(handles)
         try:
             for c in first or []:
-                yield _sse(c)
+                yield _sse(delta(c))
             async for i, event in _merge(handles):
                 if first_token is None:
                     first_token = time.monotonic()
                 received[i].append(event)
                 if event.text:
                     texts[i] += event.text
-                    yield _sse(chunk(i, event.text, None))
+                    yield _sse(delta(chunk(i, event.text, None)))
                 if event.finished:
-                    yield _sse(chunk(i, None if chat else "", event.finish_reason))
+                    yield _sse(delta(chunk(i, None if chat else "", event.finish_reason)))
             if include_usage:
                 usage: dict[str, Any] = {
                     "id": rid,

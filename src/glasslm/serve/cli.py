@@ -305,8 +305,11 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(
         engine, name, api_key=args.api_key, limits=limits, tracer=tracer, trace_min_len=args.trace_min_len
     )
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    sock = config.bind_socket()  # bound here, so --port 0 is logged as the port the OS chose
+    port = sock.getsockname()[1]
     logging.getLogger("glasslm.serve").info(
-        "serving %s (from %s) on http://%s:%d/v1", name, model_dir, args.host, args.port
+        "serving %s (from %s) on http://%s:%d/v1", name, model_dir, args.host, port
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
