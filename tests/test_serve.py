@@ -469,10 +469,22 @@ def test_a_user_message_without_content_is_400(server: ServerThread) -> None:
 
 
 def test_seed_at_the_edge_of_the_range_is_served(client: openai.OpenAI) -> None:
-    out = client.completions.create(
-        model=MODEL, prompt="x", max_tokens=2, n=2, seed=2**63 - 1025, extra_body={"ignore_eos": True}
-    )
-    assert out.usage.completion_tokens == 4
+    for seed in (2**63 - 1, -(2**63)):
+        out = client.completions.create(
+            model=MODEL, prompt="x", max_tokens=2, n=2, seed=seed, extra_body={"ignore_eos": True}
+        )
+        assert out.usage.completion_tokens == 4
+
+
+def test_the_choices_of_seeded_requests_do_not_repeat_each_other(client: openai.OpenAI) -> None:
+    """Choice i of seed s used seed s + i: choice 1 of seed 1 was choice 0 of seed 2, word for word."""
+    ask = dict(model=MODEL, prompt="Open", max_tokens=24, temperature=1.0, extra_body={"ignore_eos": True})
+    first = client.completions.create(n=2, seed=1, **ask)  # type: ignore[call-overload]
+    second = client.completions.create(n=1, seed=2, **ask)  # type: ignore[call-overload]
+    again = client.completions.create(n=2, seed=1, **ask)  # type: ignore[call-overload]
+    assert [c.text for c in again.choices] == [c.text for c in first.choices]  # still reproducible
+    assert first.choices[1].text != second.choices[0].text
+    assert first.choices[0].text == client.completions.create(n=1, seed=1, **ask).choices[0].text  # type: ignore[call-overload]
 
 
 def test_chat_markers_in_messages_are_text_not_special_tokens(

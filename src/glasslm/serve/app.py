@@ -21,6 +21,7 @@ the GIL released, so a large allowed prompt does not stall ``/health`` or other 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -200,7 +201,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-INT64, lt=INT64 - 1024)  # room for seed + choice index
+    seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     user: str | None = None
@@ -405,7 +406,7 @@ class Server:
         try:
             for ids in prompts:
                 for j in range(n):
-                    seed = params.seed + j if params.seed is not None else None
+                    seed = choice_seed(params.seed, j) if params.seed is not None else None
                     p = SamplingParams(**{**params.__dict__, "seed": seed})
                     handle = self.scheduler.submit(ids, p)
                     handle.choice = j
@@ -540,6 +541,15 @@ def _generated(received: list[list[Event]]) -> int:
 def _reasons(received: list[list[Event]]) -> list[str | None]:
     """Each request's finish reason, ``abort`` (vLLM's word) for one stopped before it finished."""
     return [events[-1].finish_reason if events and events[-1].finished else "abort" for events in received]
+
+
+def choice_seed(seed: int, choice: int) -> int:
+    """The seed of choice ``choice`` of a seeded request: the request's own for the first (so ``n: 1``
+    is the plain seed), a hash of (seed, choice) for the others — ``seed + choice`` made choice 1 of
+    seed 1 the same text as choice 0 of seed 2."""
+    if choice == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{choice}".encode()).digest()[:8], "big") >> 1
 
 
 def _sse(data: dict[str, Any]) -> str:
