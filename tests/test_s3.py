@@ -118,7 +118,13 @@ def test_every_data_stage_writes_to_s3_same_bytes_as_local(
     tokenizer = tmp_path / "tokenizer"
     run_chain(raw, str(local), tokenizer, executor="process", workers=2)
     remote = f"s3://{BUCKET}/run"
+    staging = Path(os.environ["GLASSLM_STAGING"])
+    left_by_a_killed_task = staging / "glasslm-task-4194304-x1y2"  # above Linux's pid_max: never alive
+    left_by_a_killed_task.mkdir()
     run_chain(raw, remote, tokenizer, executor="process", workers=2)
+    # nothing is left in the driver's staging: no directory per URL written, no killed task's temp dir
+    assert not left_by_a_killed_task.exists()
+    assert sorted(p.name for p in staging.iterdir()) == [], sorted(staging.iterdir())
     for stage in STAGES:
         expected = tree(local_files(local / stage))
         got = tree(remote_files(s3, f"{remote}/{stage}"))

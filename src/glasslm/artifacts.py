@@ -565,6 +565,8 @@ def create_artifact(
             storage.commit(tmp, url)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the URL's staging directory, unless a stage's work is there
+                tmp.parent.rmdir()
         return
     out = Path(str(out))
     if out.exists() and not overwrite:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from glasslm.clitools import (
     resolve_config,
 )
 from glasslm.config import ConfigError, to_dict
-from glasslm.data import decon, dedupe, ledger, mixer
+from glasslm.data import decon, dedupe, executors, ledger, mixer
 from glasslm.data.documents import location
 from glasslm.data.executors import fingerprint, work_dir
 
@@ -98,7 +97,7 @@ def _apply_flags(job: Any, args: argparse.Namespace) -> None:
 
 
 def _finish(work: Path) -> None:
-    shutil.rmtree(work, ignore_errors=True)
+    executors.remove_work(work)
 
 
 def _dedupe(args: argparse.Namespace) -> int:

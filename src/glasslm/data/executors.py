@@ -7,10 +7,12 @@ so outputs and ledgers do not depend on scheduling.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -147,6 +149,16 @@ def work_dir(out: str | os.PathLike[str] | Location, fingerprint: str) -> Path:
     path = out.parent / f".{out.name}.work-{fingerprint[:16]}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def remove_work(work: Path) -> None:
+    """Delete a finished job's scratch directory; for an object-store --out also the artifact's local
+    staging directory when nothing else is left in it (one empty directory per URL ever written
+    piled up below ``GLASSLM_STAGING``)."""
+    shutil.rmtree(work, ignore_errors=True)
+    if storage.is_staging_dir(work.parent):
+        with contextlib.suppress(OSError):  # not empty: another job's work or an artifact being built
+            work.parent.rmdir()
 
 
 # --- resumable scratch state: data only ----------------------------------------------------------

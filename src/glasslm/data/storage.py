@@ -96,13 +96,17 @@ def resolve(base: str, recorded: str) -> str:
 
 def staging_dir(url: str) -> Path:
     """The local directory where the artifact for ``url`` is built (and its work directories kept)."""
-    root = Path(os.environ.get("GLASSLM_STAGING") or Path.home() / ".cache" / "glasslm" / "staging")
-    root = root.expanduser().absolute()  # tasks find their paths below it by prefix
+    root = _staging_root()
     key = hashlib.sha256(normalize(url).encode()).hexdigest()[:16]
     path = root / f"{key}-{posixpath.basename(normalize(url)) or 'root'}"
     path.mkdir(parents=True, exist_ok=True)
     _MIRRORS[str(path)] = staging_prefix(url)
     return path
+
+
+def is_staging_dir(path: Path) -> bool:
+    """Whether ``path`` is the local staging directory of some URL (:func:`staging_dir`)."""
+    return str(path) in _MIRRORS or path.parent == _staging_root()
 
 
 def staging_prefix(url: str) -> str:
@@ -412,6 +416,32 @@ def _hash_local(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _staging_root() -> Path:
+    root = Path(os.environ.get("GLASSLM_STAGING") or Path.home() / ".cache" / "glasslm" / "staging")
+    return root.expanduser().absolute()  # tasks find their paths below it by prefix
+
+
+def _task_dir() -> Path:
+    """A task's own temp directory, named by its process so that one a killed task left behind is swept
+    by the next task on that machine (a Ray worker killed mid-task runs no ``finally``)."""
+    parent = Path(_worker_root() or tempfile.gettempdir())
+    for stale in parent.glob("glasslm-task-*-*"):
+        pid = stale.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"glasslm-task-{os.getpid()}-", dir=parent)).resolve()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _worker_root() -> str | None:
     root = os.environ.get("GLASSLM_STAGING")
     if root:
@@ -425,7 +455,7 @@ def run_staged(call: StagedCall) -> tuple[Any, dict[str, Remote]]:
     Returns the task's result (its paths pointed back at the driver's staging directories) and the files
     it left on the store, keyed by the driver's path: those it wrote now and those its done marker of an
     earlier run lists."""
-    base = Path(tempfile.mkdtemp(prefix="glasslm-task-", dir=_worker_root())).resolve()
+    base = _task_dir()
     for root, _ in call.mirrors:
         if _under(str(base), root):  # never the driver's directory, even on the driver's machine
             raise StorageError(f"{base}: a task's temp directory inside the driver's staging {root}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from typing import Any
 
 from glasslm.artifacts import create_artifact, find_artifact, input_ref, manifest_hash
 from glasslm.config import ConfigError, to_dict
-from glasslm.data import storage
+from glasslm.data import executors, storage
 from glasslm.data.documents import (
     QUARANTINE_FILE,
     Location,
@@ -241,7 +240,7 @@ def run_tag(documents: str | Path, out: str | Path, run: TagRun, *, progress: bo
         w.metrics = metrics
         where = str(docs_dir) if is_url(docs_dir) else str(Path(docs_dir).resolve())
         w.extra.update(experiment=config.experiment, documents=where)
-    shutil.rmtree(work, ignore_errors=True)
+    executors.remove_work(work)
     return metrics
 
 

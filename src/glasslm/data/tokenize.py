@@ -434,7 +434,7 @@ def tokenize(
             }
         )
         metrics = dict(art.metrics)
-    shutil.rmtree(work, ignore_errors=True)
+    executors.remove_work(work)
     return metrics
 
 
