@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from glasslm.artifacts import code_version
+from glasslm.config import ConfigError
 from glasslm.data import storage
 from glasslm.data.documents import Location, dumps_bytes, is_url, loads
 from glasslm.data.progress import StageProgress
@@ -105,7 +106,14 @@ def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], workers: int) -> Iterator
     if started_here:
         # An existing cluster (RAY_ADDRESS) is joined; otherwise a local one with `workers` CPUs.
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(include_dashboard=False, log_to_driver=False)
+            except ConnectionError as e:  # its log says why (often InvalidAuthToken) only in passing
+                raise ConfigError(
+                    f"cannot join the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']} ({e}). A cluster "
+                    "made with `ray start` has token authentication on (Ray >= 2.5x): set RAY_AUTH_MODE=token "
+                    "and the cluster's token here (docs/scaling.md)"
+                ) from None
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
@@ -256,7 +264,5 @@ def fingerprint(*parts: object, code: Mapping[str, Any] | None = None) -> str:
 def executor_name(name: str) -> ExecutorName:
     """Check an executor name from a config or the command line."""
     if name not in ("local", "process", "ray"):
-        from glasslm.config import ConfigError
-
         raise ConfigError(f"config key 'executor': expected local, process or ray, got {name!r}")
     return name  # type: ignore[return-value]
