@@ -263,16 +263,20 @@ def test_span_steps_follow_the_runs_data_order(tmp_path: Path, capsys: pytest.Ca
     assert data["steps_available"] and data["spans"]
     loader = TokenLoader(tokens, LoaderConfig(**loader_cfg))
     assert loader.steps_per_epoch < 7
-    hits = [d for s in data["spans"] for d in s["docs"]]
-    for hit in hits:  # no mixture: the index's stream is the loader's stream
-        expected = [
+    hits = [(d, s["length"]) for s in data["spans"] for d in s["docs"]]
+    crossing = 0
+    for hit, length in hits:  # no mixture: the index's stream is the loader's stream
+        # every step whose batch held any token of the match: one that crosses an instance boundary was
+        # trained on at the steps of both instances (it listed only the first token's)
+        expected = {
             step
             for step in range(1, 8)
             for inst in loader.global_instances(step - 1).tolist()
-            if inst * 8 <= hit["offset"] < (inst + 1) * 8
-        ]
+            if inst * 8 < hit["offset"] + length and hit["offset"] < (inst + 1) * 8
+        }
         assert hit["steps"] == sorted(expected)
-    assert any(hit["steps"] for hit in hits)
+        crossing += hit["offset"] // 8 != (hit["offset"] + length - 1) // 8
+    assert any(hit["steps"] for hit, _ in hits) and crossing
 
 
 def test_index_reproduces_identically(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -27,7 +27,8 @@ SNIPPET_TOKENS = 24  # context decoded on each side of a match
 MAX_DOCS = 10  # documents listed per span (the count covers all occurrences)
 POSITION_CAP = 10_000
 
-StepsLookup = Callable[[list[int]], dict[int, list[int]]]  # stream offsets -> steps that saw each
+# (stream offset, length) of each match -> the steps that trained on any of its tokens
+StepsLookup = Callable[[list[tuple[int, int]]], dict[tuple[int, int], list[int]]]
 
 
 class QueryError(ValueError):
@@ -198,11 +199,11 @@ def trace_spans(
         )
         spans.append(span)
     if steps is not None:
-        offsets = sorted({d.offset for s in spans for d in s.docs})
-        seen = steps(offsets) if offsets else {}
+        matches = sorted({(d.offset, s.end - s.start) for s in spans for d in s.docs})
+        seen = steps(matches) if matches else {}
         for s in spans:
             for d in s.docs:
-                d.steps = seen.get(d.offset, [])
+                d.steps = seen.get((d.offset, s.end - s.start), [])
     covered = np.zeros(len(ids), dtype=bool)
     for s in spans:
         covered[s.start : s.end] = True

@@ -67,8 +67,8 @@ def steps_lookup(index: SuffixIndex) -> tuple[StepsLookup | None, str]:
     taken = steps_taken(run)
     doc_stream = _doc_stream_positions(loader, index)
 
-    def lookup(offsets: list[int]) -> dict[int, list[int]]:
-        return {off: _steps_of_offset(loader, index, doc_stream, off, taken) for off in offsets}
+    def lookup(matches: list[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
+        return {m: _steps_of_match(loader, index, doc_stream, *m, taken) for m in matches}
 
     return (
         lookup,
@@ -86,20 +86,30 @@ def _doc_stream_positions(loader: Any, index: SuffixIndex) -> dict[str, tuple[in
     return where
 
 
-def _steps_of_offset(
-    loader: Any, index: SuffixIndex, doc_stream: dict[str, tuple[int, int]], offset: int, taken: int
+def _steps_of_match(
+    loader: Any,
+    index: SuffixIndex,
+    doc_stream: dict[str, tuple[int, int]],
+    offset: int,
+    length: int,
+    taken: int,
 ) -> list[int]:
+    """The steps whose batches held any token of the match at ``offset`` (``length`` tokens, inside one
+    document): a match across an instance boundary was trained on, in parts, at each instance's steps."""
     row = index.doc_of(offset)
     found = doc_stream.get(index.doc_id[row])
     if found is None:
         return []
     k, doc_start = found
     stream = loader.streams[k]
-    window = (doc_start + offset - int(index.doc_offset[row])) // loader.config.seq_len
-    if window >= stream.windows(loader.config.seq_len):
-        return []  # the stream's tail: no instance holds it
-    instance = np.array([stream.first_instance + window])
-    steps: list[int] = []
+    seq_len = loader.config.seq_len
+    start = doc_start + offset - int(index.doc_offset[row])
+    first, last = start // seq_len, (start + max(length, 1) - 1) // seq_len
+    last = min(last, stream.windows(seq_len) - 1)  # the stream's tail: no instance holds it
+    if first > last:
+        return []
+    instances = stream.first_instance + np.arange(first, last + 1)
+    steps: set[int] = set()
     for epoch in range((taken + loader.steps_per_epoch - 1) // loader.steps_per_epoch):
-        steps += [int(s) + 1 for s in loader.steps_of(instance, epoch) if s < taken]
-    return steps
+        steps.update(int(s) + 1 for s in loader.steps_of(instances, epoch) if s < taken)
+    return sorted(steps)
