@@ -96,6 +96,13 @@ def test_web_domain_is_a_crawl_of_pinned_package_pages_through_warc_extraction(t
     )  # boilerplate extracted away
     quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     assert {q["file"] for q in quarantine} == {"warc/web.warc.gz"}  # relative: the same bytes anywhere
+    # each web document's origin is its record in the crawl, wherever the corpus now is
+    from glasslm.data.origins import origin_of
+
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    origin = origin_of(moved, "web-0000.jsonl.gz", 1)
+    assert origin is not None and origin.startswith(f"{moved / 'warc/web.warc.gz'} (record ")
 
 
 _BLOCK_HOST = """

@@ -75,11 +75,20 @@ def origin_of(documents: Path, shard: str, line: int) -> str | None:
             if entry.get("shard") != shard:
                 continue
             if "same_as" in entry:
-                return f"{entry['same_as']}:{line}"
+                return f"{_located(documents, entry['same_as'])}:{line}"
             for first, count, uri, unit, position in entry.get("runs", []):
                 if first <= line < first + count:
                     at = position + line - first
+                    where = _located(documents, uri)
                     if unit == "file":
-                        return str(uri)
-                    return f"{uri}:{at}" if unit == "line" else f"{uri} ({unit} {at})"
+                        return where
+                    return f"{where}:{at}" if unit == "line" else f"{where} ({unit} {at})"
     return None
+
+
+def _located(documents: Path, uri: str) -> str:
+    """A file inside the artifact (the default corpus's crawl) is recorded relative to it, so that it
+    moves with it: shown where it is now."""
+    if "://" in uri or Path(uri).is_absolute():
+        return uri
+    return str(documents / uri)
