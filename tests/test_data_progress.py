@@ -91,3 +91,23 @@ def test_cli_stage_reports_progress_and_quarantine_on_stderr(
     assert re.search(
         r"^tag: done 4/4 shards, [\d.,]+ MB stored in [\d.]+ s \([\d.,]+ MB/s\); quarantined 0$", err, re.M
     )
+
+
+def test_no_progress_silences_every_data_verb(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--no-progress` was a flag of `data tag` only (`data dedupe … --no-progress`: unrecognized)."""
+    monkeypatch.setenv("GLASSLM_PROGRESS_SECONDS", "0")
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i} " * 30}) + "\n" for i in range(6)))
+    corpus, dedupe = tmp_path / "corpus", tmp_path / "dedupe"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"documents: {corpus}\nattributes: [{dedupe}]\nsources: [{{name: web}}]\n")
+    for argv in (
+        ["data", "import", f"web={src}", "--out", str(corpus)],
+        ["data", "dedupe", str(corpus), "--out", str(dedupe)],
+        ["data", "mix", str(recipe), "--out", str(tmp_path / "mix")],
+    ):
+        assert main([*argv, "--no-progress"]) == 0, argv
+        err = capsys.readouterr().err
+        assert not re.search(r"^\w[\w :+-]*: (done )?\d+/\d+ ", err, re.M), (argv, err)

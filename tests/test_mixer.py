@@ -227,6 +227,14 @@ def test_sampling_is_seeded_and_counts_copies(tmp_path: Path) -> None:
     assert 70 < kept < 130 and all(r["first_rule"] == "sample" for r in down if r["split"] == "none")
     up = Counter(r["copies"] for r in rows if r["recipe_source"] == "up")
     assert set(up) == {2, 3} and 10 < up[3] < 40
+    # copies come after the shard's originals, one round at a time: never beside their original, where
+    # a short document and its copy shared a training window
+    written = [d["id"] for d in read_jsonl(out / "documents" / "a.jsonl.gz")]
+    originals = [i for i in written if "#" not in i]
+    assert written[: len(originals)] == originals
+    rounds = [[i for i in written if i.endswith(f"#{c}")] for c in (1, 2)]
+    assert written[len(originals) :] == rounds[0] + rounds[1]
+    assert rounds[0] == [f"{i}#1" for i in originals if i.startswith("u")]
     # Same seed, same decisions, also with two worker processes.
     out2 = tmp_path / "mix2"
     (tmp_path / "r2.yaml").write_text(yaml.safe_dump(recipe))
@@ -260,9 +268,28 @@ def test_heldout_fraction_among_survivors(tmp_path: Path) -> None:
     assert len(held) == 5 and all(int(r["id"][1:]) >= 20 for r in held)
 
 
+def test_a_held_out_count_that_takes_every_survivor_is_a_warning(tmp_path: Path, capsys) -> None:
+    docs = docs_artifact(
+        tmp_path / "docs", {"a.jsonl.gz": [doc(f"d{i}", f"text {i} " * 3) for i in range(8)]}
+    )
+    out, rows = mix(
+        tmp_path, {"documents": str(docs), "sources": [{"name": "web", "heldout": {"count": 100}}]}
+    )
+    assert sum(r["split"] == "held_out" for r in rows) == 8 and not any(r["split"] == "train" for r in rows)
+    warned = read_manifest(out)["metrics"]["suspect_rules"]
+    assert (
+        len(warned) == 1
+        and "source web: all 8 documents that survived the rules went to the held-out" in warned[0]
+    )
+    assert "warning: source web: all 8" in capsys.readouterr().err
+
+
 def test_recipe_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="op must be one of"):
         from_dict(Recipe, {"sources": [{"name": "a", "rules": [{"attribute": "x", "op": "~"}]}]})
+    with pytest.raises(ConfigError, match="op < needs a number, got 'fifty'"):  # it never fired, silently
+        from_dict(Recipe, {"rules": [{"attribute": "gopher__word_count", "op": "<", "value": "fifty"}]})
+    assert from_dict(Recipe, {"rules": [{"attribute": "x", "op": "<", "value": "50"}]}).rules[0].value == 50
     with pytest.raises(ConfigError, match="unknown config key 'sources\\[0\\].wieght'|wieght"):
         from_dict(Recipe, {"sources": [{"name": "a", "wieght": 2}]})
     docs = docs_artifact(tmp_path / "docs", {"a.jsonl.gz": [doc("a", "x")]})

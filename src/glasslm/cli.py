@@ -143,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with recording_command(["glasslm", *argv]), forcing(getattr(args, "force", False) is True):
             check_out_early(args)
+            if getattr(args, "no_progress", False):
+                from glasslm.data.progress import quiet
+
+                with quiet():
+                    return int(args.func(args) or 0)
             return int(args.func(args) or 0)
     except (ConfigError, ArtifactError) as e:
         print(f"glasslm: error: {e}", file=sys.stderr)

@@ -137,6 +137,11 @@ def out_path(text: str) -> Path:
     return Path(text)
 
 
+def add_no_progress(parser: argparse.ArgumentParser) -> None:
+    """A data verb's ``--no-progress`` (``cli.main`` applies it: ``data.progress.quiet``)."""
+    parser.add_argument("--no-progress", action="store_true", help="print no progress lines on stderr")
+
+
 def local_path(text: str) -> Path:
     """The type of a path argument that names a local file or directory: ``Path`` would fold an
     ``s3://`` URL into ``s3:/…`` and report that as missing (or fail later with a traceback)."""

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import Regex, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
 
 from glasslm import artifacts
 from glasslm.data.documents import Location, iter_documents

@@ -13,6 +13,7 @@ from glasslm.artifacts import create_artifact
 from glasslm.clitools import (
     add_config_options,
     add_json_flag,
+    add_no_progress,
     add_out,
     add_verb,
     emit,
@@ -35,6 +36,7 @@ def add_verbs(verbs: Any) -> None:
         "of the pinned packages' pages)",
         "documents",
     )
+    add_no_progress(p)
     add_out(p)
     add_config_options(p, run_section="corpus", wrap="corpus")
     add_json_flag(p)
@@ -81,6 +83,7 @@ def add_verbs(verbs: Any) -> None:
         default=None,
         help="documents artifact to start from (several imports make one multi-domain corpus)",
     )
+    add_no_progress(p)
     add_out(p, urls=True)
     add_config_options(p, run_section="corpus", wrap="corpus")
     add_json_flag(p)
@@ -110,7 +113,7 @@ def add_verbs(verbs: Any) -> None:
         default=None,
         help="process pool (default), in-process, or Ray",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(p)
     add_out(p, urls=True)
     add_config_options(p, run_section="tag", wrap="tag")
     add_json_flag(p)

@@ -13,6 +13,7 @@ from glasslm import artifacts
 from glasslm.clitools import (
     add_config_options,
     add_json_flag,
+    add_no_progress,
     add_out,
     add_verb,
     emit,
@@ -81,6 +82,7 @@ def add_verbs(verbs: Any) -> None:
 def _parallel_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--executor", choices=["local", "process", "ray"], default=None, help="default: process")
+    add_no_progress(p)
 
 
 def _documents(path: Path) -> Path:

@@ -6,7 +6,15 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from glasslm.clitools import add_config_options, add_out, add_verb, format_table, local_path, resolve_config
+from glasslm.clitools import (
+    add_config_options,
+    add_no_progress,
+    add_out,
+    add_verb,
+    format_table,
+    local_path,
+    resolve_config,
+)
 from glasslm.config import ConfigError
 from glasslm.data.documents import location
 from glasslm.data.tokenize import TokenizeConfig, tokenize
@@ -35,6 +43,7 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument(
         "--executor", choices=["local", "process", "ray"], default=None, help="default: tokenize.executor"
     )
+    add_no_progress(p)
     add_out(p, urls=True)
     add_config_options(p, run_section="tokenize", wrap="tokenize")
 

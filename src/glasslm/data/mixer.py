@@ -12,7 +12,8 @@ Order of decisions for one input line (the ledger's ``first_rule`` is the first 
 5. held-out split: seeded, per source, among the documents that survived 1–4;
 6. ``decon_heldout``: training documents sharing a 13-gram with any held-out document are removed;
 7. ``sample``: source weights; w < 1 keeps a document with probability w, w ≥ 1 writes floor(w)
-   copies plus one more with probability frac(w). Copies after the first get id ``<id>#<k>``.
+   copies plus one more with probability frac(w). Copies after the first get id ``<id>#<k>`` and are
+   written after the shard's originals (never in the same training window as their original).
 
 Randomness is a hash of (seed, purpose, document id), so decisions do not depend on shard order,
 worker count or executor.
@@ -101,6 +102,9 @@ class Rule:
             raise ConfigError(f"rule '{self.label}': aggregate must be one of {list(AGGREGATES)}")
         if self.op in OPS and self.value is None:
             raise ConfigError(f"rule '{self.label}': op {self.op} needs a value")
+        if self.op in ("<", "<=", ">", ">=") and not isinstance(self.value, int | float):
+            # attribute values are numbers: "fifty" would never compare, so the rule would never fire
+            raise ConfigError(f"rule '{self.label}': op {self.op} needs a number, got {self.value!r}")
 
     @property
     def label(self) -> str:
@@ -578,6 +582,7 @@ def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
     position = {id(s): k for k, s in enumerate(train_candidates)}
     train_name = f"documents/{out_name(job.name)}"
     train_docs: list[dict[str, Any]] = []
+    extra_copies: dict[int, list[dict[str, Any]]] = {}  # copy number -> copies, written after the originals
     heldout_docs: dict[str, list[dict[str, Any]]] = {}
     for i, s in enumerate(part["survivors"]):
         if s["row"] in job.duplicate_ids:
@@ -607,13 +612,18 @@ def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
         row.copies, row.output_bytes = copies, len(doc["text"].encode("utf-8", "surrogatepass"))
         train_docs.append(doc)
         for c in range(1, copies):
-            train_docs.append(
+            extra_copies.setdefault(c, []).append(
                 {
                     **doc,
                     "id": f"{doc['id']}#{c}",
                     "metadata": {**(doc.get("metadata") or {}), "copy_of": doc["id"]},
                 }
             )
+    # Up-sampled copies go after the shard's originals, each round in document order (all #1, then all
+    # #2): next to its original, a short document and its copy shared one training window, so the
+    # model saw the same text twice in one context (Dolma's mixer lists the files again: far apart too).
+    for c in sorted(extra_copies):
+        train_docs.extend(extra_copies[c])
     out = job.scratch / "out"
     # ISA-L gzip level 1: zlib level 6 was half of the mix's time; ISA-L level 1 is ~5x faster than
     # zlib level 1 on our text and ~2% smaller (benchmarks/dedupe_mix_throughput.py).
@@ -641,6 +651,21 @@ def _write_part(job: WriteJob, part: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- the driver ---------------------------------------------------------------------------------------
+
+
+def emptied_sources(recipe: Recipe, funnel: dict[str, dict[str, Any]]) -> list[str]:
+    """Warnings for recipe sources whose held-out count asked for more documents than survived the rules:
+    all of them went to the held-out split, so the source is evaluated on but never trained on. (A count
+    equal to what survives is how a held-out-only source is written, and is not warned about.)"""
+    found = []
+    for s in recipe.sources:
+        f = funnel.get(s.name)
+        if f and s.heldout.count > f["held_out_docs"] and not f["train_docs"] and s.weight > 0:
+            found.append(
+                f"source {s.name}: all {f['held_out_docs']} documents that survived the rules went to the "
+                f"held-out split (heldout.count {s.heldout.count}), so none is trained on; lower the count"
+            )
+    return found
 
 
 def choose_heldout(recipe: Recipe, candidates: list[tuple[int, int, str, str]]) -> dict[int, set[int]]:
@@ -792,7 +817,7 @@ def run(
     metrics["quarantined_by_reason"] = dict(
         sorted(Counter(category(q["reason"]) for q in quarantine).items())
     )
-    metrics["suspect_rules"] = suspect_rules(recipe, keys)
+    metrics["suspect_rules"] = suspect_rules(recipe, keys) + emptied_sources(recipe, metrics["funnel"])
     metrics["seconds_total"] = round(time.perf_counter() - started, 3)
     total = metrics["input"]["bytes"]
     metrics["mb_per_s"] = (

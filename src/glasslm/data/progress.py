@@ -10,16 +10,29 @@ shards when sizes are unknown).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
 from glasslm.data.documents import Location, category
 
 DEFAULT_SECONDS = 30.0
+_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("glasslm_progress_quiet", default=False)
+
+
+@contextlib.contextmanager
+def quiet(on: bool = True) -> Iterator[None]:
+    """Inside, no stage prints progress (the data verbs' ``--no-progress``)."""
+    token = _QUIET.set(on)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 def interval_seconds() -> float:
@@ -66,7 +79,7 @@ class StageProgress:
         unit: str = "shards",
     ) -> None:
         self.desc, self.total, self.total_bytes, self.unit = desc, total, total_bytes, unit
-        self.enabled = enabled
+        self.enabled = enabled and not _QUIET.get()
         self.interval = interval_seconds() if interval is None else interval
         self.stream = stream
         self.clock = clock
