@@ -99,7 +99,9 @@ def test_no_progress_silences_every_data_verb(
     """`--no-progress` was a flag of `data tag` only (`data dedupe … --no-progress`: unrecognized)."""
     monkeypatch.setenv("GLASSLM_PROGRESS_SECONDS", "0")
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i} " * 30}) + "\n" for i in range(6)))
+    src.write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": f"document {i} " * 30}) + "\n" for i in range(6))
+    )
     corpus, dedupe = tmp_path / "corpus", tmp_path / "dedupe"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"documents: {corpus}\nattributes: [{dedupe}]\nsources: [{{name: web}}]\n")
