@@ -141,7 +141,7 @@ def test_recipe_rules_edits_heldout_and_invariant(tmp_path: Path) -> None:
         and by_id["held"]["output_file"] == "heldout/lighthouse/b.jsonl.gz"
     )
     assert by_id["quotes_held"]["first_rule"] == "decon_heldout"
-    assert [r["rule"] for r in by_id["quotes_held"]["rules"]] == ["pii_mask", "decon_heldout"]
+    assert [r["rule"] for r in by_id["quotes_held"]["rules"]] == ["pii_mask:email_address", "decon_heldout"]
     assert by_id["code1"]["copies"] == 2
     train = {d["id"]: d for d in read_jsonl(out / "documents" / "a.jsonl.gz")}
     assert (

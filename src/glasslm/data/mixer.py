@@ -219,8 +219,14 @@ def source_rules(recipe: Recipe, source: SourceRecipe) -> list[Rule]:
     if source.toxicity_max is not None:
         rules.append(Rule(attribute=n.toxicity, op=">", value=source.toxicity_max, name="toxicity"))
     if source.pii_mask:
-        rules += [
-            Rule(attribute=a, op="exists", action="mask", replacement=r, name="pii_mask")
+        rules += [  # one rule per PII type, named by it: three entries all called "pii_mask" said nothing
+            Rule(
+                attribute=a,
+                op="exists",
+                action="mask",
+                replacement=r,
+                name=f"pii_mask:{a.rsplit('__', 1)[-1].lower()}",
+            )
             for a, r in n.pii.items()
         ]
     rules += recipe.rules + source.rules
