@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def test_determinism_resume_and_epochs(tokens: Path) -> None:
     )
 
 
-def test_mixture_weights_apply_at_token_level(tokens: Path) -> None:
+def test_mixture_weights_apply_at_token_level(tokens: Path, caplog: pytest.LogCaptureFixture) -> None:
     L = 32
     natural = TokenLoader(tokens, LoaderConfig(seq_len=L, global_batch_size=4))
     mixed = TokenLoader(
@@ -130,8 +131,15 @@ def test_mixture_weights_apply_at_token_level(tokens: Path) -> None:
     assert np.array_equal(again.order(0), mixed.order(0)) and not np.array_equal(
         mixed.order(0), mixed.order(1)
     )
-    only = TokenLoader(tokens, LoaderConfig(seq_len=L, global_batch_size=4, mixture={"web": 1}))
+    with caplog.at_level(logging.WARNING, logger="glasslm.data.loader"):
+        only = TokenLoader(tokens, LoaderConfig(seq_len=L, global_batch_size=4, mixture={"web": 1}))
     assert {d["source"] for i in only.order(0)[:50].tolist() for d in only.instance_docs(i)} == {"web"}
+    # a source the mixture leaves out gets weight 0: said, in case it was an oversight; an explicit 0 is not
+    assert "does not name source(s) ['code']" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="glasslm.data.loader"):
+        TokenLoader(tokens, LoaderConfig(seq_len=L, global_batch_size=4, mixture={"web": 1, "code": 0}))
+    assert not caplog.text
     assert natural.n_instances >= mixed.n_instances - 1  # per-source tails cost at most one window each
 
 

@@ -37,6 +37,7 @@ token of a document is never predicted from the previous one, and each EOS is pr
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ import torch
 
 from glasslm import artifacts
 from glasslm.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 INDEX = "index.parquet"
 IGNORE = -100
@@ -201,6 +204,14 @@ class TokenLoader:
         if not self.config.mixture:
             return None
         weights = np.array([float(self.config.mixture.get(s.name, 0.0)) for s in self.streams])
+        unnamed = [s for s in self.streams if s.name not in self.config.mixture]
+        if unnamed:  # weight 0 by the formula; said once here, in case it was an oversight
+            log.warning(
+                "data.loader.mixture does not name source(s) %s: weight 0, so their %s tokens are not trained "
+                "on (give them weight 0 to say so and silence this)",
+                [s.name for s in unnamed],
+                f"{sum(s.tokens for s in unnamed):,}",
+            )
         targets = largest_remainder(self.n_instances, weights)
         for s, t in zip(self.streams, targets, strict=True):
             if t > 0 and s.windows(self.config.seq_len) == 0:
