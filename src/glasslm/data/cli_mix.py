@@ -66,6 +66,7 @@ def add_verbs(verbs: Any) -> None:
     _parallel_flags(p)
     add_out(p, urls=True)
     p.set_defaults(accepts_overrides=True)
+    p.epilog = (p.epilog or "") + "\nTop-level recipe keys may be overridden: --seed=5 --decon_heldout=false"
 
     p = add_verb(
         verbs, "why", _why, "a document's full story: input line, attributes, rules, decision, output"

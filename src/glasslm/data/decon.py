@@ -48,6 +48,7 @@ from glasslm.data.documents import (
 from glasslm.data.executors import STATE_SUFFIX, executor_name, map_shards, resumable
 from glasslm.data.minhash import Words, ngrams, words
 from glasslm.data.progress import reasons, stored_bytes
+from glasslm.data.taggers.base import score
 
 
 @dataclass
@@ -357,7 +358,7 @@ def _decon_shard(task: DeconTask) -> dict[str, Any]:
             worst = 0.0
             hit = False
             for name, ov in results.items():
-                frac = ov.fraction(i)
+                frac = score(ov.fraction(i))  # rounded to 5 decimals, as every tagger's score
                 task_hit = bool(ov.matched[i]) or bool(whole[name][i])
                 attrs[f"{exp}__decon__{name}"] = [[0, length, frac]] if task_hit else []
                 attrs[f"{exp}__decon__{name}__spans"] = ov.spans[i]
