@@ -139,3 +139,73 @@ def test_cli_override_with_spaces_is_not_a_positional(tmp_path: Path) -> None:
         == 0
     )
     assert load_model(out).config.d_model == 64
+
+
+def test_yaml_files_that_would_mislead_are_one_line_errors(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("optim:\n  lr: 1e-3\n  lr: 1e-2\n")  # PyYAML keeps the last, silently
+    with pytest.raises(cfg.ConfigError, match=r"twice.yaml:3:3: not valid YAML: key 'lr' is given twice"):
+        cfg.load(Run, twice, [])
+    merged = tmp_path / "merge.yaml"
+    merged.write_text("base: &b {lr: 0.5}\noptim:\n  <<: *b\n")  # a merge key is not a duplicate
+    assert cfg.read_yaml(merged)["optim"] == {"lr": 0.5}
+    binary = tmp_path / "utf16.yaml"
+    binary.write_bytes("name: x\n".encode("utf-16"))
+    with pytest.raises(cfg.ConfigError, match="not a UTF-8 text file"):  # was a UnicodeDecodeError traceback
+        cfg.load(Run, binary, [])
+    with pytest.raises(cfg.ConfigError, match="is a directory"):
+        cfg.load(Run, tmp_path, [])
+    tab = tmp_path / "tab.yaml"
+    tab.write_text("optim:\n\tlr: 1\n")
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load(Run, tab, [])
+    assert "\n" not in str(info.value) and "tab.yaml:2:1" in str(info.value)
+
+
+def test_numbers_are_exact_and_never_nan(tmp_path: Path) -> None:
+    assert cfg.load(Run, None, ["--steps=1_000", "--optim.lr=2e-4"]).steps == 1000
+    assert cfg.load(Run, None, ["--steps=2e6"]).steps == 2_000_000
+    assert cfg.load(Run, None, [f"--steps={2**62 + 1}"]).steps == 2**62 + 1  # exact, not through a float
+    with pytest.raises(
+        cfg.ConfigError, match="too large a whole number"
+    ):  # was 1000000000000000019884624838656
+        cfg.load(Run, None, ["--steps=1e30"])
+    with pytest.raises(cfg.ConfigError, match="config key 'optim.lr': expected a number, got NaN"):
+        cfg.load(Run, None, ["--optim.lr=nan"])
+
+
+@pytest.mark.parametrize(
+    "where, values, says",
+    [  # values that got past validation into a traceback, a Rust abort, or a run that trains on nan
+        ("glasslm.train.config:OptimConfig", {"lr": "inf"}, "optim.lr must be positive and finite"),
+        (
+            "glasslm.tokenizer:BPEConfig",
+            {"vocab_size": "1e12"},
+            "tokenizer.vocab_size must be at most 4,194,304",
+        ),
+        ("glasslm.data.tag:TagRun", {"workers": -3}, "config key 'workers' must be >= 0"),
+    ],
+)
+def test_values_that_used_to_escape_validation(where: str, values: dict[str, object], says: str) -> None:
+    import importlib
+
+    module, _, name = where.partition(":")
+    with pytest.raises(cfg.ConfigError, match=says):
+        cfg.from_dict(getattr(importlib.import_module(module), name), values)
+
+
+def test_a_bad_torchrun_variable_and_a_misspelt_pipeline_stage_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from glasslm.train.config import DistributedConfig
+    from glasslm.train.distributed import init
+
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    with pytest.raises(cfg.ConfigError, match=r"\$WORLD_SIZE must be a whole number"):
+        init(DistributedConfig(), "cpu")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert (
+        main(["pipeline", "--out", str(tmp_path / "run"), "--force=trian"]) == 2
+    )  # it ran, re-running nothing
+    assert "--force 'trian' is not a stage (did you mean 'train'?)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -197,3 +197,18 @@ def test_malformed_lines_name_file_and_line(tiny_eval, tmp_path, capsys, lines, 
     assert rc == 2
     assert f"{bad}{message}" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--limit", "-2"], "config key 'limit' must be >= 1"),  # was a traceback from random.sample
+        (["--shots", "-3"], "'num_shots' >= 0"),  # was accepted and recorded
+    ],
+)
+def test_eval_flags_are_validated_like_config_keys(tiny_eval, tmp_path, capsys, flags, says):
+    t = tiny_eval
+    argv = ["eval", str(t["ckpt"]), "--suite", "arc_easy", "--data", f"arc_easy={t['arc']}", *flags]
+    assert main([*argv, "--out", str(tmp_path / "eval")]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -167,27 +168,37 @@ def _coerce(value: Any, tp: Any, key: str, from_string: bool) -> Any:
             raise fail
         if isinstance(value, int):
             return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
         if isinstance(value, str):
-            try:  # "1_000", "2e6" and "1000" all mean a whole number here
-                number = float(value.replace("_", ""))
+            try:  # exact first: "1000", "1_000"
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+            try:  # "2e6" means a whole number here too
+                value = float(value.replace("_", ""))
             except ValueError:
                 raise fail from None
-            if number.is_integer():
-                return int(number)
+        if isinstance(value, float) and value.is_integer():
+            if (
+                abs(value) > 2**53
+            ):  # beyond a float's exact integers "1e30" would be 1000000000000000019884624838656
+                raise ConfigError(f"config key '{key}': {value:g} is too large a whole number (write it out)")
+            return int(value)
         raise fail
     if tp is float:
         if isinstance(value, bool):
             raise fail
         if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise fail from None
-        raise fail
+        else:
+            raise fail
+        if math.isnan(number):  # no setting means "not a number"; it passes every `<` check unnoticed
+            raise ConfigError(f"config key '{key}': expected a number, got NaN")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -306,12 +317,37 @@ def apply_overrides(cls: type[T], base: T, overrides: Sequence[str]) -> T:
     return from_dict(cls, data)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges are not duplicates
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; --config takes a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}  # noqa: S506
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except yaml.MarkedYAMLError as e:  # one line with the place, not PyYAML's multi-line dump
+        mark = e.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -30,6 +30,7 @@ EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 SPECIAL_TOKENS = (EOS, PAD, *ROLE_TOKENS)
+MAX_VOCAB = 2**22  # ids; 4x the largest released vocabularies (Gemma 262k, Llama 3 128k)
 _PAD_CANDIDATES = (PAD, "<|padding|>")
 
 # OLMo-2-Instruct's template: EOS first; each turn is "<|role|>\n" + content + "\n"; an assistant turn
@@ -219,6 +220,8 @@ class BPEConfig:
             raise ConfigError(
                 f"tokenizer.vocab_size must exceed {floor} (256 bytes + special tokens), got {self.vocab_size}"
             )
+        if self.vocab_size > MAX_VOCAB:  # tokenizers would try to allocate it all (1e12: a Rust abort)
+            raise ConfigError(f"tokenizer.vocab_size must be at most {MAX_VOCAB:,}, got {self.vocab_size:,}")
         if self.min_frequency < 1:
             raise ConfigError(f"tokenizer.min_frequency must be >= 1, got {self.min_frequency}")
 

@@ -98,6 +98,8 @@ class TagRun:
     def validate(self) -> None:
         if self.executor not in ("local", "process", "ray"):
             raise ConfigError(f"config key 'executor': '{self.executor}' is not one of local, process, ray")
+        if self.workers < 0:  # a traceback from the process pool, after the work directory was made
+            raise ConfigError(f"config key 'workers' must be >= 0 (0: every CPU), got {self.workers}")
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ def _config(args: argparse.Namespace) -> EvalConfig:
     ):
         if flag is not None:
             setattr(config, key, flag)
+    config.validate()  # again: the flags above came after the config's own check (--limit=-2 was a traceback)
     return config
 
 

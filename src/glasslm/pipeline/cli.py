@@ -42,8 +42,9 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from glasslm.cli import main
+    from glasslm.config import ConfigError, did_you_mean
     from glasslm.pipeline.run import PipelineConfig, override_keys, resolve_paths, run_pipeline
-    from glasslm.pipeline.stages import DEFAULT_CONFIG
+    from glasslm.pipeline.stages import DEFAULT_CONFIG, STAGES
 
     if args.config is None:
         args.config = DEFAULT_CONFIG
@@ -52,5 +53,12 @@ def _run(args: argparse.Namespace) -> int:
         for name in DATA_STAGES:
             getattr(config, name)["executor"] = args.executor
     resolve_paths(config, Path(args.config).resolve().parent, override_keys(args.overrides))
-    run_pipeline(config, args.out, main, force=[s for s in args.force.split(",") if s])
+    force = [s.strip() for s in args.force.split(",") if s.strip()]
+    names = [stage.name for stage in STAGES]
+    for name in force:  # a typo would silently not re-run the stage it meant
+        if name not in names:
+            raise ConfigError(
+                f"--force {name!r} is not a stage{did_you_mean(name, names)}; stages: {', '.join(names)}"
+            )
+    run_pipeline(config, args.out, main, force=force)
     return 0

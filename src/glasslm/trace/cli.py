@@ -258,7 +258,17 @@ def _trace_batch(args: argparse.Namespace) -> int:
             f"step {d['step']} (loader batch {d['batch_index']}, epoch {d['epoch']}): "
             f"{len(d['instances'])} instances, {len(d['documents'])} document spans"
         )
-        cols = "slot instance doc_id source doc_start doc_end doc_tokens instance_start instance_end".split()
+        cols = [
+            "slot",
+            "instance",
+            "doc_id",
+            "source",
+            "doc_start",
+            "doc_end",
+            "doc_tokens",
+            "instance_start",
+            "instance_end",
+        ]
         return head + "\n" + format_table(d["documents"], cols)
 
     emit(args, data, render)

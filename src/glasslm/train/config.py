@@ -8,6 +8,7 @@ model's every field filled in, is saved as ``RUN/config.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast, get_type_hints
@@ -111,8 +112,8 @@ class OptimConfig:
     fused: bool | None = None  # None: fused AdamW where this torch supports it for the device
 
     def validate(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:  # inf trained one step, then every loss was nan
+            raise ConfigError(f"optim.lr must be positive and finite, got {self.lr}")
         if len(self.betas) != 2:
             raise ConfigError(f"optim.betas takes two values (beta1, beta2), got {list(self.betas)}")
         if not all(0 <= b < 1 for b in self.betas):

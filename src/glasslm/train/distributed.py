@@ -73,11 +73,20 @@ def resolve_device(requested: str, key: str = "--device") -> torch.device:
     return device
 
 
+def _env_int(name: str, default: int) -> int:
+    """A torchrun variable as an int, or one line naming it (``WORLD_SIZE=abc`` was a traceback)."""
+    text = os.environ.get(name, str(default))
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"${name} must be a whole number (torchrun sets it), got {text!r}") from None
+
+
 def init(config: DistributedConfig, device_request: str) -> World:
     """Join torchrun's process group (if launched by torchrun with more than one process)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size, rank, local_rank = (
+        _env_int(k, d) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0))
+    )
     device = pick_device(device_request, local_rank)
     if world_size == 1:
         return World(0, 1, 0, device, "none")
