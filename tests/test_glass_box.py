@@ -359,3 +359,19 @@ def test_a_run_continued_in_place_may_be_given_its_own_config(tmp_path: Path) ->
     args.overrides = [f"--data.tokens={run / 'tokens'}"]
     with pytest.raises(artifacts.ArtifactError, match="would replace the input"):
         check_out_early(args)  # but its tokens cannot live inside it
+
+
+def test_one_writer_per_out_and_a_killed_writers_temp_directory_is_swept(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Two runs with one --out deleted each other's work (or both trained); now the second is refused,
+    naming the first. A `.NAME.tmp-PID` a killed process left is removed by the next writer."""
+    out = tmp_path / "model"
+    with artifacts.writing(out):  # as another glasslm process writing it would hold it
+        assert _init(out) == 2
+        assert f"another glasslm process (pid {os.getpid()}) is writing it" in capsys.readouterr().err
+    assert not (tmp_path / ".model.lock").exists() and not out.exists()
+    left = tmp_path / ".model.tmp-4194304"  # above Linux's pid_max: a process that no longer runs
+    (left / "sub").mkdir(parents=True)
+    assert _init(out) == 0
+    assert not left.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from glasslm import __version__
+from glasslm import __version__, processes
 from glasslm.config import to_dict
 
 if TYPE_CHECKING:
@@ -520,6 +522,42 @@ def check_out(
 
 
 @contextlib.contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """Inside, this process alone writes ``out``: an exclusive lock on ``.NAME.lock`` beside it, held for
+    the whole verb (two runs with one --out used to delete each other's work directory, or both train).
+    The lock file is removed when the verb ends; the lock goes with the process if it is killed."""
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ArtifactError(
+                f"{out}: another glasslm process (pid {holder}) is writing it; wait for it to end, or choose "
+                "another --out"
+            ) from None
+        try:  # the file locked must still be the one at the path: a finishing holder unlinks it
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def create_artifact(
     out: str | Path | Location,
     kind: str,
@@ -576,8 +614,11 @@ def create_artifact(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)  # our own leftover: same name, same process id
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+            pid = stale.name.rsplit("-", 1)[-1]
+            # ours from before (same process id), or a killed process's: nothing live is writing it
+            if pid.isdigit() and (int(pid) == os.getpid() or not processes.alive(int(pid))):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     except OSError as e:
         raise ArtifactError(f"{out}: cannot create the artifact there ({e.strerror or e})") from None

@@ -14,6 +14,7 @@ runner, ``reproduce``'s parser) is passed to them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -31,6 +32,7 @@ from glasslm.artifacts import (
     forcing,
     is_url,
     recording_command,
+    writing,
 )
 from glasslm.clitools import split_overrides
 from glasslm.config import ConfigError
@@ -143,12 +145,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with recording_command(["glasslm", *argv]), forcing(getattr(args, "force", False) is True):
             check_out_early(args)
-            if getattr(args, "no_progress", False):
-                from glasslm.data.progress import quiet
+            with contextlib.ExitStack() as scope:
+                out = getattr(args, "out", None) or getattr(args, "out_pos", None)
+                # a local --out: one writer at a time (under torchrun, rank 0 holds it for all ranks)
+                if isinstance(out, Path) and os.environ.get("RANK", "0") in ("0", ""):
+                    scope.enter_context(writing(out))
+                if getattr(args, "no_progress", False):
+                    from glasslm.data.progress import quiet
 
-                with quiet():
-                    return int(args.func(args) or 0)
-            return int(args.func(args) or 0)
+                    scope.enter_context(quiet())
+                return int(args.func(args) or 0)
     except (ConfigError, ArtifactError) as e:
         print(f"glasslm: error: {e}", file=sys.stderr)
         return 2

@@ -42,6 +42,7 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from glasslm.config import ConfigError
+from glasslm.processes import alive
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -427,19 +428,9 @@ def _task_dir() -> Path:
     parent = Path(_worker_root() or tempfile.gettempdir())
     for stale in parent.glob("glasslm-task-*-*"):
         pid = stale.name.split("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"glasslm-task-{os.getpid()}-", dir=parent)).resolve()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _worker_root() -> str | None:
