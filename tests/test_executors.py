@@ -74,3 +74,47 @@ def test_ray_tag_is_byte_identical_to_the_process_pool(tmp_path: Path):
         )
     for name in ("a-0000.jsonl.gz", "b-0000.jsonl.gz", "quarantine.jsonl"):
         assert (outs["process"] / name).read_bytes() == (outs["ray"] / name).read_bytes()
+
+
+def test_pool_workers_end_with_a_driver_killed_by_sigkill() -> None:
+    """A driver killed with SIGKILL runs no cleanup: its pool workers lived on, asleep, holding memory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import time\n"
+        "from glasslm.data.executors import map_shards\n"
+        "map_shards(time.sleep, [60.0, 60.0], workers=2, executor='process', progress=False)\n"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", script])
+
+    def children() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == driver.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    deadline = time.monotonic() + 60
+    while len(workers := children()) < 2:
+        assert time.monotonic() < deadline and driver.poll() is None, "the pool did not start"
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    deadline = time.monotonic() + 10
+    while alive := [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]:
+        assert time.monotonic() < deadline, f"pool workers outlived their driver: {alive}"
+        time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

@@ -13,6 +13,8 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -91,12 +93,25 @@ def _run(fn: Callable[[T], R], tasks: Sequence[T], workers: int, executor: str) 
     elif executor == "process":
         # fork is fast and safe here: workers only read files and run numpy/regex code.
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+        pool_size = min(workers, len(tasks))
+        with ProcessPoolExecutor(pool_size, ctx, initializer=_exit_with, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(fn, t) for t in tasks]
             for f in futures:
                 yield f.result()
     else:
         raise ValueError(f"unknown executor '{executor}' (choose local, process or ray)")
+
+
+def _exit_with(driver: int) -> None:
+    """In each pool worker: end when the driver is gone. A driver killed with SIGKILL runs no cleanup,
+    and its idle workers lived on, holding their memory (they are re-parented, so ``getppid`` changes)."""
+
+    def watch() -> None:
+        while os.getppid() == driver:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="glasslm-exit-with-driver", daemon=True).start()
 
 
 def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], workers: int) -> Iterator[R]:
