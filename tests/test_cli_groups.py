@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,11 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
     proc.stdout.close()  # the reader is gone before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "error" not in err, err
+
+
+def test_a_flags_value_with_a_space_goes_to_the_flag(tmp_path: Path) -> None:
+    """`--out=/path/with space` and `--taggers=stats, gopher` were taken for config overrides (only a
+    key no flag has, `--rl.train_families=[a, b]`, is one)."""
+    out = tmp_path / "my model"
+    assert main(["model", "init", "--preset", "tiny", "--model.vocab_size=128", f"--out={out}"]) == 0
+    assert (out / "manifest.json").is_file()

@@ -128,9 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # argparse takes "--key=value with spaces" for a positional argument; such an argument can only
     # be a config override ("--rl.train_families=[a, b]"), so it bypasses argparse.
-    spaced = [a for a in argv if a.startswith("--") and "=" in a and " " in a.split("=", 1)[1]]
-    argv = [a for a in argv if a not in spaced]
     parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
+    flags = _option_strings(parser)  # "--taggers=langid, gopher" is a flag's value: argparse's to parse
+    spaced = [
+        a
+        for a in argv
+        if a.startswith("--") and " " in a.partition("=")[2] and a.partition("=")[0] not in flags
+    ]
+    argv = [a for a in argv if a not in spaced]
     args, unknown = parser.parse_known_args(argv)
     unknown += spaced
     if not hasattr(args, "func"):
@@ -175,6 +180,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # an unreachable endpoint, a missing bucket, bad credentials: the store's words, not a traceback
         print(f"glasslm: error: object store: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of ``parser`` and of its sub-commands, however deep."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
 
 
 # The packages whose exceptions are the object store's (s3fs, gcsfs, adlfs through fsspec).
