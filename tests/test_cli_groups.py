@@ -110,3 +110,16 @@ def test_a_flags_value_with_a_space_goes_to_the_flag(tmp_path: Path) -> None:
     out = tmp_path / "my model"
     assert main(["model", "init", "--preset", "tiny", "--model.vocab_size=128", f"--out={out}"]) == 0
     assert (out / "manifest.json").is_file()
+
+
+def test_a_spaced_override_is_recorded_in_the_command(tmp_path: Path) -> None:
+    """The manifest's command left out the overrides that bypass argparse (reproduce then re-ran without)."""
+    import json
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "a", "text": "one short document for tagging"}\n')
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "corpus")]) == 0
+    spaced = "--tag.taggers=[stats, gopher]"
+    assert main(["data", "tag", str(tmp_path / "corpus"), spaced, "--out", str(tmp_path / "tags")]) == 0
+    manifest = json.loads((tmp_path / "tags" / "manifest.json").read_text())
+    assert spaced in manifest["command"] and manifest["config"]["tag"]["taggers"] == ["stats", "gopher"]

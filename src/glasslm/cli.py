@@ -126,8 +126,9 @@ def _input_paths(args: argparse.Namespace, skip: Sequence[str] = ()) -> list[Pat
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # argparse takes "--key=value with spaces" for a positional argument; such an argument can only
-    # be a config override ("--rl.train_families=[a, b]"), so it bypasses argparse.
+    given = list(argv)  # what the manifest records: every argument, the spaced overrides included
+    # argparse takes "--key=value with spaces" for a positional argument; unless the key is a flag's,
+    # such an argument can only be a config override ("--rl.train_families=[a, b]"): it bypasses argparse.
     parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     flags = _option_strings(parser)  # "--taggers=langid, gopher" is a flag's value: argparse's to parse
     spaced = [
@@ -148,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or overrides)}")
     args.overrides = overrides
     try:
-        with recording_command(["glasslm", *argv]), forcing(getattr(args, "force", False) is True):
+        with recording_command(["glasslm", *given]), forcing(getattr(args, "force", False) is True):
             check_out_early(args)
             with contextlib.ExitStack() as scope:
                 out = getattr(args, "out", None) or getattr(args, "out_pos", None)
